@@ -1,0 +1,217 @@
+"""What each `dagrun` sub-command does; parsing and error handling are in `dagrun.cli`.
+
+Each command takes the parsed arguments and returns the process exit code. Exit codes: 0 success,
+1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run), 3 the environment failed
+(store or executor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+from typing import Any
+
+import orjson
+from rich.console import Console
+
+from dagrun.cli import render
+from dagrun.errors import FlowError, Problem
+from dagrun.flow import Flow, flow_json_schema
+from dagrun.graph import to_dot, to_mermaid
+from dagrun.loader import load_flow
+from dagrun.orchestrator import Orchestrator
+from dagrun.states import RunStatus
+from dagrun.store import open_store
+from dagrun.store.base import Event, RunRecord, StepRecord, Store
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@asynccontextmanager
+async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
+    store = open_store(args.store)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; a value that parses as JSON is taken as that value (3, true, [1]), else as text."""
+    inputs: dict[str, Any] = {}
+    problems = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            problems.append(Problem("--input", f"{pair!r} is not KEY=VALUE"))
+            continue
+        try:
+            inputs[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            inputs[key] = value
+    if problems:
+        raise FlowError(problems, source="command line")
+    return inputs
+
+
+def validate(args: argparse.Namespace) -> int:
+    flow = load_flow(args.flow)
+    stdout.print(f"{args.flow}: valid flow {flow.name!r} with {len(flow.steps)} steps")
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    flow = load_flow(args.flow)
+    inputs = parse_inputs(args.input)
+    return asyncio.run(_run(args, flow, inputs))
+
+
+async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> int:
+    console = Console(stderr=True) if args.json else stdout
+    started = time.monotonic()
+    async with opened_store(args) as store, Orchestrator(store, processes=args.processes) as orchestrator:
+        progress = render.RunProgress(console, flow.name, len(flow.steps))
+        shown: AbstractContextManager[object] = nullcontext() if args.json else progress
+        with shown:
+            result = await orchestrator.run(
+                flow,
+                inputs=inputs,
+                max_parallel=args.max_parallel,
+                fail_fast=args.fail_fast,
+                listener=None if args.json else progress.on_step,
+            )
+        if args.json:
+            print_json(result.to_json())
+        else:
+            records = await store.get_steps(result.run_id)
+            render.run_summary(console, result, records, time.monotonic() - started)
+    return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+def runs(args: argparse.Namespace) -> int:
+    async def list_runs() -> int:
+        async with opened_store(args) as store:
+            status = RunStatus(args.status) if args.status else None
+            found = await store.list_runs(status=status, flow_name=args.flow, limit=args.limit)
+        if args.json:
+            print_json([_run_json(run) for run in found])
+        elif found:
+            stdout.print(render.runs_table(found))
+        else:
+            stdout.print("no runs")
+        return EXIT_OK
+
+    return asyncio.run(list_runs())
+
+
+def status(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            run_record = await store.get_run(args.run)
+            steps = await store.get_steps(args.run)
+            context = await store.get_context(args.run)
+        if args.json:
+            document = _run_json(run_record) | {
+                "context": context,
+                "steps": {step.step_id: _step_json(step) for step in steps},
+            }
+            print_json(document)
+        else:
+            render.run_header(stdout, run_record)
+            stdout.print(render.steps_table(steps))
+        return EXIT_OK if run_record.status != RunStatus.FAILED else EXIT_FAILED
+
+    return asyncio.run(show())
+
+
+def outputs(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            steps = await store.get_steps(args.run)
+        if args.step is None:
+            print_json({step.step_id: step.outputs for step in steps})
+            return EXIT_OK
+        for step in steps:
+            if step.step_id == args.step:
+                print_json(step.outputs)
+                return EXIT_OK
+        known = ", ".join(step.step_id for step in steps[:20])
+        raise FlowError(
+            [Problem(args.step, f"run {args.run!r} has no step {args.step!r} (steps: {known})")], source="command line"
+        )
+
+    return asyncio.run(show())
+
+
+def events(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            found = await store.get_events(args.run, after_seq=args.after)
+        for event in found:
+            if args.json:
+                sys.stdout.write(orjson.dumps(_event_json(event)).decode() + "\n")
+            else:
+                stdout.print(render.event_line(event), soft_wrap=True)
+        return EXIT_OK
+
+    return asyncio.run(show())
+
+
+def graph(args: argparse.Namespace) -> int:
+    flow = load_flow(args.flow)
+    sys.stdout.write((to_dot(flow) if args.format == "dot" else to_mermaid(flow)) + "\n")
+    return EXIT_OK
+
+
+def schema(args: argparse.Namespace) -> int:
+    print_json(flow_json_schema())
+    return EXIT_OK
+
+
+def _run_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "flow": run.flow_name,
+        "status": run.status.value,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+        "inputs": run.inputs,
+    }
+
+
+def _step_json(step: StepRecord) -> dict[str, Any]:
+    return {
+        "status": step.status.value,
+        "attempts": step.attempt,
+        "outputs": step.outputs,
+        "error": step.error.to_json() if step.error else None,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "worker_id": step.worker_id,
+        "logs": step.logs,
+    }
+
+
+def _event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": event.at,
+        "kind": event.kind,
+        "status": event.status,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "message": event.message,
+    }

@@ -1,0 +1,173 @@
+"""Terminal output of the CLI: the live progress view, tables and plain lines (rich only here).
+
+On a terminal, a run shows one live status line and a summary table; elsewhere (pipes, CI logs) it
+prints one plain line per step that ends, so logs stay greppable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from dagrun.orchestrator import RunResult
+from dagrun.states import RunStatus, StepStatus
+from dagrun.store.base import Event, RunRecord, StepRecord
+
+MAX_TABLE_ROWS = 40
+
+_STYLE = {
+    "succeeded": "green",
+    "failed": "bold red",
+    "cancelled": "yellow",
+    "skipped": "dim",
+    "running": "cyan",
+    "waiting": "magenta",
+    "ready": "blue",
+    "pending": "dim",
+    "paused": "yellow",
+}
+
+
+def styled(status: str) -> Text:
+    return Text(status, style=_STYLE.get(status, ""))
+
+
+def clock(at: float | None) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
+def duration(started_at: float | None, finished_at: float | None) -> str:
+    if started_at is None or finished_at is None:
+        return "-"
+    seconds = finished_at - started_at
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+class RunProgress:
+    """Listens to a run's step records; shows a live line on a terminal, plain lines elsewhere."""
+
+    def __init__(self, console: Console, flow_name: str, total_steps: int) -> None:
+        self._console = console
+        self._flow_name = flow_name
+        self._total = total_steps
+        self._ended: Counter[str] = Counter()
+        self._running: set[str] = set()
+        self._started = time.monotonic()
+        self._live: Live | None = None
+
+    def __enter__(self) -> RunProgress:
+        if self._console.is_terminal:
+            self._live = Live(console=self._console, refresh_per_second=8, transient=True, get_renderable=self._line)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.__exit__(kind, exc, tb)
+
+    def on_step(self, record: StepRecord) -> None:
+        if record.status == StepStatus.RUNNING:
+            self._running.add(record.step_id)
+            return
+        self._running.discard(record.step_id)
+        if record.status.is_terminal:
+            self._ended[record.status] += 1
+        if self._live is None:
+            self._console.print(plain_step_line(record), highlight=False, soft_wrap=True)
+
+    def _line(self) -> Text:
+        done = sum(self._ended.values())
+        line = Text(f"{self._flow_name}  {done}/{self._total} done  ", style="bold")
+        line.append(f"{len(self._running)} running  ", style="cyan")
+        for status in ("succeeded", "failed", "skipped", "cancelled"):
+            if self._ended[status]:
+                line.append(f"{self._ended[status]} {status}  ", style=_STYLE[status])
+        line.append(f"{time.monotonic() - self._started:.1f} s", style="dim")
+        return line
+
+
+def plain_step_line(record: StepRecord) -> str:
+    when = datetime.fromtimestamp(record.finished_at or time.time()).strftime("%H:%M:%S")
+    line = f"{when} step {record.step_id} {record.status}"
+    if record.attempt:
+        line += f" (attempt {record.attempt}, {duration(record.started_at, record.finished_at)})"
+    if record.error is not None:
+        line += f": {record.error}"
+    return line
+
+
+def run_summary(console: Console, result: RunResult, records: list[StepRecord], elapsed_s: float) -> None:
+    """The table after a run: every step when few, else the ones that did not succeed."""
+    counts = Counter(outcome.status.value for outcome in result.steps.values())
+    shown = records if len(records) <= MAX_TABLE_ROWS else [r for r in records if r.status != StepStatus.SUCCEEDED]
+    if shown:
+        console.print(steps_table(shown[:MAX_TABLE_ROWS]))
+    if len(shown) > MAX_TABLE_ROWS:
+        console.print(f"... and {len(shown) - MAX_TABLE_ROWS} more steps (see `dagrun status {result.run_id}`)")
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    line = Text(f"run {result.run_id} ")
+    line.append(result.status.value, style=_STYLE.get(result.status.value, "") + " bold")
+    line.append(f" in {elapsed_s:.2f} s: {tally}")
+    console.print(line)
+
+
+def steps_table(records: list[StepRecord]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("step", "status", "attempts", "duration", "outputs / error"):
+        table.add_column(column, overflow="fold")
+    for record in records:
+        detail = str(record.error) if record.error else _short(record.outputs)
+        table.add_row(
+            record.step_id,
+            styled(record.status),
+            str(record.attempt),
+            duration(record.started_at, record.finished_at),
+            detail,
+        )
+    return table
+
+
+def runs_table(runs: list[RunRecord]) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("run", "flow", "status", "created", "duration"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(
+            run.run_id,
+            run.flow_name,
+            styled(run.status),
+            clock(run.created_at),
+            duration(run.started_at, run.finished_at),
+        )
+    return table
+
+
+def run_header(console: Console, run: RunRecord) -> None:
+    line = Text(f"run {run.run_id}  flow {run.flow_name}  ")
+    line.append(run.status.value, style=_STYLE.get(run.status.value, "") + " bold")
+    line.append(f"  created {clock(run.created_at)}  duration {duration(run.started_at, run.finished_at)}")
+    console.print(line)
+    if run.error and run.status != RunStatus.SUCCEEDED:
+        console.print(Text(run.error, style="red"))
+
+
+def event_line(event: Event) -> str:
+    when = datetime.fromtimestamp(event.at).strftime("%H:%M:%S.%f")[:-3]
+    subject = f"step {event.step_id}" if event.step_id else "run"
+    attempt = f" attempt {event.attempt}" if event.attempt else ""
+    message = f": {event.message}" if event.message else ""
+    return f"{event.seq:>6} {when} {subject} {event.status}{attempt}{message}"
+
+
+def _short(value: dict[str, Any], limit: int = 80) -> str:
+    text = orjson.dumps(value).decode() if value else ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

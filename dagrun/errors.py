@@ -1,0 +1,95 @@
+"""The error hierarchy: one class per situation a caller handles differently.
+
+    DagrunError
+    ├── FlowError          an invalid flow; `.problems` lists every problem with its place
+    │   └── CycleError     the dependency graph has a cycle; `.cycle` is it, closed (a, b, a)
+    ├── ScriptError        a script that cannot be compiled; `.line` is its script line
+    ├── UnresolvedInput    a step input whose reference has no value at run time
+    ├── ExecutorError      an executor could not be opened or could not deliver a step
+    │   └── WorkerUnavailable   no worker answers
+    └── StoreError         the store cannot be opened, read or written
+        └── RunNotFound    no run has that id
+
+A failing *script* never raises: it becomes a failed StepResult. These errors are for callers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URLs (``redis://user:secret@host`` -> ``redis://***@host``)."""
+    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+class DagrunError(Exception):
+    """Base of every error dagrun raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem in a flow: `path` is where (``steps[3].depends_on[0]``), `message` is what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class FlowError(DagrunError):
+    """An invalid flow. `source` names the file (or ``<flow>``); `problems` holds all problems found."""
+
+    def __init__(self, problems: list[Problem], *, source: str = "<flow>") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """Every problem on its own line, each prefixed by the source."""
+        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
+
+
+class CycleError(FlowError):
+    """The dependency graph has a cycle; `cycle` is the closed path, e.g. ``("a", "b", "a")``."""
+
+    def __init__(self, cycle: tuple[str, ...], *, source: str = "<flow>") -> None:
+        self.cycle = cycle
+        super().__init__([Problem("steps", f"dependency cycle: {' -> '.join(cycle)}")], source=source)
+
+
+class ScriptError(DagrunError):
+    """A script that does not compile under the sandbox rules."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+class UnresolvedInput(DagrunError):
+    """A step input references an output that the (succeeded) upstream step did not produce."""
+
+
+class ExecutorError(DagrunError):
+    """An executor could not be opened, or could not deliver a step to a worker."""
+
+
+class WorkerUnavailable(ExecutorError):
+    """No worker answers (refused, unreachable, or died without a replacement)."""
+
+
+class StoreError(DagrunError):
+    """The store cannot be opened, read or written."""
+
+
+class RunNotFound(StoreError):
+    """No run has the given id."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no run with id {run_id!r}")

@@ -1,0 +1,203 @@
+"""The sandbox child process: reads requests on stdin, runs them one at a time, writes results on stdout.
+
+The pool starts it clean (see `process.child_command`): exec'd, not forked, `-I -S -B`, an empty
+environment, no inherited fds, its own session. It loads everything scripts can ever need, confines
+itself (rlimits, root privileges dropped for good, imports switched off), says ready, and serves.
+Results come back in request order; after one with "exit": true the child is gone.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+import orjson
+
+from dagrun.sandbox.runner import StepRunner
+from dagrun.sandbox.scope import JSON_OPTIONS, HostFunctionError, LimitExceeded, StepScope
+from dagrun.sandbox.settings import SandboxSettings
+
+# The wire: one JSON object per line both ways (orjson, never pickle).
+#   parent -> child   {"settings": {...}, "functions": [names]}      the first line: configuration
+#                     {"t": "run", "id": n, "req": {...}}            requests, up to pipeline_depth queued
+#                     {"t": "reply", "ok": true, "value": v}         the answer to a host function call
+#                     {"t": "reply", "ok": false, "error": "..."}
+#   child -> parent   {"t": "ready", "pid": n}
+#                     {"t": "result", "id": n, "ok": ..., "outputs": {...}, "ops": [...], "error": ...,
+#                      "logs": "...", "elapsed_ms": ..., "exit": false}
+#                     {"t": "call", "fn": name, "args": [...], "kwargs": {...}}   during a step
+STARTUP_CPU_S = 5.0  # until the first request re-arms RLIMIT_CPU
+MAX_OPEN_FILES = 3  # stdin, stdout, stderr: a script that escaped still cannot open anything
+
+
+class ProtocolError(Exception):
+    """The parent sent something this child does not understand; the child exits."""
+
+
+class Channel:
+    """The child's end of the pipes; `run` messages read while waiting for a reply are kept in order."""
+
+    def __init__(self, reader: BinaryIO, fd: int) -> None:
+        self._reader = reader
+        self._fd = fd
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+
+    def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def read(self) -> dict[str, Any] | None:
+        line = self._reader.readline()
+        if not line:
+            return None
+        message = orjson.loads(line)
+        if not isinstance(message, dict):
+            raise ProtocolError("a message is not a JSON object")
+        return message
+
+    def next_run(self) -> dict[str, Any] | None:
+        """The next request, or None when the parent closed the pipe."""
+        if self._pending:
+            return self._pending.popleft()
+        message = self.read()
+        if message is not None and message.get("t") != "run":
+            raise ProtocolError(f"expected a run message, got {message.get('t')!r}")
+        return message
+
+    def wait_reply(self) -> dict[str, Any]:
+        while True:
+            message = self.read()
+            if message is None:
+                raise ProtocolError("the parent closed the pipe during a host function call")
+            if message.get("t") == "reply":
+                return message
+            if message.get("t") != "run":
+                raise ProtocolError(f"expected a reply message, got {message.get('t')!r}")
+            self._pending.append(message)
+
+
+def make_host_function(
+    name: str, channel: Channel, current: Callable[[], StepScope | None], *, max_bytes: int
+) -> Callable[..., Any]:
+    """The stub a script calls for a host function: an RPC to the parent over the same pipes."""
+
+    def host_function(*args: Any, **kwargs: Any) -> Any:
+        scope = current()
+        if scope is None or not scope.is_active:
+            # e.g. a __del__ planted by an earlier step: it must not act on behalf of this one
+            raise HostFunctionError(f"host function {name!r} can only be called while its step runs")
+        try:
+            payload = orjson.dumps({"t": "call", "fn": name, "args": args, "kwargs": kwargs}, option=JSON_OPTIONS)
+        except TypeError as exc:
+            raise HostFunctionError(f"host function {name!r}: arguments must be JSON values ({exc})") from None
+        if len(payload) > max_bytes:
+            raise HostFunctionError(f"host function {name!r}: arguments are over the {max_bytes}-byte limit")
+        channel.send(payload + b"\n")
+        reply = channel.wait_reply()
+        if reply.get("ok") is True:
+            return reply.get("value")
+        raise HostFunctionError(str(reply.get("error")))
+
+    host_function.__name__ = host_function.__qualname__ = name
+    return host_function
+
+
+def confine(settings: SandboxSettings) -> None:
+    """Apply the rlimits, drop root privileges for good (RLIMIT_NPROC does not bind root), stop imports."""
+    _lower_limit(resource.RLIMIT_AS, settings.memory_mb * 1024 * 1024)
+    _lower_limit(resource.RLIMIT_FSIZE, 0)
+    _lower_limit(resource.RLIMIT_CORE, 0)
+    _lower_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
+    _lower_limit(resource.RLIMIT_NPROC, 0)
+    drop_to = settings.drop_to
+    if drop_to is not None:
+        uid, gid = drop_to
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
+            raise RuntimeError("could not drop privileges")
+    # Everything is loaded: from now on any import (a codec looked up by name ...) fails cleanly with
+    # ImportError, instead of reaching the file system with an error that names host paths.
+    sys.meta_path.clear()
+    sys.path_hooks.clear()
+    sys.path_importer_cache.clear()
+    sys.path.clear()
+
+
+def _lower_limit(which: int, value: int) -> None:
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
+
+
+def _failure_line(message: dict[str, Any], exc: BaseException) -> bytes:
+    """The result of a step whose handling failed outside the script (e.g. memory ran out in encoding)."""
+    limited = isinstance(exc, MemoryError | RecursionError | LimitExceeded)
+    error = {
+        "kind": "limit" if limited else "worker",
+        "type": type(exc).__name__,
+        "message": "the sandbox child failed while handling the step",
+        "line": None,
+    }
+    result: dict[str, Any] = {"t": "result", "id": message.get("id"), "ok": False, "outputs": {}, "ops": []}
+    return orjson.dumps({**result, "error": error, "logs": "", "elapsed_ms": 0.0, "exit": True}) + b"\n"
+
+
+def serve(channel: Channel, runner: StepRunner) -> None:
+    """Run requests until the parent closes the pipe or a step leaves this process damaged."""
+    while True:
+        message = channel.next_run()
+        if message is None:
+            return
+        try:
+            line, must_exit = runner.run(message)
+        except BaseException as exc:  # our own code failed: answer, then leave
+            line, must_exit = _failure_line(message, exc), True
+        channel.send(line)
+        if must_exit:
+            return
+
+
+def main() -> None:
+    reader: BinaryIO = sys.stdin.buffer
+    # fd 1 carries the protocol alone: anything printed by accident goes to stderr, i.e. /dev/null
+    sys.stdout = sys.stderr
+    config = orjson.loads(reader.readline())
+    settings = SandboxSettings(**config["settings"])
+    channel = Channel(reader, 1)
+    holder: list[StepRunner] = []
+    functions = {
+        name: make_host_function(
+            name, channel, lambda: holder[0].scope if holder else None, max_bytes=settings.max_output_bytes
+        )
+        for name in config["functions"]
+    }
+    runner = StepRunner(settings, functions)  # loads every module a script can reach (facades.preload_modules)
+    holder.append(runner)
+    confine(settings)
+    runner.arm_cpu(STARTUP_CPU_S)
+    signal.signal(signal.SIGXCPU, lambda signum, frame: runner.on_cpu_limit())
+    sys.setrecursionlimit(settings.recursion_limit)
+    gc.collect()
+    gc.freeze()  # the base objects are never garbage: keep them out of every later collection
+    channel.send(orjson.dumps({"t": "ready", "pid": os.getpid()}) + b"\n")
+    try:
+        serve(channel, runner)
+    except (OSError, ProtocolError, orjson.JSONDecodeError):
+        pass  # the parent went away or is not speaking the protocol: nothing left to answer
+    finally:
+        os._exit(0)  # no atexit, no finalizers: script objects with __del__ get no last word
+
+
+if __name__ == "__main__":
+    main()

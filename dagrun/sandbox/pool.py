@@ -1,0 +1,390 @@
+"""SandboxPool: a warm pool of sandbox child processes that runs StepRequests.
+
+A central FIFO holds the requests no child has taken; each child holds at most `pipeline_depth` in
+flight, the first of them running (it started when the previous result arrived). One deadline timer
+per child watches its running request: past its timeout the child's process group is killed, the
+request fails with ErrorKind.TIMEOUT, the requests queued behind it go back to the front of the
+central FIFO (they had not started), and a replacement child is spawned. A child that dies fails only
+its running request (ErrorKind.WORKER). `run` never raises for anything a script does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from dagrun.errors import ExecutorError
+from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult
+from dagrun.sandbox.policy import check_function_names
+from dagrun.sandbox.process import ChildProcess, Job, encode_step, parse_result, spawn_child
+from dagrun.sandbox.runner import cap_text
+from dagrun.sandbox.scope import JSON_OPTIONS
+from dagrun.sandbox.settings import SandboxSettings
+
+logger = logging.getLogger(__name__)
+
+
+class SandboxPool:
+    """`async with SandboxPool(settings, functions={...}) as pool: result = await pool.run(request)`."""
+
+    def __init__(
+        self, settings: SandboxSettings | None = None, *, functions: Mapping[str, HostFunction] | None = None
+    ) -> None:
+        self._settings = settings or SandboxSettings()
+        self._functions = dict(functions or {})
+        check_function_names(self._functions)
+        self._is_async = {name: inspect.iscoroutinefunction(fn) for name, fn in self._functions.items()}
+        self._queue: deque[Job] = deque()
+        self._children: list[ChildProcess] = []  # ready and not retired
+        self._dying: set[ChildProcess] = set()  # killed or exiting, not reaped yet
+        self._spawning: set[asyncio.Task[Exception | None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # host function calls, reaping of retired children
+        self._spawn_error: Exception | None = None
+        self._is_closed = False
+        self._is_flush_due = False
+
+    async def __aenter__(self) -> SandboxPool:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def worker_ids(self) -> list[str]:
+        """`local:<pid>` of every ready child."""
+        return [child.worker_id for child in self._children]
+
+    async def start(self) -> None:
+        """Spawn the missing children concurrently and wait until they are ready.
+
+        Raises ExecutorError when a child cannot be started, RuntimeError after `aclose`."""
+        self._check_open()
+        results = await asyncio.gather(*self._spawn_missing())
+        errors = [error for error in results if error is not None]
+        if errors:
+            raise ExecutorError(f"sandbox pool: a child process could not be started: {errors[0]}") from errors[0]
+
+    async def run(self, request: StepRequest) -> StepResult:
+        """Run one step; a failed StepResult for anything the script did. Raises only CancelledError,
+        and RuntimeError once the pool is closed."""
+        self._check_open()
+        try:
+            payload = encode_step(request)
+        except TypeError as exc:
+            return StepResult.failure(ErrorKind.INPUT, "InputError", f"inputs or context are not JSON values: {exc}")
+        job = Job(request, payload, asyncio.get_running_loop().create_future())
+        self._queue.append(job)
+        if len(self._children) + len(self._spawning) < self._settings.processes:
+            self._spawn_missing()
+        self._dispatch()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            self._cancel(job)
+            raise
+
+    async def aclose(self) -> None:
+        """Kill every child's process group and reap it; idempotent."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        for task in self._spawning:
+            task.cancel()
+        closed = RuntimeError("SandboxPool is closed")
+        for child in self._children:
+            self._queue.extend(child.jobs)
+            child.jobs.clear()
+            child.kill()
+            self._dying.add(child)
+        self._children.clear()
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(closed)
+        await asyncio.gather(*self._spawning, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*(child.wait_closed() for child in list(self._dying)))
+        self._dying.clear()
+
+    # --- ChildEvents ---
+
+    def child_message(self, child: ChildProcess, message: dict[str, Any]) -> None:
+        kind = message.get("t")
+        if kind == "result":
+            self._on_result(child, message)
+        elif kind == "call":
+            self._on_call(child, message)
+        else:
+            self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent an unknown message {kind!r}")
+
+    def child_lost(self, child: ChildProcess, reason: str) -> None:
+        if child.jobs:
+            request = child.jobs[0].request
+            logger.warning(
+                "run %s step %s attempt %d: sandbox child %s %s; replacing it",
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                child.worker_id,
+                reason,
+            )
+        else:
+            logger.warning("sandbox child %s %s while idle; replacing it", child.worker_id, reason)
+        self._fail_head(child, ErrorKind.WORKER, "WorkerLost", f"the sandbox child {reason} while running the step")
+
+    # --- scheduling ---
+
+    def _dispatch(self) -> None:
+        """Hand queued jobs to the children with the fewest in flight.
+
+        A write wakes the child, which costs more than the write: an idle child is written to at once
+        (it waits), a busy one once per loop iteration by `_flush` (it reads when its step is done)."""
+        queue, children = self._queue, self._children
+        if not queue or not children:
+            return
+        depth = self._settings.pipeline_depth
+        idle: list[ChildProcess] = []
+        while queue:
+            child = min(children, key=_in_flight)
+            if len(child.jobs) >= depth:
+                break
+            job = queue.popleft()
+            child.next_id += 1
+            job.id, job.child = child.next_id, child
+            child.jobs.append(job)
+            child.outbox.append(b'{"t":"run","id":%d,"req":%b}\n' % (job.id, job.payload))
+            if len(child.jobs) == 1:
+                self._start_head(child)
+                idle.append(child)
+            elif not self._is_flush_due:
+                self._is_flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        for child in idle:
+            _write_outbox(child)
+
+    def _flush(self) -> None:
+        self._is_flush_due = False
+        for child in self._children:
+            _write_outbox(child)
+
+    def _start_head(self, child: ChildProcess) -> None:
+        job = child.jobs[0]
+        job.started_at = asyncio.get_running_loop().time()
+        child.arm_deadline(job.started_at + job.request.timeout_s, self._on_deadline)
+
+    def _on_result(self, child: ChildProcess, message: dict[str, Any]) -> None:
+        job = child.jobs[0] if child.jobs else None
+        if job is None or message.get("id") != job.id:
+            self._fail_head(child, ErrorKind.WORKER, "WorkerError", "sandbox child answered a request it was not sent")
+            return
+        try:
+            result = parse_result(message, child, self._settings)
+        except ValueError as exc:
+            self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent a malformed result: {exc}")
+            return
+        child.jobs.popleft()
+        if not job.future.done():
+            job.future.set_result(result)
+        if message["exit"]:
+            request = job.request
+            logger.info(
+                "run %s step %s attempt %d: sandbox child %s exits after %s; replacing it",
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                child.worker_id,
+                result.error,
+            )
+            self._retire(child)
+            return
+        if child.jobs:
+            self._start_head(child)
+        self._dispatch()
+
+    def _on_deadline(self, child: ChildProcess) -> None:
+        child.timer = None
+        if child.is_retired or not child.jobs:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < child.deadline:
+            child.timer = loop.call_at(child.deadline, self._on_deadline, child)
+            return
+        request = child.jobs[0].request
+        logger.warning(
+            "run %s step %s attempt %d: timed out after %s s; killing sandbox child %s",
+            request.run_id,
+            request.step_id,
+            request.attempt,
+            request.timeout_s,
+            child.worker_id,
+        )
+        message = f"step exceeded its {float(request.timeout_s)} s timeout"
+        self._fail_head(child, ErrorKind.TIMEOUT, "StepTimeout", message)
+
+    def _fail_head(self, child: ChildProcess, kind: ErrorKind, type_: str, message: str) -> None:
+        """Fail the running job of a child that is being given up, then retire the child."""
+        if child.is_retired:
+            return
+        if child.jobs:
+            job = child.jobs.popleft()
+            if not job.future.done():
+                elapsed_ms = (asyncio.get_running_loop().time() - job.started_at) * 1000.0
+                failure = StepResult.failure(kind, type_, message, elapsed_ms=elapsed_ms, worker_id=child.worker_id)
+                job.future.set_result(failure)
+        self._retire(child)
+
+    def _retire(self, child: ChildProcess) -> None:
+        """Kill a child, put the jobs that had not started back at the front of the queue, replace it."""
+        if child in self._children:
+            self._children.remove(child)
+        child.kill()
+        for job in reversed(child.jobs):
+            if not job.future.done():
+                job.child = None
+                self._queue.appendleft(job)
+        child.jobs.clear()
+        child.outbox.clear()
+        self._dying.add(child)
+        task = asyncio.ensure_future(self._reap(child))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if not self._is_closed:
+            self._spawn_missing()
+        self._dispatch()
+
+    async def _reap(self, child: ChildProcess) -> None:
+        await child.wait_closed()
+        self._dying.discard(child)
+
+    def _cancel(self, job: Job) -> None:
+        child = job.child
+        if child is None:
+            if job in self._queue:
+                self._queue.remove(job)
+        elif child.jobs and child.jobs[0] is job and not child.is_retired:
+            # the only way to stop a running script is to kill its child
+            child.jobs.popleft()
+            logger.info(
+                "run %s step %s attempt %d: cancelled; killing sandbox child %s",
+                job.request.run_id,
+                job.request.step_id,
+                job.request.attempt,
+                child.worker_id,
+            )
+            self._retire(child)
+        # else: already handed to the child behind the running one; its result will be dropped, and
+        # its host function calls are refused
+
+    # --- children ---
+
+    def _spawn_missing(self) -> list[asyncio.Task[Exception | None]]:
+        missing = self._settings.processes - len(self._children) - len(self._spawning)
+        tasks = [asyncio.ensure_future(self._add_child()) for _ in range(max(missing, 0))]
+        self._spawning.update(tasks)
+        return tasks
+
+    async def _add_child(self) -> Exception | None:
+        child: ChildProcess | None = None
+        error: Exception | None = None
+        try:
+            child = await spawn_child(self, self._settings, list(self._functions))
+        except Exception as exc:
+            logger.error("sandbox pool: a child process could not be started: %s", exc)
+            self._spawn_error = error = exc
+        finally:
+            current = asyncio.current_task()
+            if current is not None:
+                self._spawning.discard(current)
+        if child is None:
+            self._fail_queue_if_hopeless()
+            return error
+        if self._is_closed:
+            child.kill()
+            await child.wait_closed()
+            return None
+        logger.info("sandbox child %s started", child.worker_id)
+        self._children.append(child)
+        self._dispatch()
+        return None
+
+    def _fail_queue_if_hopeless(self) -> None:
+        """Queued jobs with no child to run them and none coming fail instead of waiting forever."""
+        if self._children or self._spawning or self._is_closed:
+            return
+        reason = f"no sandbox child could be started: {self._spawn_error}"
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_result(StepResult.failure(ErrorKind.WORKER, "WorkerUnavailable", reason))
+
+    # --- host functions ---
+
+    def _on_call(self, child: ChildProcess, message: dict[str, Any]) -> None:
+        job = child.jobs[0] if child.jobs else None
+        if job is None or child.call_task is not None:
+            self._fail_head(child, ErrorKind.WORKER, "WorkerError", "sandbox child called a host function out of turn")
+            return
+        name, args, kwargs = message.get("fn"), message.get("args"), message.get("kwargs")
+        if type(name) is not str or name not in self._functions or type(args) is not list or type(kwargs) is not dict:
+            child.write(_reply_error(f"no host function {name!r}"))
+        elif job.future.done():
+            child.write(_reply_error("the step was cancelled"))
+        else:
+            task = asyncio.ensure_future(self._serve_call(child, job, name, args, kwargs))
+            child.call_task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda _: _clear_call(child, task))
+
+    async def _serve_call(
+        self, child: ChildProcess, job: Job, name: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> None:
+        function = self._functions[name]
+        try:
+            if self._is_async[name]:
+                value = await function(*args, **kwargs)
+            else:
+                value = await asyncio.to_thread(function, *args, **kwargs)
+        except Exception as exc:  # becomes an exception in the script: message only, no host traceback
+            reply = _reply_error(
+                cap_text(f"host function {name!r} failed: {type(exc).__name__}: {exc}", self._settings.max_error_bytes)
+            )
+        else:
+            try:
+                reply = orjson.dumps({"t": "reply", "ok": True, "value": value}, option=JSON_OPTIONS) + b"\n"
+            except TypeError as exc:
+                reply = _reply_error(f"host function {name!r} returned a value that is not JSON: {exc}")
+        if child.jobs and child.jobs[0] is job:
+            child.write(reply)
+
+    def _check_open(self) -> None:
+        if self._is_closed:
+            raise RuntimeError("SandboxPool is closed")
+
+
+def _in_flight(child: ChildProcess) -> int:
+    return len(child.jobs)
+
+
+def _write_outbox(child: ChildProcess) -> None:
+    if child.outbox:
+        child.write(b"".join(child.outbox))
+        child.outbox.clear()
+
+
+def _reply_error(message: str) -> bytes:
+    return orjson.dumps({"t": "reply", "ok": False, "error": message}) + b"\n"
+
+
+def _clear_call(child: ChildProcess, task: asyncio.Task[None]) -> None:
+    if child.call_task is task:
+        child.call_task = None

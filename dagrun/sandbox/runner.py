@@ -1,0 +1,240 @@
+"""StepRunner: runs one request inside a sandbox child and turns what happened into a result message.
+
+Runs in the child only (it re-arms RLIMIT_CPU). Compiled scripts are cached by script hash; each step
+gets a copy of one base globals dict. Everything the script does ends as a result message, never as an
+exception out of `run`; after a memory, recursion or CPU limit the child must exit (`exit` is true),
+since its state may be damaged. Error kinds are ErrorKind values, written out so that the child does
+not import the executor module (and pydantic).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import resource
+import time
+from collections.abc import Callable, Mapping
+from types import CodeType, TracebackType
+from typing import Any
+
+import orjson
+
+from dagrun.sandbox.policy import Guards, Rejection, build_base_globals, compile_source, step_globals
+from dagrun.sandbox.scope import (
+    JSON_OPTIONS,
+    SCRIPT_FILENAME,
+    LimitExceeded,
+    SandboxViolation,
+    StepFailed,
+    StepScope,
+    Violations,
+)
+from dagrun.sandbox.settings import SandboxSettings
+
+SECURITY, LIMIT, FAIL, OUTPUT, SCRIPT = "security", "limit", "fail", "output", "script"
+_CACHE_SIZE = 512
+_MAX_TYPE_NAME = 200
+_REJECTION_KINDS = {"syntax": SCRIPT, "policy": SECURITY, "limit": LIMIT}
+
+
+class CpuLimitExceeded(LimitExceeded):
+    """Raised in the script by the SIGXCPU handler: the step used more CPU than its timeout allows."""
+
+
+class StepRunner:
+    """Runs steps one after another in this process; `run` returns (result line, must exit)."""
+
+    def __init__(self, settings: SandboxSettings, functions: Mapping[str, Callable[..., Any]]) -> None:
+        self.settings = settings
+        self.violations = Violations()
+        self.guards = Guards(self.violations)
+        self.base = build_base_globals(self.violations, functions, guards=self.guards)
+        self.scope: StepScope | None = None  # the running step's; host functions check it is active
+        self.cpu_exceeded = False
+        self._cache: dict[str, tuple[str, CodeType | Rejection]] = {}
+        self._armed_cpu_s = -1
+        self._cpu_hard_s = resource.getrlimit(resource.RLIMIT_CPU)[1]
+
+    def on_cpu_limit(self) -> None:
+        """Called by the SIGXCPU handler; raises into whatever Python code is running."""
+        self.cpu_exceeded = True
+        raise CpuLimitExceeded("the step used more CPU time than its timeout allows")
+
+    def run(self, message: dict[str, Any]) -> tuple[bytes, bool]:
+        started = time.perf_counter()
+        request: dict[str, Any] = message["req"]
+        self.violations.start(None)
+        self.cpu_exceeded = False
+        self.arm_cpu(float(request["timeout_s"]))
+        scope = StepScope(
+            context=request["context"],
+            violations=self.violations,
+            max_log_bytes=self.settings.max_log_bytes,
+            max_context_bytes=self.settings.max_context_bytes,
+        )
+        self.scope = scope
+        error, must_exit, outputs = self._execute(request, scope)
+        # The step's garbage (its globals are a cycle with its functions) is collected now, so that
+        # finalizers it left run inside its own time and accounting, not in a later step.
+        gc.collect()
+        scope.is_active = False
+        self.scope = None
+        error = self._sticky_error(scope) or error
+        must_exit = must_exit or self.cpu_exceeded
+        encoded = b"{}"
+        if error is None:
+            encoded, error = self._encode_outputs(outputs)
+        result = {
+            "t": "result",
+            "id": message["id"],
+            "ok": error is None,
+            "outputs": orjson.Fragment(encoded if error is None else b"{}"),
+            "ops": [list(op) for op in scope.context_ops] if error is None else [],
+            "error": self._cap_error(error),
+            "logs": scope.log.text(),
+            "elapsed_ms": (time.perf_counter() - started) * 1000.0,
+            "exit": must_exit,
+        }
+        return orjson.dumps(result) + b"\n", must_exit
+
+    def _execute(self, request: dict[str, Any], scope: StepScope) -> tuple[dict[str, Any] | None, bool, Any]:
+        """Compile (cached) and exec; returns (error, must exit, the outputs value)."""
+        compiled = self._compiled(request["script_hash"], request["script"])
+        if isinstance(compiled, Rejection):
+            line, text = compiled.problems[0]
+            more = len(compiled.problems) - 1
+            kind = _REJECTION_KINDS[compiled.kind]
+            return _error(kind, "ScriptError", text + (f" (and {more} more)" if more else ""), line), False, None
+        namespace = step_globals(
+            self.base,
+            scope,
+            inputs=request["inputs"],
+            attempt=request["attempt"],
+            step_id=request["step_id"],
+            run_id=request["run_id"],
+            context_id=request["context_id"],
+        )
+        self.violations.start(namespace)
+        try:
+            exec(compiled, namespace)
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt are reachable from scripts
+            scope.is_active = False
+            error, must_exit = self._classify(exc)
+            return error, must_exit, None
+        return None, False, namespace.get("outputs")
+
+    def _compiled(self, key: str, source: str) -> CodeType | Rejection:
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == source:  # the hash is the caller's: trust but verify
+            return cached[1]
+        compiled = compile_source(source, max_source_bytes=self.settings.max_source_bytes)
+        if len(self._cache) >= _CACHE_SIZE:
+            del self._cache[next(iter(self._cache))]
+        self._cache[key] = (source, compiled)
+        return compiled
+
+    def arm_cpu(self, timeout_s: float) -> None:
+        """Allow `timeout_s` (rounded up) plus one second more CPU time from now."""
+        # RLIMIT_CPU counts the CPU time of the whole (reused) process, so each step moves it on.
+        soft = math.ceil(time.process_time() + timeout_s) + 1
+        if self._cpu_hard_s != resource.RLIM_INFINITY:
+            soft = min(soft, self._cpu_hard_s)
+        if soft != self._armed_cpu_s:
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, self._cpu_hard_s))
+            self._armed_cpu_s = soft
+
+    def _classify(self, exc: BaseException) -> tuple[dict[str, Any], bool]:
+        """The error of an exception out of the script, and whether the child must exit after it."""
+        line = _traceback_line(exc.__traceback__)
+        if isinstance(exc, SandboxViolation):
+            return _error(SECURITY, "SandboxViolation", exc.message, exc.line or line), False
+        if isinstance(exc, MemoryError):
+            message = f"the step ran out of memory (limit {self.settings.memory_mb} MB)"
+            return _error(LIMIT, "MemoryError", message, line), True
+        if isinstance(exc, RecursionError):
+            message = f"maximum recursion depth exceeded (limit {self.settings.recursion_limit})"
+            return _error(LIMIT, "RecursionError", message, line), True
+        if isinstance(exc, LimitExceeded):
+            return _error(LIMIT, type(exc).__name__, _text_of(exc), line), isinstance(exc, CpuLimitExceeded)
+        if isinstance(exc, SystemExit | KeyboardInterrupt):
+            message = f"{type(exc).__name__} cannot end a sandboxed step; use fail(message) to fail it"
+            return _error(SECURITY, type(exc).__name__, message, line), False
+        if isinstance(exc, StepFailed):
+            return _error(FAIL, "StepFailed", _text_of(exc), line), False
+        return _error(SCRIPT, type(exc).__name__[:_MAX_TYPE_NAME], _text_of(exc), line), False
+
+    def _sticky_error(self, scope: StepScope) -> dict[str, Any] | None:
+        """What fails the step even if the script caught the exception: a refusal, CPU, fail()."""
+        violation = self.violations.first
+        if violation is not None:
+            return _error(SECURITY, "SandboxViolation", violation.message, violation.line)
+        if self.cpu_exceeded:
+            return _error(LIMIT, "CpuLimitExceeded", "the step used more CPU time than its timeout allows", None)
+        if scope.failure is not None:
+            return _error(FAIL, "StepFailed", scope.failure, None)
+        return None
+
+    def _encode_outputs(self, outputs: Any) -> tuple[bytes, dict[str, Any] | None]:
+        if not isinstance(outputs, dict):
+            return b"{}", _error(OUTPUT, "OutputError", "outputs must be a dict", None)
+        try:
+            encoded = orjson.dumps(outputs, option=JSON_OPTIONS)
+        except TypeError:
+            return b"{}", _error(OUTPUT, "OutputError", _explain_outputs(outputs), None)
+        except MemoryError:
+            return b"{}", _error(LIMIT, "OutputError", "outputs are too large to encode", None)
+        limit = self.settings.max_output_bytes
+        if len(encoded) > limit:
+            message = f"outputs are {len(encoded)} bytes encoded, over the {limit}-byte limit"
+            return b"{}", _error(LIMIT, "OutputError", message, None)
+        return encoded, None
+
+    def _cap_error(self, error: dict[str, Any] | None) -> dict[str, Any] | None:
+        if error is not None:
+            error["message"] = cap_text(error["message"], self.settings.max_error_bytes)
+        return error
+
+
+def _error(kind: str, type_: str, message: str, line: int | None) -> dict[str, Any]:
+    return {"kind": kind, "type": type_, "message": message, "line": line}
+
+
+def _traceback_line(tb: TracebackType | None) -> int | None:
+    """The line of the innermost script frame of a traceback."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == SCRIPT_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        text = str(exc)  # may run script code (__str__), which may fail in any way
+    except BaseException:
+        return "(the exception's message could not be formatted)"
+    return text if isinstance(text, str) else "(the exception's message is not a str)"
+
+
+def _explain_outputs(outputs: dict[Any, Any]) -> str:
+    """Which output is not a JSON value, and why."""
+    for key, value in outputs.items():
+        if type(key) is not str:
+            return f"outputs key of type {type(key).__name__} is not a str"
+        try:
+            orjson.dumps(value, option=JSON_OPTIONS)
+        except TypeError as exc:
+            return f"outputs[{key!r}] is not a JSON value: {exc}"
+    return "outputs are not JSON values"
+
+
+def cap_text(text: str, limit: int) -> str:
+    """Valid UTF-8 of at most `limit` bytes (lone surrogates replaced), marked when cut."""
+    if len(text) <= limit and text.isascii():
+        return text
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    marker = " [truncated]"
+    return data[: max(limit - len(marker), 0)].decode("utf-8", "ignore") + marker

@@ -1,0 +1,48 @@
+"""Run and step states, and the trigger rules that decide whether a step runs.
+
+The enum values are the strings stored in every store and sent on every wire.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_RUN
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_STEP
+
+
+class RunIf(StrEnum):
+    """When a step runs, given how its dependencies ended."""
+
+    ALL_SUCCESS = "all_success"  # every dependency succeeded
+    ALL_DONE = "all_done"  # every dependency ended, however
+    ANY_FAILED = "any_failed"  # at least one dependency failed (or was skipped because of a failure)
+
+
+_TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
+_TERMINAL_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})

@@ -1,0 +1,65 @@
+"""JSON at the store's edge: every value a store keeps goes through orjson on the way in.
+
+So a caller's later mutation never reaches the store, a value that is not JSON is refused by the call
+that wrote it (StoreError naming the run and step), and every read hands out a fresh copy. The memory
+and SQLite stores share these helpers so that they behave alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from dagrun.context import ContextOp, apply_ops
+from dagrun.errors import StoreError
+from dagrun.executor import ErrorKind, StepError
+
+EMPTY_OBJECT = "{}"
+
+
+def encode_json(value: Any, *, where: str) -> str:
+    """`value` as JSON text; StoreError naming `where` when it is not a JSON value."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+        raise StoreError(f"{where}: not a JSON value: {exc}") from exc
+
+
+def decode_json(text: str | bytes) -> Any:
+    return orjson.loads(text)
+
+
+def copy_json(value: Any, *, where: str) -> Any:
+    """A deep copy of a JSON value; StoreError naming `where` when it is not one."""
+    return orjson.loads(encode_json(value, where=where))
+
+
+def encode_error(error: StepError | None) -> str | None:
+    return None if error is None else orjson.dumps(error.to_json()).decode()
+
+
+def decode_error(text: str | None) -> StepError | None:
+    if text is None:
+        return None
+    data = orjson.loads(text)
+    return StepError(ErrorKind(data["kind"]), data["type"], data["message"], data.get("line"))
+
+
+def merge_context(current: str, ops: tuple[ContextOp, ...], *, run_id: str) -> tuple[str, dict[str, Any], list[str]]:
+    """Apply `ops` in order to the context stored as JSON text `current`.
+
+    Returns the new text, a fresh copy of the new value and the messages of the rejected operations.
+    An operation whose value is not JSON is rejected like one that does not fit the current value.
+    """
+    context: dict[str, Any] = orjson.loads(current)
+    rejected: list[str] = []
+    for op in ops:
+        try:
+            orjson.dumps(op.value)
+        except TypeError as exc:
+            rejected.append(f"context key {op.key!r}: not a JSON value: {exc}")
+            continue
+        rejected.extend(apply_ops(context, (op,)))
+    text = encode_json(context, where=f"run {run_id!r} context")
+    return text, orjson.loads(text), rejected

@@ -1,0 +1,136 @@
+"""The worker side shared by every transport: envelopes in, the sandbox pool runs them, envelopes out.
+
+A transport's worker server (Redis consumer, WebSocket or HTTP server) only moves bytes; a
+ScriptWorker decodes each request, runs it in its own warm SandboxPool, encodes the result, logs one
+line per step and keeps the counters that liveness reports show. Its `stopping` flag is the single
+place a server learns that it must take no new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from dagrun.executor import (
+    DEFAULT_MAX_ENVELOPE_BYTES,
+    HostFunction,
+    StepRequest,
+    StepResult,
+    decode_request,
+    encode_result,
+)
+from dagrun.sandbox import SandboxPool, SandboxSettings
+
+logger = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How a worker serves: where (url or host/port), for whom (token, contexts), how much at once."""
+
+    url: str = ""  # what to connect to (Redis); empty for servers that listen
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: any free port (the server logs the one it got)
+    token: str | None = None  # required by the WebSocket and HTTP servers
+    contexts: tuple[str, ...] = ("default",)
+    concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # steps running at once
+    grace_s: float = 30.0  # on shutdown, how long in-flight steps may take to finish
+    max_message_bytes: int = DEFAULT_MAX_ENVELOPE_BYTES
+    worker_id: str = field(default_factory=default_worker_id)
+    sandbox: SandboxSettings | None = None  # None: SandboxSettings(processes=concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """What a liveness report says about a worker."""
+
+    worker_id: str
+    host: str
+    pid: int
+    contexts: tuple[str, ...]
+    current: tuple[str, ...]  # "run_id/step_id#attempt" of the steps running now
+    steps_done: int
+    errors: int  # steps that ended failed
+    started_at: float
+    heartbeat_at: float
+
+
+class ScriptWorker:
+    """Runs step envelopes in a warm sandbox pool: `async with ScriptWorker(settings) as worker`."""
+
+    def __init__(self, settings: WorkerSettings, *, functions: Mapping[str, HostFunction] | None = None) -> None:
+        self.settings = settings
+        sandbox = settings.sandbox or SandboxSettings(processes=settings.concurrency)
+        self._pool = SandboxPool(sandbox, functions=functions)
+        self._current: dict[int, str] = {}
+        self._steps_done = 0
+        self._errors = 0
+        self._started_at = time.time()
+        self.stopping = False
+
+    async def __aenter__(self) -> ScriptWorker:
+        await self._pool.start()
+        logger.info("worker %s ready: %d sandbox processes", self.settings.worker_id, len(self._pool.worker_ids))
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self.stopping = True
+        await self._pool.aclose()
+
+    def decode(self, data: bytes | str) -> StepRequest:
+        """Parse an untrusted request envelope; ExecutorError says what is wrong (size, JSON, version)."""
+        return decode_request(data, max_bytes=self.settings.max_message_bytes)
+
+    async def run(self, request: StepRequest) -> StepResult:
+        """Run one step in the sandbox; a failed StepResult for anything the script does."""
+        key = id(request)
+        self._current[key] = f"{request.run_id}/{request.step_id}#{request.attempt}"
+        try:
+            result = await self._pool.run(request)
+        finally:
+            del self._current[key]
+        self._steps_done += 1
+        if not result.ok:
+            self._errors += 1
+        logger.info(
+            "worker %s run %s step %s attempt %d %s in %.1f ms%s",
+            self.settings.worker_id,
+            request.run_id,
+            request.step_id,
+            request.attempt,
+            "succeeded" if result.ok else "failed",
+            result.elapsed_ms,
+            f": {result.error}" if result.error else "",
+        )
+        return result
+
+    async def handle(self, data: bytes | str) -> bytes:
+        """Decode, run and encode one envelope; ExecutorError for an envelope that must be refused."""
+        return encode_result(await self.run(self.decode(data)))
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(
+            worker_id=self.settings.worker_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            contexts=self.settings.contexts,
+            current=tuple(self._current.values()),
+            steps_done=self._steps_done,
+            errors=self._errors,
+            started_at=self._started_at,
+            heartbeat_at=time.time(),
+        )

@@ -1,0 +1,67 @@
+"""The local transport: steps run in this machine's warm pool of sandbox child processes.
+
+URL: ``local`` or ``local://?processes=4&memory_mb=256`` (any integer field of SandboxSettings).
+The pool starts on the first call, so an executor that is configured but unused costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from urllib.parse import parse_qsl, urlsplit
+
+from dagrun.errors import ExecutorError
+from dagrun.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.sandbox import SandboxPool, SandboxSettings
+from dagrun.worker import ScriptWorker
+
+
+class LocalExecutor:
+    def __init__(self, settings: SandboxSettings, options: ExecutorOptions) -> None:
+        self._pool = SandboxPool(settings, functions=options.functions)
+        self._started: asyncio.Task[None] | None = None
+
+    async def call(self, request: StepRequest) -> StepResult:
+        if self._started is None:
+            self._started = asyncio.ensure_future(self._pool.start())
+        if not self._started.done():
+            await asyncio.shield(self._started)  # concurrent first calls wait for the same start
+        self._started.result()  # a start that failed fails every call with its ExecutorError
+        return await self._pool.run(request)
+
+    async def aclose(self) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
+            await asyncio.gather(self._started, return_exceptions=True)
+        await self._pool.aclose()
+
+
+def settings_from_url(url: str, options: ExecutorOptions) -> SandboxSettings:
+    """SandboxSettings from ``local://?field=value``; ExecutorError names unknown or bad fields."""
+    settings = SandboxSettings()
+    if options.processes is not None:
+        settings = dataclasses.replace(settings, processes=options.processes)
+    integer_fields = {f.name for f in dataclasses.fields(SandboxSettings) if f.type in ("int", int)}
+    changes: dict[str, int] = {}
+    for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name not in integer_fields:
+            raise ExecutorError(f"{url!r}: unknown setting {name!r}; known: {', '.join(sorted(integer_fields))}")
+        try:
+            changes[name] = int(value)
+        except ValueError:
+            raise ExecutorError(f"{url!r}: {name} must be an integer, not {value!r}") from None
+    try:
+        return dataclasses.replace(settings, **changes)
+    except ValueError as exc:
+        raise ExecutorError(f"{url!r}: {exc}") from None
+
+
+class LocalTransport:
+    def open_executor(self, url: str, options: ExecutorOptions) -> LocalExecutor:
+        return LocalExecutor(settings_from_url(url, options), options)
+
+    async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
+        raise ExecutorError("the local executor has no worker server; start one with `dagrun worker redis|ws|http`")
+
+
+transport = LocalTransport()

@@ -1,0 +1,349 @@
+"""The Store contract, run against every implementation through the `store` fixture."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagrun.context import ContextOp, ContextOpKind, apply_ops
+from dagrun.errors import RunNotFound, StoreError
+from dagrun.executor import ErrorKind, StepError
+from dagrun.states import RunStatus, StepStatus
+from dagrun.store import StepRecord, Store
+from tests.store.conftest import StoreFactory, create, make_run
+
+SET, INCR, APPEND = ContextOpKind.SET, ContextOpKind.INCR, ContextOpKind.APPEND
+
+
+async def test_created_run_reads_back_with_its_steps_pending(store: StoreFactory) -> None:
+    s = store()
+    run = make_run("r1", created_at=100.0)
+    await s.create_run(run, ["extract", "load"])
+
+    assert await s.get_run("r1") == run
+    steps = await s.get_steps("r1")
+    assert [(step.step_id, step.status, step.attempt) for step in steps] == [
+        ("extract", StepStatus.PENDING, 0),
+        ("load", StepStatus.PENDING, 0),
+    ]
+    assert await s.get_context("r1") == {}
+    assert await s.get_events("r1") == []
+
+
+async def test_list_runs_is_newest_first_with_filters_and_limit(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "old", flow_name="etl", created_at=1.0)
+    await create(s, "mid", flow_name="report", created_at=2.0)
+    await create(s, "new", flow_name="etl", created_at=3.0)
+    await create(s, "tie", flow_name="etl", created_at=3.0)  # same instant: the later insert is newer
+    await s.set_run_status("mid", RunStatus.RUNNING, at=5.0)
+    await s.set_run_status("new", RunStatus.RUNNING, at=5.0)
+
+    assert [r.run_id for r in await s.list_runs()] == ["tie", "new", "mid", "old"]
+    assert [r.run_id for r in await s.list_runs(limit=2)] == ["tie", "new"]
+    assert [r.run_id for r in await s.list_runs(status=RunStatus.RUNNING)] == ["new", "mid"]
+    assert [r.run_id for r in await s.list_runs(flow_name="etl")] == ["tie", "new", "old"]
+    assert [r.run_id for r in await s.list_runs(status=RunStatus.RUNNING, flow_name="etl")] == ["new"]
+    assert await s.list_runs(flow_name="nope") == []
+    assert await s.list_runs(limit=0) == []
+
+
+async def test_creating_a_run_twice_raises_store_error(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+    with pytest.raises(StoreError, match="'r1' already exists"):
+        await create(s, "r1")
+    await s.set_run_status("r1", RunStatus.SUCCEEDED, at=1.0)  # an ended run is still there
+    with pytest.raises(StoreError, match="already exists"):
+        await create(s, "r1")
+    await s.flush()
+    with pytest.raises(StoreError, match="already exists"):
+        await create(s, "r1")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "get_run",
+        "get_steps",
+        "get_context",
+        "get_events",
+        "set_run_status",
+        "record_step",
+        "apply_context",
+    ],
+)
+async def test_every_call_on_an_unknown_run_raises_run_not_found(store: StoreFactory, call: str) -> None:
+    s = store()
+    await create(s, "known")
+    calls: dict[str, Any] = {
+        "get_run": lambda: s.get_run("ghost"),
+        "get_steps": lambda: s.get_steps("ghost"),
+        "get_context": lambda: s.get_context("ghost"),
+        "get_events": lambda: s.get_events("ghost", after_seq=3),
+        "set_run_status": lambda: s.set_run_status("ghost", RunStatus.RUNNING, at=1.0),
+        "record_step": lambda: s.record_step(StepRecord("ghost", "a", StepStatus.RUNNING)),
+        "apply_context": lambda: s.apply_context("ghost", (ContextOp(SET, "k", 1),)),
+    }
+    with pytest.raises(RunNotFound) as caught:
+        await calls[call]()
+    assert caught.value.run_id == "ghost"
+    assert "'ghost'" in str(caught.value)
+
+
+async def test_step_upserts_keep_the_latest_state_in_flow_order(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a", "b", "c"])
+    await s.record_step(StepRecord("r1", "c", StepStatus.RUNNING, attempt=1, started_at=10.0))
+    await s.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1, started_at=11.0))
+    await s.record_step(StepRecord("r1", "c", StepStatus.FAILED, attempt=1, started_at=10.0, finished_at=12.0))
+    await s.record_step(StepRecord("r1", "c", StepStatus.RUNNING, attempt=2, started_at=13.0))
+    await s.record_step(StepRecord("r1", "extra", StepStatus.SKIPPED))  # not created with the run: goes last
+
+    steps = await s.get_steps("r1")
+    assert [(x.step_id, x.status, x.attempt, x.started_at) for x in steps] == [
+        ("a", StepStatus.RUNNING, 1, 11.0),
+        ("b", StepStatus.PENDING, 0, None),
+        ("c", StepStatus.RUNNING, 2, 13.0),
+        ("extra", StepStatus.SKIPPED, 0, None),
+    ]
+    assert steps[2].finished_at is None
+
+
+async def test_outputs_errors_and_logs_round_trip(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["ok", "bad"])
+    ok = StepRecord(
+        "r1", "ok", StepStatus.SUCCEEDED, attempt=1, started_at=1.5, finished_at=2.5,
+        outputs={"rows": 3, "names": ["é", "b"], "nested": {"x": None, "pi": 3.25, "yes": True}},
+        logs="line 1\nline 2 ✓\n", worker_id="w-1",
+    )  # fmt: skip
+    error = StepError(ErrorKind.SCRIPT, "ZeroDivisionError", "division by zero", line=3)
+    bad = StepRecord("r1", "bad", StepStatus.FAILED, attempt=2, error=error, logs="boom")
+    no_line = StepError(ErrorKind.TIMEOUT, "TimeoutError", "step ran past 5 s")
+    await s.record_step(ok)
+    await s.record_step(bad)
+
+    assert await s.get_steps("r1") == [ok, bad]
+    await s.record_step(StepRecord("r1", "bad", StepStatus.FAILED, attempt=3, error=no_line))
+    assert (await s.get_steps("r1"))[1].error == no_line
+
+
+async def test_events_have_gap_free_seqs_in_write_order(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    await create(s, "r2", ["a"])
+    await s.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+    for attempt, status in enumerate([StepStatus.READY, StepStatus.RUNNING, StepStatus.SUCCEEDED]):
+        await s.record_step(StepRecord("r1", "a", status, attempt=attempt), message=f"m{attempt}")
+        await s.record_step(StepRecord("r2", "a", status))
+    await s.set_run_status("r1", RunStatus.SUCCEEDED, at=2.0)
+
+    events = await s.get_events("r1")
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert [(e.kind, e.status, e.step_id) for e in events] == [
+        ("run", "running", None),
+        ("step", "ready", "a"),
+        ("step", "running", "a"),
+        ("step", "succeeded", "a"),
+        ("run", "succeeded", None),
+    ]
+    assert [e.message for e in events[1:4]] == ["m0", "m1", "m2"]
+    assert [e.attempt for e in events[1:4]] == [0, 1, 2]
+    assert all(e.run_id == "r1" for e in events)
+    assert [e.seq for e in await s.get_events("r2")] == [1, 2, 3]
+    assert [e.seq for e in await s.get_events("r1", after_seq=2)] == [3, 4, 5]
+    assert [e.seq for e in await s.get_events("r1", after_seq=1, limit=2)] == [2, 3]
+    assert await s.get_events("r1", after_seq=5) == []
+    assert await s.get_events("r1", limit=0) == []
+
+
+async def test_writes_after_a_run_ended_continue_its_seq(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    await s.set_run_status("r1", RunStatus.CANCELLED, at=1.0, error="cancelled by user")
+    await s.record_step(StepRecord("r1", "a", StepStatus.CANCELLED), message="run cancelled")
+    await s.apply_context("r1", (ContextOp(SET, "late", True),))
+    await s.set_run_status("r1", RunStatus.RUNNING, at=2.0)  # resumed after the end, e.g. a retry
+
+    assert [e.seq for e in await s.get_events("r1")] == [1, 2, 3]
+    assert await s.get_context("r1") == {"late": True}
+    assert (await s.get_steps("r1"))[0].status == StepStatus.CANCELLED
+
+
+async def test_run_status_transitions_set_timestamps_and_append_run_events(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+    await s.set_run_status("r1", RunStatus.RUNNING, at=10.0)
+    run = await s.get_run("r1")
+    assert (run.status, run.started_at, run.finished_at, run.error) == (RunStatus.RUNNING, 10.0, None, None)
+
+    await s.set_run_status("r1", RunStatus.PAUSED, at=11.0)
+    await s.set_run_status("r1", RunStatus.RUNNING, at=12.0)  # resuming keeps the first start
+    assert (await s.get_run("r1")).started_at == 10.0
+
+    await s.set_run_status("r1", RunStatus.FAILED, at=13.0, error="step 'b' failed")
+    run = await s.get_run("r1")
+    assert (run.status, run.started_at, run.finished_at, run.error) == (RunStatus.FAILED, 10.0, 13.0, "step 'b' failed")
+
+    events = await s.get_events("r1")
+    assert [(e.kind, e.status, e.at, e.message) for e in events] == [
+        ("run", "running", 10.0, ""),
+        ("run", "paused", 11.0, ""),
+        ("run", "running", 12.0, ""),
+        ("run", "failed", 13.0, "step 'b' failed"),
+    ]
+
+
+async def test_a_run_cancelled_before_it_started_has_no_start(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+    await s.set_run_status("r1", RunStatus.CANCELLED, at=5.0)
+    run = await s.get_run("r1")
+    assert (run.status, run.started_at, run.finished_at) == (RunStatus.CANCELLED, None, 5.0)
+
+
+async def test_context_ops_merge_in_order(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+    value, rejected = await s.apply_context(
+        "r1", (ContextOp(SET, "name", "eu"), ContextOp(INCR, "n", 2), ContextOp(APPEND, "seen", "a"))
+    )
+    assert (value, rejected) == ({"name": "eu", "n": 2, "seen": ["a"]}, [])
+    value, rejected = await s.apply_context(
+        "r1", (ContextOp(INCR, "n", 0.5), ContextOp(APPEND, "seen", {"b": 1}), ContextOp(SET, "name", None))
+    )
+    assert (value, rejected) == ({"name": None, "n": 2.5, "seen": ["a", {"b": 1}]}, [])
+    assert await s.get_context("r1") == value
+
+
+async def test_concurrent_context_increments_are_not_lost(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+
+    async def worker(index: int) -> None:
+        for _ in range(20):
+            await s.apply_context("r1", (ContextOp(INCR, "total", 1), ContextOp(APPEND, "who", index)))
+            await asyncio.sleep(0)
+
+    async with asyncio.TaskGroup() as group:
+        for index in range(10):
+            group.create_task(worker(index))
+    context = await s.get_context("r1")
+    assert context["total"] == 200
+    assert sorted(context["who"]) == sorted(list(range(10)) * 20)
+
+
+async def test_rejected_context_ops_are_reported_and_left_out(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1")
+    value, rejected = await s.apply_context(
+        "r1",
+        (
+            ContextOp(SET, "name", "eu"),
+            ContextOp(INCR, "name", 1),  # incr on a string
+            ContextOp(APPEND, "name", 1),  # append to a string
+            ContextOp(SET, "bad", {1, 2}),  # not a JSON value
+            ContextOp(INCR, "n", 1),
+        ),
+    )
+    assert value == {"name": "eu", "n": 1}
+    assert len(rejected) == 3
+    assert "cannot incr 'eu'" in rejected[0]
+    assert "cannot append to str" in rejected[1]
+    assert "'bad'" in rejected[2] and "JSON" in rejected[2]
+    assert await s.get_context("r1") == {"name": "eu", "n": 1}
+
+
+async def test_values_are_copied_on_the_way_in_and_out(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    outputs: dict[str, Any] = {"rows": [1, 2]}
+    item: list[int] = [1]
+    await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, outputs=outputs))
+    value, _ = await s.apply_context("r1", (ContextOp(APPEND, "items", item),))
+    outputs["rows"].append(3)
+    item.append(2)
+    value["items"].append("mutated")
+    (await s.get_steps("r1"))[0].outputs["rows"].append(4)
+    (await s.get_context("r1"))["items"].append("mutated")
+    (await s.get_run("r1")).inputs["region"] = "us"
+
+    assert (await s.get_steps("r1"))[0].outputs == {"rows": [1, 2]}
+    assert await s.get_context("r1") == {"items": [[1]]}
+    assert (await s.get_run("r1")).inputs == {"region": "eu"}
+
+
+async def test_values_that_are_not_json_raise_store_error(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    with pytest.raises(StoreError, match="run 'r1' step 'a' outputs: not a JSON value"):
+        await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, outputs={"when": object()}))
+    bad_run = make_run("r2")
+    bad_run.inputs["x"] = {1, 2}
+    with pytest.raises(StoreError, match="run 'r2' inputs: not a JSON value"):
+        await s.create_run(bad_run, ["a"])
+    with pytest.raises(RunNotFound):
+        await s.get_run("r2")
+    await s.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # the refused write took no seq
+    assert [e.seq for e in await s.get_events("r1")] == [1]
+
+
+async def test_async_with_closes_the_store(store: StoreFactory) -> None:
+    s = store()
+    async with s as entered:  # type: ignore[attr-defined]
+        assert entered is s
+        await create(s, "r1")
+    with pytest.raises(RuntimeError, match="Store is closed"):
+        await s.get_run("r1")
+
+
+async def test_aclose_twice_is_fine_and_later_use_raises_runtime_error(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    await s.aclose()
+    await s.aclose()
+    name = type(s).__name__
+    calls: list[Any] = [
+        lambda: s.create_run(make_run("r2"), ["a"]),
+        lambda: s.set_run_status("r1", RunStatus.RUNNING, at=1.0),
+        lambda: s.record_step(StepRecord("r1", "a", StepStatus.RUNNING)),
+        lambda: s.apply_context("r1", (ContextOp(SET, "k", 1),)),
+        lambda: s.get_run("r1"),
+        lambda: s.list_runs(),
+        lambda: s.get_steps("r1"),
+        lambda: s.get_context("r1"),
+        lambda: s.get_events("r1"),
+        lambda: s.flush(),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match=f"^{name} is closed$"):
+            await call()
+
+
+_json_scalars = st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(max_size=5)
+_ops = st.lists(
+    st.builds(ContextOp, st.sampled_from([SET, INCR, APPEND]), st.sampled_from(["a", "b", "c"]), _json_scalars),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(_ops, max_size=4))
+async def test_context_matches_applying_the_ops_to_a_dict(store: StoreFactory, batches: list[list[ContextOp]]) -> None:
+    s: Store = store()  # a fresh store per example (the same file for sqlite, so a fresh run id too)
+    run_id = f"r{len(store.opened)}"
+    try:
+        await create(s, run_id)
+        expected: dict[str, Any] = {}
+        for ops in batches:
+            expected_rejected = apply_ops(expected, ops)
+            value, rejected = await s.apply_context(run_id, tuple(ops))
+            assert (value, rejected) == (expected, expected_rejected)
+        assert await s.get_context(run_id) == expected
+    finally:
+        await s.aclose()

@@ -1,0 +1,214 @@
+"""The `dagrun` command as a user drives it: real processes, exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+
+
+def dagrun(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DAGRUN_STORE": str(cwd / "store")}
+    env.pop("DAGRUN_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "dagrun", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def write_flow(directory: Path, document: dict[str, Any] | str, name: str = "flow.json") -> Path:
+    path = directory / name
+    path.write_text(document if isinstance(document, str) else json.dumps(document))
+    return path
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+def test_validate_accepts_a_valid_flow(tmp_path: Path) -> None:
+    result = dagrun("validate", str(FLOWS / "etl.json"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_validate_lists_every_problem_with_its_place(tmp_path: Path) -> None:
+    bad = {
+        "name": "bad",
+        "steps": [
+            {"id": "a", "script": "pass", "depends_on": ["c"]},
+            {"id": "b", "script": "pass", "depends_on": ["a"]},
+            {"id": "c", "script": "pass", "depends_on": ["b"]},
+            {"id": "d", "script": "x = (", "depends_on": ["lod"]},
+            {"id": "a", "script": "pass", "dependson": []},
+        ],
+    }
+    result = dagrun("validate", str(write_flow(tmp_path, bad)), cwd=tmp_path)
+    assert result.returncode == 2
+    assert_no_traceback(result)
+    err = result.stderr
+    assert "steps[3].depends_on[0]" in err and "'lod'" in err
+    assert "a -> b -> c -> a" in err or "b -> c -> a -> b" in err or "c -> a -> b -> c" in err
+    assert "steps[3].script" in err and "line 1" in err
+    assert "steps[4]" in err and "dependson" in err
+    assert "duplicate" in err.lower()
+    assert "problems found" in err
+
+
+def test_validate_reports_malformed_json_with_line_and_column(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, '{\n  "name": "x",\n  "steps": [\n    {"id": "a" "script": "pass"}\n  ]\n}')
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "line 4" in result.stderr and "column" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_validate_reports_a_missing_file(tmp_path: Path) -> None:
+    result = dagrun("validate", "nope.json", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nope.json" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_run_json_prints_exactly_one_document(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "hello.json"), "--input", "who=team", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == {"run_id", "status", "context", "steps"}
+    assert document["status"] == "succeeded"
+    assert document["steps"]["shout"] == {
+        "status": "succeeded",
+        "attempts": 1,
+        "outputs": {"shouted": "HELLO, TEAM!"},
+        "error": None,
+    }
+
+
+def test_failed_run_exits_1_and_the_store_can_be_read_back(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "cleanup_on_failure.json"), "--json", cwd=tmp_path)
+    assert result.returncode == 1
+    run_id = json.loads(result.stdout)["run_id"]
+
+    status = dagrun("status", run_id, "--json", cwd=tmp_path)
+    document = json.loads(status.stdout)
+    assert document["status"] == "failed"
+    assert document["steps"]["divide"]["error"]["type"] == "ZeroDivisionError"
+    assert document["steps"]["publish"]["status"] == "skipped"
+    assert "context" in document
+
+    outputs = dagrun("outputs", run_id, "cleanup", cwd=tmp_path)
+    assert json.loads(outputs.stdout) == {"removed": "scratch-42"}
+
+    events = dagrun("events", run_id, cwd=tmp_path)
+    assert events.returncode == 0
+    assert "step divide failed" in events.stdout
+    assert "step cleanup succeeded" in events.stdout
+
+    runs = dagrun("runs", "--json", cwd=tmp_path)
+    assert [r["run_id"] for r in json.loads(runs.stdout)] == [run_id]
+
+
+def test_plain_output_when_not_a_terminal(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "hello.json"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "step greet succeeded" in result.stdout
+    assert "succeeded" in result.stdout.splitlines()[-1]
+
+
+def test_invalid_flow_creates_no_run(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, {"name": "x", "steps": [{"id": "a", "script": "pass", "depends_on": ["a"]}]})
+    result = dagrun("run", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "steps[0].depends_on[0]" in result.stderr
+    runs = dagrun("runs", "--json", cwd=tmp_path)
+    assert json.loads(runs.stdout) == []
+
+
+def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "hello.json"), "--input", "whom=x", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "whom" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
+    for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
+        result = dagrun(*command, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert "no run with id 'nope'" in result.stderr
+        assert_no_traceback(result)
+
+
+def test_a_store_path_that_cannot_be_written_exits_3(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = dagrun("run", str(FLOWS / "hello.json"), "--store", str(blocker / "store"), cwd=tmp_path)
+    assert result.returncode == 3
+    assert str(blocker) in result.stderr
+    assert_no_traceback(result)
+
+
+def test_graph_exports_dot_and_mermaid(tmp_path: Path) -> None:
+    dot = dagrun("graph", str(FLOWS / "etl.json"), cwd=tmp_path)
+    assert dot.returncode == 0
+    assert dot.stdout.startswith("digraph") and '"extract" -> "transform_0"' in dot.stdout
+    mermaid = dagrun("graph", str(FLOWS / "etl.json"), "--format", "mermaid", cwd=tmp_path)
+    assert mermaid.stdout.startswith("flowchart") or mermaid.stdout.startswith("graph")
+
+
+def test_schema_is_json_schema(tmp_path: Path) -> None:
+    result = dagrun("schema", cwd=tmp_path)
+    schema = json.loads(result.stdout)
+    assert schema["type"] == "object" and "steps" in schema["properties"]
+
+
+def test_status_works_from_another_process_while_a_run_writes(tmp_path: Path) -> None:
+    busy = "total = 0\nfor i in range(400000):\n    total += i\noutputs['total'] = total"
+    steps = [{"id": "s0", "script": busy}] + [
+        {"id": f"s{i}", "script": busy, "depends_on": [f"s{i - 1}"]} for i in range(1, 30)
+    ]
+    path = write_flow(tmp_path, {"name": "slow", "steps": steps})
+    env = {**os.environ, "DAGRUN_STORE": str(tmp_path / "store")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "dagrun", "run", str(path), "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        seen_running = None
+        while time.monotonic() < deadline and runner.poll() is None:
+            runs = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout or "[]")
+            if runs and runs[0]["status"] == "running":
+                status = json.loads(dagrun("status", runs[0]["run_id"], "--json", cwd=tmp_path).stdout)
+                done = [s for s in status["steps"].values() if s["status"] == "succeeded"]
+                if done:
+                    seen_running = status
+                    break
+        assert seen_running is not None, "never saw the run in progress from another process"
+        assert seen_running["status"] == "running"
+        assert 0 < len([s for s in seen_running["steps"].values() if s["status"] == "succeeded"]) < 30
+        out, err = runner.communicate(timeout=60)
+        assert runner.returncode == 0, err
+        assert json.loads(out)["status"] == "succeeded"
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+
+
+@pytest.mark.parametrize("bad", ["--max-parallel=0", "--max-parallel=x"])
+def test_bad_arguments_exit_2_with_a_usage_message(tmp_path: Path, bad: str) -> None:
+    result = dagrun("run", str(FLOWS / "hello.json"), bad, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "max-parallel" in result.stderr

@@ -1,0 +1,85 @@
+"""Every flow in flows/ validates, and every one that needs no remote worker runs as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dagrun import MemoryStore, Orchestrator, RunStatus, StepStatus, load_flow, parse_flow
+
+FLOWS = Path(__file__).resolve().parent.parent / "flows"
+ALL_FLOWS = sorted(FLOWS.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", ALL_FLOWS, ids=[p.name for p in ALL_FLOWS])
+def test_every_example_flow_validates(path: Path) -> None:
+    flow = load_flow(path)
+    assert flow.steps
+
+
+def local_only(path: Path) -> bool:
+    return all(step.executor == "local" for step in load_flow(path).steps)
+
+
+@pytest.mark.parametrize("path", [p for p in ALL_FLOWS if local_only(p)], ids=lambda p: p.name)
+async def test_every_local_example_flow_runs_to_its_documented_end(path: Path) -> None:
+    expected_status = RunStatus.FAILED if path.name == "cleanup_on_failure.json" else RunStatus.SUCCEEDED
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(path))
+    assert result.status == expected_status, {k: v.error for k, v in result.steps.items()}
+
+
+async def test_etl_fans_out_and_in_and_shares_context() -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "etl.json"), inputs={"rows": 9})
+    amounts = [(i * 7) % 11 for i in range(9)]
+    assert result.steps["load"].outputs["grand_total"] == sum(amounts)
+    assert result.context == {"extracted": 9, "transformed": 9}
+
+
+async def test_cleanup_runs_after_a_failure_and_the_independent_branch_goes_on() -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "cleanup_on_failure.json"))
+    statuses = {step_id: outcome.status for step_id, outcome in result.steps.items()}
+    assert statuses == {
+        "prepare": StepStatus.SUCCEEDED,
+        "divide": StepStatus.FAILED,
+        "publish": StepStatus.SKIPPED,
+        "independent": StepStatus.SUCCEEDED,
+        "cleanup": StepStatus.SUCCEEDED,
+    }
+    error = result.steps["divide"].error
+    assert error is not None and (error.type, error.line) == ("ZeroDivisionError", 3)
+    assert result.steps["cleanup"].outputs == {"removed": "scratch-42"}
+
+
+async def test_retries_flow_needs_three_attempts() -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "retries.json"))
+    assert result.steps["flaky"].attempts == 3
+    assert result.steps["after"].outputs == {"message": "succeeded after 3 attempts"}
+
+
+async def test_script_file_flow_reads_its_script_and_interpolates() -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "script_file.json"))
+    assert result.steps["stats"].outputs == {"mean": 79.2, "best": 92, "grades": ["C", "B", "A", "C", "B"]}
+    assert result.steps["summary"].outputs == {"line": "mean 79.2, best 92"}
+
+
+async def test_host_functions_are_callable_from_scripts() -> None:
+    calls: list[str] = []
+
+    def lookup(customer_id: str) -> dict[str, str]:
+        calls.append(customer_id)
+        return {"id": customer_id, "tier": "gold"}
+
+    document = {
+        "name": "host",
+        "steps": [{"id": "a", "script": "outputs['tier'] = lookup('c-1')['tier']", "outputs": ["tier"]}],
+    }
+    async with Orchestrator(MemoryStore(), functions={"lookup": lookup}, processes=1) as orchestrator:
+        result = await orchestrator.run(parse_flow(document))
+    assert result.steps["a"].outputs == {"tier": "gold"}
+    assert calls == ["c-1"]
