@@ -93,7 +93,9 @@ class StepResult:
 
 class Executor(Protocol):
     """Runs one step attempt. `call` returns a failed StepResult for anything the script or worker did
-    wrong; it raises only when cancelled."""
+    wrong, and raises only ExecutorError (it could not deliver) or CancelledError. The executor enforces
+    the step's timeout itself, counted from when the step starts running (not while it waits in a
+    queue), so that `call` always returns."""
 
     async def call(self, request: StepRequest) -> StepResult: ...
 

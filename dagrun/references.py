@@ -150,12 +150,25 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+class _Where:
+    """Names an input in messages; formatted only when a message is built (compiling stays cheap)."""
+
+    __slots__ = ("loc", "prefix")
+
+    def __init__(self, prefix: str, loc: Loc) -> None:
+        self.prefix = prefix
+        self.loc = loc
+
+    def __str__(self) -> str:
+        return f"{self.prefix}input {format_location(self.loc)!r}"
+
+
 class _Lookup:
     """Resolves one reference; `where` names the input for messages."""
 
     __slots__ = ("key", "step_id", "where")
 
-    def __init__(self, reference: Reference, where: str) -> None:
+    def __init__(self, reference: Reference, where: _Where) -> None:
         self.step_id = reference.step_id
         self.key = reference.key
         self.where = where
@@ -169,7 +182,7 @@ class _Lookup:
         return _step_output(outputs_of, self.step_id, self.key, self.where)
 
 
-def _step_output(outputs_of: Outputs, step_id: str, key: str, where: str) -> Any:
+def _step_output(outputs_of: Outputs, step_id: str, key: str, where: _Where) -> Any:
     outputs = outputs_of.get(step_id)
     if outputs is None:  # the step did not succeed; this step runs anyway because of its run_if
         return None
@@ -186,8 +199,13 @@ def _step_output(outputs_of: Outputs, step_id: str, key: str, where: str) -> Any
 def _compile_string(text: str, loc: Loc, prefix: str) -> tuple[bool, Any]:
     if "${" not in text:
         return False, text
+    where = _Where(prefix, loc)
+    exact = _EXACT.fullmatch(text)
+    if exact is not None:  # the common case, without tokenizing
+        step_id, step_key, flow_key = exact.groups()
+        reference = Reference(step_id, step_key, text) if flow_key is None else Reference(None, flow_key, text)
+        return True, _Lookup(reference, where)
     parts = _tokenize(text, loc)
-    where = f"{prefix}input {format_location(loc)!r}"
     for part in parts:
         if isinstance(part, MalformedReference):
             raise FlowError(
@@ -241,8 +259,8 @@ class CompiledInputs:
     def __init__(self, inputs: Mapping[str, Any], *, step_id: str | None = None) -> None:
         prefix = f"step {step_id!r} " if step_id is not None else ""
         self._template: dict[str, Any] = {}
-        exact_steps: list[tuple[str, str, str, str]] = []
-        exact_flow: list[tuple[str, str, str]] = []
+        exact_steps: list[tuple[str, str, str, _Where]] = []
+        exact_flow: list[tuple[str, str, _Where]] = []
         dynamic: list[tuple[str, Resolver]] = []
         for name, value in inputs.items():
             is_dynamic, item = _compile_value(value, (name,), prefix)

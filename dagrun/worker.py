@@ -41,6 +41,8 @@ class WorkerSettings:
     host: str = "127.0.0.1"
     port: int = 0  # 0: any free port (the server logs the one it got)
     token: str | None = None  # required by the WebSocket and HTTP servers
+    tls_cert_file: str | None = None  # servers: serve TLS (wss://, https://) with this certificate chain
+    tls_key_file: str | None = None
     contexts: tuple[str, ...] = ("default",)
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # steps running at once
     grace_s: float = 30.0  # on shutdown, how long in-flight steps may take to finish

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagrun import orchestrator as orchestrator_module
 from dagrun.context import ContextOp, ContextOpKind
 from dagrun.errors import FlowError
 from dagrun.executor import ErrorKind, StepRequest, StepResult
@@ -296,18 +295,6 @@ async def test_cancelling_a_run_records_it_cancelled() -> None:
         "a": StepStatus.CANCELLED,
         "b": StepStatus.CANCELLED,
     }
-
-
-async def test_an_executor_that_never_answers_hits_the_backstop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(orchestrator_module, "TIMEOUT_BACKSTOP_GRACE_S", 0.05)
-
-    async def behaviour(request: StepRequest) -> StepResult:
-        await asyncio.sleep(30)
-        return StepResult(ok=True)
-
-    result, _, _ = await run(chain_flow({"a": []}, a={"timeout_s": 0.05}), behaviour)
-    error = result.steps["a"].error
-    assert error is not None and error.kind == ErrorKind.TIMEOUT
 
 
 async def test_store_holds_the_whole_story() -> None:

@@ -23,7 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands
+    from dagrun.cli import commands, worker
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["dot", "mermaid"], default="dot")
 
     command("schema", commands.schema, "print the JSON Schema of flow files")
+
+    p = command("worker", worker.run_worker, "serve steps for remote orchestrators (redis, ws, http)")
+    worker.add_arguments(p)
     return parser
 
 
@@ -109,7 +112,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    verbosity = args.verbose + (1 if args.command == "worker" else 0)  # a worker logs each step it runs
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args))

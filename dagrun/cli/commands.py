@@ -19,7 +19,9 @@ import orjson
 from rich.console import Console
 
 from dagrun.cli import render
-from dagrun.errors import FlowError, Problem
+from dagrun.cli.worker import read_token_file
+from dagrun.errors import FlowError, Problem, redact
+from dagrun.executor import Executor
 from dagrun.flow import Flow, flow_json_schema
 from dagrun.graph import to_dot, to_mermaid
 from dagrun.loader import load_flow
@@ -65,6 +67,17 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
     return inputs
 
 
+def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
+    """``NAME=URL`` pairs from --executor; FlowError for a malformed one."""
+    executors: dict[str, Executor | str] = {}
+    for pair in pairs:
+        name, sep, url = pair.partition("=")
+        if not sep or not name or not url:
+            raise FlowError([Problem("--executor", f"{redact(pair)!r} is not NAME=URL")], source="command line")
+        executors[name] = url
+    return executors
+
+
 def validate(args: argparse.Namespace) -> int:
     flow = load_flow(args.flow)
     stdout.print(f"{args.flow}: valid flow {flow.name!r} with {len(flow.steps)} steps")
@@ -80,7 +93,12 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> int:
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
-    async with opened_store(args) as store, Orchestrator(store, processes=args.processes) as orchestrator:
+    executors = parse_executors(args.executor)
+    token = read_token_file(args.token_file) if args.token_file else None
+    async with (
+        opened_store(args) as store,
+        Orchestrator(store, executors=executors, processes=args.processes, token=token) as orchestrator,
+    ):
         progress = render.RunProgress(console, flow.name, len(flow.steps))
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
         with shown:

@@ -9,17 +9,20 @@ Results come back in request order; after one with "exit": true the child is gon
 from __future__ import annotations
 
 import collections
+import ctypes
 import gc
+import math
 import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
 
-from dagrun.sandbox.runner import StepRunner
+from dagrun.sandbox.runner import CPU_LIFETIME_S, StepRunner
 from dagrun.sandbox.scope import JSON_OPTIONS, HostFunctionError, LimitExceeded, StepScope
 from dagrun.sandbox.settings import SandboxSettings
 
@@ -28,11 +31,12 @@ from dagrun.sandbox.settings import SandboxSettings
 #                     {"t": "run", "id": n, "req": {...}}            requests, up to pipeline_depth queued
 #                     {"t": "reply", "ok": true, "value": v}         the answer to a host function call
 #                     {"t": "reply", "ok": false, "error": "..."}
-#   child -> parent   {"t": "ready", "pid": n}
+#   child -> parent   {"t": "ready", "pid": n}                       or {"t": "fatal", "message": "..."}
 #                     {"t": "result", "id": n, "ok": ..., "outputs": {...}, "ops": [...], "error": ...,
 #                      "logs": "...", "elapsed_ms": ..., "exit": false}
 #                     {"t": "call", "fn": name, "args": [...], "kwargs": {...}}   during a step
 STARTUP_CPU_S = 5.0  # until the first request re-arms RLIMIT_CPU
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 MAX_OPEN_FILES = 3  # stdin, stdout, stderr: a script that escaped still cannot open anything
 
 
@@ -110,27 +114,43 @@ def make_host_function(
     return host_function
 
 
-def confine(settings: SandboxSettings) -> None:
+def confine(settings: SandboxSettings, parent_pid: int) -> None:
     """Apply the rlimits, drop root privileges for good (RLIMIT_NPROC does not bind root), stop imports."""
     _lower_limit(resource.RLIMIT_AS, settings.memory_mb * 1024 * 1024)
     _lower_limit(resource.RLIMIT_FSIZE, 0)
     _lower_limit(resource.RLIMIT_CORE, 0)
     _lower_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
     _lower_limit(resource.RLIMIT_NPROC, 0)
+    # SIGXCPU (the soft limit) raises in Python code only; the hard limit kills even a loop in C
+    used_s = math.ceil(time.process_time())
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    hard = used_s + CPU_LIFETIME_S if hard == resource.RLIM_INFINITY else min(hard, used_s + CPU_LIFETIME_S)
+    resource.setrlimit(resource.RLIMIT_CPU, (min(used_s + math.ceil(STARTUP_CPU_S), hard), hard))
     drop_to = settings.drop_to
-    if drop_to is not None:
+    if drop_to is not None and drop_to != (os.geteuid(), os.getegid()):
         uid, gid = drop_to
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
             raise RuntimeError("could not drop privileges")
+    _die_with(parent_pid)
     # Everything is loaded: from now on any import (a codec looked up by name ...) fails cleanly with
     # ImportError, instead of reaching the file system with an error that names host paths.
     sys.meta_path.clear()
     sys.path_hooks.clear()
     sys.path_importer_cache.clear()
     sys.path.clear()
+
+
+def _die_with(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this child when its parent dies, even while a script spins in C code and
+    never reads stdin. Set after dropping privileges, which clears it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
 
 
 def _lower_limit(which: int, value: int) -> None:
@@ -168,13 +188,10 @@ def serve(channel: Channel, runner: StepRunner) -> None:
             return
 
 
-def main() -> None:
-    reader: BinaryIO = sys.stdin.buffer
-    # fd 1 carries the protocol alone: anything printed by accident goes to stderr, i.e. /dev/null
-    sys.stdout = sys.stderr
+def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> StepRunner:
+    """Read the configuration, load everything, confine this process; the runner is ready to serve."""
     config = orjson.loads(reader.readline())
     settings = SandboxSettings(**config["settings"])
-    channel = Channel(reader, 1)
     holder: list[StepRunner] = []
     functions = {
         name: make_host_function(
@@ -184,12 +201,25 @@ def main() -> None:
     }
     runner = StepRunner(settings, functions)  # loads every module a script can reach (facades.preload_modules)
     holder.append(runner)
-    confine(settings)
-    runner.arm_cpu(STARTUP_CPU_S)
+    confine(settings, parent_pid)
     signal.signal(signal.SIGXCPU, lambda signum, frame: runner.on_cpu_limit())
     sys.setrecursionlimit(settings.recursion_limit)
     gc.collect()
     gc.freeze()  # the base objects are never garbage: keep them out of every later collection
+    return runner
+
+
+def main() -> None:
+    parent_pid = os.getppid()
+    reader: BinaryIO = sys.stdin.buffer
+    # fd 1 carries the protocol alone: anything printed by accident goes to stderr, i.e. /dev/null
+    sys.stdout = sys.stderr
+    channel = Channel(reader, 1)
+    try:
+        runner = start(reader, channel, parent_pid)
+    except Exception as exc:  # stderr is /dev/null: tell the parent why, for its log
+        channel.send(orjson.dumps({"t": "fatal", "message": f"{type(exc).__name__}: {exc}"[:1000]}) + b"\n")
+        os._exit(1)
     channel.send(orjson.dumps({"t": "ready", "pid": os.getpid()}) + b"\n")
     try:
         serve(channel, runner)

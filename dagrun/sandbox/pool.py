@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -40,6 +41,7 @@ class SandboxPool:
         self._settings = settings or SandboxSettings()
         self._functions = dict(functions or {})
         check_function_names(self._functions)
+        _check_privileges(self._settings)
         self._is_async = {name: inspect.iscoroutinefunction(fn) for name, fn in self._functions.items()}
         self._queue: deque[Job] = deque()
         self._children: list[ChildProcess] = []  # ready and not retired
@@ -369,6 +371,14 @@ class SandboxPool:
     def _check_open(self) -> None:
         if self._is_closed:
             raise RuntimeError("SandboxPool is closed")
+
+
+def _check_privileges(settings: SandboxSettings) -> None:
+    drop_to = settings.drop_to
+    if drop_to is None and os.geteuid() == 0:
+        logger.warning("sandbox children will run as root (drop_to_uid=None): rlimits alone do not confine root")
+    elif drop_to is not None and os.geteuid() != 0 and drop_to != (os.geteuid(), os.getegid()):
+        raise ValueError(f"drop_to_uid={drop_to[0]} and drop_to_gid={drop_to[1]} need a parent running as root")
 
 
 def _in_flight(child: ChildProcess) -> int:

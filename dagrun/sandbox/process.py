@@ -223,6 +223,8 @@ class ChildProcess(asyncio.SubprocessProtocol):
         elif not self.ready.done():
             if message.get("t") == "ready":
                 self.ready.set_result(None)
+            elif message.get("t") == "fatal":
+                self._lose(f"failed to start ({str(message.get('message'))[:1000]})")
             else:
                 self._lose(f"sent {message.get('t')!r} before it was ready")
         else:

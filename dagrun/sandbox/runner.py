@@ -33,6 +33,7 @@ from dagrun.sandbox.settings import SandboxSettings
 
 SECURITY, LIMIT, FAIL, OUTPUT, SCRIPT = "security", "limit", "fail", "output", "script"
 _CACHE_SIZE = 512
+CPU_LIFETIME_S = 24 * 3600  # the hard RLIMIT_CPU of a child: what kills it even where no handler runs
 _MAX_TYPE_NAME = 200
 _REJECTION_KINDS = {"syntax": SCRIPT, "policy": SECURITY, "limit": LIMIT}
 
@@ -53,7 +54,6 @@ class StepRunner:
         self.cpu_exceeded = False
         self._cache: dict[str, tuple[str, CodeType | Rejection]] = {}
         self._armed_cpu_s = -1
-        self._cpu_hard_s = resource.getrlimit(resource.RLIMIT_CPU)[1]
 
     def on_cpu_limit(self) -> None:
         """Called by the SIGXCPU handler; raises into whatever Python code is running."""
@@ -80,7 +80,8 @@ class StepRunner:
         scope.is_active = False
         self.scope = None
         error = self._sticky_error(scope) or error
-        must_exit = must_exit or self.cpu_exceeded
+        # past half its CPU lifetime a child retires, long before the hard RLIMIT_CPU could cut a step
+        must_exit = must_exit or self.cpu_exceeded or time.process_time() > CPU_LIFETIME_S / 2
         encoded = b"{}"
         if error is None:
             encoded, error = self._encode_outputs(outputs)
@@ -137,10 +138,9 @@ class StepRunner:
         """Allow `timeout_s` (rounded up) plus one second more CPU time from now."""
         # RLIMIT_CPU counts the CPU time of the whole (reused) process, so each step moves it on.
         soft = math.ceil(time.process_time() + timeout_s) + 1
-        if self._cpu_hard_s != resource.RLIM_INFINITY:
-            soft = min(soft, self._cpu_hard_s)
         if soft != self._armed_cpu_s:
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, self._cpu_hard_s))
+            hard = resource.getrlimit(resource.RLIMIT_CPU)[1]  # fixed for life once privileges are dropped
+            resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
             self._armed_cpu_s = soft
 
     def _classify(self, exc: BaseException) -> tuple[dict[str, Any], bool]:

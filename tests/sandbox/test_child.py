@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import select
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -145,3 +150,38 @@ def test_a_result_of_the_wrong_shape_is_refused() -> None:
     failed = {**good, "ok": False, "error": {"kind": "nonsense", "type": "X", "message": "m", "line": None}}
     with pytest.raises(ValueError):
         parse_result(failed, owner, TEST_SETTINGS)
+
+
+def test_a_child_dies_with_its_parent_even_when_stuck() -> None:
+    # the parent starts a child, hands it a step that never reads stdin again, and is killed
+    parent_script = (
+        "import dataclasses, subprocess, sys, orjson\n"
+        "from dagrun.sandbox.process import child_command\n"
+        "from tests.sandbox.conftest import TEST_SETTINGS\n"
+        "child = subprocess.Popen(child_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,\n"
+        "                         stderr=subprocess.DEVNULL, env={}, start_new_session=True)\n"
+        "config = {'settings': dataclasses.asdict(TEST_SETTINGS), 'functions': []}\n"
+        "child.stdin.write(orjson.dumps(config) + b'\\n'); child.stdin.flush()\n"
+        "child.stdout.readline()\n"
+        "request = {'run_id': 'r', 'step_id': 's', 'attempt': 1, 'script': 'while True:\\n    pass',\n"
+        "           'script_hash': 'h', 'inputs': {}, 'context': {}, 'context_id': 'c', 'timeout_s': 60}\n"
+        "child.stdin.write(orjson.dumps({'t': 'run', 'id': 1, 'req': request}) + b'\\n'); child.stdin.flush()\n"
+        "print(child.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_script], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert parent.stdout is not None and parent.stdin is not None
+    child_pid = int(parent.stdout.readline())
+    pidfd = os.pidfd_open(child_pid)
+    try:
+        parent.kill()
+        parent.wait(timeout=10)
+
+        readable, _, _ = select.select([pidfd], [], [], 10)  # readable once the child has exited
+        assert readable == [pidfd]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # if it is still spinning: the pidfd names it for sure
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        parent.stdin.close()
+        parent.stdout.close()

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dagrun.context import ContextOp, ContextOpKind
 from dagrun.errors import ScriptError
@@ -15,7 +17,15 @@ from dagrun.sandbox import check_script, compile_script
 from dagrun.sandbox.facades import ALLOWED_MEMBERS, build_facades
 from dagrun.sandbox.policy import build_base_globals, check_function_names, step_globals
 from dagrun.sandbox.runner import cap_text
-from dagrun.sandbox.scope import LimitExceeded, SandboxViolation, StepFailed, StepScope, Violations
+from dagrun.sandbox.scope import (
+    LOG_TRUNCATED_MARKER,
+    LimitExceeded,
+    LogBuffer,
+    SandboxViolation,
+    StepFailed,
+    StepScope,
+    Violations,
+)
 
 
 def run_in_process(
@@ -229,3 +239,30 @@ def test_host_function_names_are_checked() -> None:
     for bad in ("_x", "1x", "class", "inputs", "math", "sorted", "eval", "printed"):
         with pytest.raises(ValueError):
             check_function_names([bad])
+
+
+@given(st.lists(st.text(), max_size=20), st.integers(min_value=0, max_value=300))
+def test_log_text_is_valid_utf8_and_capped(parts: list[str], limit: int) -> None:
+    log = LogBuffer(limit)
+    for part in parts:
+        log.write(part)
+
+    text = log.text()
+
+    data = text.encode("utf-8")
+    joined = "".join(parts)
+    if len(joined.encode("utf-8")) <= limit:
+        assert text == joined
+    else:
+        marker = LOG_TRUNCATED_MARKER.format(limit=limit)
+        assert text.endswith(marker) and len(data) <= limit + len(marker.encode())
+        assert joined.startswith(text.removesuffix(marker))
+
+
+@given(st.text(), st.integers(min_value=16, max_value=200))
+def test_capped_text_is_valid_utf8_within_the_limit(text: str, limit: int) -> None:
+    capped = cap_text(text, limit)
+
+    assert len(capped.encode("utf-8")) <= limit
+    if len(text.encode("utf-8")) <= limit:
+        assert capped == text

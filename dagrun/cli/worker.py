@@ -1,0 +1,104 @@
+"""`dagrun worker KIND`: serve steps for remote orchestrators until SIGTERM/SIGINT.
+
+The transport is found by KIND through the ``dagrun.executors`` entry points (redis, ws, http, or a
+third-party one). The first signal stops taking work and drains in-flight steps within the grace
+period; a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+
+from dagrun.errors import ExecutorError
+from dagrun.executor import Transport, find_transport
+from dagrun.worker import ScriptWorker, WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+MIN_TOKEN_CHARS = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", help="transport: redis, ws or http (any installed dagrun.executors entry point)")
+    parser.add_argument("url", nargs="?", default="", help="what to connect to (redis://HOST:6379/0 for redis)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (ws, http; default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (ws, http; default: any free one)")
+    parser.add_argument("--token-file", help="file holding the shared token (required by ws and http)")
+    parser.add_argument("--tls-cert", help="certificate chain file: serve TLS (ws, http)")
+    parser.add_argument("--tls-key", help="private key file of --tls-cert")
+    parser.add_argument(
+        "--context",
+        action="append",
+        dest="contexts",
+        metavar="CTX",
+        help="context to serve (repeatable; default: default)",
+    )
+    parser.add_argument("--concurrency", type=int, default=None, metavar="N", help="steps at once (default: cores)")
+    parser.add_argument("--grace", type=float, default=30.0, metavar="S", help="drain time on shutdown (default 30)")
+    parser.add_argument("--id", dest="worker_id", default=None, help="worker id (default HOST:PID)")
+
+
+def read_token_file(path: str) -> str:
+    """The shared token in a file (surrounding whitespace ignored); ExecutorError when unusable."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            token = file.read().strip()
+    except OSError as exc:
+        raise ExecutorError(f"cannot read token file {path!r}: {exc.strerror}") from exc
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ExecutorError(f"token file {path!r}: the token must be at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    settings = WorkerSettings(
+        url=args.url,
+        host=args.host,
+        port=args.port,
+        token=read_token_file(args.token_file) if args.token_file else None,
+        contexts=tuple(args.contexts or ("default",)),
+        grace_s=args.grace,
+        tls_cert_file=args.tls_cert,
+        tls_key_file=args.tls_key,
+    )
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise ExecutorError(f"--concurrency must be at least 1, not {args.concurrency}")
+        settings = dataclasses.replace(settings, concurrency=args.concurrency)
+    if args.worker_id:
+        settings = dataclasses.replace(settings, worker_id=args.worker_id)
+    return settings
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    transport = find_transport(args.kind)
+    settings = settings_from_args(args)
+    return asyncio.run(_serve(transport, settings))
+
+
+async def _serve(transport: Transport, settings: WorkerSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            logger.warning("worker %s: second signal, exiting now", settings.worker_id)
+            raise SystemExit(130)
+        logger.warning(
+            "worker %s: %s received, draining (grace %.0f s)",
+            settings.worker_id,
+            signal.Signals(signum).name,
+            settings.grace_s,
+        )
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    async with ScriptWorker(settings) as worker:
+        await transport.serve_worker(worker, stop)
+    logger.info("worker %s stopped", settings.worker_id)
+    return 0
