@@ -124,6 +124,8 @@ class Flow:
     inputs: Mapping[str, Any] = field(default_factory=dict)  # declared flow inputs with their defaults
     description: str = ""
     source: str = field(default="<flow>", compare=False)  # the file it came from, for messages
+    # The document it was parsed from, scripts inlined: to_json() for free (it is persisted with each run).
+    document: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     _by_id: dict[str, Step] | None = field(default=None, init=False, repr=False, compare=False)
 
     def step(self, step_id: str) -> Step:
@@ -136,6 +138,8 @@ class Flow:
 
     def to_json(self) -> dict[str, Any]:
         """The flow as a JSON document, scripts inlined; `parse_flow` reads it back to an equal Flow."""
+        if self.document is not None:
+            return dict(self.document)
         document: dict[str, Any] = {"name": self.name}
         if self.description:
             document["description"] = self.description
@@ -550,7 +554,10 @@ class _FlowParser:
         self.found.extend((loc, message, "") for loc, message in graph_findings)
         if header is None or flow_inputs is None:
             return None
-        return Flow(header.name, tuple(steps), flow_inputs, header.description, source)
+        if self.found:  # the caller raises FlowError
+            return None
+        document = _with_scripts_inlined(orjson.loads(orjson.dumps(self.raw)) if self.check_json else self.raw, steps)
+        return Flow(header.name, tuple(steps), flow_inputs, header.description, source, document)
 
     def _header(self) -> tuple[_FlowFields | None, dict[str, Any] | None, DefaultsModel]:
         """The flow's own fields; flow inputs are None when they are invalid (references to them can't
@@ -682,6 +689,18 @@ class _FlowParser:
                 self._checker = _script_checker()
             problems = self._script_problems[digest] = self._checker(source)
         return problems
+
+
+def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
+    """The raw document (a copy the caller cannot change) with each script_file replaced by its source."""
+    if any(step.script_file is not None for step in steps):
+        raw_steps = list(raw["steps"])
+        for step in steps:
+            if step.script_file is not None:
+                inlined = {key: value for key, value in raw_steps[step.index].items() if key != "script_file"}
+                raw_steps[step.index] = inlined | {"script": step.script}
+        raw["steps"] = raw_steps
+    return raw
 
 
 _STEP_LIST = pydantic.TypeAdapter(list[StepModel])

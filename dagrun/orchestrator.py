@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dagrun.errors import ExecutorError, FlowError, Problem, UnresolvedInput
 from dagrun.executor import (
@@ -39,8 +39,7 @@ DEFAULT_MAX_PARALLEL = 128
 StepListener = Callable[[StepRecord], None]
 
 
-@dataclass(frozen=True, slots=True)
-class StepOutcome:
+class StepOutcome(NamedTuple):
     status: StepStatus
     attempts: int
     outputs: dict[str, Any]

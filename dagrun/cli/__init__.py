@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="local sandbox processes (default: one per core)",
     )
+    p.add_argument(
+        "--executor",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an executor steps can name, e.g. remote=redis://host:6379/0 (repeatable)",
+    )
+    p.add_argument("--token-file", help="file holding the shared token of ws/http workers")
 
     p = command("runs", commands.runs, "list runs, newest first", store=True)
     p.add_argument("--status", choices=[s.value for s in RunStatus])

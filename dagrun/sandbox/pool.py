@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import os
 from collections import deque
 from collections.abc import Mapping
@@ -80,6 +81,10 @@ class SandboxPool:
         """Run one step; a failed StepResult for anything the script did. Raises only CancelledError,
         and RuntimeError once the pool is closed."""
         self._check_open()
+        if not 0.0 < request.timeout_s < math.inf:  # a NaN deadline would corrupt the loop's timer heap
+            return StepResult.failure(
+                ErrorKind.INPUT, "InputError", f"timeout_s must be > 0, not {request.timeout_s!r}"
+            )
         try:
             payload = encode_step(request)
         except TypeError as exc:

@@ -65,7 +65,7 @@ class StepRunner:
         request: dict[str, Any] = message["req"]
         self.violations.start(None)
         self.cpu_exceeded = False
-        self.arm_cpu(float(request["timeout_s"]))
+        self.arm_cpu(min(float(request["timeout_s"]), CPU_LIFETIME_S))
         scope = StepScope(
             context=request["context"],
             violations=self.violations,

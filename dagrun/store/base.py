@@ -8,11 +8,11 @@ everything written before it is durable. Every state change of a step appends on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
 
 from dagrun.context import ContextOp
-from dagrun.executor import StepError
+from dagrun.executor import NO_OUTPUTS, StepError
 from dagrun.states import RunStatus, StepStatus
 
 
@@ -29,22 +29,22 @@ class RunRecord:
     error: str | None = None  # why the run failed or was cancelled, when known
 
 
-@dataclass(frozen=True, slots=True)
-class StepRecord:
+class StepRecord(NamedTuple):
+    """One state of one step; a NamedTuple like the other per-step records (see dagrun.executor)."""
+
     run_id: str
     step_id: str
     status: StepStatus
     attempt: int = 0  # 0 until the first attempt starts
     started_at: float | None = None
     finished_at: float | None = None
-    outputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = NO_OUTPUTS
     error: StepError | None = None
     logs: str = ""
     worker_id: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     seq: int  # per run, from 1, gap-free and in write order
     run_id: str
     at: float  # time.time()

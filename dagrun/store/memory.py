@@ -73,7 +73,7 @@ class MemoryStore:
         self._check_open()
         entry = self._entry(step.run_id)
         outputs = copy_json(step.outputs, where=f"run {step.run_id!r} step {step.step_id!r} outputs")
-        entry.steps[step.step_id] = dataclasses.replace(step, outputs=outputs)
+        entry.steps[step.step_id] = step._replace(outputs=outputs)
         seq = len(entry.events) + 1
         at = time.time()
         entry.events.append(Event(seq, step.run_id, at, "step", str(step.status), step.step_id, step.attempt, message))
@@ -106,7 +106,7 @@ class MemoryStore:
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         self._check_open()
         steps = self._entry(run_id).steps.values()
-        return [dataclasses.replace(step, outputs=copy_json(step.outputs, where="outputs")) for step in steps]
+        return [step._replace(outputs=copy_json(step.outputs, where="outputs")) for step in steps]
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         self._check_open()

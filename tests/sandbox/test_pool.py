@@ -349,3 +349,14 @@ async def test_a_child_that_cannot_confine_itself_says_why_and_never_serves() ->
 def test_dropping_to_another_uid_needs_root() -> None:
     with pytest.raises(ValueError, match="need a parent running as root"):
         SandboxPool(dataclasses.replace(TEST_SETTINGS, drop_to_uid=os.geteuid() + 1))
+
+
+@pytest.mark.parametrize("timeout_s", [0.0, -1.0, float("nan"), float("inf")])
+async def test_a_timeout_that_is_not_a_positive_number_fails_the_step(
+    pools: PoolFactory, step: Step, timeout_s: float
+) -> None:
+    pool = await pools(ONE_CHILD)
+
+    result = await pool.run(step("outputs['x'] = 1", timeout_s=timeout_s))
+
+    assert result.error is not None and result.error.kind == ErrorKind.INPUT

@@ -1,0 +1,160 @@
+"""How the Redis transport reaches Redis and names its keys: QueueSettings from the URL, Keys, backoff.
+
+Every key name is built by `Keys` (the layout is drawn in the package docstring). dagrun's own URL query
+parameters are taken out of the URL before redis-py sees it; the rest (``?socket_timeout=``,
+``ssl_cert_reqs=`` ...) is redis-py's, as are credentials and TLS (``rediss://``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from dagrun.errors import ExecutorError, redact
+
+logger = logging.getLogger(__name__)
+
+GROUP = "workers"  # the consumer group of every request stream
+DEFAULT_PREFIX = "dagrun:"
+CONNECT_TIMEOUT_S = 5.0  # unless the URL sets socket_connect_timeout
+
+# What a Redis restart or a network fault raises (BusyLoadingError, while Redis loads its AOF, is one).
+CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The one place key names are built; `prefix` namespaces them all."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def requests(self, context_id: str) -> str:
+        return f"{self.prefix}q:{context_id}"
+
+    def replies(self, caller_id: str) -> str:
+        return f"{self.prefix}r:{caller_id}"
+
+    def is_reply_stream(self, key: bytes | str) -> bool:
+        """Workers only write replies here, whatever an entry asks for."""
+        text = key.decode(errors="replace") if isinstance(key, bytes) else key
+        return text.startswith(f"{self.prefix}r:")
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}w:{worker_id}"
+
+    def heartbeat_pattern(self) -> str:
+        """A SCAN pattern matching every heartbeat key and nothing else."""
+        escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in self.prefix)
+        return f"{escaped}w:*"
+
+    def worker_id_of(self, heartbeat_key: bytes) -> str:
+        return heartbeat_key.decode()[len(self.prefix) + 2 :]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The transport's knobs, read from the URL's query (``redis://host/0?prefix=app:&queue_timeout_s=10``).
+
+    Workers and callers of one queue must agree on `prefix`; `visibility_timeout_s` and the heartbeat
+    settings matter on the worker side, `queue_timeout_s` and `reconnect_timeout_s` on the caller side."""
+
+    redis_url: str  # the URL redis-py sees: dagrun's parameters removed
+    prefix: str = DEFAULT_PREFIX
+    queue_timeout_s: float = 30.0  # a caller fails a step after this long without a live worker for it
+    visibility_timeout_s: float = 60.0  # a pending entry idle this long is claimed even if its worker beats
+    heartbeat_s: float = 1.0  # how often a worker refreshes its heartbeat and looks for work to claim
+    heartbeat_ttl_s: float = 5.0  # a worker whose heartbeat is this old is dead: its entries are claimed
+    reconnect_timeout_s: float = 60.0  # how long a caller keeps retrying an unreachable Redis
+
+    @classmethod
+    def from_url(cls, url: str) -> QueueSettings:
+        """Settings from a ``redis://`` or ``rediss://`` URL; ExecutorError (credentials hidden) when bad."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ExecutorError(f"{redact(url)!r}: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://...")
+        ours = {f.name for f in dataclasses.fields(cls)} - {"redis_url"}
+        prefix = DEFAULT_PREFIX
+        seconds: dict[str, float] = {}
+        theirs: list[tuple[str, str]] = []
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if name not in ours:
+                theirs.append((name, value))
+            elif name == "prefix":
+                prefix = value
+            else:
+                seconds[name] = _positive(url, name, value)
+        redis_url = urlunsplit(parts._replace(query=urlencode(theirs)))
+        settings = dataclasses.replace(cls(redis_url, prefix=prefix), **seconds)
+        if settings.heartbeat_ttl_s <= settings.heartbeat_s:
+            raise ExecutorError(f"{redact(url)!r}: heartbeat_ttl_s must be longer than heartbeat_s")
+        return settings
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @property
+    def where(self) -> str:
+        """The server, for messages and logs: no credentials, no query."""
+        parts = urlsplit(self.redis_url)
+        return redact(urlunsplit(parts._replace(query="")))
+
+
+def _positive(url: str, name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0 < number < float("inf"):
+        raise ExecutorError(f"{redact(url)!r}: {name} must be a positive number of seconds, not {value!r}")
+    return number
+
+
+def open_redis(settings: QueueSettings) -> aioredis.Redis:
+    """A client (no connection yet). redis-py retries a command once on a fresh connection (a pooled one
+    may be stale after a Redis restart); longer outages are retried by the callers' loops with Backoff."""
+    try:
+        return aioredis.Redis.from_url(
+            settings.redis_url,
+            retry=Retry(NoBackoff(), 1),
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            decode_responses=False,
+        )
+    except ValueError as exc:
+        raise ExecutorError(f"{settings.where}: {redact(str(exc))}") from exc
+
+
+async def check_connection(client: aioredis.Redis, settings: QueueSettings) -> None:
+    """PING once; ExecutorError saying where and why (never with credentials) when it fails."""
+    try:
+        await client.ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise ExecutorError(f"cannot connect to redis at {settings.where}: {redact(str(exc))}") from exc
+
+
+class Backoff:
+    """Exponential backoff with jitter between retries of a failed Redis call (not a poll)."""
+
+    def __init__(self, first_s: float = 0.05, max_s: float = 2.0) -> None:
+        self._first_s = first_s
+        self._max_s = max_s
+        self._next_s = first_s
+        self.failures = 0
+
+    async def wait(self) -> None:
+        self.failures += 1
+        await asyncio.sleep(self._next_s * random.uniform(0.5, 1.0))
+        self._next_s = min(self._next_s * 2, self._max_s)
+
+    def reset(self) -> None:
+        self._next_s = self._first_s
+        self.failures = 0
