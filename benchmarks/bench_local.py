@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dags
@@ -38,7 +40,7 @@ async def run_dagrun(args: argparse.Namespace, plan: list[tuple[str, int | None]
             await orchestrator.run(warm, max_parallel=args.max_parallel)
             for shape, size in plan:
                 dag = dags.build(shape, size)
-                document = dags.flow_document(shape.lower(), dag)
+                document = orjson.dumps(dags.flow_document(shape.lower(), dag))  # as read from a flow file
                 for _ in range(args.repeat):
                     started = dags.now()
                     flow = parse_flow(document)

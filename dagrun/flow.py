@@ -28,7 +28,7 @@ from pydantic_core import ErrorDetails
 from dagrun.errors import FlowError, Problem
 from dagrun.executor import script_hash
 from dagrun.graph import check_graph
-from dagrun.references import CompiledInputs, Loc, Outputs, compile_inputs, format_location
+from dagrun.references import CompiledInputs, Loc, Outputs, format_location
 from dagrun.states import RunIf
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Step:
         """The inputs compiled for resolution, built on first use and kept."""
         compiled = self._compiled
         if compiled is None:
-            compiled = compile_inputs(self.inputs, step_id=self.id)
+            compiled = CompiledInputs(self.inputs, step_id=self.id)  # validation reports its malformed ones
             object.__setattr__(self, "_compiled", compiled)  # a cache, not state: same result every time
         return compiled
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from dagrun.errors import CycleError
-from dagrun.references import Loc, MalformedReference, Reference, find_references
+from dagrun.references import Loc, Reference
 
 if TYPE_CHECKING:
     from dagrun.flow import Flow, Step
@@ -211,14 +211,15 @@ def _check_references(
     ranks: dict[str, int] | None = None
     findings: list[Finding] = []
     for step in steps:
-        malformed: list[MalformedReference] = []
-        references = find_references(step.inputs, malformed=malformed, loc=("steps", step.index, "inputs"))
-        for bad in malformed:
-            findings.append((bad.loc, f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}"))
+        compiled = step.compiled_inputs  # compiled once: the run resolves the same object
+        where: Loc = ("steps", step.index, "inputs")
+        for bad in compiled.malformed:
+            message = f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}"
+            findings.append(((*where, *bad.loc), message))
         upstream: _Upstream | None = None
         # a join step may reference thousands of direct dependencies: test membership in a set
         direct = step.depends_on if len(step.depends_on) < 8 else frozenset(step.depends_on)
-        for reference in references:
+        for reference in compiled.references:
             target = reference.step_id
             if target is None:
                 message = _check_flow_reference(step, reference, flow_inputs)
@@ -231,7 +232,7 @@ def _check_references(
                     upstream = _Upstream(step, by_id, ranks)
                 message = _check_step_reference(step, reference, by_id, is_ancestor=target in upstream)
             if message:
-                findings.append((reference.loc, message))
+                findings.append(((*where, *reference.loc), message))
     return findings
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,8 +31,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_LISTED_KEYS = 10
 
 
-@dataclass(frozen=True, slots=True)
-class Reference:
+class Reference(NamedTuple):
     """One well-formed reference; `step_id` is None for `${flow.KEY}`. `loc` is where it sits inside the
     value that was scanned (``("n", 0)`` for the first item of input ``n``)."""
 
@@ -47,8 +45,7 @@ class Reference:
         return self.step_id is None
 
 
-@dataclass(frozen=True, slots=True)
-class MalformedReference:
+class MalformedReference(NamedTuple):
     """Something that starts like a reference but is not one; `reason` says why."""
 
     text: str
@@ -116,34 +113,21 @@ def escape(text: str) -> str:
 def find_references(value: Any, *, malformed: list[MalformedReference] | None = None, loc: Loc = ()) -> list[Reference]:
     """Every well-formed reference in a JSON value, in document order; malformed ones are appended to
     `malformed` when given (and otherwise ignored)."""
-    found: list[Reference] = []
-    _scan(value, loc, found, malformed)
-    return found
+    found = _Found()
+    _compile_value(value, loc, "", found)
+    if malformed is not None:
+        malformed.extend(found.malformed)
+    return found.references
 
 
-def _scan(value: Any, loc: Loc, found: list[Reference], malformed: list[MalformedReference] | None) -> None:
-    if isinstance(value, str):
-        if "${" not in value:
-            return
-        exact = _EXACT.fullmatch(value)
-        if exact is not None:  # the common case, without tokenizing
-            step_id, step_key, flow_key = exact.groups()
-            found.append(
-                Reference(step_id, step_key, value, loc) if flow_key is None else Reference(None, flow_key, value, loc)
-            )
-            return
-        for part in _tokenize(value, loc):
-            if isinstance(part, Reference):
-                found.append(part)
-            elif isinstance(part, MalformedReference) and malformed is not None:
-                malformed.append(part)
-    elif isinstance(value, dict):
-        for key, element in value.items():
-            if not isinstance(element, int | float | bool | None):
-                _scan(element, (*loc, key), found, malformed)
-    elif isinstance(value, list):
-        for index, element in enumerate(value):
-            _scan(element, (*loc, index), found, malformed)
+class _Found:
+    """What compiling a value met: the references, for validation, and the malformed ones."""
+
+    __slots__ = ("malformed", "references")
+
+    def __init__(self) -> None:
+        self.references: list[Reference] = []
+        self.malformed: list[MalformedReference] = []
 
 
 def _as_text(value: Any) -> str:
@@ -196,21 +180,24 @@ def _step_output(outputs_of: Outputs, step_id: str, key: str, where: _Where) -> 
         ) from None
 
 
-def _compile_string(text: str, loc: Loc, prefix: str) -> tuple[bool, Any]:
+def _compile_string(text: str, loc: Loc, prefix: str, found: _Found) -> tuple[bool, Any]:
     if "${" not in text:
         return False, text
     where = _Where(prefix, loc)
     exact = _EXACT.fullmatch(text)
     if exact is not None:  # the common case, without tokenizing
         step_id, step_key, flow_key = exact.groups()
-        reference = Reference(step_id, step_key, text) if flow_key is None else Reference(None, flow_key, text)
+        reference = (
+            Reference(step_id, step_key, text, loc) if flow_key is None else Reference(None, flow_key, text, loc)
+        )
+        found.references.append(reference)
         return True, _Lookup(reference, where)
     parts = _tokenize(text, loc)
     for part in parts:
         if isinstance(part, MalformedReference):
-            raise FlowError(
-                [Problem(format_location(loc), f"{prefix}malformed reference {part.text!r}: {part.reason}")]
-            )
+            found.malformed.append(part)
+        elif isinstance(part, Reference):
+            found.references.append(part)
     if not any(isinstance(part, Reference) for part in parts):
         return False, "".join(part for part in parts if isinstance(part, str))
     if len(parts) == 1 and isinstance(parts[0], Reference):
@@ -229,19 +216,19 @@ def _compile_string(text: str, loc: Loc, prefix: str) -> tuple[bool, Any]:
     return True, interpolate
 
 
-def _compile_value(value: Any, loc: Loc, prefix: str) -> tuple[bool, Any]:
-    """(False, constant) or (True, resolver)."""
+def _compile_value(value: Any, loc: Loc, prefix: str, found: _Found) -> tuple[bool, Any]:
+    """(False, constant) or (True, resolver); the references met are added to `found`."""
     if isinstance(value, str):
-        return _compile_string(value, loc, prefix)
+        return _compile_string(value, loc, prefix, found)
     if isinstance(value, list):
-        items = [_compile_value(element, (*loc, index), prefix) for index, element in enumerate(value)]
+        items = [_compile_value(element, (*loc, index), prefix, found) for index, element in enumerate(value)]
         if not any(dynamic for dynamic, _ in items):
             return False, [item for _, item in items]
         return True, lambda flow_inputs, outputs_of: [
             item(flow_inputs, outputs_of) if dynamic else item for dynamic, item in items
         ]
     if isinstance(value, dict):
-        entries = [(key, *_compile_value(element, (*loc, key), prefix)) for key, element in value.items()]
+        entries = [(key, *_compile_value(element, (*loc, key), prefix, found)) for key, element in value.items()]
         if not any(dynamic for _, dynamic, _ in entries):
             return False, {key: item for key, _, item in entries}
         return True, lambda flow_inputs, outputs_of: {
@@ -254,16 +241,18 @@ class CompiledInputs:
     """A step's inputs, ready to resolve. Constants are shared between resolutions: treat the result as
     read-only below its top level."""
 
-    __slots__ = ("_dynamic", "_exact_flow", "_exact_steps", "_template")
+    __slots__ = ("_dynamic", "_exact_flow", "_exact_steps", "_template", "malformed", "references")
 
     def __init__(self, inputs: Mapping[str, Any], *, step_id: str | None = None) -> None:
+        """Never raises: malformed references are listed in `malformed` (and resolve as text)."""
         prefix = f"step {step_id!r} " if step_id is not None else ""
+        found = _Found()
         self._template: dict[str, Any] = {}
         exact_steps: list[tuple[str, str, str, _Where]] = []
         exact_flow: list[tuple[str, str, _Where]] = []
         dynamic: list[tuple[str, Resolver]] = []
         for name, value in inputs.items():
-            is_dynamic, item = _compile_value(value, (name,), prefix)
+            is_dynamic, item = _compile_value(value, (name,), prefix, found)
             self._template[name] = None if is_dynamic else item
             if not is_dynamic:
                 continue
@@ -274,6 +263,9 @@ class CompiledInputs:
                 exact_flow.append((name, item.key, item.where))
             else:
                 dynamic.append((name, item))
+        # every reference with its place inside the inputs, in document order: what validation checks
+        self.references = tuple(found.references)
+        self.malformed = tuple(found.malformed)
         self._exact_steps = tuple(exact_steps)
         self._exact_flow = tuple(exact_flow)
         self._dynamic = tuple(dynamic)
@@ -308,4 +300,13 @@ class CompiledInputs:
 def compile_inputs(inputs: Mapping[str, Any], *, step_id: str | None = None) -> CompiledInputs:
     """Compile a step's raw inputs; `step_id` names the step in UnresolvedInput messages. Raises
     FlowError for a malformed reference (validated flows have none)."""
-    return CompiledInputs(inputs, step_id=step_id)
+    compiled = CompiledInputs(inputs, step_id=step_id)
+    if compiled.malformed:
+        prefix = f"step {step_id!r} " if step_id is not None else ""
+        raise FlowError(
+            [
+                Problem(format_location(bad.loc), f"{prefix}malformed reference {bad.text!r}: {bad.reason}")
+                for bad in compiled.malformed
+            ]
+        )
+    return compiled
