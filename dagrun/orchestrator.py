@@ -142,12 +142,15 @@ class Orchestrator:
         fail_fast: bool = False,
         listener: StepListener | None = None,
     ) -> RunResult:
-        """Run `flow` to its end and return the outcome. FlowError (before anything is persisted) for
-        unknown inputs or executors; a failing step never raises, it fails the run."""
+        """Run `flow` to its end and return the outcome. Before anything is persisted: FlowError for
+        unknown inputs or executor names, ExecutorError for an executor that cannot be opened. A failing
+        step never raises, it fails the run."""
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
         flow_inputs = resolve_flow_inputs(flow, inputs or {})
         self.check_executors(flow)
+        for name in {step.executor for step in flow.steps}:
+            self.executor(name)  # a bad URL fails here, before anything is persisted
         run = _Run(self, flow, flow_inputs, max_parallel=max_parallel, fail_fast=fail_fast, listener=listener)
         return await run.drive()
 

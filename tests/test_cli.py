@@ -212,3 +212,44 @@ def test_bad_arguments_exit_2_with_a_usage_message(tmp_path: Path, bad: str) -> 
     result = dagrun("run", str(FLOWS / "hello.json"), bad, cwd=tmp_path)
     assert result.returncode == 2
     assert "max-parallel" in result.stderr
+
+
+def test_steps_can_name_an_executor_given_on_the_command_line(tmp_path: Path) -> None:
+    flow = {"name": "x", "steps": [{"id": "a", "script": "outputs['ok'] = True", "executor": "elsewhere"}]}
+    path = write_flow(tmp_path, flow)
+    result = dagrun("run", str(path), "--executor", "elsewhere=local://?processes=1", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"]["a"]["outputs"] == {"ok": True}
+
+
+def test_a_step_naming_an_unconfigured_executor_is_refused(tmp_path: Path) -> None:
+    flow = {"name": "x", "steps": [{"id": "a", "script": "pass", "executor": "remote"}]}
+    result = dagrun("run", str(write_flow(tmp_path, flow)), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "steps[0].executor: step 'a' uses executor 'remote', which is not configured" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("remote", "'remote' is not NAME=URL"),
+        ("remote=nope://host", "no executor for scheme 'nope'"),
+        ("remote=local://?bogus=1", "unknown setting 'bogus'"),
+    ],
+)
+def test_bad_executor_arguments_are_clear_errors(tmp_path: Path, argument: str, message: str) -> None:
+    flow = {"name": "x", "steps": [{"id": "a", "script": "pass", "executor": "remote"}]}
+    result = dagrun("run", str(write_flow(tmp_path, flow)), "--executor", argument, cwd=tmp_path)
+    assert result.returncode in (2, 3)
+    assert message in result.stderr
+    assert_no_traceback(result)
+
+
+def test_worker_errors_are_one_clear_line(tmp_path: Path) -> None:
+    unknown = dagrun("worker", "carrier-pigeon", cwd=tmp_path)
+    assert unknown.returncode == 3
+    assert "no executor for scheme 'carrier-pigeon'" in unknown.stderr
+    local = dagrun("worker", "local", cwd=tmp_path)
+    assert local.returncode == 3
+    assert "the local executor has no worker server" in local.stderr
+    assert_no_traceback(local)

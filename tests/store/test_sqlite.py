@@ -227,8 +227,12 @@ def test_an_unusable_path_raises_store_error_naming_it(tmp_path: Path, make_path
     assert "\n" not in message
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only directories")
 def test_a_read_only_directory_raises_store_error_naming_it(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # root writes through file modes; nobody can create anything in /proc
+        locked = Path("/proc/self")
+        with pytest.raises(StoreError, match=str(locked)):
+            SqliteStore.open(locked / "runs" / "dagrun.db")
+        return
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
