@@ -24,7 +24,7 @@ from dagrun.errors import ExecutorError
 if TYPE_CHECKING:
     import asyncio
 
-    from dagrun.worker import ScriptWorker
+    from dagrun.worker import ScriptWorker, WorkerStatus
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ class Transport(Protocol):
         """Serve steps with `worker` until `stop` is set; then take no new work, let in-flight steps
         finish within `worker.settings.grace_s` (handing back the rest), and return. ExecutorError
         when it cannot connect or bind."""
+
+    async def list_workers(self, url: str) -> list[WorkerStatus]:
+        """The live workers reachable through `url` (for `dagrun workers`); ExecutorError if none can be asked."""
 
 
 def script_hash(source: str) -> str:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 from dagrun.errors import ExecutorError
 from dagrun.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.sandbox import SandboxPool, SandboxSettings
-from dagrun.worker import ScriptWorker
+from dagrun.worker import ScriptWorker, WorkerStatus
 
 
 class LocalExecutor:
@@ -62,6 +62,9 @@ class LocalTransport:
 
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         raise ExecutorError("the local executor has no worker server; start one with `dagrun worker redis|ws|http`")
+
+    async def list_workers(self, url: str) -> list[WorkerStatus]:
+        raise ExecutorError("the local executor has no workers to list; its sandbox processes live in each run")
 
 
 transport = LocalTransport()

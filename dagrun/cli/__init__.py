@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("worker", worker.run_worker, "serve steps for remote orchestrators (redis, ws, http)")
     worker.add_arguments(p)
+
+    p = command("workers", worker.list_workers, "list live remote workers")
+    worker.add_list_arguments(p)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -87,6 +88,9 @@ def validate(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     flow = load_flow(args.flow)
     inputs = parse_inputs(args.input)
+    # The flow lives as long as the process: keep its objects out of the cyclic GC's full passes, which
+    # otherwise rescan them over and over (a 100k-step flow: 30% of the run's time).
+    gc.freeze()
     return asyncio.run(_run(args, flow, inputs))
 
 

@@ -6,6 +6,8 @@ prints one plain line per step that ends, so logs stay greppable.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 import time
 from collections import Counter
 from datetime import datetime
@@ -21,6 +23,7 @@ from rich.text import Text
 from dagrun.orchestrator import RunResult
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.worker import WorkerStatus
 
 MAX_TABLE_ROWS = 40
 
@@ -171,3 +174,31 @@ def event_line(event: Event) -> str:
 def _short(value: dict[str, Any], limit: int = 80) -> str:
     text = orjson.dumps(value).decode() if value else ""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def workers(found: list[WorkerStatus], *, as_json: bool) -> None:
+    """`dagrun workers`: one row per live worker, or one JSON document."""
+    console = Console(highlight=False)
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps([dataclasses.asdict(status) for status in found], option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+        return
+    if not found:
+        console.print("no live workers")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("worker", "host", "contexts", "current", "done", "errors", "heartbeat"):
+        table.add_column(column, overflow="fold")
+    now = time.time()
+    for status in found:
+        table.add_row(
+            status.worker_id,
+            status.host,
+            ", ".join(status.contexts),
+            ", ".join(status.current) or "-",
+            str(status.steps_done),
+            str(status.errors),
+            f"{max(0.0, now - status.heartbeat_at):.1f} s ago",
+        )
+    console.print(table)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import signal
 
+from dagrun.cli import render
 from dagrun.errors import ExecutorError
 from dagrun.executor import Transport, find_transport
 from dagrun.worker import ScriptWorker, WorkerSettings
@@ -72,6 +73,22 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     if args.worker_id:
         settings = dataclasses.replace(settings, worker_id=args.worker_id)
     return settings
+
+
+def add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", nargs="?", help="where the workers register, e.g. redis://HOST:6379/0")
+    parser.add_argument("--redis", metavar="URL", help="the same, as an option")
+    parser.add_argument("--json", action="store_true", help="one JSON document")
+
+
+def list_workers(args: argparse.Namespace) -> int:
+    url = args.redis or args.url
+    if not url:
+        raise ExecutorError("say where the workers register: dagrun workers redis://HOST:6379/0")
+    scheme = url.split("://", 1)[0].lower()
+    found = asyncio.run(find_transport(scheme).list_workers(url))
+    render.workers(found, as_json=args.json)
+    return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:
