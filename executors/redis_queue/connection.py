@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import random
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -26,9 +27,12 @@ logger = logging.getLogger(__name__)
 GROUP = "workers"  # the consumer group of every request stream
 DEFAULT_PREFIX = "dagrun:"
 CONNECT_TIMEOUT_S = 5.0  # unless the URL sets socket_connect_timeout
+MAX_BLOCK_MS = 5000  # the longest blocking read; shorter when the socket timeout is short
 
 # What a Redis restart or a network fault raises (BusyLoadingError, while Redis loads its AOF, is one).
 CONNECTION_ERRORS: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# ... and what a clean-up that ran past its deadline raises.
+CLEANUP_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +87,7 @@ class QueueSettings:
             raise ExecutorError(f"{redact(url)!r}: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://...")
         ours = {f.name for f in dataclasses.fields(cls)} - {"redis_url"}
         prefix = DEFAULT_PREFIX
-        seconds: dict[str, float] = {}
+        seconds: dict[str, Any] = {}  # checked by _positive
         theirs: list[tuple[str, str]] = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             if name not in ours:
@@ -131,6 +135,15 @@ def open_redis(settings: QueueSettings) -> aioredis.Redis:
         )
     except ValueError as exc:
         raise ExecutorError(f"{settings.where}: {redact(str(exc))}") from exc
+
+
+def block_ms(client: aioredis.Redis) -> int:
+    """How long a blocking read may wait: well inside redis-py's socket timeout (5 s by default, and what
+    tells a dead peer from a quiet one), so that a quiet stream never looks like a dead connection."""
+    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if not socket_timeout:
+        return MAX_BLOCK_MS
+    return max(1, min(MAX_BLOCK_MS, int(float(socket_timeout) * 1000 / 2)))
 
 
 async def check_connection(client: aioredis.Redis, settings: QueueSettings) -> None:
