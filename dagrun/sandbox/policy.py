@@ -132,9 +132,28 @@ def compile_script(
 
 
 def check_script(source: str, *, max_source_bytes: int = DEFAULT_MAX_SOURCE_BYTES) -> list[tuple[int | None, str]]:
-    """Every problem of a script as (line, message); empty when it compiles."""
+    """Every problem of a script as (line, message): compile errors, and imports the sandbox would refuse
+    at run time (found now, so that validation reports them); empty when the script is fine."""
     compiled = _compile_cached(source, SCRIPT_FILENAME, max_source_bytes=max_source_bytes)
-    return list(compiled.problems) if isinstance(compiled, Rejection) else []
+    if isinstance(compiled, Rejection):
+        return list(compiled.problems)
+    return _refused_imports(source)
+
+
+def _refused_imports(source: str) -> list[tuple[int | None, str]]:
+    problems: list[tuple[int | None, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = ["." * node.level + (node.module or "")]
+        else:
+            continue
+        for name in names:
+            if name not in ALLOWED_MEMBERS:
+                allowed = ", ".join(sorted(ALLOWED_MEMBERS))
+                problems.append((node.lineno, f"import of {name!r} is not allowed in the sandbox (allowed: {allowed})"))
+    return problems
 
 
 @contextlib.contextmanager

@@ -266,3 +266,14 @@ def test_capped_text_is_valid_utf8_within_the_limit(text: str, limit: int) -> No
     assert len(capped.encode("utf-8")) <= limit
     if len(text.encode("utf-8")) <= limit:
         assert capped == text
+
+
+def test_check_script_reports_refused_imports_with_their_line() -> None:
+    source = "import json\nimport os\nfrom sys import modules\nfrom collections import Counter\nimport re, socket\n"
+    problems = check_script(source)
+    assert [(line, message.split(" is not")[0]) for line, message in problems] == [
+        (2, "import of 'os'"),
+        (3, "import of 'sys'"),
+        (5, "import of 'socket'"),
+    ]
+    assert "allowed: collections, datetime" in problems[0][1]
