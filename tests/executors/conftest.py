@@ -1,0 +1,268 @@
+"""Fixtures for the WebSocket and HTTP suites: a token, worker factories and in-process worker servers.
+
+`workers` starts ScriptWorkers (small sandbox pools) and `servers` serves them on 127.0.0.1 port 0
+over ``ws`` or ``http``; both close everything they started at teardown, servers first. `run_remote`
+runs a flow whose steps use the executor ``remote`` against a URL, through a real Orchestrator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import pytest
+
+from dagrun import MemoryStore, Orchestrator, RunResult, parse_flow
+from dagrun.executor import ExecutorOptions, HostFunction, StepRequest, script_hash
+from dagrun.sandbox import SandboxSettings
+from dagrun.worker import ScriptWorker, WorkerSettings
+from executors.http import HttpWorkerServer
+from executors.websocket import WebSocketWorkerServer
+
+SANDBOX = SandboxSettings(processes=2, memory_mb=256, startup_timeout_s=20.0)
+ONE_AT_A_TIME = dataclasses.replace(SANDBOX, processes=1, pipeline_depth=1)  # a worker that is easily busy
+
+Server = WebSocketWorkerServer | HttpWorkerServer
+
+
+def make_request(script: str, **fields: Any) -> StepRequest:
+    """A request for `script`; fields override run_id, step_id, attempt, inputs, context, timeout_s ..."""
+    values: dict[str, Any] = {
+        "run_id": "run-1",
+        "step_id": "step-1",
+        "attempt": 1,
+        "inputs": {},
+        "context": {},
+        "timeout_s": 10.0,
+    }
+    values.update(fields)
+    return StepRequest(script=script, script_hash=script_hash(script), **values)
+
+
+@pytest.fixture
+def token() -> str:
+    return "tok-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def options(token: str) -> ExecutorOptions:
+    return ExecutorOptions(token=token)
+
+
+class WorkerFactory:
+    """Starts ScriptWorkers with the test's token and closes every one it started."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.workers: list[ScriptWorker] = []
+
+    async def __call__(self, functions: Mapping[str, HostFunction] | None = None, **settings: Any) -> ScriptWorker:
+        values: dict[str, Any] = {"token": self.token, "concurrency": 2, "grace_s": 5.0, "sandbox": SANDBOX}
+        values.update(settings)
+        worker = ScriptWorker(WorkerSettings(**values), functions=functions)
+        self.workers.append(worker)
+        await worker.__aenter__()
+        return worker
+
+    async def close_all(self) -> None:
+        for worker in reversed(self.workers):
+            await worker.aclose()
+
+
+@pytest.fixture
+async def workers(token: str) -> AsyncIterator[WorkerFactory]:
+    factory = WorkerFactory(token)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()
+
+
+class ServerFactory:
+    """Serves workers on 127.0.0.1 (port 0 unless given) and stops every server it started."""
+
+    def __init__(self) -> None:
+        self.servers: list[Server] = []
+
+    @overload
+    async def __call__(
+        self, kind: Literal["ws"], worker: ScriptWorker, *, max_queue_wait_s: float = ...
+    ) -> WebSocketWorkerServer: ...
+
+    @overload
+    async def __call__(
+        self, kind: Literal["http"], worker: ScriptWorker, *, max_queue_wait_s: float = ...
+    ) -> HttpWorkerServer: ...
+
+    async def __call__(self, kind: str, worker: ScriptWorker, *, max_queue_wait_s: float = 5.0) -> Server:
+        server: Server
+        if kind == "ws":
+            server = WebSocketWorkerServer(worker, max_queue_wait_s=max_queue_wait_s)
+        else:
+            server = HttpWorkerServer(worker, max_queue_wait_s=max_queue_wait_s)
+        self.servers.append(server)
+        await server.start()
+        return server
+
+    async def stop_all(self) -> None:
+        for server in reversed(self.servers):
+            await server.aclose()
+
+
+@pytest.fixture
+async def servers(workers: WorkerFactory) -> AsyncIterator[ServerFactory]:
+    factory = ServerFactory()
+    try:
+        yield factory
+    finally:
+        await factory.stop_all()  # before the workers (this fixture depends on `workers`)
+
+
+RunRemote = Callable[..., Awaitable[RunResult]]
+
+
+def remote_flow(steps: list[dict[str, Any]], *, retries: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"executor": "remote", "timeout_s": 10}
+    if retries:
+        defaults["retries"] = dict(retries)
+    return {"name": "remote", "defaults": defaults, "steps": steps}
+
+
+@pytest.fixture
+def run_remote(token: str) -> RunRemote:
+    async def run(url: str, document: Mapping[str, Any], *, run_token: str | None = None) -> RunResult:
+        store = MemoryStore()
+        async with Orchestrator(store, executors={"remote": url}, token=run_token or token) as orchestrator:
+            return await orchestrator.run(parse_flow(dict(document)))
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    cert_file: str
+    key_file: str
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for 127.0.0.1 (the client trusts it through ``?ca_file=``)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    directory: Path = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    subprocess.run(
+        [*command, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return Certificate(str(cert), str(key))
+
+
+class WorkerProcess:
+    """`python -m dagrun worker KIND ...` as a child process; `url` once it said where it listens."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.url = ""
+        self.stderr_lines: list[str] = []
+
+    async def wait_listening(self, timeout_s: float = 30.0) -> str:
+        """The URL from the worker's 'listening on' line; AssertionError with its output when it exits."""
+        assert self.process.stderr is not None
+        async with asyncio.timeout(timeout_s):
+            while True:
+                line = (await self.process.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("worker exited before listening:\n" + "".join(self.stderr_lines))
+                self.stderr_lines.append(line)
+                found = LISTENING.search(line)
+                if found:
+                    self.url = found.group(1)
+                    return self.url
+
+    async def finish(self, timeout_s: float = 30.0) -> tuple[int, str]:
+        """Wait for the exit; the exit code and everything it wrote on stderr."""
+        assert self.process.stderr is not None
+        async with asyncio.timeout(timeout_s):
+            rest = await self.process.stderr.read()
+            code = await self.process.wait()
+        return code, "".join(self.stderr_lines) + rest.decode()
+
+
+LISTENING = re.compile(r"listening on ((?:ws|http)s?://[\d.]+:\d+)")
+
+
+class WorkerProcesses:
+    """Starts `dagrun worker` processes and kills every one still running at teardown."""
+
+    def __init__(self, directory: Path, token: str) -> None:
+        self.token_file = directory / "token"
+        self.token_file.write_text(token + "\n")
+        self.started: list[WorkerProcess] = []
+
+    async def __call__(self, kind: str, *args: str) -> WorkerProcess:
+        command = [sys.executable, "-m", "dagrun", "worker", kind, "--host", "127.0.0.1", *args]
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        worker = WorkerProcess(process)
+        self.started.append(worker)
+        return worker
+
+    async def kill_all(self) -> None:
+        for worker in self.started:
+            if worker.process.returncode is None:
+                worker.process.kill()
+                await worker.process.wait()
+
+
+@pytest.fixture
+async def worker_processes(tmp_path: Path, token: str) -> AsyncIterator[WorkerProcesses]:
+    factory = WorkerProcesses(tmp_path, token)
+    try:
+        yield factory
+    finally:
+        await factory.kill_all()
+
+
+class Gate:
+    """Host functions that let a test see a script running and hold it there until released."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.entered = 0
+
+    async def wait_release(self) -> str:
+        self.entered += 1
+        self.started.set()
+        await self.release.wait()
+        return "released"
+
+    def functions(self) -> dict[str, HostFunction]:
+        return {"wait_release": self.wait_release}
+
+
+async def wait_listening(port: int, timeout_s: float = 10.0) -> None:
+    """Wait until something accepts connections on `port` (a server task we started)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)  # the server task is starting; tests only
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
