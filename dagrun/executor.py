@@ -123,7 +123,7 @@ class Transport(Protocol):
         finish within `worker.settings.grace_s` (handing back the rest), and return. ExecutorError
         when it cannot connect or bind."""
 
-    async def list_workers(self, url: str) -> list[WorkerStatus]:
+    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
         """The live workers reachable through `url` (for `dagrun workers`); ExecutorError if none can be asked."""
 
 

@@ -36,7 +36,7 @@ from dagrun.executor import (
     encode_request,
     encode_result,
 )
-from dagrun.worker import ScriptWorker
+from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
     AUTHORIZATION,
     BUSY_FIRST_DELAY_S,
@@ -174,6 +174,19 @@ class HttpExecutor:
         except (orjson.JSONDecodeError, KeyError, TypeError, ExecutorError) as exc:
             raise ExecutorError(f"{self._target.safe_url}: /health: unusable answer: {exc}") from None
         self._window = Window(limits)
+
+    async def worker_status(self) -> WorkerStatus:
+        """What the worker's /health says of it; ExecutorError when it cannot be asked."""
+        status, payload = await self._send(self._health_url, None, self._timeout(CONNECT_TIMEOUT_S))
+        if status != HTTPStatus.OK:
+            raise self._refusal(self._target.safe_url, status, *_error_of(payload))
+        try:
+            document = orjson.loads(payload)
+            fields = {name: document[name] for name in WorkerStatus.__dataclass_fields__}
+            fields["contexts"], fields["current"] = tuple(fields["contexts"]), tuple(fields["current"])
+            return WorkerStatus(**fields)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ExecutorError(f"{self._target.safe_url}: /health: unusable answer: {exc}") from None
 
     def _session_or_new(self) -> aiohttp.ClientSession:
         if self._is_closed:
@@ -350,6 +363,11 @@ class HttpTransport:
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         async with HttpWorkerServer(worker):
             await stop.wait()
+
+    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
+        """The one worker at `url`, as its /health reports it."""
+        async with HttpExecutor(url, options) as executor:
+            return [await executor.worker_status()]
 
 
 transport = HttpTransport()

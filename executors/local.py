@@ -63,7 +63,7 @@ class LocalTransport:
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         raise ExecutorError("the local executor has no worker server; start one with `dagrun worker redis|ws|http`")
 
-    async def list_workers(self, url: str) -> list[WorkerStatus]:
+    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
         raise ExecutorError("the local executor has no workers to list; its sandbox processes live in each run")
 
 

@@ -44,7 +44,7 @@ from dagrun.executor import (
     encode_request,
     encode_result,
 )
-from dagrun.worker import ScriptWorker
+from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
     AUTHORIZATION,
     BUSY_FIRST_DELAY_S,
@@ -474,6 +474,11 @@ class WebSocketTransport:
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         async with WebSocketWorkerServer(worker):
             await stop.wait()
+
+    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
+        raise ExecutorError(
+            "WebSocket workers do not report their status; list Redis workers, or an HTTP worker's /health"
+        )
 
 
 transport = WebSocketTransport()

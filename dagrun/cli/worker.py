@@ -15,7 +15,7 @@ import signal
 
 from dagrun.cli import render
 from dagrun.errors import ExecutorError
-from dagrun.executor import Transport, find_transport
+from dagrun.executor import ExecutorOptions, Transport, find_transport
 from dagrun.worker import ScriptWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", nargs="?", help="where the workers register, e.g. redis://HOST:6379/0")
     parser.add_argument("--redis", metavar="URL", help="the same, as an option")
+    parser.add_argument("--token-file", help="file holding the shared token (http workers)")
     parser.add_argument("--json", action="store_true", help="one JSON document")
 
 
@@ -86,7 +87,8 @@ def list_workers(args: argparse.Namespace) -> int:
     if not url:
         raise ExecutorError("say where the workers register: dagrun workers redis://HOST:6379/0")
     scheme = url.split("://", 1)[0].lower()
-    found = asyncio.run(find_transport(scheme).list_workers(url))
+    options = ExecutorOptions(token=read_token_file(args.token_file) if args.token_file else None)
+    found = asyncio.run(find_transport(scheme).list_workers(url, options))
     render.workers(found, as_json=args.json)
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -338,3 +339,32 @@ async def test_dagrun_worker_http_serves_steps_and_exits_0_on_sigterm(
     assert code == 0, log
     assert "run r-cli step s-cli attempt 1 succeeded" in log
     assert token not in log
+
+
+@pytest.mark.slow
+async def test_dagrun_workers_lists_an_http_worker_from_its_health(worker_processes: WorkerProcesses) -> None:
+    worker = await worker_processes("http", "--port", "0", "--token-file", str(worker_processes.token_file))
+    url = await worker.wait_listening()
+    listing = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dagrun",
+        "workers",
+        url,
+        "--token-file",
+        str(worker_processes.token_file),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(listing.communicate(), 30)
+    assert listing.returncode == 0, err
+    [status] = orjson.loads(out)
+    assert status["contexts"] == ["default"] and status["steps_done"] == 0
+    assert status["worker_id"].endswith(f":{worker.process.pid}")
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dagrun", "workers", url, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(refused.communicate(), 30)
+    assert refused.returncode == 3
+    assert b"401" in err or b"token" in err
