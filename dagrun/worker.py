@@ -8,6 +8,7 @@ place a server learns that it must take no new work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -77,12 +78,18 @@ class ScriptWorker:
         self._steps_done = 0
         self._errors = 0
         self._started_at = time.time()
+        self._pool_started: asyncio.Task[None] | None = None
         self.stopping = False
 
     async def __aenter__(self) -> ScriptWorker:
+        # The pool warms up while the transport connects or binds, so that its own checks (a missing
+        # token, a port in use) fail at once; the first step waits for the pool if it has to.
+        self._pool_started = asyncio.ensure_future(self._start_pool())
+        return self
+
+    async def _start_pool(self) -> None:
         await self._pool.start()
         logger.info("worker %s ready: %d sandbox processes", self.settings.worker_id, len(self._pool.worker_ids))
-        return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -91,7 +98,9 @@ class ScriptWorker:
 
     async def aclose(self) -> None:
         self.stopping = True
-        await self._pool.aclose()
+        await self._pool.aclose()  # stops a start still under way, once
+        if self._pool_started is not None:
+            await asyncio.gather(self._pool_started, return_exceptions=True)
 
     def decode(self, data: bytes | str) -> StepRequest:
         """Parse an untrusted request envelope; ExecutorError says what is wrong (size, JSON, version)."""
@@ -99,6 +108,8 @@ class ScriptWorker:
 
     async def run(self, request: StepRequest) -> StepResult:
         """Run one step in the sandbox; a failed StepResult for anything the script does."""
+        if self._pool_started is not None and not self._pool_started.done():
+            await asyncio.shield(self._pool_started)  # a failed start raises its ExecutorError here
         key = id(request)
         self._current[key] = f"{request.run_id}/{request.step_id}#{request.attempt}"
         try:

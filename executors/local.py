@@ -30,10 +30,9 @@ class LocalExecutor:
         return await self._pool.run(request)
 
     async def aclose(self) -> None:
-        if self._started is not None and not self._started.done():
-            self._started.cancel()
+        await self._pool.aclose()  # stops a start still under way, once
+        if self._started is not None:
             await asyncio.gather(self._started, return_exceptions=True)
-        await self._pool.aclose()
 
 
 def settings_from_url(url: str, options: ExecutorOptions) -> SandboxSettings:

@@ -259,7 +259,7 @@ async def spawn_child(events: ChildEvents, settings: SandboxSettings, functions:
             await child.ready
     except BaseException:
         child.kill()
-        await child.wait_closed()
+        await asyncio.shield(child.wait_closed())  # reaped even if cancelled again meanwhile
         raise
     logger.debug("sandbox child %s is ready", child.worker_id)
     return child

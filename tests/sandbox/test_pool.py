@@ -357,3 +357,33 @@ async def test_a_timeout_that_is_not_a_positive_number_fails_the_step(
     result = await pool.run(step("outputs['x'] = 1", timeout_s=timeout_s))
 
     assert result.error is not None and result.error.kind == ErrorKind.INPUT
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                children.append(int(entry))
+    return children
+
+
+@pytest.mark.parametrize("cancel_start_first", [False, True])
+@pytest.mark.parametrize("delay_s", [0.0, 0.02, 0.2])
+async def test_closing_a_pool_while_it_starts_leaves_no_process_behind(
+    delay_s: float, cancel_start_first: bool
+) -> None:
+    before = set(_children_of(os.getpid()))
+    pool = SandboxPool(dataclasses.replace(TEST_SETTINGS, processes=2))
+    starting = asyncio.ensure_future(pool.start())
+    await asyncio.sleep(delay_s)
+    if cancel_start_first:  # the spawns are cancelled twice: by the start, then by aclose
+        starting.cancel()
+    await pool.aclose()
+    await asyncio.gather(starting, return_exceptions=True)
+    assert set(_children_of(os.getpid())) - before == set()

@@ -1,0 +1,24 @@
+"""The worker side shared by every transport: a ScriptWorker around a warm sandbox pool."""
+
+from __future__ import annotations
+
+from dagrun.executor import StepRequest, decode_result, encode_request, script_hash
+from dagrun.worker import ScriptWorker, WorkerSettings
+
+SOURCE = "outputs['v'] = inputs['x'] * 2"
+
+
+async def test_a_worker_closed_while_its_pool_starts_leaves_no_process_behind() -> None:
+    async with ScriptWorker(WorkerSettings(concurrency=2)):
+        pass  # closed at once, the pool still spawning: a ResourceWarning (an error here) if a child leaks
+
+
+async def test_a_worker_runs_envelopes_and_counts_what_it_did() -> None:
+    request = StepRequest("r", "s", 1, SOURCE, script_hash(SOURCE), {"x": 21}, {}, "default", 5.0)
+    async with ScriptWorker(WorkerSettings(concurrency=1, contexts=("eu",), worker_id="w-1")) as worker:
+        result = decode_result(await worker.handle(encode_request(request)))
+        failed = await worker.run(request._replace(inputs={}))
+        status = worker.status()
+    assert result.outputs == {"v": 42}
+    assert not failed.ok
+    assert (status.worker_id, status.contexts, status.steps_done, status.errors) == ("w-1", ("eu",), 2, 1)
