@@ -1,4 +1,8 @@
-"""Fixtures for the store suites: `store` opens stores of one kind and closes them all at teardown."""
+"""Fixtures for the store suites: `store` opens stores of one kind and closes them all at teardown.
+
+For redis, every store a test opens uses the session's redis-server (tests/conftest.py) under the test's
+own key prefix, so a second `open()` reads what the first wrote, and tests never see each other's runs.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +13,27 @@ from pathlib import Path
 import pytest
 
 from dagrun.states import RunStatus
-from dagrun.store import MemoryStore, RunRecord, SqliteStore, Store
+from dagrun.store import MemoryStore, RedisStore, RunRecord, SqliteStore, Store
 
 
 class StoreFactory:
-    """Opens stores of one kind; for sqlite every store it opens uses the same file, so a second
-    `open()` after closing the first reads what the first wrote."""
+    """Opens stores of one kind; for sqlite every store it opens uses the same file (for redis the same
+    server and prefix), so a second `open()` after closing the first reads what the first wrote."""
 
-    def __init__(self, kind: str, path: Path) -> None:
+    def __init__(self, kind: str, path: Path, *, redis_url: str = "") -> None:
         self.kind = kind
         self.path = path
+        self.redis_url = redis_url
         self.opened: list[Store] = []
 
     def __call__(self) -> Store:
-        store: Store = MemoryStore() if self.kind == "memory" else SqliteStore.open(self.path)
+        store: Store
+        if self.kind == "memory":
+            store = MemoryStore()
+        elif self.kind == "redis":
+            store = RedisStore.from_url(self.redis_url)
+        else:
+            store = SqliteStore.open(self.path)
         self.opened.append(store)
         return store
 
@@ -31,9 +42,21 @@ class StoreFactory:
             await store.aclose()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    factory = StoreFactory(request.param, tmp_path / "dagrun.db")
+    # Only redis tests start (or reuse) the session's redis-server.
+    redis_url: str = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    factory = StoreFactory(request.param, tmp_path / "dagrun.db", redis_url=redis_url)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Redis stores on the session's server, all under this test's prefix."""
+    factory = StoreFactory("redis", tmp_path / "dagrun.db", redis_url=redis_url)
     try:
         yield factory
     finally:

@@ -1,0 +1,370 @@
+"""The Redis store: every machine that reaches one Redis lists, watches and controls the same runs.
+
+Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built only by `redis_layout.Keys`:
+
+    run:{run_id}          hash  RunRecord fields (flow, inputs as JSON; times as exact text), `member`, `seq` (last
+                                event seq), `context` (JSON) with `context_token` (who wrote it last), `created_by`
+    steps:{run_id}        hash  step id -> its state, a JSON array (one field per step: an upsert is one HSET)
+    order:{run_id}        list  step ids in the flow's order; a step first recorded later is pushed last
+    events:{run_id}       stream entry id ``{seq}-0``, field `e`: a JSON array. XRANGE from ``{after_seq+1}-0``
+                                COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
+    runs                  zset  every run: score created_at, member ``{creation number, 16 hex}:{run_id}`` so that
+                                runs created at the same instant list the later creation first
+    runs:status:{status}  zset  the same, per status (moved by the script that changes the status)
+    runs:flow:{name}      zset  the same, per flow; both filters walk the smaller set and probe the other
+    runs:created          counter of creations;   writer:{id}  hash, a writer's last batch (expires after a day)
+
+Writes are queued on the loop and sent in batches by one task (`redis_writer`), one Lua script call per
+batch, so record_step costs no round trip. Event seqs are assigned in that script from the run's `seq`: a
+run driven here and cancelled from another machine still gets one gap-free order. The context is merged
+here with the shared codec (the exact rules of `apply_ops`) and written by compare-and-set on its token in
+the same script; a lost race re-merges on the server's value, so no update is ever lost. Every read first
+awaits `flush()`, so it sees every write made before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import RedisError
+
+from dagrun.context import ContextOp
+from dagrun.errors import RunNotFound, StoreError, redact
+from dagrun.states import RunStatus
+from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.codec import encode_error, encode_json, merge_context
+from dagrun.store.redis_layout import (
+    CREATE_RUN,
+    DEFAULT_PREFIX,
+    LIST_BOTH,
+    PENDING_STEP,
+    RUN_FIELDS,
+    Keys,
+    decode_event,
+    decode_run,
+    decode_step,
+    number_arg,
+    run_id_of,
+)
+from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("redis", "rediss", "unix")
+MAX_CONTEXT_ATTEMPTS = 1000  # compare-and-set rounds lost to other clients before apply_context gives up
+_dumps = orjson.dumps
+
+
+@dataclass(slots=True)
+class _RunState:
+    """What this process knows of a run it writes to: the context as last merged here, and its token."""
+
+    context: str
+    token: str
+
+
+class RedisStore:
+    """`async with RedisStore.from_url("redis://host:6379/0") as store: ...`; see the module docstring."""
+
+    def __init__(self, url: str, *, prefix: str | None = None, max_batch_ops: int = 512) -> None:
+        """A store on the Redis at `url` (``redis://[[user]:password@]host[:port][/db][?prefix=p]``,
+        ``rediss://`` for TLS). Nothing connects yet: `async with` (or the first call) does, and raises
+        StoreError, with the URL redacted, when Redis cannot be reached or refuses the credentials.
+        """
+        self.where = redact(url)
+        redis_url, url_prefix = _split_prefix(url)
+        if urlsplit(redis_url).scheme.lower() not in SCHEMES:
+            raise StoreError(f"{self.where!r} is not a Redis store URL; expected redis://host:6379/0 or rediss://")
+        self.keys = Keys(prefix if prefix is not None else url_prefix if url_prefix is not None else DEFAULT_PREFIX)
+        try:
+            # Reads may be retried freely; the writer retries itself (a resent batch is not applied twice).
+            self._client = Redis.from_url(
+                redis_url, decode_responses=True, retry=Retry(ExponentialWithJitterBackoff(0.01, 0.5), 3)
+            )
+            self._writer_pool = ConnectionPool.from_url(redis_url, decode_responses=True)
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"{self.where!r}: not a usable Redis URL: {exc}") from exc
+        self._id = os.urandom(8).hex()  # this store's writer id; also makes context tokens unique
+        self._tokens = itertools.count(1)
+        self._writer = Writer(
+            self._writer_pool,
+            self.keys,
+            writer_id=self._id,
+            where=self.where,
+            max_batch_ops=max_batch_ops,
+            on_context=self._resync_context,
+            on_missing=self._forget,
+        )
+        self._states: dict[str, _RunState] = {}
+        self._load_lock = asyncio.Lock()  # one cache load at a time
+        self._closed = False
+        self._failure_reported = False
+
+    @classmethod
+    def from_url(cls, url: str, *, max_batch_ops: int = 512) -> Self:
+        """Same as the constructor, the prefix coming from the URL; reads well in ``async with``."""
+        return cls(url, max_batch_ops=max_batch_ops)
+
+    @property
+    def batches_sent(self) -> int:
+        """Write batches (script calls) sent so far, for metrics and tests."""
+        return self._writer.batches_sent
+
+    async def __aenter__(self) -> Self:
+        """Connect and check the credentials; StoreError naming the redacted URL if that fails."""
+        self._check_usable()
+        await self._call(self._client.ping(), doing="connecting to Redis")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- writes: queued, never waiting for I/O (create_run waits for its answer) --------------------------
+
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
+        self._check_usable()
+        run_id = run.run_id
+        where = f"run {run_id!r}"
+        flow = encode_json(run.flow, where=f"{where} flow")
+        inputs = encode_json(run.inputs, where=f"{where} inputs")
+        token = f"{self._id}.{next(self._tokens)}"
+        keys = self.keys
+        script_keys = (
+            keys.run(run_id), keys.steps(run_id), keys.step_order(run_id), keys.runs,
+            keys.runs_with_status(run.status), keys.runs_of_flow(run.flow_name), keys.run_counter,
+        )  # fmt: skip
+        args = (
+            run_id, run.flow_name, run.status, flow, inputs, number_arg(run.created_at), number_arg(run.started_at),
+            number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", token, PENDING_STEP,
+            *dict.fromkeys(step_ids),
+        )  # fmt: skip
+        created = await self._call(CREATE_RUN(self._client, script_keys, args), doing=f"creating run {run_id!r}")
+        if not created:
+            raise StoreError(f"run {run_id!r} already exists")
+        self._check_usable()  # closed while we waited?
+        self._states[run_id] = _RunState("{}", "")
+
+    async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
+        self._check_usable()
+        if run_id not in self._states:
+            await self._load_state(run_id)
+        is_terminal = status.is_terminal
+        event = _dumps((at, "run", status, None, 0, error or ""))
+        started_at = number_arg(at) if status == RunStatus.RUNNING else ""
+        finished_at = number_arg(at) if is_terminal else ""
+        has_error = "0" if error is None else "1"
+        self._writer.add(run_id, pack("R", status, started_at, finished_at, has_error, error or "", event), 7)
+        if is_terminal:  # the run is done: drop its cache, it is reloaded if written to again
+            self._states.pop(run_id, None)
+
+    async def record_step(self, step: StepRecord, *, message: str = "") -> None:
+        if self._closed or self._writer.failure is not None:
+            self._check_usable()
+        run_id = step.run_id
+        if run_id not in self._states:
+            await self._load_state(run_id)
+        error = step.error
+        status = step.status
+        attempt = step.attempt
+        try:
+            state = _dumps(
+                (
+                    status, attempt, step.started_at, step.finished_at, step.outputs,
+                    None if error is None else encode_error(error), step.logs, step.worker_id,
+                )
+            )  # fmt: skip
+        except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
+            raise StoreError(f"run {run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
+        event = _dumps((time.time(), "step", status, step.step_id, attempt, message))
+        self._writer.add(run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS)
+
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
+        """Merged here, written by compare-and-set; merged again on the server's value when another client
+        wrote first, so concurrent callers on any machine never lose updates."""
+        self._check_usable()
+        for _ in range(MAX_CONTEXT_ATTEMPTS):
+            state = self._states.get(run_id) or await self._load_state(run_id)
+            text, value, rejected = merge_context(state.context, ops, run_id=run_id)
+            token = f"{self._id}.{next(self._tokens)}"
+            expected, state.context, state.token = state.token, text, token
+            try:
+                applied = await self._writer.compare_and_set(run_id, expected, token, text)
+            except StoreError:
+                self._failure_reported = True
+                raise
+            if applied:
+                return value, rejected
+            self._check_usable()
+        raise StoreError(f"run {run_id!r} context: still written by other clients after {MAX_CONTEXT_ATTEMPTS} tries")
+
+    # --- reads: flush, then read what Redis holds --------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        await self.flush()
+        values = await self._call(
+            self._client.hmget(self.keys.run(run_id), RUN_FIELDS), doing=f"reading run {run_id!r}"
+        )
+        run = decode_run(values)
+        if run is None:
+            raise RunNotFound(run_id)
+        return run
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        await self.flush()
+        if limit <= 0:
+            return []
+        keys = self.keys
+        if status is not None and flow_name is not None:
+            both = (keys.runs_with_status(status), keys.runs_of_flow(flow_name))
+            members = await self._call(LIST_BOTH(self._client, both, (limit,)), doing="listing runs")
+        else:
+            chosen = keys.runs_with_status(status) if status is not None else keys.runs
+            chosen = keys.runs_of_flow(flow_name) if flow_name is not None else chosen
+            members = await self._call(self._client.zrevrange(chosen, 0, limit - 1), doing="listing runs")
+        if not members:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for member in members:
+            pipe.hmget(keys.run(run_id_of(member)), RUN_FIELDS)
+        rows = await self._call(pipe.execute(), doing="listing runs")
+        return [run for run in map(decode_run, rows) if run is not None]
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        await self.flush()
+        keys = self.keys
+        pipe = self._client.pipeline(transaction=True)  # one snapshot: a step is in both or in neither
+        pipe.lrange(keys.step_order(run_id), 0, -1)
+        pipe.hgetall(keys.steps(run_id))
+        pipe.exists(keys.run(run_id))
+        order, states, exists = await self._call(pipe.execute(), doing=f"reading the steps of run {run_id!r}")
+        if not exists:
+            raise RunNotFound(run_id)
+        steps = [decode_step(run_id, step_id, states.pop(step_id)) for step_id in order if step_id in states]
+        steps += (decode_step(run_id, step_id, text) for step_id, text in states.items())  # none in practice
+        return steps
+
+    async def get_context(self, run_id: str) -> dict[str, Any]:
+        """What Redis holds now, written here or by any other client."""
+        await self.flush()
+        run_key = self.keys.run(run_id)
+        found, text = await self._call(
+            self._client.hmget(run_key, ("run_id", "context")), doing=f"reading the context of run {run_id!r}"
+        )
+        if found is None:
+            raise RunNotFound(run_id)
+        value: dict[str, Any] = orjson.loads(text or "{}")
+        return value
+
+    async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        await self.flush()
+        keys = self.keys
+        pipe = self._client.pipeline(transaction=False)
+        if limit is None or limit > 0:
+            pipe.xrange(keys.events(run_id), f"{max(after_seq, 0) + 1}-0", "+", count=limit)
+        pipe.exists(keys.run(run_id))
+        *entries, exists = await self._call(pipe.execute(), doing=f"reading the events of run {run_id!r}")
+        if not exists:
+            raise RunNotFound(run_id)
+        return [decode_event(run_id, entry_id, fields) for entry_id, fields in (entries[0] if entries else ())]
+
+    async def flush(self) -> None:
+        """Return once every write made before the call is applied in Redis; StoreError if a batch failed."""
+        self._check_usable()
+        await self._flush()
+
+    async def aclose(self) -> None:
+        """Flush, stop the writer and close the connections; StoreError if writes were lost and no call has
+        said so yet. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        already_reported = self._failure_reported
+        try:
+            await self._flush()
+        except StoreError:
+            if not already_reported:
+                raise
+        finally:
+            try:
+                await self._writer.stop()
+            finally:
+                self._states.clear()
+                await self._writer_pool.aclose()
+                await self._client.aclose()
+
+    # --- internals ---------------------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        try:
+            await self._writer.flush()
+        except StoreError:
+            self._failure_reported = True
+            raise
+
+    async def _load_state(self, run_id: str) -> _RunState:
+        """The run's cache, read from Redis after a flush; RunNotFound when there is no such run."""
+        async with self._load_lock:
+            state = self._states.get(run_id)
+            if state is None:
+                self._check_usable()
+                await self._flush()  # the run may have been evicted with writes still queued
+                found, token, context = await self._call(
+                    self._client.hmget(self.keys.run(run_id), ("run_id", "context_token", "context")),
+                    doing=f"reading run {run_id!r}",
+                )
+                if found is None:
+                    raise RunNotFound(run_id)
+                state = self._states[run_id] = _RunState(context or "{}", token or "")
+        self._check_usable()  # the caller queues writes next: not if the store closed while we waited
+        return state
+
+    def _resync_context(self, run_id: str, token: str, context: str) -> None:
+        state = self._states.get(run_id)
+        if state is not None:
+            state.token, state.context = token, context
+
+    def _forget(self, run_id: str) -> None:
+        self._states.pop(run_id, None)
+
+    async def _call(self, awaitable: Any, *, doing: str) -> Any:
+        """Await a Redis call, turning Redis errors into StoreErrors that name the redacted URL."""
+        if self._closed:  # closed while the caller awaited a flush: the clients may be gone
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()
+            raise RuntimeError("RedisStore is closed")
+        try:
+            return await awaitable
+        except RedisError as exc:
+            raise StoreError(f"{self.where}: {doing} failed: {redact(str(exc))}") from exc
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError("RedisStore is closed")
+        if self._writer.failure is not None:
+            self._failure_reported = True
+            raise self._writer.failure_error()
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """The URL without its ``prefix`` query parameter (redis-py would refuse it), and that prefix."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [value for name, value in query if name == "prefix"]
+    if not prefixes:
+        return url, None
+    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefixes[-1]

@@ -1,0 +1,236 @@
+"""What the Redis store adds to the contract: many clients (as if on many machines) share runs, the context
+stays exact under concurrent writers, credentials and unreachable servers give clear, redacted errors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from dagrun.context import ContextOp, ContextOpKind
+from dagrun.errors import RunNotFound, StoreError
+from dagrun.states import RunStatus, StepStatus
+from dagrun.store import RedisStore, StepRecord, Store, open_store
+from dagrun.store.redis_layout import STATUSES, WRITE_BATCH, Keys
+from tests.conftest import RedisServer, RedisServers, free_port
+from tests.store.conftest import StoreFactory, create
+
+INCR, APPEND = ContextOpKind.INCR, ContextOpKind.APPEND
+
+
+async def test_two_clients_see_each_others_runs_steps_and_events(redis_store: StoreFactory) -> None:
+    here, there = redis_store(), redis_store()
+    await create(here, "r1", ["a", "b"], flow_name="etl")
+    await here.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+    await here.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, attempt=1, outputs={"rows": 3}))
+    await here.flush()
+
+    assert [run.run_id for run in await there.list_runs(flow_name="etl", status=RunStatus.RUNNING)] == ["r1"]
+    assert (await there.get_steps("r1"))[0].outputs == {"rows": 3}
+    assert [(e.seq, e.kind, e.status) for e in await there.get_events("r1")] == [
+        (1, "run", "running"),
+        (2, "step", "succeeded"),
+    ]
+    await create(there, "r2", ["x"])
+    assert {run.run_id for run in await here.list_runs()} == {"r1", "r2"}
+
+
+async def test_a_run_cancelled_from_another_client_keeps_one_gap_free_event_order(redis_store: StoreFactory) -> None:
+    driver, controller = redis_store(), redis_store()
+    await create(driver, "r1", ["a", "b"])
+    await driver.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+    await driver.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+    await driver.flush()
+    await controller.set_run_status("r1", RunStatus.CANCELLED, at=2.0, error="cancelled by user")
+    await controller.flush()
+    await driver.record_step(StepRecord("r1", "a", StepStatus.CANCELLED, attempt=1), message="run cancelled")
+
+    events = await driver.get_events("r1")
+    assert [(e.seq, e.kind, e.status) for e in events] == [
+        (1, "run", "running"),
+        (2, "step", "running"),
+        (3, "run", "cancelled"),
+        (4, "step", "cancelled"),
+    ]
+    run = await driver.get_run("r1")
+    assert (run.status, run.finished_at, run.error) == (RunStatus.CANCELLED, 2.0, "cancelled by user")
+    assert [r.run_id for r in await driver.list_runs(status=RunStatus.CANCELLED)] == ["r1"]
+    assert await driver.list_runs(status=RunStatus.RUNNING) == []
+
+
+async def test_a_watcher_reads_new_events_after_the_last_seq_it_saw(redis_store: StoreFactory) -> None:
+    writer, watcher = redis_store(), redis_store()
+    await create(writer, "r1", ["a"])
+    seen: list[int] = []
+    for status in (StepStatus.READY, StepStatus.RUNNING, StepStatus.SUCCEEDED):
+        await writer.record_step(StepRecord("r1", "a", status))
+        await writer.flush()
+        seen += [event.seq for event in await watcher.get_events("r1", after_seq=seen[-1] if seen else 0)]
+    assert seen == [1, 2, 3]
+
+
+async def test_concurrent_context_increments_from_two_clients_are_not_lost(redis_store: StoreFactory) -> None:
+    clients = [redis_store(), redis_store()]
+    await create(clients[0], "r1")
+
+    async def increment(store: Store, who: int) -> None:
+        for _ in range(20):
+            await store.apply_context("r1", (ContextOp(INCR, "total", 1), ContextOp(APPEND, "who", who)))
+
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as group:
+        for index, client in enumerate(clients):  # 2 clients x 10 tasks x 20 = 400, many in flight at once
+            for _ in range(10):
+                group.create_task(increment(client, index))
+    context = await clients[1].get_context("r1")
+    assert context["total"] == 400
+    assert sorted(context["who"]) == [0] * 200 + [1] * 200
+    assert time.monotonic() - started < 20
+
+
+async def test_data_survives_closing_and_reopening_the_store(redis_store: StoreFactory) -> None:
+    first = redis_store()
+    await create(first, "r1", ["a", "b"])
+    await first.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+    await first.record_step(StepRecord("r1", "b", StepStatus.SUCCEEDED, attempt=1, outputs={"v": [1, "é"]}))
+    await first.apply_context("r1", (ContextOp(INCR, "n", 2),))
+    await first.aclose()
+
+    again = redis_store()
+    assert (await again.get_run("r1")).status == RunStatus.RUNNING
+    assert [(s.step_id, s.status, s.outputs) for s in await again.get_steps("r1")] == [
+        ("a", StepStatus.PENDING, {}),
+        ("b", StepStatus.SUCCEEDED, {"v": [1, "é"]}),
+    ]
+    assert await again.get_context("r1") == {"n": 2}
+    await again.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # the seq goes on from the server's
+    assert [e.seq for e in await again.get_events("r1")] == [1, 2, 3]
+    assert await again.apply_context("r1", (ContextOp(INCR, "n", 1),)) == ({"n": 3}, [])
+
+
+async def test_prefixes_keep_stores_apart(redis_server: RedisServer, redis_prefix: str) -> None:
+    async with (
+        RedisStore.from_url(f"{redis_server.url}?prefix={redis_prefix}one:") as one,
+        RedisStore.from_url(f"{redis_server.url}?prefix={redis_prefix}two:") as two,
+    ):
+        await create(one, "r1")
+        assert await two.list_runs() == []
+        with pytest.raises(RunNotFound):
+            await two.get_run("r1")
+        assert one.keys.run("r1") == f"{redis_prefix}one:run:r1"
+
+
+async def test_record_step_is_sent_in_batches_not_one_round_trip_per_call(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    assert isinstance(store, RedisStore)
+    await create(store, "r1", [f"s{i}" for i in range(500)])
+    for i in range(500):
+        await store.record_step(StepRecord("r1", f"s{i}", StepStatus.RUNNING, attempt=1))
+        await store.record_step(StepRecord("r1", f"s{i}", StepStatus.SUCCEEDED, attempt=1, outputs={"i": i}))
+    await store.flush()
+    assert store.batches_sent <= 3
+    events = await store.get_events("r1", after_seq=990)
+    assert [e.seq for e in events] == list(range(991, 1001))
+    assert [e.seq for e in await store.get_events("r1", after_seq=10, limit=3)] == [11, 12, 13]
+    assert (await store.get_steps("r1"))[499].outputs == {"i": 499}
+
+
+async def test_a_batch_sent_twice_is_applied_once(redis_server: RedisServer, redis_prefix: str) -> None:
+    keys = Keys(redis_prefix)
+    async with RedisStore.from_url(f"{redis_server.url}?prefix={redis_prefix}") as store:
+        await create(store, "r1", ["a"])
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        script_keys = [keys.writer("w"), *(keys.runs_with_status(s) for s in STATUSES)]
+        script_keys += [keys.run("r1"), keys.steps("r1"), keys.events("r1"), keys.step_order("r1")]
+        args = ["7", str(len(STATUSES)), *STATUSES, "8", "S", "a", '["running",1,null,null,{},null,"",""]', "[]"]
+        args += ["C", "", "w.1", '{"n":1}']
+        first = await WRITE_BATCH(client, script_keys, args)
+        again = await WRITE_BATCH(client, script_keys, args)  # as after a reply lost on a broken connection
+        assert first == again == [[1]]
+        assert await client.xlen(keys.events("r1")) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_open_store_opens_a_redis_store_with_the_url_prefix(redis_url: str) -> None:
+    store = open_store(redis_url)
+    assert isinstance(store, RedisStore)
+    async with store:
+        assert store.keys.prefix == redis_url.partition("?prefix=")[2]
+
+
+async def test_a_password_protected_server_needs_the_password_in_the_url(redis_servers: RedisServers) -> None:
+    server = redis_servers("--requirepass", "s3cret-pw")
+    with_password = f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"
+    async with RedisStore.from_url(with_password) as store:
+        await create(store, "r1", ["a"])
+        await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # the writer's connection too
+        assert [event.seq for event in await store.get_events("r1")] == [1]
+
+    for url in (server.url, f"redis://:wrong-pw@127.0.0.1:{server.port}/0"):
+        store = RedisStore.from_url(url)
+        with pytest.raises(StoreError) as caught:
+            await store.__aenter__()
+        await store.aclose()
+        message = str(caught.value)
+        assert f"127.0.0.1:{server.port}" in message and "connecting to Redis failed" in message
+        assert "auth" in message.lower() or "password" in message.lower()
+        assert "pw" not in message
+
+
+async def test_an_acl_user_in_the_url_is_used(redis_servers: RedisServers) -> None:
+    server = redis_servers("--user", "default", "off", "--user", "runner", "on", ">runner-pw", "~*", "&*", "+@all")
+    async with RedisStore.from_url(f"redis://runner:runner-pw@127.0.0.1:{server.port}/0") as store:
+        await create(store, "r1")
+        await store.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+        assert [run.run_id for run in await store.list_runs(status=RunStatus.RUNNING)] == ["r1"]
+
+
+async def test_an_unreachable_server_raises_store_error_naming_the_redacted_url() -> None:
+    url = f"redis://admin:hunter2@127.0.0.1:{free_port()}/0"
+    store = RedisStore.from_url(url)
+    with pytest.raises(StoreError) as caught:
+        await store.__aenter__()
+    with pytest.raises(StoreError):  # without `async with`, the first call says the same
+        await store.get_run("r1")
+    await store.aclose()
+    message = str(caught.value)
+    assert "redis://***@127.0.0.1:" in message and "connecting to Redis failed" in message
+    assert "hunter2" not in message
+
+
+def test_a_url_that_is_not_redis_is_refused_without_credentials() -> None:
+    with pytest.raises(StoreError) as caught:
+        RedisStore("http://user:hunter2@example.com")
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_the_writer_reconnects_after_a_server_restart(redis_servers: RedisServers) -> None:
+    server = redis_servers(appendonly=True)
+    async with RedisStore.from_url(server.url) as store:
+        await create(store, "r1", ["a"])
+        await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING))
+        await store.flush()
+        server.restart()  # the writer's connection breaks under it
+        await store.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED))
+        await store.apply_context("r1", (ContextOp(INCR, "n", 1),))
+        assert [(e.seq, e.status) for e in await store.get_events("r1")] == [(1, "running"), (2, "succeeded")]
+        assert await store.get_context("r1") == {"n": 1}
+
+
+async def test_writes_to_a_server_that_went_away_fail_loudly(redis_servers: RedisServers) -> None:
+    server = redis_servers()
+    store = RedisStore.from_url(server.url)
+    try:
+        await create(store, "r1", ["a"])
+        server.stop()
+        await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # queued: no I/O yet
+        with pytest.raises(StoreError, match="writing to Redis failed"):
+            await store.flush()
+        with pytest.raises(StoreError, match="no more are accepted"):
+            await store.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED))
+    finally:
+        await store.aclose()  # the failure was reported: closing does not raise it again
