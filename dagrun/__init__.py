@@ -19,7 +19,8 @@ from dagrun.errors import (
     WorkerUnavailable,
 )
 from dagrun.executor import ErrorKind, Executor, ExecutorOptions, StepError, StepRequest, StepResult, open_executor
-from dagrun.flow import Flow, RetryPolicy, Step, parse_flow
+from dagrun.flow import Flow, RetryPolicy, Step
+from dagrun.flow_parser import parse_flow
 from dagrun.loader import load_flow
 from dagrun.orchestrator import Orchestrator, RunResult, StepOutcome
 from dagrun.states import RunIf, RunStatus, StepStatus

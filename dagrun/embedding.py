@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagrun.executor import Executor, HostFunction
-from dagrun.flow import Flow, parse_flow
+from dagrun.flow import Flow
+from dagrun.flow_parser import parse_flow
 from dagrun.loader import load_flow
 from dagrun.orchestrator import DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
 from dagrun.store import open_store

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from dagrun.errors import FlowError, Problem
-from dagrun.flow import Flow, parse_flow
+from dagrun.flow import Flow
+from dagrun.flow_parser import parse_flow
 
 logger = logging.getLogger(__name__)
 

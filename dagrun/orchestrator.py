@@ -27,7 +27,8 @@ from dagrun.executor import (
     StepResult,
     open_executor,
 )
-from dagrun.flow import DEFAULT_EXECUTOR, Flow, Step, resolve_flow_inputs
+from dagrun.flow import Flow, Step, resolve_flow_inputs
+from dagrun.flow_schema import DEFAULT_EXECUTOR
 from dagrun.scheduler import Decisions, Scheduler
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import RunRecord, StepRecord, Store

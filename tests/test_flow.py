@@ -5,17 +5,12 @@ from typing import Any
 
 import pytest
 
-import dagrun.flow
+import dagrun.flow_parser
 from dagrun.errors import FlowError, Problem
 from dagrun.executor import script_hash
-from dagrun.flow import (
-    DEFAULT_TIMEOUT_S,
-    Flow,
-    RetryPolicy,
-    flow_json_schema,
-    parse_flow,
-    resolve_flow_inputs,
-)
+from dagrun.flow import Flow, RetryPolicy, resolve_flow_inputs
+from dagrun.flow_parser import parse_flow
+from dagrun.flow_schema import DEFAULT_TIMEOUT_S, flow_json_schema
 from dagrun.states import RunIf
 
 ETL = {
@@ -413,7 +408,7 @@ def test_each_distinct_script_is_checked_once(monkeypatch):
         checked.append(source)
         return [(1, "nope")] if "bad" in source else []
 
-    monkeypatch.setattr(dagrun.flow, "_script_checker", lambda: checker)
+    monkeypatch.setattr(dagrun.flow_parser, "_script_checker", lambda: checker)
     document = flow_of(*({"id": f"s{i}", "script": "bad" if i % 2 else "good"} for i in range(6)))
 
     assert problems(document) == [f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)]

@@ -3,7 +3,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.errors import CycleError
-from dagrun.flow import Flow, Step, parse_flow
+from dagrun.flow import Flow, Step
+from dagrun.flow_parser import parse_flow
 from dagrun.graph import (
     ancestors,
     build_graph,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dagrun.context import ContextOp, ContextOpKind
 from dagrun.errors import FlowError
 from dagrun.executor import ErrorKind, StepRequest, StepResult
-from dagrun.flow import parse_flow
+from dagrun.flow_parser import parse_flow
 from dagrun.orchestrator import Orchestrator
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store import MemoryStore

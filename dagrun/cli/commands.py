@@ -23,7 +23,8 @@ from dagrun.cli import render
 from dagrun.cli.worker import read_token_file
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.executor import Executor
-from dagrun.flow import Flow, flow_json_schema
+from dagrun.flow import Flow
+from dagrun.flow_schema import flow_json_schema
 from dagrun.graph import to_dot, to_mermaid
 from dagrun.loader import load_flow
 from dagrun.orchestrator import Orchestrator

@@ -1,0 +1,202 @@
+"""How a flow's mistakes are told: JSON and pydantic errors as problems with their place (`steps[3].id`).
+
+Each problem names where (a JSON path, ordered as in the file), then what, then the fix when there is one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+import pydantic
+from pydantic import BaseModel
+from pydantic_core import ErrorDetails
+
+from dagrun.errors import Problem
+from dagrun.flow_schema import ID_RULE, ID_UNION_TAGS, STEP_ID_RE
+from dagrun.references import Loc
+
+Found = tuple[Loc, str, str]  # where, what, and a label for the path: " (step 'load')" or ""
+_NO_GOT = frozenset({"missing", "extra_forbidden", "value_error", "too_short"})
+_OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
+
+
+def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> Problem:
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - data.rfind(b"\n", 0, exc.start)
+    return Problem(f"line {line}, column {column}", "not UTF-8 text")
+
+
+def json_problem(text: str, error: json.JSONDecodeError) -> Problem:
+    try:  # orjson parses; the standard library words the errors people know
+        json.loads(text)
+    except json.JSONDecodeError as standard:
+        error = standard
+    except RecursionError:
+        pass
+    return Problem(f"line {error.lineno}, column {error.colno}", _lower_first(error.msg))
+
+
+def json_type(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _short(value: Any) -> str:
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The model that validates the object at `loc` (relative to `model`), for field-name hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = current.model_fields.get(part)
+        if info is None:
+            return None
+        args = typing.get_args(info.annotation)
+        current = args[0] if args else info.annotation
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+    return typing.cast(type[BaseModel], current)
+
+
+def _unknown_field(model: type[BaseModel], loc: Loc) -> str:
+    message = f"unknown field {loc[-1]!r}"
+    owner = _model_at(model, loc[:-1])
+    if owner is not None:
+        names = [info.alias or name for name, info in owner.model_fields.items()]
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        message += f"; did you mean {close[0]!r}?" if close else f"; known fields: {', '.join(names)}"
+    return message
+
+
+def _error_message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind in _OBJECT_ERRORS:
+        message = "expected a JSON object"
+    elif kind == "list_type":
+        message = "expected a JSON array"
+    else:
+        message = _lower_first(error["msg"])
+    return message if kind in _NO_GOT else f"{message} (got {_short(error['input'])})"
+
+
+def _is_step_id(loc: Loc) -> bool:
+    return bool(loc) and loc[-1] in ID_UNION_TAGS and (loc[-2:-1] == ("id",) or loc[-3:-2] == ("depends_on",))
+
+
+def _step_id_message(error: ErrorDetails) -> str:
+    if error["type"] == "string_pattern_mismatch":
+        return f"step id {error['input']!r} must be {ID_RULE}"
+    return f"a step id is a string or an integer (got {_short(error['input'])})"
+
+
+def pydantic_findings(exc: pydantic.ValidationError, model: type[BaseModel], prefix: Loc, label: str) -> list[Found]:
+    found: list[Found] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        if loc[-1:] == ("int",) and _is_step_id(loc):
+            continue  # the string member's error says it all
+        if _is_step_id(loc):
+            where, message = loc[:-1], _step_id_message(error)
+        elif error["type"] == "missing":
+            where, message = loc[:-1], f"missing required field {loc[-1]!r}"
+        elif error["type"] == "extra_forbidden":
+            where, message = loc[:-1], _unknown_field(model, loc)
+        elif loc == ("steps",) and error["type"] == "too_short":
+            where, message = loc, "a flow needs at least one step"
+        else:
+            where, message = loc, _error_message(error)
+        found.append(((*prefix, *where), message, "" if loc[:1] == ("id",) else label))
+    return found
+
+
+def salvage(
+    model: type[_M], raw: Any, exc: pydantic.ValidationError, stand_ins: Mapping[str, Any] | None = None
+) -> tuple[_M | None, frozenset[str]]:
+    """`raw` validated again without the fields that had errors (defaults, or `stand_ins` for required
+    fields, take their place) so that the rest can still be checked; also the names of the fields
+    replaced. None when that fails too."""
+    dropped = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    if not isinstance(raw, dict):
+        return None, frozenset(dropped)
+    kept = {key: value for key, value in raw.items() if key not in dropped}
+    for key, value in (stand_ins or {}).items():
+        if key not in kept:
+            kept[key] = value
+            dropped.add(key)
+    try:
+        return model.model_validate(kept), frozenset(dropped)
+    except pydantic.ValidationError:
+        return None, frozenset(dropped)
+
+
+_M = typing.TypeVar("_M", bound=BaseModel)
+
+
+def not_json(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    """Places in `value` that hold something JSON cannot say (only possible for mapping documents)."""
+    found: list[tuple[Loc, str]] = []
+    stack: list[tuple[Any, Loc]] = [(value, loc)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, dict):
+            for key, element in item.items():
+                if isinstance(key, str):
+                    stack.append((element, (*where, key)))
+                else:
+                    found.append((where, f"object keys must be strings (got {key!r})"))
+        elif isinstance(item, list):
+            stack.extend((element, (*where, index)) for index, element in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            found.append((where, f"not a JSON value (got {item!r})"))
+        elif not (item is None or isinstance(item, str | int | float)):
+            found.append((where, f"not a JSON value (got {type(item).__name__})"))
+    return sorted(found)
+
+
+def raw_step_id(raw_step: Any) -> str | None:
+    """The id of a step that failed validation, when it has a usable one."""
+    step_id = raw_step.get("id") if isinstance(raw_step, dict) else None
+    if isinstance(step_id, int) and not isinstance(step_id, bool):
+        return str(step_id)
+    return step_id if isinstance(step_id, str) and STEP_ID_RE.fullmatch(step_id) else None
+
+
+def step_label(step_id: str | None) -> str:
+    return f" (step {step_id!r})" if step_id is not None else ""
+
+
+def file_position(raw: Any, loc: Loc) -> tuple[int, ...]:
+    """Where `loc` is in the document, as a sort key: JSON objects keep their keys in file order."""
+    position: list[int] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str):
+            keys = list(node)
+            position.append(keys.index(part) if part in node else len(keys))
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            position.append(part)
+            node = node[part]
+        else:
+            position.append(part if isinstance(part, int) else 1 << 30)
+            node = None
+    return tuple(position)

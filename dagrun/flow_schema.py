@@ -1,0 +1,143 @@
+"""The flow file's pydantic models: the only source of its JSON Schema (`dagrun schema`).
+
+Untrusted JSON is validated by these models (`extra="forbid"`); `flow_parser` turns them into Flow values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema
+
+from dagrun.states import RunIf
+
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_EXECUTOR = "local"
+DEFAULT_CONTEXT_ID = "default"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+_STEP_ID_PATTERN = r"^[^\s.{}]{1,200}$"
+STEP_ID_RE = re.compile(_STEP_ID_PATTERN)
+
+
+ID_RULE = "1-200 characters without whitespace, '.', '{' or '}'"
+
+# A union, not a validator function: pydantic checks 100k ids without calling back into Python.
+StepId = Annotated[
+    Annotated[str, StringConstraints(pattern=_STEP_ID_PATTERN)] | StrictInt,
+    Field(union_mode="left_to_right"),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": _STEP_ID_PATTERN}, {"type": "integer"}],
+            "description": f"A step id: a string of {ID_RULE}; an integer is read as a string.",
+        }
+    ),
+]
+ID_UNION_TAGS = frozenset({"constrained-str", "int"})  # how pydantic names StepId's members in error locs
+
+
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent means "inherited" or "not given", not this value
+
+
+def _unset(default: Any, description: str, **constraints: Any) -> Any:
+    """A field whose absence matters (inherited from `defaults`, or no contract): the parser asks
+    `model_fields_set`, and the schema shows no default."""
+    return Field(default=default, description=description, json_schema_extra=_drop_default, **constraints)
+
+
+class _Model(BaseModel):
+    # strict: "30" is not a number and 1 is not true; a flow file says what it means
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RetriesModel(_Model):
+    """How often a failed step is tried again, and how long to wait in between."""
+
+    model_config = ConfigDict(title="Retries")
+
+    max_attempts: int = Field(default=1, ge=1, description="Attempts in all, the first included (1: no retry).")
+    backoff_s: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Wait before attempt 2; doubles.")
+    max_backoff_s: float = Field(default=60.0, ge=0, allow_inf_nan=False, description="The longest wait, in seconds.")
+    jitter: bool = Field(default=False, description="Wait a random time between half and all of the backoff.")
+
+
+class DefaultsModel(_Model):
+    """Values every step inherits unless it sets its own."""
+
+    model_config = ConfigDict(title="Defaults")
+
+    executor: str = Field(default=DEFAULT_EXECUTOR, min_length=1, description="Executor name ('local', ...).")
+    timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S, gt=0, allow_inf_nan=False, description="Seconds a step may run."
+    )
+    retries: RetriesModel = Field(
+        default=RetriesModel(), description="A step's own retries override it field by field."
+    )
+    context_id: str = Field(
+        default=DEFAULT_CONTEXT_ID, min_length=1, description="Routes steps to a context's workers."
+    )
+
+
+class StepModel(_Model):
+    """One step: a sandboxed Python script. Exactly one of 'script' or 'script_file'."""
+
+    model_config = ConfigDict(
+        title="Step", json_schema_extra={"oneOf": [{"required": ["script"]}, {"required": ["script_file"]}]}
+    )
+
+    id: StepId
+    description: str = Field(default="", description="What the step does, for people.")
+    script: str = _unset("", "Python source run in the sandbox; it reads `inputs` and fills `outputs`.")
+    script_file: str = _unset("", "Path of the script, relative to the flow file.", min_length=1)
+    depends_on: list[StepId] = Field(default=[], description="Ids of the steps that must end before this one.")
+    inputs: dict[str, Any] = Field(
+        default={},
+        description="JSON values given to the script as `inputs`. A string may hold '${steps.ID.KEY}' (an output of "
+        "an ancestor step) or '${flow.KEY}' (a flow input); exactly one reference keeps the value's type. "
+        "'$${' is a literal '${'.",
+    )
+    outputs: list[str] = _unset([], "Output keys the step promises; a missing one fails it; references are checked.")
+    run_if: RunIf = Field(
+        default=RunIf.ALL_SUCCESS,
+        strict=False,  # the enum's values are strings; strict would want enum members
+        description="all_success: run when every dependency succeeded; all_done: when they all ended; "
+        "any_failed: when one failed (clean-up, alerts).",
+    )
+    executor: str = _unset(DEFAULT_EXECUTOR, "Executor name; default from 'defaults'.", min_length=1)
+    context_id: str = _unset(DEFAULT_CONTEXT_ID, "Worker context; default from 'defaults'.", min_length=1)
+    timeout_s: float = _unset(
+        DEFAULT_TIMEOUT_S, "Seconds it may run; default from 'defaults'.", gt=0, allow_inf_nan=False
+    )
+    retries: RetriesModel = _unset(RetriesModel(), "Retry policy; fields not set come from 'defaults.retries'.")
+
+
+class FlowFields(_Model):
+    schema_uri: str = Field(default="", alias="$schema", description="This file's JSON Schema, for editors; ignored.")
+    name: str = Field(min_length=1, description="The flow's name; runs are listed by it.")
+    description: str = Field(default="", description="What the flow does, for people.")
+    inputs: dict[str, Any] = Field(
+        default={}, description="Flow inputs and their defaults (JSON), overridable per run; steps read '${flow.KEY}'."
+    )
+    defaults: DefaultsModel = Field(default=DefaultsModel(), description="Values steps inherit.")
+
+
+class FlowModel(FlowFields):
+    """A dagrun flow: sandboxed Python steps, run as a DAG of their dependencies."""
+
+    model_config = ConfigDict(title="dagrun flow")
+
+    steps: list[StepModel] = Field(min_length=1, description="The steps, in any order; each runs after its depends_on.")
+
+
+class FlowHeader(FlowFields):
+    """The flow's own fields, validated apart from its steps (which are validated as a list, or one by one
+    when any is invalid)."""
+
+    steps: list[Any] = Field(min_length=1)
+
+
+def flow_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a flow file, from the models."""
+    return {"$schema": JSON_SCHEMA_DIALECT, **FlowModel.model_json_schema(by_alias=True)}
