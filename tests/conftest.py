@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,21 +38,35 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process bound to 127.0.0.1, with its files in `directory`."""
 
-    def __init__(self, directory: Path, *, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.tls = tls  # (certificate, key): serve TLS only, on `port`
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and wait until it answers (PING, or NOAUTH when it wants a password)."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory)]
-        args += ["--save", "", "--appendonly", "no", *self.extra_args]  # later options override earlier ones
+        args = ["redis-server", "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", "", "--appendonly", "no"]
+        if self.tls:
+            cert, key = self.tls
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        args += self.extra_args  # later options override earlier ones
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -64,7 +79,7 @@ class RedisServer:
             if self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}:\n{log}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with contextlib.suppress(OSError), self._connect() as sock:
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
                 if reply.startswith((b"+PONG", b"-NOAUTH")):
@@ -72,6 +87,13 @@ class RedisServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on port {self.port} did not answer within {START_TIMEOUT_S} s")
             time.sleep(0.02)  # waiting for a process we started; tests only
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        if not self.tls:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls[0]))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop the server (SIGTERM: it writes its append-only file first; SIGKILL: it does not)."""
@@ -99,9 +121,12 @@ class RedisServers:
         self._root = root
         self._servers: list[RedisServer] = []
 
-    def __call__(self, *extra_args: str, appendonly: bool = False) -> RedisServer:
-        args = (*extra_args, *(("--appendonly", "yes", "--appendfsync", "always") if appendonly else ()))
-        server = RedisServer(self._root / f"redis-{len(self._servers)}", extra_args=args)
+    def __call__(self, *extra_args: str, appendonly: bool = False, tls: bool = False) -> RedisServer:
+        """A new server; `appendonly` keeps its data over restarts, `tls` serves only TLS with a
+        self-signed certificate for 127.0.0.1 (`server.tls[0]`, also the CA to trust)."""
+        directory = self._root / f"redis-{len(self._servers)}"
+        args = (*extra_args, *(("--appendonly", "yes") if appendonly else ()))
+        server = RedisServer(directory, extra_args=args, tls=self_signed_certificate(directory) if tls else None)
         self._servers.append(server)
         server.start()
         return server
@@ -109,6 +134,16 @@ class RedisServers:
     def stop_all(self) -> None:
         for server in reversed(self._servers):
             server.stop(signal.SIGKILL)
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, made with openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    args += ["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    return cert, key
 
 
 @pytest.fixture(scope="session")

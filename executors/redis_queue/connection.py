@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import logging
 import random
+import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,6 +29,11 @@ logger = logging.getLogger(__name__)
 GROUP = "workers"  # the consumer group of every request stream
 DEFAULT_PREFIX = "dagrun:"
 CONNECT_TIMEOUT_S = 5.0  # unless the URL sets socket_connect_timeout
+# No socket timeout unless the URL sets one: redis-py's costs a task per command sent and a timer per reply
+# read (half of a pipelined XADD's CPU). TCP tells a dead peer instead: keepalive probes after 5 s of
+# silence, and TCP_USER_TIMEOUT for data sent and never acknowledged.
+_TCP_OPTIONS = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 15_000}
+KEEPALIVE_OPTIONS = {getattr(socket, name): value for name, value in _TCP_OPTIONS.items() if hasattr(socket, name)}
 MAX_BLOCK_MS = 5000  # the longest blocking read; shorter when the socket timeout is short
 
 # What a Redis restart or a network fault raises (BusyLoadingError, while Redis loads its AOF, is one).
@@ -60,9 +67,6 @@ class Keys:
         escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in self.prefix)
         return f"{escaped}w:*"
 
-    def worker_id_of(self, heartbeat_key: bytes) -> str:
-        return heartbeat_key.decode()[len(self.prefix) + 2 :]
-
 
 @dataclass(frozen=True, slots=True)
 class QueueSettings:
@@ -78,6 +82,7 @@ class QueueSettings:
     heartbeat_s: float = 1.0  # how often a worker refreshes its heartbeat and looks for work to claim
     heartbeat_ttl_s: float = 5.0  # a worker whose heartbeat is this old is dead: its entries are claimed
     reconnect_timeout_s: float = 60.0  # how long a caller keeps retrying an unreachable Redis
+    prefetch: int = 8  # entries a worker reads ahead of its free sandbox processes while its steps are quick
 
     @classmethod
     def from_url(cls, url: str) -> QueueSettings:
@@ -86,18 +91,15 @@ class QueueSettings:
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ExecutorError(f"{redact(url)!r}: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://...")
         ours = {f.name for f in dataclasses.fields(cls)} - {"redis_url"}
-        prefix = DEFAULT_PREFIX
-        seconds: dict[str, Any] = {}  # checked by _positive
+        values: dict[str, Any] = {}  # checked by _parse
         theirs: list[tuple[str, str]] = []
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
-            if name not in ours:
-                theirs.append((name, value))
-            elif name == "prefix":
-                prefix = value
+            if name in ours:
+                values[name] = _parse(url, name, value)
             else:
-                seconds[name] = _positive(url, name, value)
+                theirs.append((name, value))
         redis_url = urlunsplit(parts._replace(query=urlencode(theirs)))
-        settings = dataclasses.replace(cls(redis_url, prefix=prefix), **seconds)
+        settings = dataclasses.replace(cls(redis_url), **values)
         if settings.heartbeat_ttl_s <= settings.heartbeat_s:
             raise ExecutorError(f"{redact(url)!r}: heartbeat_ttl_s must be longer than heartbeat_s")
         return settings
@@ -113,7 +115,13 @@ class QueueSettings:
         return redact(urlunsplit(parts._replace(query="")))
 
 
-def _positive(url: str, name: str, value: str) -> float:
+def _parse(url: str, name: str, value: str) -> str | int | float:
+    if name == "prefix":
+        return value
+    if name == "prefetch":
+        if not value.isdigit():
+            raise ExecutorError(f"{redact(url)!r}: prefetch must be a whole number >= 0, not {value!r}")
+        return int(value)
     try:
         number = float(value)
     except ValueError:
@@ -131,6 +139,9 @@ def open_redis(settings: QueueSettings) -> aioredis.Redis:
             settings.redis_url,
             retry=Retry(NoBackoff(), 1),
             socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=None,
+            socket_keepalive=True,
+            socket_keepalive_options=KEEPALIVE_OPTIONS,
             decode_responses=False,
         )
     except ValueError as exc:
@@ -138,8 +149,8 @@ def open_redis(settings: QueueSettings) -> aioredis.Redis:
 
 
 def block_ms(client: aioredis.Redis) -> int:
-    """How long a blocking read may wait: well inside redis-py's socket timeout (5 s by default, and what
-    tells a dead peer from a quiet one), so that a quiet stream never looks like a dead connection."""
+    """How long a blocking read may wait: well inside the socket timeout if the URL sets one, so that a
+    quiet stream never looks like a dead connection."""
     socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
     if not socket_timeout:
         return MAX_BLOCK_MS
@@ -152,6 +163,18 @@ async def check_connection(client: aioredis.Redis, settings: QueueSettings) -> N
         await client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ExecutorError(f"cannot connect to redis at {settings.where}: {redact(str(exc))}") from exc
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended.
+
+    Python 3.11's asyncio.wait_for, which redis-py sends commands with, swallows a cancellation that
+    lands just as the send completes; the task then goes on to its next await, so cancel it again."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 class Backoff:

@@ -1,0 +1,354 @@
+"""The caller side of the Redis transport: RedisExecutor queues each StepRequest on its context's stream
+and waits for the result on its own reply stream.
+
+Invariant: `_waiting` maps the request id of every call still waiting to that call; the first result
+for an id resolves it and any other (a re-run after a claim, a re-submission after a Redis restart)
+is dropped. One writer task sends queued entries in pipelines, one reader task reads the reply stream
+with XREAD BLOCK COUNT, and a monitor fails the calls of a context that has had no live worker for
+`queue_timeout_s`. Once connected, the executor outlives Redis restarts: it retries with backoff and
+re-submits the requests whose entries Redis lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
+
+from dagrun.errors import ExecutorError, WorkerUnavailable, redact
+from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult, decode_result, encode_request
+from executors.redis_queue.connection import (
+    CLEANUP_ERRORS,
+    CONNECTION_ERRORS,
+    Backoff,
+    QueueSettings,
+    block_ms,
+    cancel_and_wait,
+    check_connection,
+    open_redis,
+)
+from executors.redis_queue.liveness import consumers
+
+logger = logging.getLogger(__name__)
+
+READ_COUNT = 1000  # replies taken per XREAD
+REPLY_TTL_S = 600  # an abandoned reply stream (its caller died) expires after this
+MAINTAIN_EVERY_S = 1.0  # how often the reader trims what it has read and refreshes the TTL
+CLOSE_TIMEOUT_S = 2.0  # aclose gives up cleaning Redis after this
+MARKER_FIELD = b"."  # the reply stream's creation entry; never a request id
+DEFAULT_CONTEXT = "default"  # where steps without a context_id go
+
+
+@dataclass(slots=True, eq=False)
+class _Call:
+    request: StepRequest
+    request_id: bytes
+    context_id: str
+    stream: str
+    fields: dict[FieldT, EncodableT]
+    future: asyncio.Future[StepResult]
+    submitted_at: float  # time.monotonic()
+    entry_id: bytes | None = None  # its entry in the request stream, once written
+
+
+class RedisExecutor:
+    """Runs steps on the workers that serve their context: `await executor.call(request)`.
+
+    Nothing connects until the first call; that call raises ExecutorError when Redis is unreachable."""
+
+    def __init__(self, settings: QueueSettings, options: ExecutorOptions | None = None) -> None:
+        self.settings = settings
+        self._keys = settings.keys
+        self.caller_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.reply_stream = self._keys.replies(self.caller_id)
+        self._reply = self.reply_stream.encode()
+        self._client = open_redis(settings)
+        self._block_ms = block_ms(self._client)  # an idle reader wakes this often and keeps its stream's TTL fresh
+        self._numbers = itertools.count(1)
+        self._waiting: dict[bytes, _Call] = {}
+        self._unsent: list[_Call] = []
+        self._withdrawn: list[tuple[str, bytes]] = []
+        self._send_due = asyncio.Event()
+        self._last_reply_id = b"0-0"
+        self._read_since_trim = 0
+        self._maintain_at = 0.0
+        self._opening: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failure: ExecutorError | None = None  # set when a task crashed: the executor is unusable
+        self._is_closed = False
+
+    async def __aenter__(self) -> RedisExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def call(self, request: StepRequest) -> StepResult:
+        """The step's result; WorkerUnavailable when no live worker serves its context for
+        `queue_timeout_s`, ExecutorError when Redis stays unreachable. The worker enforces the timeout."""
+        if self._is_closed:
+            raise RuntimeError("RedisExecutor is closed")
+        await self._open()
+        number = next(self._numbers)
+        request_id = f"{request.run_id}/{request.step_id}#{request.attempt}/{number}".encode()
+        fields: dict[FieldT, EncodableT] = {b"id": request_id, b"reply": self._reply, b"req": encode_request(request)}
+        context_id = request.context_id or DEFAULT_CONTEXT
+        stream = self._keys.requests(context_id)
+        future = asyncio.get_running_loop().create_future()
+        call = _Call(request, request_id, context_id, stream, fields, future, time.monotonic())
+        self._waiting[request_id] = call
+        self._queue(call)
+        try:
+            return await call.future
+        except BaseException:
+            self._withdraw(call)  # cancelled or given up: a worker that has not taken it yet never will
+            raise
+        finally:
+            del self._waiting[request_id]
+
+    async def aclose(self) -> None:
+        """Stop the tasks, fail calls still waiting, delete the reply stream; safe twice."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        await cancel_and_wait([*self._tasks, *([self._opening] if self._opening else [])])
+        withdrawn = [*self._withdrawn, *((c.stream, c.entry_id) for c in self._waiting.values() if c.entry_id)]
+        self._fail_waiting(ExecutorError("the redis executor was closed while the step waited"))
+        if self._tasks:
+            await self._clean_up(withdrawn)
+        await self._client.aclose()
+
+    # --- opening ---
+
+    async def _open(self) -> None:
+        """Create the reply stream and start the tasks once; concurrent first calls share the attempt."""
+        if self._failure is not None:
+            raise self._failure
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._create_reply_stream(first=True))
+        opening = self._opening
+        if not opening.done():
+            await asyncio.shield(opening)
+        if opening.exception() is not None:
+            if self._opening is opening:
+                self._opening = None  # the next call tries again
+            opening.result()
+        if not self._tasks:
+            for loop in (self._write_loop, self._read_loop, self._monitor_loop):
+                task = asyncio.create_task(loop(), name=f"redis caller {self.caller_id} {loop.__name__}")
+                task.add_done_callback(self._task_ended)
+                self._tasks.append(task)
+            logger.info(
+                "redis caller %s connected to %s, replies on %s", self.caller_id, self.settings.where, self.reply_stream
+            )
+
+    async def _create_reply_stream(self, *, first: bool = False) -> None:
+        """Make the reply stream exist (workers reply with NOMKSTREAM, so a dead caller's stream stays gone)."""
+        if first:
+            await check_connection(self._client, self.settings)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.reply_stream, {MARKER_FIELD: self.caller_id.encode()})
+            pipe.expire(self.reply_stream, REPLY_TTL_S)
+            marker_id, _ = await pipe.execute()
+        if first:
+            self._last_reply_id = marker_id
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("redis caller %s: %s crashed", self.caller_id, task.get_name(), exc_info=task.exception())
+        self._failure = ExecutorError(f"the redis executor failed: {task.exception()!r}")
+        self._fail_waiting(self._failure)
+
+    def _fail_waiting(self, error: ExecutorError) -> None:
+        for call in self._waiting.values():
+            if not call.future.done():
+                call.future.set_exception(error)
+
+    # --- writing ---
+
+    def _queue(self, call: _Call) -> None:
+        self._unsent.append(call)
+        self._send_due.set()
+
+    def _withdraw(self, call: _Call) -> None:
+        if call.entry_id is not None:
+            self._withdrawn.append((call.stream, call.entry_id))
+            self._send_due.set()
+
+    async def _write_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._send_due.wait()
+            self._send_due.clear()
+            calls = [call for call in self._unsent if call.request_id in self._waiting]
+            withdrawn, self._unsent, self._withdrawn = self._withdrawn, [], []
+            if calls or withdrawn:
+                await self._write(calls, withdrawn, backoff)
+
+    async def _write(self, calls: list[_Call], withdrawn: list[tuple[str, bytes]], backoff: Backoff) -> None:
+        """One pipeline of XADDs (and XDELs of withdrawn entries), retried until `reconnect_timeout_s`."""
+        deadline = time.monotonic() + self.settings.reconnect_timeout_s
+        while True:
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for call in calls:
+                        pipe.xadd(call.stream, call.fields)
+                    for stream, entry_id in withdrawn:
+                        pipe.xdel(stream, entry_id)
+                    entry_ids = await pipe.execute(raise_on_error=False)
+                break
+            except CONNECTION_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    self._fail(calls, f"cannot reach redis at {self.settings.where}: {redact(str(exc))}")
+                    return
+                if not backoff.failures:
+                    logger.warning("redis caller %s: cannot send (%s); retrying", self.caller_id, redact(str(exc)))
+                await backoff.wait()
+        backoff.reset()
+        for call, entry_id in zip(calls, entry_ids, strict=False):
+            if isinstance(entry_id, Exception):  # e.g. OOM: Redis is full
+                self._fail([call], f"redis at {self.settings.where} refused the request: {entry_id}")
+            else:
+                call.entry_id = entry_id
+                if call.request_id not in self._waiting:
+                    self._withdraw(call)  # it gave up while its XADD was on the way
+
+    def _fail(self, calls: list[_Call], message: str) -> None:
+        for call in calls:
+            if not call.future.done():
+                call.future.set_exception(ExecutorError(message))
+
+    # --- reading ---
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                if backoff.failures:
+                    await self._recover()
+                    logger.warning("redis caller %s: reconnected to %s", self.caller_id, self.settings.where)
+                    backoff.reset()
+                self._deliver(await self._read())
+            except CONNECTION_ERRORS as exc:
+                if not backoff.failures:
+                    logger.warning("redis caller %s: lost redis (%s); reconnecting", self.caller_id, redact(str(exc)))
+                await backoff.wait()
+
+    async def _read(self, *, block: bool = True) -> Any:
+        if time.monotonic() >= self._maintain_at or self._read_since_trim >= READ_COUNT:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xtrim(self.reply_stream, minid=self._last_reply_id, approximate=False)
+                pipe.expire(self.reply_stream, REPLY_TTL_S)
+                await pipe.execute()
+            self._maintain_at = time.monotonic() + MAINTAIN_EVERY_S
+            self._read_since_trim = 0
+        streams: dict[KeyT, StreamIdT] = {self.reply_stream: self._last_reply_id}
+        if not block:
+            return await self._client.xread(streams, count=READ_COUNT)
+        return await self._client.xread(streams, count=READ_COUNT, block=self._block_ms)
+
+    def _deliver(self, response: Any) -> int:
+        """Resolve the calls that these reply entries ({request id: result, ...}) answer; the number of entries."""
+        count = 0
+        for _, entries in response or ():
+            for _, fields in entries:
+                for request_id, data in fields.items():
+                    self._resolve(request_id, data)
+            self._last_reply_id = entries[-1][0]
+            count += len(entries)
+        self._read_since_trim += count
+        return count
+
+    def _resolve(self, request_id: bytes, data: bytes) -> None:
+        call = self._waiting.get(request_id)
+        if call is None or call.future.done():
+            if request_id != MARKER_FIELD:
+                logger.debug("redis caller %s: dropping a late or duplicate result for %s", self.caller_id, request_id)
+            return
+        try:
+            result = decode_result(data)
+        except ExecutorError as exc:
+            result = StepResult.failure(ErrorKind.WORKER, "ExecutorError", f"a worker sent a bad result: {exc}")
+        call.future.set_result(result)
+
+    async def _recover(self) -> None:
+        """After an outage: re-create the reply stream and re-submit each waiting request whose entry
+        Redis no longer has and whose reply has not come (a worker writes the reply before it deletes
+        the entry, so the replies read after the check include those of every entry found gone)."""
+        await self._create_reply_stream()
+        sent = [call for call in self._waiting.values() if call.entry_id is not None and not call.future.done()]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in sent:
+                assert call.entry_id is not None
+                pipe.xrange(call.stream, call.entry_id, call.entry_id, count=1)
+            found = await pipe.execute()
+        while self._deliver(await self._read(block=False)) >= READ_COUNT:
+            pass
+        lost = [call for call, entries in zip(sent, found, strict=True) if not entries and not call.future.done()]
+        if lost:
+            logger.warning("redis caller %s: re-submitting %d requests redis lost", self.caller_id, len(lost))
+            for call in lost:
+                call.entry_id = None
+                self._queue(call)
+
+    # --- liveness ---
+
+    async def _monitor_loop(self) -> None:
+        """Fail the calls of a context that has had no live worker for `queue_timeout_s`."""
+        unserved_since: dict[str, float] = {}
+        interval_s = min(1.0, self.settings.queue_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval_s)  # a liveness check, like a heartbeat: there is no event for a death
+            contexts = {call.context_id for call in self._waiting.values()}
+            for context_id in list(unserved_since):
+                if context_id not in contexts:
+                    del unserved_since[context_id]
+            for context_id in contexts:
+                reason = await self._unserved_reason(context_id)
+                if reason is None:
+                    unserved_since.pop(context_id, None)
+                else:
+                    self._fail_unserved(context_id, unserved_since.setdefault(context_id, time.monotonic()), reason)
+
+    async def _unserved_reason(self, context_id: str) -> str | None:
+        """None when a live worker serves the context, else why not."""
+        try:
+            found = await consumers(self._client, self._keys, self._keys.requests(context_id))
+        except CONNECTION_ERRORS as exc:
+            return f"redis at {self.settings.where} is unreachable ({redact(str(exc))})"
+        if any(consumer.is_live for consumer in found):
+            return None
+        return f"no live worker serves context {context_id!r} on redis at {self.settings.where}"
+
+    def _fail_unserved(self, context_id: str, since: float, reason: str) -> None:
+        now = time.monotonic()
+        timeout_s = self.settings.queue_timeout_s
+        for call in self._waiting.values():
+            waited_s = now - max(since, call.submitted_at)
+            if call.context_id == context_id and not call.future.done() and waited_s >= timeout_s:
+                request = call.request
+                message = (
+                    f"run {request.run_id} step {request.step_id!r} attempt {request.attempt}: {reason} "
+                    f"(waited {timeout_s:g} s); start one with `dagrun worker redis URL --context {context_id}`"
+                )
+                call.future.set_exception(WorkerUnavailable(message))
+
+    async def _clean_up(self, withdrawn: list[tuple[str, bytes]]) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.delete(self.reply_stream)
+                    for stream, entry_id in withdrawn:
+                        pipe.xdel(stream, entry_id)
+                    await pipe.execute()
+        except CLEANUP_ERRORS as exc:
+            logger.warning("redis caller %s: could not clean up on close: %s", self.caller_id, redact(str(exc)))

@@ -1,0 +1,360 @@
+"""The Redis transport against a real redis-server: round trips, routing, bounds, acknowledgements,
+clean-up, malformed entries, liveness, queue timeouts, credentials and the worker command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
+from dagrun.executor import ExecutorOptions, StepResult, encode_result, open_executor, script_hash
+from dagrun.worker import ScriptWorker, WorkerSettings
+from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
+from executors.redis_queue.connection import GROUP
+from tests.conftest import RedisServers, free_port
+from tests.executors.redis_support import (
+    REPO,
+    RedisWorkers,
+    busy_step,
+    eventually,
+    redis_client,
+    remote_flow,
+    run_remote,
+)
+
+
+@pytest.fixture
+async def workers(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisWorkers]:
+    factory = RedisWorkers(redis_url, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()
+
+
+def request(script: str = "outputs['v'] = 1", **fields: object) -> StepRequest:
+    values: dict[str, object] = {"run_id": "run-1", "step_id": "s", "attempt": 1, "inputs": {}, "context": {}}
+    values.update(fields)
+    return StepRequest(script=script, script_hash=script_hash(script), **values)  # type: ignore[arg-type]
+
+
+# --- settings ---
+
+
+def test_settings_take_dagrun_parameters_out_of_the_url() -> None:
+    url = "rediss://user:pw@example.org:6380/2?prefix=app:&queue_timeout_s=5&prefetch=0&socket_timeout=3"
+    settings = QueueSettings.from_url(url)
+    assert settings.prefix == "app:" and settings.queue_timeout_s == 5 and settings.prefetch == 0
+    assert settings.redis_url == "rediss://user:pw@example.org:6380/2?socket_timeout=3"
+    assert settings.where == "rediss://***@example.org:6380/2"
+    assert settings.keys.requests("eu") == "app:q:eu"
+    assert settings.keys.heartbeat_pattern() == "app:w:*"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("redis://u:hunter2@host/0?queue_timeout_s=-1", "queue_timeout_s must be a positive number"),
+        ("redis://u:hunter2@host/0?prefetch=many", "prefetch must be a whole number"),
+        ("redis://u:hunter2@host/0?heartbeat_s=5&heartbeat_ttl_s=2", "heartbeat_ttl_s must be longer"),
+        ("http://u:hunter2@host/0", "expected redis://"),
+    ],
+)
+def test_bad_url_is_an_executor_error_without_the_password(url: str, complaint: str) -> None:
+    with pytest.raises(ExecutorError, match=complaint) as raised:
+        QueueSettings.from_url(url)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_redis_urls_open_the_redis_executor(redis_url: str) -> None:
+    assert isinstance(open_executor(redis_url, ExecutorOptions()), RedisExecutor)
+
+
+# --- round trips ---
+
+
+async def test_flow_runs_on_an_in_process_worker(workers: RedisWorkers) -> None:
+    await workers.start()
+    flow = remote_flow(
+        {"id": "a", "script": "outputs['v'] = 1"},
+        {"id": "b", "depends_on": ["a"], "script": "outputs['v'] = inputs['x'] + 1", "inputs": {"x": "${steps.a.v}"}},
+        {"id": "c", "depends_on": ["a"], "script": "context.incr('n', 5)\noutputs['v'] = 10"},
+        {"id": "d", "depends_on": ["b", "c"], "script": "fail('on purpose')", "run_if": "all_success"},
+    )
+    result, _ = await run_remote(workers.url, flow)
+    assert result.steps["b"].outputs == {"v": 2}
+    assert result.context == {"n": 5}
+    failed = result.steps["d"]
+    assert failed.status == StepStatus.FAILED and failed.error is not None
+    assert failed.error.kind == ErrorKind.FAIL and "on purpose" in failed.error.message
+
+
+async def test_flow_runs_on_worker_processes(workers: RedisWorkers) -> None:
+    first, second = workers.spawn(concurrency=1), workers.spawn(concurrency=1)
+    await workers.wait_ready(first.worker_id)
+    await workers.wait_ready(second.worker_id)
+    steps = [{"id": f"s{i}", "script": f"outputs['v'] = {i} * 2"} for i in range(20)]
+    result, _ = await run_remote(workers.url, remote_flow(*steps))
+    assert result.status == RunStatus.SUCCEEDED
+    assert all(result.steps[f"s{i}"].outputs == {"v": i * 2} for i in range(20))
+    first.kill(signal.SIGTERM)
+    assert first.wait() == 0
+    log = first.log_text()
+    assert f"worker {first.worker_id} serving contexts default from redis at redis://127.0.0.1:" in log
+    assert "Traceback" not in log
+    workers_left = await list_workers(workers.url)
+    assert [status.worker_id for status in workers_left] == [second.worker_id]
+
+
+async def test_steps_go_only_to_workers_of_their_context(workers: RedisWorkers) -> None:
+    europe = await workers.start(contexts=("eu",))
+    default = await workers.start()
+    steps = [{"id": f"eu{i}", "context_id": "eu", "script": "outputs['where'] = context_id"} for i in range(4)]
+    steps += [{"id": f"any{i}", "script": "outputs['where'] = context_id"} for i in range(3)]
+    result, _ = await run_remote(workers.url, remote_flow(*steps))
+    assert result.status == RunStatus.SUCCEEDED
+    assert europe.worker.status().steps_done == 4
+    assert default.worker.status().steps_done == 3
+    assert {result.steps[f"eu{i}"].outputs["where"] for i in range(4)} == {"eu"}
+
+
+async def test_a_worker_runs_at_most_concurrency_steps_at_once(workers: RedisWorkers) -> None:
+    await workers.start(concurrency=2)
+    result, _ = await run_remote(workers.url, remote_flow(*(busy_step(f"s{i}", 0.25) for i in range(6))))
+    assert result.status == RunStatus.SUCCEEDED
+    spans = [(outcome.outputs["started"], outcome.outputs["ended"]) for outcome in result.steps.values()]
+    most = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
+    assert most == 2
+
+
+async def test_entries_are_acknowledged_and_deleted_after_a_run(workers: RedisWorkers) -> None:
+    await workers.start()
+    result, _ = await run_remote(workers.url, remote_flow(*({"id": f"s{i}", "script": "pass"} for i in range(30))))
+    assert result.status == RunStatus.SUCCEEDED
+    stream = QueueSettings.from_url(workers.url).keys.requests("default")
+    client = redis_client(workers.url)
+    try:
+        assert (await client.xpending(stream, GROUP))["pending"] == 0
+        assert await client.xlen(stream) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_aclose_deletes_the_reply_stream_and_closes(workers: RedisWorkers) -> None:
+    await workers.start()
+    executor = RedisExecutor(QueueSettings.from_url(workers.url))
+    assert (await executor.call(request())).ok
+    client = redis_client(workers.url)
+    try:
+        assert await client.exists(executor.reply_stream) == 1
+        assert await client.ttl(executor.reply_stream) > 0  # an abandoned one expires
+        await executor.aclose()
+        await executor.aclose()
+        assert await client.exists(executor.reply_stream) == 0
+    finally:
+        await client.aclose()
+    with pytest.raises(RuntimeError, match="RedisExecutor is closed"):
+        await executor.call(request())
+
+
+async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(workers: RedisWorkers) -> None:
+    await workers.start()
+    keys = QueueSettings.from_url(workers.url).keys
+    reply_stream, stream = keys.replies("test"), keys.requests("default")
+    client = redis_client(workers.url)
+    try:
+        first_id = await client.xadd(reply_stream, {".": "test"})
+        await client.xadd(stream, {"id": "bad-1", "reply": reply_stream, "req": b'{"v": 1, "run_id": 3}'})
+        await client.xadd(stream, {"no": "fields we know"})
+        await client.xadd(stream, {"id": "bad-2", "reply": "elsewhere", "req": b"{}"})
+        replies: Any = await client.xread({reply_stream: first_id}, block=10_000)
+        ((_, [(_, fields)]),) = replies
+        result = fields[b"bad-1"].decode()
+        assert '"ok":false' in result and "malformed request envelope" in result
+        executor = RedisExecutor(QueueSettings.from_url(workers.url))
+        try:
+            assert (await executor.call(request())).ok
+        finally:
+            await executor.aclose()
+        assert (await client.xpending(stream, GROUP))["pending"] == 0
+    finally:
+        await client.aclose()
+
+
+async def test_late_and_duplicate_results_are_ignored(redis_url: str) -> None:
+    """A fake worker answers twice and answers a request nobody made: the first answer counts."""
+    keys = QueueSettings.from_url(redis_url).keys
+    client = redis_client(redis_url)
+    executor = RedisExecutor(QueueSettings.from_url(redis_url))
+
+    async def fake_worker() -> None:
+        await client.xgroup_create(keys.requests("default"), GROUP, id="0", mkstream=True)
+        for _ in range(2):
+            delivered: Any = await client.xreadgroup(GROUP, "fake", {keys.requests("default"): ">"}, block=10_000)
+            ((_, [(_, fields)]),) = delivered
+            first = encode_result(StepResult(ok=True, outputs={"n": 1}))
+            second = encode_result(StepResult(ok=True, outputs={"n": 2}))
+            await client.xadd(fields[b"reply"], {fields[b"id"]: first})
+            await client.xadd(fields[b"reply"], {fields[b"id"]: second, b"unknown/x#1/99": second})
+
+    try:
+        faking = asyncio.create_task(fake_worker())
+        assert (await executor.call(request(step_id="a"))).outputs == {"n": 1}
+        assert (await executor.call(request(step_id="b"))).outputs == {"n": 1}
+        await faking
+    finally:
+        await executor.aclose()
+        await client.aclose()
+
+
+# --- liveness ---
+
+
+async def test_list_workers_shows_live_workers(workers: RedisWorkers) -> None:
+    europe = await workers.start(contexts=("eu", "default"), worker_id="a-eu")
+    await workers.start(worker_id="b-default")
+    statuses = await list_workers(workers.url)
+    assert [status.worker_id for status in statuses] == ["a-eu", "b-default"]
+    assert statuses[0].contexts == ("eu", "default")
+    assert statuses[0].heartbeat_at > time.time() - 10
+    await europe.aclose()
+    assert [status.worker_id for status in await list_workers(workers.url)] == ["b-default"]
+
+
+async def test_without_a_live_worker_the_step_fails_after_the_queue_timeout(redis_url: str) -> None:
+    flow = remote_flow({"id": "lonely", "context_id": "nobody", "script": "pass"})
+    started = time.monotonic()
+    result, _ = await run_remote(f"{redis_url}&queue_timeout_s=1", flow)
+    assert time.monotonic() - started < 5
+    error = result.steps["lonely"].error
+    assert error is not None and error.type == "WorkerUnavailable"
+    assert "no live worker serves context 'nobody'" in error.message
+    assert "--context nobody" in error.message
+
+
+async def test_the_queue_timeout_waits_while_a_worker_is_busy(workers: RedisWorkers) -> None:
+    await workers.start(concurrency=1)
+    steps = [busy_step(f"s{i}", 0.8) for i in range(3)]
+    result, _ = await run_remote(f"{workers.url}&queue_timeout_s=1", remote_flow(*steps))
+    assert result.status == RunStatus.SUCCEEDED
+
+
+# --- connections and credentials ---
+
+
+async def test_unreachable_redis_is_an_executor_error_without_credentials() -> None:
+    url = f"redis://alice:hunter2@127.0.0.1:{free_port()}/0"
+    executor = open_executor(url)
+    try:
+        with pytest.raises(ExecutorError, match=r"cannot connect to redis at redis://\*\*\*@127\.0\.0\.1") as raised:
+            await executor.call(request())
+        assert "hunter2" not in str(raised.value)
+    finally:
+        await executor.aclose()
+    worker = ScriptWorker(WorkerSettings(url=url, concurrency=1))
+    with pytest.raises(ExecutorError, match="cannot connect to redis") as raised:
+        await transport.serve_worker(worker, asyncio.Event())
+    assert "hunter2" not in str(raised.value)
+
+
+def test_worker_command_exits_non_zero_when_redis_is_unreachable() -> None:
+    url = f"redis://alice:hunter2@127.0.0.1:{free_port()}/0"
+    args = [sys.executable, "-m", "dagrun", "worker", "redis", url, "--concurrency", "1"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "dagrun: cannot connect to redis at redis://***@127.0.0.1" in result.stderr
+    assert "hunter2" not in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_password_and_acl_user_urls_work(redis_servers: RedisServers, tmp_path: Path) -> None:
+    server = redis_servers("--requirepass", "s3cret-pass", "--user", "alice", "on", ">wonder-land", "~*", "&*", "+@all")
+    flow = remote_flow({"id": "a", "script": "outputs['v'] = 1"})
+    for credentials in (":s3cret-pass", "alice:wonder-land"):
+        url = f"redis://{credentials}@127.0.0.1:{server.port}/0?prefix=auth:"
+        factory = RedisWorkers(url, tmp_path)
+        try:
+            await factory.start()
+            result, _ = await run_remote(url, flow)
+            assert result.steps["a"].outputs == {"v": 1}
+        finally:
+            await factory.close_all()
+    executor = open_executor(f"redis://alice:wrong-pass@127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(ExecutorError, match="cannot connect to redis") as raised:
+            await executor.call(request())
+        assert "wrong-pass" not in str(raised.value)
+    finally:
+        await executor.aclose()
+
+
+async def test_a_cancelled_call_withdraws_its_entry(redis_url: str) -> None:
+    executor = RedisExecutor(QueueSettings.from_url(redis_url))
+    client = redis_client(redis_url)
+    stream = QueueSettings.from_url(redis_url).keys.requests("default")
+    try:
+        waiting = asyncio.create_task(executor.call(request()))
+
+        async def queued() -> bool:
+            return bool(await client.xlen(stream) == 1)
+
+        async def withdrawn() -> bool:
+            return bool(await client.xlen(stream) == 0)
+
+        await eventually(queued, timeout_s=10, what="the request is queued")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await eventually(withdrawn, timeout_s=10, what="the request is withdrawn")
+    finally:
+        await executor.aclose()
+        await client.aclose()
+
+
+async def test_a_worker_stopping_hands_back_what_it_did_not_finish(workers: RedisWorkers) -> None:
+    quitter = await workers.start(concurrency=1, grace_s=0.2)
+    running = asyncio.create_task(run_remote(workers.url, remote_flow(busy_step("slow", 2.0))))
+    await asyncio.sleep(1.0)
+    await quitter.aclose()  # the grace period ends long before the step
+    assert quitter.worker.status().steps_done == 0
+    heir = await workers.start(concurrency=1)
+    result, _ = await asyncio.wait_for(running, timeout=30)
+    assert result.status == RunStatus.SUCCEEDED
+    assert heir.worker.status().steps_done == 1
+
+
+async def test_sigterm_lets_the_running_step_finish(workers: RedisWorkers) -> None:
+    process = workers.spawn(concurrency=1, grace_s=20)
+    await workers.wait_ready(process.worker_id)
+    running = asyncio.create_task(run_remote(workers.url, remote_flow(busy_step("s", 1.5))))
+
+    async def started() -> bool:
+        return any(status.current for status in await list_workers(workers.url))
+
+    await eventually(started, timeout_s=20, what="the step starts")
+    process.kill(signal.SIGTERM)
+    result, _ = await asyncio.wait_for(running, timeout=30)
+    assert result.status == RunStatus.SUCCEEDED
+    assert await asyncio.to_thread(process.wait) == 0
+    assert "draining 1 running steps" in process.log_text()
+    assert await list_workers(workers.url) == []
+
+
+async def test_rediss_urls_speak_tls(redis_servers: RedisServers, tmp_path: Path) -> None:
+    server = redis_servers(tls=True)
+    assert server.tls is not None
+    url = f"{server.url}?ssl_ca_certs={server.tls[0]}&prefix=tls:"
+    factory = RedisWorkers(url, tmp_path)
+    try:
+        await factory.start()
+        result, _ = await run_remote(url, remote_flow({"id": "a", "script": "outputs['v'] = 1"}))
+        assert result.steps["a"].outputs == {"v": 1}
+    finally:
+        await factory.close_all()
