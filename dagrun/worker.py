@@ -119,6 +119,7 @@ class ScriptWorker:
         self._steps_done += 1
         if not result.ok:
             self._errors += 1
+        result = result._replace(worker_id=f"{self.settings.worker_id}/{result.worker_id}")  # which machine, too
         logger.info(
             "worker %s run %s step %s attempt %d %s in %.1f ms%s",
             self.settings.worker_id,

@@ -22,3 +22,11 @@ async def test_a_worker_runs_envelopes_and_counts_what_it_did() -> None:
     assert result.outputs == {"v": 42}
     assert not failed.ok
     assert (status.worker_id, status.contexts, status.steps_done, status.errors) == ("w-1", ("eu",), 2, 1)
+
+
+async def test_a_result_names_the_worker_and_its_sandbox_process() -> None:
+    request = StepRequest("r", "s", 1, SOURCE, script_hash(SOURCE), {"x": 1}, {}, "default", 5.0)
+    async with ScriptWorker(WorkerSettings(concurrency=1, worker_id="host-a:7")) as worker:
+        result = await worker.run(request)
+    prefix, _, child = result.worker_id.partition("/")
+    assert prefix == "host-a:7" and child.startswith("local:")

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
@@ -227,6 +228,30 @@ async def test_list_workers_shows_live_workers(workers: RedisWorkers) -> None:
     assert statuses[0].heartbeat_at > time.time() - 10
     await europe.aclose()
     assert [status.worker_id for status in await list_workers(workers.url)] == ["b-default"]
+
+
+async def test_dagrun_workers_lists_live_workers_from_redis(workers: RedisWorkers) -> None:
+    await workers.start(contexts=("eu",), worker_id="w-eu")
+    listing = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dagrun",
+        "workers",
+        "--redis",
+        workers.url,
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(listing.communicate(), 30)
+    assert listing.returncode == 0, err
+    [status] = orjson.loads(out)
+    assert (status["worker_id"], status["contexts"], status["steps_done"]) == ("w-eu", ["eu"], 0)
+    table = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dagrun", "workers", workers.url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(table.communicate(), 30)
+    assert b"w-eu" in out and b"s ago" in out
 
 
 async def test_without_a_live_worker_the_step_fails_after_the_queue_timeout(redis_url: str) -> None:
