@@ -152,6 +152,7 @@ def open_executor(url: str, options: ExecutorOptions | None = None) -> Executor:
 
 
 def encode_request(request: StepRequest) -> bytes:
+    """The request envelope; TypeError when inputs or context are not JSON values."""
     return orjson.dumps(
         {
             "v": PROTOCOL_VERSION,
@@ -164,8 +165,16 @@ def encode_request(request: StepRequest) -> bytes:
             "context": request.context,
             "context_id": request.context_id,
             "timeout_s": request.timeout_s,
-        }
+        },
+        default=_mapping_as_dict,
     )
+
+
+def _mapping_as_dict(value: Any) -> Any:
+    """Read-only mappings (a MappingProxyType of inputs) travel as objects; anything else is refused."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def encode_result(result: StepResult) -> bytes:

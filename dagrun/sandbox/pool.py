@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 
 from dagrun.errors import ExecutorError
-from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult
+from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult, encode_request
 from dagrun.sandbox.policy import check_function_names
-from dagrun.sandbox.process import ChildProcess, Job, encode_step, parse_result, spawn_child
+from dagrun.sandbox.process import ChildProcess, Job, parse_result, spawn_child
 from dagrun.sandbox.runner import cap_text
 from dagrun.sandbox.scope import JSON_OPTIONS
 from dagrun.sandbox.settings import SandboxSettings
@@ -86,7 +86,7 @@ class SandboxPool:
                 ErrorKind.INPUT, "InputError", f"timeout_s must be > 0, not {request.timeout_s!r}"
             )
         try:
-            payload = encode_step(request)
+            payload = encode_request(request)
         except TypeError as exc:
             return StepResult.failure(ErrorKind.INPUT, "InputError", f"inputs or context are not JSON values: {exc}")
         job = Job(request, payload, asyncio.get_running_loop().create_future())

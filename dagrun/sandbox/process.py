@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,30 +74,6 @@ def child_command() -> list[str]:
         "main()\n"
     )
     return [sys.executable, "-I", "-S", "-B", "-c", bootstrap]
-
-
-def encode_step(request: StepRequest) -> bytes:
-    """The request as the child reads it; TypeError when inputs or context are not JSON values."""
-    return orjson.dumps(
-        {
-            "run_id": request.run_id,
-            "step_id": request.step_id,
-            "attempt": request.attempt,
-            "script": request.script,
-            "script_hash": request.script_hash,
-            "inputs": request.inputs,
-            "context": request.context,
-            "context_id": request.context_id,
-            "timeout_s": request.timeout_s,
-        },
-        default=_mapping_as_dict,
-    )
-
-
-def _mapping_as_dict(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not a JSON value")
 
 
 def max_line_bytes(settings: SandboxSettings) -> int:
