@@ -5,9 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "installing redis-server (the Redis tests start their own on a free loopback port)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the Redis tests start their own
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)            # TLS tests make a certificate
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 ruff check .

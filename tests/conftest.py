@@ -137,7 +137,8 @@ class RedisServers:
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate and key for 127.0.0.1, made with openssl."""
+    """A certificate and key for 127.0.0.1, made with openssl (the test command installs it)."""
+    require_program("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     args = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
@@ -146,10 +147,15 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def require_program(name: str) -> None:
+    """Fail (not skip) when a program the test command installs is missing: a skip would hide it."""
+    if shutil.which(name) is None:
+        pytest.fail(f"{name} is not installed; run the README's test command (bash .ci/test.sh), which installs it")
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_program("redis-server")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
@@ -177,8 +183,7 @@ def redis_url(redis_server: RedisServer, redis_prefix: str) -> str:
 
 @pytest.fixture
 def redis_servers(tmp_path: Path) -> Iterator[RedisServers]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_program("redis-server")
     servers = RedisServers(tmp_path)
     try:
         yield servers

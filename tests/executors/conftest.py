@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.http import HttpWorkerServer
 from executors.websocket import WebSocketWorkerServer
+from tests.conftest import self_signed_certificate
 
 SANDBOX = SandboxSettings(processes=2, memory_mb=256, startup_timeout_s=20.0)
 ONE_AT_A_TIME = dataclasses.replace(SANDBOX, processes=1, pipeline_depth=1)  # a worker that is easily busy
@@ -155,17 +155,7 @@ class Certificate:
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
     """A self-signed certificate for 127.0.0.1 (the client trusts it through ``?ca_file=``)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    directory: Path = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
-    subprocess.run(
-        [*command, "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("tls"))
     return Certificate(str(cert), str(key))
 
 
