@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -253,3 +254,36 @@ def test_worker_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert local.returncode == 3
     assert "the local executor has no worker server" in local.stderr
     assert_no_traceback(local)
+
+
+def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -> None:
+    busy = "total = 0\nfor i in range(3000000):\n    total += i"
+    path = write_flow(
+        tmp_path,
+        {"name": "slow", "steps": [{"id": "a", "script": busy}, {"id": "b", "script": busy, "depends_on": ["a"]}]},
+    )
+    env = {**os.environ, "DAGRUN_STORE": str(tmp_path / "store")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "dagrun", "run", str(path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            runs = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout or "[]")
+            if runs and runs[0]["status"] == "running":
+                break
+        runner.send_signal(signal.SIGINT)
+        _, err = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
+    assert runner.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    [run] = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
+    assert run["status"] == "cancelled"

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _complain(str(exc))
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
-        _complain("interrupted")
+        _complain("interrupted (a run in progress was recorded as cancelled: see `dagrun runs`)")
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: say so in one line unless asked for the traceback
         if os.environ.get("DAGRUN_DEBUG"):
