@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -287,3 +288,14 @@ def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -
     assert "interrupted" in err and "Traceback" not in err
     [run] = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
     assert run["status"] == "cancelled"
+
+
+def test_a_worker_that_cannot_connect_says_so_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = dagrun("worker", "redis", f"redis://user:secret@127.0.0.1:{port}/0", cwd=tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.startswith("dagrun: cannot connect to redis at redis://***@127.0.0.1")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # nothing after it, no asyncio noise
+    assert "secret" not in result.stderr

@@ -209,6 +209,8 @@ class ChildProcess(asyncio.SubprocessProtocol):
     def _lose(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(RuntimeError(f"sandbox child {self.worker_id} {reason} before it was ready"))
+            # Observed here: if the start was cancelled inside subprocess_exec, nobody will ever await it.
+            self.ready.exception()
         elif not self.is_retired:
             self._events.child_lost(self, reason)
 
