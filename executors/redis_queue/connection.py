@@ -89,7 +89,9 @@ class QueueSettings:
         """Settings from a ``redis://`` or ``rediss://`` URL; ExecutorError (credentials hidden) when bad."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ExecutorError(f"{redact(url)!r}: expected redis://[USER:PASSWORD@]HOST[:PORT][/DB] or rediss://...")
+            # said in words: the CLI redacts whole messages, which would mangle a USER:PASSWORD@ template
+            expected = "a Redis URL: redis://HOST[:PORT][/DB] (a user and password go before HOST), rediss:// for TLS"
+            raise ExecutorError(f"{redact(url)!r} is not {expected}" if url else f"needs {expected}")
         ours = {f.name for f in dataclasses.fields(cls)} - {"redis_url"}
         values: dict[str, Any] = {}  # checked by _parse
         theirs: list[tuple[str, str]] = []
@@ -175,6 +177,18 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
+async def let_others_run(max_turns: int = 16) -> None:
+    """Yield to the event loop until nothing else is ready to run (at most `max_turns` times): a task about
+    to send a blocking read that is not needed yet calls this so that the work it just made ready (a step
+    to start, a caller to answer, the next request to send) goes first. Without asyncio's ready queue
+    (another loop implementation) it yields once."""
+    ready = getattr(asyncio.get_running_loop(), "_ready", None)
+    for _ in range(max_turns if ready is not None else 1):
+        await asyncio.sleep(0)
+        if not ready:
+            return
 
 
 class Backoff:

@@ -3,8 +3,8 @@
 Invariant: `_held` has every entry this worker read or claimed and has not acknowledged. The heartbeat
 loop keeps them fresh (XCLAIM JUSTID to itself), so a live worker never loses a step however long it
 runs, and claims the pending entries of consumers without a heartbeat (dead workers) and, as a backstop,
-entries idle past the visibility timeout. A batch of replies goes out in one pipeline, each reply before
-the XACK+XDEL of its entry, so an entry is never gone before its reply is written. Steps run in the
+entries idle past the visibility timeout. A batch of replies goes out in one script (one command), each
+reply before the XACK+XDEL of its entry, so an entry is never gone before its reply is written. Steps run in the
 worker's sandbox pool (`concurrency` processes, so at most that many at once); while steps are quick,
 up to `prefetch` more wait in the pool's queue.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
+from redis.typing import EncodableT, KeyT, StreamIdT
 
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, StepRequest, StepResult, encode_result
@@ -31,6 +31,7 @@ from executors.redis_queue.connection import (
     QueueSettings,
     block_ms,
     cancel_and_wait,
+    let_others_run,
 )
 from executors.redis_queue.liveness import consumers, encode_status, forget_consumer
 
@@ -38,6 +39,30 @@ logger = logging.getLogger(__name__)
 
 QUICK_STEP_S = 0.05  # steps shorter than this on average are worth reading ahead
 FLUSH_TIMEOUT_S = 5.0  # on shutdown, how long replies may take to reach Redis after the grace period
+REPLY_CHUNK = 1000  # entries per reply script at most (Lua's unpack takes a few thousand values)
+# The replies of a batch (XADD NOMKSTREAM per caller), then XACK + XDEL of its entries per request stream,
+# in one round trip. KEYS: reply streams, then request streams; ARGV: the group, the number of reply
+# streams, then per reply stream its field count and fields, then per request stream its id count and ids.
+# Returns the errors (an XADD refused for lack of memory, a group gone...); the rest still runs.
+_REPLY = """
+local group, replies, at, errors = ARGV[1], tonumber(ARGV[2]), 3, {}
+local function run(...)
+    local result = redis.pcall(...)
+    if type(result) == 'table' and result.err then errors[#errors + 1] = result.err end
+end
+for i = 1, replies do
+    local n = tonumber(ARGV[at]) * 2
+    run('XADD', KEYS[i], 'NOMKSTREAM', '*', unpack(ARGV, at + 1, at + n))
+    at = at + n + 1
+end
+for i = replies + 1, #KEYS do
+    local n = tonumber(ARGV[at])
+    run('XACK', KEYS[i], group, unpack(ARGV, at + 1, at + n))
+    run('XDEL', KEYS[i], unpack(ARGV, at + 1, at + n))
+    at = at + n + 1
+end
+return errors
+"""
 REFUSED_OR_LOST: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 SIGN_OFF_ERRORS: tuple[type[Exception], ...] = (*CLEANUP_ERRORS, redis.exceptions.ResponseError)
 
@@ -62,6 +87,7 @@ class Consumer:
         self._streams = [self._keys.requests(context_id) for context_id in worker.settings.contexts]
         self._concurrency = worker.settings.concurrency
         self._block_ms = block_ms(client)
+        self._reply_script = client.register_script(_REPLY)
         self._held: dict[tuple[str, bytes], _Entry] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._ended: list[_Entry] = []  # steps that ended, their replies not written yet
@@ -135,8 +161,12 @@ class Consumer:
             if backoff.failures:
                 logger.warning("worker %s: reconnected to redis at %s", self._name, self._settings.where)
                 backoff.reset()
-            for stream, entries in response or ():
-                self._take(stream.decode(), entries)
+            if response:
+                for stream, entries in response:
+                    self._take(stream.decode(), entries)
+                # Let the steps just taken reach their sandbox before the read is sent again: sending it
+                # first would put its CPU on every step's critical path.
+                await let_others_run()
 
     async def _read(self) -> Any:
         streams: dict[KeyT, StreamIdT] = dict.fromkeys(self._streams, ">")
@@ -205,7 +235,8 @@ class Consumer:
             batch, self._ended = self._ended, []
             while True:
                 try:
-                    await self._write_replies(batch)
+                    for start in range(0, len(batch), REPLY_CHUNK):
+                        await self._write_replies(batch[start : start + REPLY_CHUNK])
                     break
                 except CONNECTION_ERRORS as exc:
                     if not backoff.failures:
@@ -217,26 +248,37 @@ class Consumer:
 
     async def _write_replies(self, batch: list[_Entry]) -> None:
         """One reply entry per caller ({request id: result, ...}; NOMKSTREAM: a gone caller's stream stays
-        gone), then XACK and XDEL per request stream."""
-        replies: dict[bytes, dict[FieldT, EncodableT]] = {}
-        acked: dict[str, list[bytes]] = {}
+        gone), then XACK and XDEL per request stream: all in one script, so one command (and an entry is
+        never gone before its reply is written)."""
+        replies: dict[bytes, list[EncodableT]] = {}
+        acked: dict[str, list[EncodableT]] = {}
         for entry in batch:
             reply_to = entry.fields.get(b"reply", b"")
             if self._keys.is_reply_stream(reply_to) and entry.reply is not None:
-                replies.setdefault(reply_to, {})[entry.fields[b"id"]] = entry.reply
+                fields = replies.get(reply_to)
+                if fields is None:
+                    fields = replies[reply_to] = []
+                fields += (entry.fields[b"id"], entry.reply)
             else:
                 logger.warning("worker %s: entry %s names no reply stream", self._name, entry.entry_id)
-            acked.setdefault(entry.stream, []).append(entry.entry_id)
-        async with self._client.pipeline(transaction=False) as pipe:
-            for reply_to, fields in replies.items():
-                pipe.xadd(reply_to, fields, nomkstream=True)
-            for stream, entry_ids in acked.items():
-                pipe.xack(stream, GROUP, *entry_ids)
-                pipe.xdel(stream, *entry_ids)
-            results = await pipe.execute(raise_on_error=False)
-        for result in results:
-            if isinstance(result, redis.exceptions.ResponseError):
-                logger.warning("worker %s: a reply was refused: %s", self._name, result)
+            entry_ids = acked.get(entry.stream)
+            if entry_ids is None:
+                entry_ids = acked[entry.stream] = []
+            entry_ids.append(entry.entry_id)
+        keys: list[KeyT] = [*replies, *acked]
+        args: list[EncodableT] = [GROUP, len(replies)]
+        for fields in replies.values():
+            args.append(len(fields) // 2)
+            args += fields
+        for entry_ids in acked.values():
+            args.append(len(entry_ids))
+            args += entry_ids
+        try:
+            refusals = await self._reply_script(keys, args)
+        except redis.exceptions.ResponseError as exc:  # the script itself refused (scripting disabled, BUSY...)
+            refusals = [str(exc).encode()]
+        for refusal in refusals:
+            logger.warning("worker %s: a reply was refused: %s", self._name, refusal.decode(errors="replace"))
 
     # --- liveness and claims ---
 

@@ -20,6 +20,7 @@ from dagrun.executor import ExecutorOptions, StepResult, encode_result, open_exe
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
 from executors.redis_queue.connection import GROUP
+from executors.redis_queue.consumer import Consumer, _Entry
 from tests.conftest import RedisServers, free_port
 from tests.executors.redis_support import (
     REPO,
@@ -66,7 +67,8 @@ def test_settings_take_dagrun_parameters_out_of_the_url() -> None:
         ("redis://u:hunter2@host/0?queue_timeout_s=-1", "queue_timeout_s must be a positive number"),
         ("redis://u:hunter2@host/0?prefetch=many", "prefetch must be a whole number"),
         ("redis://u:hunter2@host/0?heartbeat_s=5&heartbeat_ttl_s=2", "heartbeat_ttl_s must be longer"),
-        ("http://u:hunter2@host/0", "expected redis://"),
+        ("http://u:hunter2@host/0", "is not a Redis URL: redis://HOST"),
+        ("", "needs a Redis URL: redis://HOST"),
     ],
 )
 def test_bad_url_is_an_executor_error_without_the_password(url: str, complaint: str) -> None:
@@ -145,6 +147,36 @@ async def test_entries_are_acknowledged_and_deleted_after_a_run(workers: RedisWo
     try:
         assert (await client.xpending(stream, GROUP))["pending"] == 0
         assert await client.xlen(stream) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_script(redis_url: str) -> None:
+    """Two callers (one gone), two request streams: each live caller gets one reply entry, a gone one's
+    stream stays gone (NOMKSTREAM), and every entry is acknowledged and deleted."""
+    settings = QueueSettings.from_url(redis_url)
+    keys = settings.keys
+    live, gone = keys.replies("live"), keys.replies("gone")
+    client = redis_client(redis_url)
+    worker = ScriptWorker(WorkerSettings(url=redis_url, contexts=("a", "b"), concurrency=1))
+    consumer = Consumer(worker, client, settings)
+    try:
+        await consumer._create_groups()
+        marker = await client.xadd(live, {".": "live"})
+        entries = []
+        for stream, request_id, reply_to in [("a", b"r1", live), ("b", b"r2", live), ("a", b"r3", gone)]:
+            entry_id = await client.xadd(keys.requests(stream), {"id": request_id, "reply": reply_to, "req": b"{}"})
+            entries.append(_Entry(keys.requests(stream), entry_id, {b"id": request_id, b"reply": reply_to.encode()}))
+            entries[-1].reply = b"result-" + request_id
+        await client.xreadgroup(GROUP, "w", {keys.requests("a"): ">", keys.requests("b"): ">"})
+        await consumer._write_replies(entries)
+        assert [fields for _, fields in await client.xrange(live, f"({marker.decode()}")] == [
+            {b"r1": b"result-r1", b"r2": b"result-r2"}
+        ]
+        assert await client.exists(gone) == 0
+        for stream in ("a", "b"):
+            assert (await client.xpending(keys.requests(stream), GROUP))["pending"] == 0
+            assert await client.xlen(keys.requests(stream)) == 0
     finally:
         await client.aclose()
 
