@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,26 @@ def write_flow(directory: Path, document: dict[str, Any] | str, name: str = "flo
 
 def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+@contextlib.contextmanager
+def run_in_background(path: Path, *args: str, cwd: Path) -> Iterator[subprocess.Popen[str]]:
+    """`dagrun run PATH ARGS` as a child process with the test's store; killed if the test leaves it running."""
+    env = {**os.environ, "DAGRUN_STORE": str(cwd / "store")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "dagrun", "run", str(path), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield runner
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.communicate()
 
 
 def test_validate_accepts_a_valid_flow(tmp_path: Path) -> None:
@@ -177,16 +199,7 @@ def test_status_works_from_another_process_while_a_run_writes(tmp_path: Path) ->
         {"id": f"s{i}", "script": busy, "depends_on": [f"s{i - 1}"]} for i in range(1, 30)
     ]
     path = write_flow(tmp_path, {"name": "slow", "steps": steps})
-    env = {**os.environ, "DAGRUN_STORE": str(tmp_path / "store")}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "dagrun", "run", str(path), "--json"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with run_in_background(path, "--json", cwd=tmp_path) as runner:
         deadline = time.monotonic() + 30
         seen_running = None
         while time.monotonic() < deadline and runner.poll() is None:
@@ -203,10 +216,6 @@ def test_status_works_from_another_process_while_a_run_writes(tmp_path: Path) ->
         out, err = runner.communicate(timeout=60)
         assert runner.returncode == 0, err
         assert json.loads(out)["status"] == "succeeded"
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
 
 
 @pytest.mark.parametrize("bad", ["--max-parallel=0", "--max-parallel=x"])
@@ -263,16 +272,7 @@ def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -
         tmp_path,
         {"name": "slow", "steps": [{"id": "a", "script": busy}, {"id": "b", "script": busy, "depends_on": ["a"]}]},
     )
-    env = {**os.environ, "DAGRUN_STORE": str(tmp_path / "store")}
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "dagrun", "run", str(path)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with run_in_background(path, cwd=tmp_path) as runner:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             runs = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout or "[]")
@@ -280,10 +280,6 @@ def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -
                 break
         runner.send_signal(signal.SIGINT)
         _, err = runner.communicate(timeout=30)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.communicate()
     assert runner.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
     [run] = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
