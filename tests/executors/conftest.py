@@ -26,6 +26,7 @@ from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.http import HttpWorkerServer
 from executors.websocket import WebSocketWorkerServer
 from tests.conftest import self_signed_certificate
+from tests.executors.redis_support import RedisWorkers
 
 SANDBOX = SandboxSettings(processes=2, memory_mb=256, startup_timeout_s=20.0)
 ONE_AT_A_TIME = dataclasses.replace(SANDBOX, processes=1, pipeline_depth=1)  # a worker that is easily busy
@@ -256,3 +257,23 @@ async def wait_listening(port: int, timeout_s: float = 10.0) -> None:
             writer.close()
             await writer.wait_closed()
             return
+
+
+async def dagrun_command(*args: str, timeout_s: float = 30) -> tuple[int, bytes, bytes]:
+    """`python -m dagrun ARGS` as a child process: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dagrun", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    assert process.returncode is not None
+    return process.returncode, out, err
+
+
+@pytest.fixture
+async def redis_workers(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisWorkers]:
+    """Redis workers for one test (in process or as `dagrun worker redis` processes), all closed after it."""
+    factory = RedisWorkers(redis_url, tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -25,6 +24,7 @@ from tests.executors.conftest import (
     ServerFactory,
     WorkerFactory,
     WorkerProcesses,
+    dagrun_command,
     make_request,
     remote_flow,
     wait_listening,
@@ -345,26 +345,11 @@ async def test_dagrun_worker_http_serves_steps_and_exits_0_on_sigterm(
 async def test_dagrun_workers_lists_an_http_worker_from_its_health(worker_processes: WorkerProcesses) -> None:
     worker = await worker_processes("http", "--port", "0", "--token-file", str(worker_processes.token_file))
     url = await worker.wait_listening()
-    listing = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dagrun",
-        "workers",
-        url,
-        "--token-file",
-        str(worker_processes.token_file),
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(listing.communicate(), 30)
-    assert listing.returncode == 0, err
+    code, out, err = await dagrun_command("workers", url, "--token-file", str(worker_processes.token_file), "--json")
+    assert code == 0, err
     [status] = orjson.loads(out)
     assert status["contexts"] == ["default"] and status["steps_done"] == 0
     assert status["worker_id"].endswith(f":{worker.process.pid}")
-    refused = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dagrun", "workers", url, stderr=asyncio.subprocess.PIPE
-    )
-    _, err = await asyncio.wait_for(refused.communicate(), 30)
-    assert refused.returncode == 3
+    code, _, err = await dagrun_command("workers", url)
+    assert code == 3
     assert b"401" in err or b"token" in err

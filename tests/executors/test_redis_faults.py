@@ -7,7 +7,6 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ outputs['v'] = 1 + sum(inputs.values())
 """
 
 
-@pytest.fixture
-async def workers(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisWorkers]:
-    factory = RedisWorkers(redis_url, tmp_path)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
-
-
 async def completions(store: MemoryStore, run_id: str) -> Counter[str]:
     """How many times each step ended (succeeded, failed, skipped or cancelled) in the run's event log."""
     ended = {"succeeded", "failed", "skipped", "cancelled"}
@@ -54,18 +44,18 @@ def chain(length: int) -> list[dict[str, object]]:
 
 
 @pytest.mark.timeout(90)
-async def test_the_step_of_a_killed_worker_runs_again_on_a_live_one(workers: RedisWorkers) -> None:
-    doomed = workers.spawn(concurrency=1, worker_id="doomed")
-    await workers.wait_ready("doomed")
+async def test_the_step_of_a_killed_worker_runs_again_on_a_live_one(redis_workers: RedisWorkers) -> None:
+    doomed = redis_workers.spawn(concurrency=1, worker_id="doomed")
+    await redis_workers.wait_ready("doomed")
     flow = remote_flow(busy_step("long", 2.0), {"id": "after", "depends_on": ["long"], "script": "pass"})
-    running = asyncio.create_task(run_remote(workers.url, flow))
+    running = asyncio.create_task(run_remote(redis_workers.url, flow))
 
     async def doomed_runs_it() -> bool:
-        statuses = await list_workers(workers.url)
+        statuses = await list_workers(redis_workers.url)
         return any(status.worker_id == "doomed" and "/long#1" in " ".join(status.current) for status in statuses)
 
     await eventually(doomed_runs_it, timeout_s=30, what="the doomed worker runs the long step")
-    survivor = await workers.start(concurrency=1, worker_id="survivor")
+    survivor = await redis_workers.start(concurrency=1, worker_id="survivor")
     doomed.kill(signal.SIGKILL)
     killed_at = time.monotonic()
 
@@ -81,10 +71,10 @@ async def test_the_step_of_a_killed_worker_runs_again_on_a_live_one(workers: Red
 
 
 @pytest.mark.timeout(60)
-async def test_a_long_step_on_a_live_worker_is_never_taken_from_it(workers: RedisWorkers) -> None:
-    url = f"{workers.url}&visibility_timeout_s=1&heartbeat_s=0.2&heartbeat_ttl_s=1"
-    first = await workers.start(concurrency=1, url=url)
-    second = await workers.start(concurrency=1, url=url)
+async def test_a_long_step_on_a_live_worker_is_never_taken_from_it(redis_workers: RedisWorkers) -> None:
+    url = f"{redis_workers.url}&visibility_timeout_s=1&heartbeat_s=0.2&heartbeat_ttl_s=1"
+    first = await redis_workers.start(concurrency=1, url=url)
+    second = await redis_workers.start(concurrency=1, url=url)
     result, store = await run_remote(url, remote_flow(busy_step("long", 3.0)))
     assert result.status == RunStatus.SUCCEEDED
     await asyncio.sleep(1.0)  # a second run, had there been one, would be under way by now

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, tr
 from executors.redis_queue.connection import GROUP
 from executors.redis_queue.consumer import Consumer, _Entry
 from tests.conftest import RedisServers, free_port
+from tests.executors.conftest import dagrun_command
 from tests.executors.redis_support import (
     REPO,
     RedisWorkers,
@@ -31,15 +31,6 @@ from tests.executors.redis_support import (
     remote_flow,
     run_remote,
 )
-
-
-@pytest.fixture
-async def workers(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisWorkers]:
-    factory = RedisWorkers(redis_url, tmp_path)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
 
 
 def request(script: str = "outputs['v'] = 1", **fields: object) -> StepRequest:
@@ -84,15 +75,15 @@ def test_redis_urls_open_the_redis_executor(redis_url: str) -> None:
 # --- round trips ---
 
 
-async def test_flow_runs_on_an_in_process_worker(workers: RedisWorkers) -> None:
-    await workers.start()
+async def test_flow_runs_on_an_in_process_worker(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start()
     flow = remote_flow(
         {"id": "a", "script": "outputs['v'] = 1"},
         {"id": "b", "depends_on": ["a"], "script": "outputs['v'] = inputs['x'] + 1", "inputs": {"x": "${steps.a.v}"}},
         {"id": "c", "depends_on": ["a"], "script": "context.incr('n', 5)\noutputs['v'] = 10"},
         {"id": "d", "depends_on": ["b", "c"], "script": "fail('on purpose')", "run_if": "all_success"},
     )
-    result, _ = await run_remote(workers.url, flow)
+    result, _ = await run_remote(redis_workers.url, flow)
     assert result.steps["b"].outputs == {"v": 2}
     assert result.context == {"n": 5}
     failed = result.steps["d"]
@@ -100,12 +91,12 @@ async def test_flow_runs_on_an_in_process_worker(workers: RedisWorkers) -> None:
     assert failed.error.kind == ErrorKind.FAIL and "on purpose" in failed.error.message
 
 
-async def test_flow_runs_on_worker_processes(workers: RedisWorkers) -> None:
-    first, second = workers.spawn(concurrency=1), workers.spawn(concurrency=1)
-    await workers.wait_ready(first.worker_id)
-    await workers.wait_ready(second.worker_id)
+async def test_flow_runs_on_worker_processes(redis_workers: RedisWorkers) -> None:
+    first, second = redis_workers.spawn(concurrency=1), redis_workers.spawn(concurrency=1)
+    await redis_workers.wait_ready(first.worker_id)
+    await redis_workers.wait_ready(second.worker_id)
     steps = [{"id": f"s{i}", "script": f"outputs['v'] = {i} * 2"} for i in range(20)]
-    result, _ = await run_remote(workers.url, remote_flow(*steps))
+    result, _ = await run_remote(redis_workers.url, remote_flow(*steps))
     assert result.status == RunStatus.SUCCEEDED
     assert all(result.steps[f"s{i}"].outputs == {"v": i * 2} for i in range(20))
     first.kill(signal.SIGTERM)
@@ -113,37 +104,39 @@ async def test_flow_runs_on_worker_processes(workers: RedisWorkers) -> None:
     log = first.log_text()
     assert f"worker {first.worker_id} serving contexts default from redis at redis://127.0.0.1:" in log
     assert "Traceback" not in log
-    workers_left = await list_workers(workers.url)
+    workers_left = await list_workers(redis_workers.url)
     assert [status.worker_id for status in workers_left] == [second.worker_id]
 
 
-async def test_steps_go_only_to_workers_of_their_context(workers: RedisWorkers) -> None:
-    europe = await workers.start(contexts=("eu",))
-    default = await workers.start()
+async def test_steps_go_only_to_workers_of_their_context(redis_workers: RedisWorkers) -> None:
+    europe = await redis_workers.start(contexts=("eu",))
+    default = await redis_workers.start()
     steps = [{"id": f"eu{i}", "context_id": "eu", "script": "outputs['where'] = context_id"} for i in range(4)]
     steps += [{"id": f"any{i}", "script": "outputs['where'] = context_id"} for i in range(3)]
-    result, _ = await run_remote(workers.url, remote_flow(*steps))
+    result, _ = await run_remote(redis_workers.url, remote_flow(*steps))
     assert result.status == RunStatus.SUCCEEDED
     assert europe.worker.status().steps_done == 4
     assert default.worker.status().steps_done == 3
     assert {result.steps[f"eu{i}"].outputs["where"] for i in range(4)} == {"eu"}
 
 
-async def test_a_worker_runs_at_most_concurrency_steps_at_once(workers: RedisWorkers) -> None:
-    await workers.start(concurrency=2)
-    result, _ = await run_remote(workers.url, remote_flow(*(busy_step(f"s{i}", 0.25) for i in range(6))))
+async def test_a_worker_runs_at_most_concurrency_steps_at_once(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start(concurrency=2)
+    result, _ = await run_remote(redis_workers.url, remote_flow(*(busy_step(f"s{i}", 0.25) for i in range(6))))
     assert result.status == RunStatus.SUCCEEDED
     spans = [(outcome.outputs["started"], outcome.outputs["ended"]) for outcome in result.steps.values()]
     most = max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
     assert most == 2
 
 
-async def test_entries_are_acknowledged_and_deleted_after_a_run(workers: RedisWorkers) -> None:
-    await workers.start()
-    result, _ = await run_remote(workers.url, remote_flow(*({"id": f"s{i}", "script": "pass"} for i in range(30))))
+async def test_entries_are_acknowledged_and_deleted_after_a_run(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start()
+    result, _ = await run_remote(
+        redis_workers.url, remote_flow(*({"id": f"s{i}", "script": "pass"} for i in range(30)))
+    )
     assert result.status == RunStatus.SUCCEEDED
-    stream = QueueSettings.from_url(workers.url).keys.requests("default")
-    client = redis_client(workers.url)
+    stream = QueueSettings.from_url(redis_workers.url).keys.requests("default")
+    client = redis_client(redis_workers.url)
     try:
         assert (await client.xpending(stream, GROUP))["pending"] == 0
         assert await client.xlen(stream) == 0
@@ -181,11 +174,11 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
         await client.aclose()
 
 
-async def test_aclose_deletes_the_reply_stream_and_closes(workers: RedisWorkers) -> None:
-    await workers.start()
-    executor = RedisExecutor(QueueSettings.from_url(workers.url))
+async def test_aclose_deletes_the_reply_stream_and_closes(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start()
+    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
     assert (await executor.call(request())).ok
-    client = redis_client(workers.url)
+    client = redis_client(redis_workers.url)
     try:
         assert await client.exists(executor.reply_stream) == 1
         assert await client.ttl(executor.reply_stream) > 0  # an abandoned one expires
@@ -198,11 +191,11 @@ async def test_aclose_deletes_the_reply_stream_and_closes(workers: RedisWorkers)
         await executor.call(request())
 
 
-async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(workers: RedisWorkers) -> None:
-    await workers.start()
-    keys = QueueSettings.from_url(workers.url).keys
+async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start()
+    keys = QueueSettings.from_url(redis_workers.url).keys
     reply_stream, stream = keys.replies("test"), keys.requests("default")
-    client = redis_client(workers.url)
+    client = redis_client(redis_workers.url)
     try:
         first_id = await client.xadd(reply_stream, {".": "test"})
         await client.xadd(stream, {"id": "bad-1", "reply": reply_stream, "req": b'{"v": 1, "run_id": 3}'})
@@ -212,7 +205,7 @@ async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(
         ((_, [(_, fields)]),) = replies
         result = fields[b"bad-1"].decode()
         assert '"ok":false' in result and "malformed request envelope" in result
-        executor = RedisExecutor(QueueSettings.from_url(workers.url))
+        executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
         try:
             assert (await executor.call(request())).ok
         finally:
@@ -251,38 +244,25 @@ async def test_late_and_duplicate_results_are_ignored(redis_url: str) -> None:
 # --- liveness ---
 
 
-async def test_list_workers_shows_live_workers(workers: RedisWorkers) -> None:
-    europe = await workers.start(contexts=("eu", "default"), worker_id="a-eu")
-    await workers.start(worker_id="b-default")
-    statuses = await list_workers(workers.url)
+async def test_list_workers_shows_live_workers(redis_workers: RedisWorkers) -> None:
+    europe = await redis_workers.start(contexts=("eu", "default"), worker_id="a-eu")
+    await redis_workers.start(worker_id="b-default")
+    statuses = await list_workers(redis_workers.url)
     assert [status.worker_id for status in statuses] == ["a-eu", "b-default"]
     assert statuses[0].contexts == ("eu", "default")
     assert statuses[0].heartbeat_at > time.time() - 10
     await europe.aclose()
-    assert [status.worker_id for status in await list_workers(workers.url)] == ["b-default"]
+    assert [status.worker_id for status in await list_workers(redis_workers.url)] == ["b-default"]
 
 
-async def test_dagrun_workers_lists_live_workers_from_redis(workers: RedisWorkers) -> None:
-    await workers.start(contexts=("eu",), worker_id="w-eu")
-    listing = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dagrun",
-        "workers",
-        "--redis",
-        workers.url,
-        "--json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(listing.communicate(), 30)
-    assert listing.returncode == 0, err
+async def test_dagrun_workers_lists_live_workers_from_redis(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start(contexts=("eu",), worker_id="w-eu")
+    code, out, err = await dagrun_command("workers", "--redis", redis_workers.url, "--json")
+    assert code == 0, err
     [status] = orjson.loads(out)
     assert (status["worker_id"], status["contexts"], status["steps_done"]) == ("w-eu", ["eu"], 0)
-    table = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dagrun", "workers", workers.url, stdout=asyncio.subprocess.PIPE
-    )
-    out, _ = await asyncio.wait_for(table.communicate(), 30)
+    code, out, _ = await dagrun_command("workers", redis_workers.url)
+    assert code == 0
     assert b"w-eu" in out and b"s ago" in out
 
 
@@ -297,10 +277,10 @@ async def test_without_a_live_worker_the_step_fails_after_the_queue_timeout(redi
     assert "--context nobody" in error.message
 
 
-async def test_the_queue_timeout_waits_while_a_worker_is_busy(workers: RedisWorkers) -> None:
-    await workers.start(concurrency=1)
+async def test_the_queue_timeout_waits_while_a_worker_is_busy(redis_workers: RedisWorkers) -> None:
+    await redis_workers.start(concurrency=1)
     steps = [busy_step(f"s{i}", 0.8) for i in range(3)]
-    result, _ = await run_remote(f"{workers.url}&queue_timeout_s=1", remote_flow(*steps))
+    result, _ = await run_remote(f"{redis_workers.url}&queue_timeout_s=1", remote_flow(*steps))
     assert result.status == RunStatus.SUCCEEDED
 
 
@@ -375,25 +355,25 @@ async def test_a_cancelled_call_withdraws_its_entry(redis_url: str) -> None:
         await client.aclose()
 
 
-async def test_a_worker_stopping_hands_back_what_it_did_not_finish(workers: RedisWorkers) -> None:
-    quitter = await workers.start(concurrency=1, grace_s=0.2)
-    running = asyncio.create_task(run_remote(workers.url, remote_flow(busy_step("slow", 2.0))))
+async def test_a_worker_stopping_hands_back_what_it_did_not_finish(redis_workers: RedisWorkers) -> None:
+    quitter = await redis_workers.start(concurrency=1, grace_s=0.2)
+    running = asyncio.create_task(run_remote(redis_workers.url, remote_flow(busy_step("slow", 2.0))))
     await asyncio.sleep(1.0)
     await quitter.aclose()  # the grace period ends long before the step
     assert quitter.worker.status().steps_done == 0
-    heir = await workers.start(concurrency=1)
+    heir = await redis_workers.start(concurrency=1)
     result, _ = await asyncio.wait_for(running, timeout=30)
     assert result.status == RunStatus.SUCCEEDED
     assert heir.worker.status().steps_done == 1
 
 
-async def test_sigterm_lets_the_running_step_finish(workers: RedisWorkers) -> None:
-    process = workers.spawn(concurrency=1, grace_s=20)
-    await workers.wait_ready(process.worker_id)
-    running = asyncio.create_task(run_remote(workers.url, remote_flow(busy_step("s", 1.5))))
+async def test_sigterm_lets_the_running_step_finish(redis_workers: RedisWorkers) -> None:
+    process = redis_workers.spawn(concurrency=1, grace_s=20)
+    await redis_workers.wait_ready(process.worker_id)
+    running = asyncio.create_task(run_remote(redis_workers.url, remote_flow(busy_step("s", 1.5))))
 
     async def started() -> bool:
-        return any(status.current for status in await list_workers(workers.url))
+        return any(status.current for status in await list_workers(redis_workers.url))
 
     await eventually(started, timeout_s=20, what="the step starts")
     process.kill(signal.SIGTERM)
@@ -401,7 +381,7 @@ async def test_sigterm_lets_the_running_step_finish(workers: RedisWorkers) -> No
     assert result.status == RunStatus.SUCCEEDED
     assert await asyncio.to_thread(process.wait) == 0
     assert "draining 1 running steps" in process.log_text()
-    assert await list_workers(workers.url) == []
+    assert await list_workers(redis_workers.url) == []
 
 
 async def test_rediss_urls_speak_tls(redis_servers: RedisServers, tmp_path: Path) -> None:
