@@ -5,13 +5,16 @@ The embedding API: load or parse a flow, then `run_flow` (blocking) or `arun_flo
 """
 
 from dagrun.context import ContextOp, ContextOpKind
+from dagrun.control import RunControl
 from dagrun.embedding import arun_flow, run_flow
 from dagrun.errors import (
+    ControlError,
     CycleError,
     DagrunError,
     ExecutorError,
     FlowError,
     Problem,
+    RunHandedBack,
     RunNotFound,
     ScriptError,
     StoreError,
@@ -30,6 +33,7 @@ from dagrun.store.base import Event, RunRecord, StepRecord, Store
 __all__ = [
     "ContextOp",
     "ContextOpKind",
+    "ControlError",
     "CycleError",
     "DagrunError",
     "ErrorKind",
@@ -43,6 +47,8 @@ __all__ = [
     "Orchestrator",
     "Problem",
     "RetryPolicy",
+    "RunControl",
+    "RunHandedBack",
     "RunIf",
     "RunNotFound",
     "RunRecord",

@@ -7,8 +7,12 @@
     ├── UnresolvedInput    a step input whose reference has no value at run time
     ├── ExecutorError      an executor could not be opened or could not deliver a step
     │   └── WorkerUnavailable   no worker answers
-    └── StoreError         the store cannot be opened, read or written
-        └── RunNotFound    no run has that id
+    ├── StoreError         the store cannot be opened, read or written
+    │   └── RunNotFound    no run has that id
+    ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
+    │                      step that does not wait for one); `.run_id` names the run
+    └── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
+                           or it was closed); the run can be resumed
 
 A failing *script* never raises: it becomes a failed StepResult. These errors are for callers.
 """
@@ -93,3 +97,19 @@ class RunNotFound(StoreError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run with id {run_id!r}")
+
+
+class ControlError(DagrunError):
+    """A control command that does not fit the run's state; nothing was sent."""
+
+    def __init__(self, run_id: str, message: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r}: {message}")
+
+
+class RunHandedBack(DagrunError):
+    """This orchestrator stopped driving the run before it ended; another may take it over."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"run {run_id!r} was handed back before it ended; `dagrun resume {run_id}` continues it")

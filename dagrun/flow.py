@@ -35,7 +35,26 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitFor:
+    """What a step that runs no script waits for: a signal providing `fields`, within `timeout_s` if set."""
+
+    fields: tuple[str, ...]  # distinct; they are the step's declared outputs
+    timeout_s: float | None = None  # None: it waits as long as it takes
+
+    def to_json(self) -> dict[str, Any]:
+        """The `wait_for` object as flow JSON; without `timeout_s` when it waits indefinitely."""
+        document: dict[str, Any] = {"fields": list(self.fields)}
+        if self.timeout_s is not None:
+            document["timeout_s"] = self.timeout_s
+        return document
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
+    """One step. With `wait_for` it runs no script and waits for a signal instead: its script and
+    script_hash are "", its outputs are wait_for.fields, its inputs are empty, and executor, context_id,
+    timeout_s and retries keep their defaults (its deadline is wait_for.timeout_s)."""
+
     id: str
     index: int  # position in the flow's `steps` list, for messages (`steps[3]`)
     script: str  # the source, inline or read from script_file
@@ -51,6 +70,7 @@ class Step:
     # as written in the flow, for messages; not compared, since to_json() inlines the script
     script_file: str | None = field(default=None, compare=False)
     description: str = ""
+    wait_for: WaitFor | None = None
     _compiled: CompiledInputs | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -67,12 +87,16 @@ class Step:
         return self.compiled_inputs.resolve(flow_inputs, outputs_of)
 
     def to_json(self) -> dict[str, Any]:
-        """The step as flow JSON, every inherited field spelled out and the script inlined."""
-        document: dict[str, Any] = {"id": self.id, "script": self.script}
+        """The step as flow JSON, every inherited field spelled out and the script inlined; a step that
+        waits for a signal has none of the fields about a script."""
+        body = {"wait_for": self.wait_for.to_json()} if self.wait_for is not None else {"script": self.script}
+        document: dict[str, Any] = {"id": self.id, **body}
         if self.description:
             document["description"] = self.description
         if self.depends_on:
             document["depends_on"] = list(self.depends_on)
+        if self.wait_for is not None:
+            return document | {"run_if": self.run_if.value}
         if self.inputs:
             document["inputs"] = dict(self.inputs)
         if self.outputs is not None:

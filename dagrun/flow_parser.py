@@ -15,7 +15,7 @@ import pydantic
 
 from dagrun.errors import FlowError, Problem
 from dagrun.executor import script_hash
-from dagrun.flow import Flow, RetryPolicy, Step
+from dagrun.flow import Flow, RetryPolicy, Step, WaitFor
 from dagrun.flow_problems import (
     Found,
     file_position,
@@ -28,7 +28,15 @@ from dagrun.flow_problems import (
     step_label,
     utf8_problem,
 )
-from dagrun.flow_schema import DefaultsModel, FlowFields, FlowHeader, StepModel
+from dagrun.flow_schema import (
+    SCRIPT_ONLY_FIELDS,
+    STEP_BODIES,
+    DefaultsModel,
+    FlowFields,
+    FlowHeader,
+    StepModel,
+    WaitForModel,
+)
 from dagrun.graph import check_graph
 from dagrun.references import Loc, format_location
 
@@ -185,14 +193,18 @@ class _FlowParser:
         where: Loc = ("steps", index)
         step_id = str(model.id)
         label = "" if "id" in dropped else step_label(step_id)
-        script = "" if dropped & {"script", "script_file"} else self._script(model, where, label)
-        if self.check_json:
-            self.found.extend((loc, message, label) for loc, message in not_json(model.inputs, (*where, "inputs")))
+        given = model.model_fields_set
+        written = dropped | given  # an invalid field is left out of the model, but it was written
+        body = self._body(written, where, label)
         if dropped and ("depends_on" in dropped or dropped - _STEP_FIELDS):
             # its real depends_on is invalid, or maybe misspelled as an unknown field: without it, references
             # to steps upstream of it would look like races
             self.graph_is_partial = True
-        given = model.model_fields_set
+        if body == "wait_for":
+            return self._waiting_step(index, model, written, label)
+        script = "" if body is None or body in dropped else self._script(model, body, where, label)
+        if self.check_json:
+            self.found.extend((loc, message, label) for loc, message in not_json(model.inputs, (*where, "inputs")))
         if "retries" in given:
             retries = RetryPolicy(
                 **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
@@ -214,29 +226,71 @@ class _FlowParser:
             description=model.description,
         )
 
+    def _body(self, written: frozenset[str], where: Loc, label: str) -> str | None:
+        """Which of 'script', 'script_file' and 'wait_for' the step has; None (reported) unless exactly one."""
+        bodies = [name for name in STEP_BODIES if name in written]
+        if len(bodies) == 1:
+            return bodies[0]
+        if bodies:
+            has = (
+                f"has both {bodies[0]!r} and {bodies[1]!r}"
+                if len(bodies) == 2
+                else "has 'script', 'script_file' and 'wait_for'"
+            )
+            message = f"{has}; keep one (a step has exactly one of 'script', 'script_file' or 'wait_for')"
+        else:
+            message = (
+                "needs 'script' (Python source), 'script_file' (a path relative to the flow file) "
+                "or 'wait_for' (the fields a signal must provide)"
+            )
+        self.found.append((where, message, label))
+        return None
+
+    def _waiting_step(self, index: int, model: StepModel, written: frozenset[str], label: str) -> Step:
+        """A step that waits for a signal; the fields about a script written on it are problems (those
+        inherited from `defaults` are not: it does not inherit them)."""
+        for name in SCRIPT_ONLY_FIELDS:
+            if name in written:
+                message = f"a 'wait_for' step runs no script; {name!r} does not apply"
+                if name == "outputs":
+                    message += " (its outputs are the 'wait_for' fields)"
+                self.found.append((("steps", index, name), message, label))
+        wait_for = model.wait_for if "wait_for" in model.model_fields_set else self._salvage_wait_for(index)
+        return Step(
+            id=str(model.id),
+            index=index,
+            script="",
+            script_hash="",  # no script: nothing for an executor to look up
+            depends_on=tuple(map(str, model.depends_on)),
+            outputs=tuple(wait_for.fields) if wait_for is not None else None,
+            run_if=model.run_if,
+            description=model.description,
+            wait_for=WaitFor(tuple(wait_for.fields), wait_for.timeout_s) if wait_for is not None else None,
+        )
+
+    def _salvage_wait_for(self, index: int) -> WaitForModel | None:
+        """An invalid wait_for (already reported) without its invalid fields, so that references to its
+        fields can still be checked; None when its fields are what is invalid."""
+        raw = self.raw["steps"][index].get("wait_for")
+        try:
+            return WaitForModel.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            return salvage(WaitForModel, raw, exc)[0]
+
     def _hash(self, script: str) -> str:
         digest = self._hashes.get(script)
         if digest is None:
             digest = self._hashes[script] = script_hash(script)
         return digest
 
-    def _script(self, model: StepModel, where: Loc, label: str) -> str:
-        """The step's source ("" when it has none), its problems reported; each distinct script is
-        compiled once."""
-        has_script, has_file = "script" in model.model_fields_set, "script_file" in model.model_fields_set
-        if has_script == has_file:
-            message = (
-                "has both 'script' and 'script_file'; keep one"
-                if has_script
-                else "needs 'script' (Python source) or 'script_file' (a path relative to the flow file)"
-            )
-            self.found.append((where, message, label))
-            return ""
-        field_name = "script" if has_script else "script_file"
-        source = model.script if has_script else self._read(model.script_file, (*where, field_name), label)
+    def _script(self, model: StepModel, field_name: str, where: Loc, label: str) -> str:
+        """The step's source from `field_name` ('script' or 'script_file'), its problems reported; each
+        distinct script is compiled once."""
+        where = (*where, field_name)
+        source = model.script if field_name == "script" else self._read(model.script_file, where, label)
         if source:
             for line, message in self._check(source):
-                self.found.append(((*where, field_name), f"line {line}: {message}" if line else message, label))
+                self.found.append((where, f"line {line}: {message}" if line else message, label))
         return source
 
     def _read(self, path: str, where: Loc, label: str) -> str:

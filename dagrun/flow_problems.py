@@ -52,6 +52,8 @@ def _lower_first(text: str) -> str:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # orjson would write null
     try:
         text = orjson.dumps(value).decode()
     except TypeError:
@@ -122,6 +124,8 @@ def pydantic_findings(exc: pydantic.ValidationError, model: type[BaseModel], pre
             where, message = loc[:-1], _unknown_field(model, loc)
         elif loc == ("steps",) and error["type"] == "too_short":
             where, message = loc, "a flow needs at least one step"
+        elif loc == ("wait_for", "fields") and error["type"] == "too_short":
+            where, message = loc, "a 'wait_for' needs at least one field for the signal to provide"
         else:
             where, message = loc, _error_message(error)
         found.append(((*prefix, *where), message, "" if loc[:1] == ("id",) else label))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
 
 from dagrun.states import RunIf
 
@@ -35,6 +35,10 @@ StepId = Annotated[
     ),
 ]
 ID_UNION_TAGS = frozenset({"constrained-str", "int"})  # how pydantic names StepId's members in error locs
+
+STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
+# Fields that only say how a script runs: a step that waits for a signal runs none.
+SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
 
 
 def _drop_default(schema: dict[str, Any]) -> None:
@@ -63,6 +67,31 @@ class RetriesModel(_Model):
     jitter: bool = Field(default=False, description="Wait a random time between half and all of the backoff.")
 
 
+class WaitForModel(_Model):
+    """The step runs no script: it waits until a signal provides these fields, which become its outputs."""
+
+    model_config = ConfigDict(title="WaitFor")
+
+    fields: list[str] = Field(
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Output keys a signal must provide, each once; steps downstream read '${steps.ID.KEY}'.",
+    )
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None, description="Seconds to wait for the signal; absent or null: no limit."
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct(cls, fields: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in fields:
+            if name in seen:
+                raise ValueError(f"field {name!r} is listed twice; list each field once")
+            seen.add(name)
+        return fields
+
+
 class DefaultsModel(_Model):
     """Values every step inherits unless it sets its own."""
 
@@ -80,17 +109,28 @@ class DefaultsModel(_Model):
     )
 
 
+_WAITS: dict[str, Any] = {
+    "required": ["wait_for"],
+    "not": {"anyOf": [{"required": [name]} for name in SCRIPT_ONLY_FIELDS]},  # it runs no script
+}
+
+
 class StepModel(_Model):
-    """One step: a sandboxed Python script. Exactly one of 'script' or 'script_file'."""
+    """One step: a sandboxed Python script, or a wait for a signal (a person's approval, say). Exactly one
+    of 'script', 'script_file' or 'wait_for'; a 'wait_for' step takes none of the fields about its script."""
 
     model_config = ConfigDict(
-        title="Step", json_schema_extra={"oneOf": [{"required": ["script"]}, {"required": ["script_file"]}]}
+        title="Step",
+        json_schema_extra={"oneOf": [{"required": ["script"]}, {"required": ["script_file"]}, _WAITS]},
     )
 
     id: StepId
     description: str = Field(default="", description="What the step does, for people.")
     script: str = _unset("", "Python source run in the sandbox; it reads `inputs` and fills `outputs`.")
     script_file: str = _unset("", "Path of the script, relative to the flow file.", min_length=1)
+    # None when absent: defaults are not validated, so null is refused while absence is not; the parser
+    # asks `model_fields_set`, like for the other fields whose absence matters
+    wait_for: WaitForModel = _unset(None, "Instead of a script: wait for a signal that provides these fields.")
     depends_on: list[StepId] = Field(default=[], description="Ids of the steps that must end before this one.")
     inputs: dict[str, Any] = Field(
         default={},

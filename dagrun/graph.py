@@ -3,7 +3,8 @@
 Checks (unknown, self and repeated dependencies, duplicate ids, cycles, references that would race) are
 linear in steps + edges, but for references to steps that are not direct dependencies: each of those
 explores ancestors, at most once per step. Each problem comes back as a (location, message) pair so the
-caller can order problems as they appear in the file. Exports to Graphviz DOT and Mermaid. Pure: no I/O.
+caller can order problems as they appear in the file. Exports to Graphviz DOT and Mermaid, where a step
+that waits for a signal (a person) is a diamond. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -313,9 +314,12 @@ def _dot_quote(text: str) -> str:
 
 
 def to_dot(flow: Flow) -> str:
-    """Graphviz DOT: one box per step labelled by its id, an edge dependency -> dependent."""
+    """Graphviz DOT: one node per step labelled by its id, a box, or a diamond for a step that waits for a
+    signal; an edge dependency -> dependent."""
     lines = [f"digraph {_dot_quote(flow.name)} {{", "  node [shape=box];"]
-    lines.extend(f"  {_dot_quote(step.id)};" for step in flow.steps)
+    lines.extend(
+        f"  {_dot_quote(step.id)}{' [shape=diamond]' if step.wait_for is not None else ''};" for step in flow.steps
+    )
     lines.extend(
         f"  {_dot_quote(dep)} -> {_dot_quote(step.id)};"
         for step in flow.steps
@@ -332,10 +336,13 @@ def _mermaid_label(text: str) -> str:
 
 
 def to_mermaid(flow: Flow) -> str:
-    """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id."""
+    """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id;
+    a rectangle, or a rhombus for a step that waits for a signal."""
     node = {step.id: f"s{position}" for position, step in reversed(list(enumerate(flow.steps)))}
     lines = ["flowchart TD"]
-    lines.extend(f'  s{position}["{_mermaid_label(step.id)}"]' for position, step in enumerate(flow.steps))
+    for position, step in enumerate(flow.steps):
+        opening, closing = ("{", "}") if step.wait_for is not None else ("[", "]")
+        lines.append(f'  s{position}{opening}"{_mermaid_label(step.id)}"{closing}')
     lines.extend(
         f"  {node[dep]} --> {node[step.id]}"
         for step in flow.steps

@@ -1,80 +1,50 @@
-"""The orchestrator drives runs: a Scheduler decides what may start, executors run it, the store keeps it.
+"""The orchestrator: drives runs (a `RunDriver` each) under leases, and is the API to control them.
 
-Each started step is one task that resolves its inputs, calls its executor (retrying with backoff),
-records every state change and, when it ends, hands the Scheduler its completion; whatever that
-unlocks starts at once. Nothing polls: the run ends when its TaskGroup has no task left.
+One store can be shared by many orchestrators, on many machines. Each run is driven by the one that
+holds its lease; a `Watcher` renews the leases, hands commands from the store to the drivers here and,
+for a serving orchestrator (`serve`), adopts runs that were submitted or whose driver died.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import secrets
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
-from dagrun.errors import ExecutorError, FlowError, Problem, UnresolvedInput
-from dagrun.executor import (
-    ErrorKind,
-    Executor,
-    ExecutorOptions,
-    HostFunction,
-    StepError,
-    StepRequest,
-    StepResult,
-    open_executor,
+import orjson
+
+from dagrun.control import (
+    Checkpoint,
+    PendingStep,
+    RunControl,
+    RunMetrics,
+    RunView,
+    StepFailure,
+    new_owner_id,
+    new_run_id,
+    new_run_record,
 )
-from dagrun.flow import Flow, Step, resolve_flow_inputs
+from dagrun.driver import RunDriver, StepListener, Stop, StoredRun
+from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack
+from dagrun.executor import Executor, ExecutorOptions, HostFunction, find_transport, open_executor
+from dagrun.flow import Flow, resolve_flow_inputs
+from dagrun.flow_parser import parse_flow
 from dagrun.flow_schema import DEFAULT_EXECUTOR
-from dagrun.scheduler import Decisions, Scheduler
-from dagrun.states import RunStatus, StepStatus
-from dagrun.store.base import RunRecord, StepRecord, Store
+from dagrun.outcome import RunResult, StepOutcome
+from dagrun.states import RunStatus
+from dagrun.store.base import Command, RunRecord, Store
+from dagrun.watcher import Watcher
+from dagrun.worker import WorkerStatus
+
+__all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PARALLEL = 128
-
-StepListener = Callable[[StepRecord], None]
-
-
-class StepOutcome(NamedTuple):
-    status: StepStatus
-    attempts: int
-    outputs: dict[str, Any]
-    error: StepError | None
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    run_id: str
-    status: RunStatus
-    context: dict[str, Any]
-    steps: dict[str, StepOutcome]
-
-    def to_json(self) -> dict[str, Any]:
-        """The document `dagrun run --json` prints."""
-        return {
-            "run_id": self.run_id,
-            "status": self.status.value,
-            "context": self.context,
-            "steps": {
-                step_id: {
-                    "status": outcome.status.value,
-                    "attempts": outcome.attempts,
-                    "outputs": outcome.outputs,
-                    "error": outcome.error.to_json() if outcome.error else None,
-                }
-                for step_id, outcome in self.steps.items()
-            },
-        }
-
-
-def new_run_id() -> str:
-    """Sortable by start time and readable: ``20261123-153012-4f9a2c``."""
-    return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+DEFAULT_LEASE_S = 15.0
 
 
 class Orchestrator:
@@ -89,11 +59,24 @@ class Orchestrator:
         functions: Mapping[str, HostFunction] | None = None,
         processes: int | None = None,
         token: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+        fail_fast: bool = False,
     ) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
         self.store = store
+        self.owner = new_owner_id("orchestrator")
+        self.control = RunControl(store)
         self._options = ExecutorOptions(functions=dict(functions or {}), token=token, processes=processes)
         self._configured: dict[str, Executor | str] = {DEFAULT_EXECUTOR: DEFAULT_EXECUTOR, **(executors or {})}
         self._opened: dict[str, Executor] = {}
+        self._lease_s = lease_s
+        self._max_parallel = max_parallel
+        self._fail_fast = fail_fast
+        self._drivers: dict[str, RunDriver] = {}
+        self._background: dict[str, asyncio.Task[RunResult | None]] = {}
+        self._watcher = Watcher(store, self.owner, lease_s=lease_s, drivers=self._drivers, adopt=self._adopt)
         self._closed = False
 
     async def __aenter__(self) -> Orchestrator:
@@ -103,11 +86,20 @@ class Orchestrator:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the executors opened here (not the store, not executors passed in); safe twice."""
+        """Hand back the runs driven here (another orchestrator may take them over), then close the
+        executors opened here (not the store, not executors passed in); safe twice."""
+        if self._closed:
+            return
         self._closed = True
+        for driver in list(self._drivers.values()):
+            driver.stop(Stop.HAND_BACK)
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
+        await self._watcher.aclose()
         opened, self._opened = self._opened, {}
         for executor in reversed(opened.values()):
             await executor.aclose()
+
+    # --- executors ---------------------------------------------------------------------------------
 
     def executor(self, name: str) -> Executor:
         """The executor called `name`, opened on first use."""
@@ -121,243 +113,261 @@ class Orchestrator:
         return self._opened[name]
 
     def check_executors(self, flow: Flow) -> None:
-        """FlowError for steps naming an executor this orchestrator does not have."""
+        """FlowError for script steps naming an executor this orchestrator does not have; ExecutorError
+        for one that cannot be opened. Opens the ones the flow uses."""
+        script_steps = [step for step in flow.steps if step.wait_for is None]
         problems = [
             Problem(
                 f"steps[{step.index}].executor",
                 f"step {step.id!r} uses executor {step.executor!r}, which is not configured "
                 f"(configured: {', '.join(sorted(self._configured))}; add one with --executor NAME=URL)",
             )
-            for step in flow.steps
+            for step in script_steps
             if step.executor not in self._configured
         ]
         if problems:
             raise FlowError(problems, source=flow.source)
+        for name in {step.executor for step in script_steps}:
+            self.executor(name)
+
+    async def workers(self) -> dict[str, list[WorkerStatus]]:
+        """The live workers behind each configured remote executor URL (empty for those that cannot say)."""
+        found: dict[str, list[WorkerStatus]] = {}
+        for name, configured in self._configured.items():
+            if isinstance(configured, str) and "://" in configured and not configured.startswith("local"):
+                scheme = configured.split("://", 1)[0].lower()
+                try:
+                    found[name] = await find_transport(scheme).list_workers(configured, self._options)
+                except ExecutorError as exc:
+                    logger.warning("executor %s: cannot list workers: %s", name, exc)
+                    found[name] = []
+        return found
+
+    # --- starting and driving runs -----------------------------------------------------------------
 
     async def run(
         self,
         flow: Flow,
         *,
         inputs: Mapping[str, Any] | None = None,
-        max_parallel: int = DEFAULT_MAX_PARALLEL,
-        fail_fast: bool = False,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
         listener: StepListener | None = None,
     ) -> RunResult:
-        """Run `flow` to its end and return the outcome. Before anything is persisted: FlowError for
-        unknown inputs or executor names, ExecutorError for an executor that cannot be opened. A failing
-        step never raises, it fails the run."""
-        if max_parallel < 1:
-            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
-        flow_inputs = resolve_flow_inputs(flow, inputs or {})
-        self.check_executors(flow)
-        for name in {step.executor for step in flow.steps}:
-            self.executor(name)  # a bad URL fails here, before anything is persisted
-        run = _Run(self, flow, flow_inputs, max_parallel=max_parallel, fail_fast=fail_fast, listener=listener)
-        return await run.drive()
+        """Run `flow` here to its end and return the outcome (`max_parallel` and `fail_fast` default to
+        the orchestrator's). Before anything is persisted: FlowError for unknown inputs or executor names,
+        ExecutorError for an executor that cannot be opened. A failing step never raises, it fails the
+        run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it."""
+        driver = await self._begin(flow, inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+        return await self._drive(driver, RunStatus.PENDING)
 
-
-class _Run:
-    """One run being driven: the Scheduler, the ready queue, and what each step produced."""
-
-    def __init__(
+    async def start_run(
         self,
-        orchestrator: Orchestrator,
         flow: Flow,
-        flow_inputs: dict[str, Any],
         *,
-        max_parallel: int,
-        fail_fast: bool,
-        listener: StepListener | None,
-    ) -> None:
-        self.run_id = new_run_id()
-        self._orchestrator = orchestrator
-        self._store = orchestrator.store
-        self._flow = flow
-        self._flow_inputs = flow_inputs
-        self._max_parallel = max_parallel
-        self._fail_fast = fail_fast
-        self._listener = listener
-        self._steps = {step.id: step for step in flow.steps}
-        self._scheduler = Scheduler(flow)
-        self._ready: deque[str] = deque()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._outputs_of: dict[str, dict[str, Any]] = {}  # succeeded steps only
-        self._attempts = dict.fromkeys(self._steps, 0)
-        self._errors: dict[str, StepError] = {}
-        self._context: dict[str, Any] = {}
-        self._first_failure: str | None = None
-        self._task_group: asyncio.TaskGroup | None = None
+        inputs: Mapping[str, Any] | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+    ) -> str:
+        """Record a run of `flow` and drive it here in the background; return its id at once (the run
+        is in the store when this returns). Raises like `run`."""
+        driver = await self._begin(flow, inputs, None, max_parallel=max_parallel, fail_fast=fail_fast)
+        self._in_background(driver.run_id, self._drive_or_none(driver, RunStatus.PENDING))
+        return driver.run_id
 
-    async def drive(self) -> RunResult:
-        now = time.time()
-        record = RunRecord(
-            self.run_id, self._flow.name, RunStatus.PENDING, self._flow.to_json(), self._flow_inputs, now
-        )
-        await self._store.create_run(record, list(self._steps))
-        await self._store.set_run_status(self.run_id, RunStatus.RUNNING, at=now)
-        logger.info("run %s of flow %r started: %d steps", self.run_id, self._flow.name, len(self._steps))
+    async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
+        """Record a run of `flow` for any orchestrator serving this store to drive; return its id."""
+        return await self.control.submit(flow, inputs=inputs)
+
+    async def drive(
+        self, run_id: str, *, wait_for_lease: bool = False, listener: StepListener | None = None
+    ) -> RunResult | None:
+        """Drive a recorded run here to its end: one submitted, or one whose driver died (completed steps
+        keep their outputs; steps that were running run again). None when the run has ended or another
+        live orchestrator holds its lease; with `wait_for_lease`, a lease that lapses unrenewed is waited
+        for and taken. FlowError when the run needs an executor this orchestrator does not have."""
+        if not await self._claim(run_id, wait=wait_for_lease):
+            return None
         try:
-            async with asyncio.TaskGroup() as task_group:
-                self._task_group = task_group
-                self._ready.extend(self._scheduler.roots())
-                self._pump()
-        except asyncio.CancelledError:
-            await asyncio.shield(self._finish_cancelled())
+            run = await self.store.get_run(run_id)
+            if run.status.is_terminal:
+                await self.store.release_lease(run_id, self.owner)
+                return None
+            driver = await self._restore(run, listener)
+        except BaseException:
+            await self.store.release_lease(run_id, self.owner)
             raise
-        except BaseExceptionGroup as group:
-            # A step task raises only on a bug or a store failure; end the run failed, then surface it.
-            cause = group.exceptions[0]
-            await asyncio.shield(
-                self._store.set_run_status(self.run_id, RunStatus.FAILED, at=time.time(), error=str(cause))
-            )
-            raise cause from group
-        status = RunStatus.FAILED if self._first_failure else RunStatus.SUCCEEDED
-        await self._store.set_run_status(self.run_id, status, at=time.time(), error=self._first_failure)
-        await self._store.flush()
-        logger.info("run %s ended %s", self.run_id, status)
-        return self._result(status)
+        return await self._drive_or_none(driver, run.status)
 
-    def _pump(self) -> None:
-        """Start ready steps while there are free slots."""
-        assert self._task_group is not None
-        while self._ready and len(self._running) < self._max_parallel:
-            step_id = self._ready.popleft()
-            self._scheduler.start(step_id)
-            self._running[step_id] = self._task_group.create_task(self._run_step(self._steps[step_id]))
-
-    async def _run_step(self, step: Step) -> None:
-        status = await self._attempt_until_done(step)
-        del self._running[step.id]
-        decisions = self._scheduler.complete(step.id, status)
-        await self._record_skips(decisions)
-        if status == StepStatus.FAILED and self._fail_fast:
-            await self._cancel_rest()
-            return
-        self._ready.extend(decisions.ready)
-        self._pump()
-
-    async def _attempt_until_done(self, step: Step) -> StepStatus:
-        policy = step.retries
-        while True:
-            attempt = self._attempts[step.id] = self._attempts[step.id] + 1
-            started_at = time.time()
-            await self._record(StepRecord(self.run_id, step.id, StepStatus.RUNNING, attempt, started_at))
-            result = await self._call(step, attempt)
-            if result.ok:
-                await self._succeed(step, attempt, started_at, result)
-                return StepStatus.SUCCEEDED
-            assert result.error is not None
-            self._errors[step.id] = result.error
-            done = attempt >= policy.max_attempts
-            status = StepStatus.FAILED if done else StepStatus.READY
-            delay_s = 0.0 if done else policy.delay_s(attempt)
-            message = f"attempt {attempt} failed: {result.error}" + ("" if done else f"; retrying in {delay_s:.2f} s")
-            await self._record(
-                StepRecord(
-                    self.run_id,
-                    step.id,
-                    status,
-                    attempt,
-                    started_at,
-                    time.time(),
-                    error=result.error,
-                    logs=result.logs,
-                    worker_id=result.worker_id,
-                ),
-                message=message,
-            )
-            if done:
-                self._first_failure = self._first_failure or f"step {step.id!r} failed: {result.error}"
-                return StepStatus.FAILED
-            await asyncio.sleep(delay_s)  # the retry backoff, not a poll
-
-    async def _call(self, step: Step, attempt: int) -> StepResult:
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Drive every run submitted to the store, and every run whose driver died, until `stop` is set;
+        then hand back the runs driven here (see `aclose`)."""
+        self._watcher.serve()
         try:
-            inputs = step.resolve_inputs(self._flow_inputs, self._outputs_of)
-        except UnresolvedInput as exc:
-            return StepResult.failure(ErrorKind.INPUT, "UnresolvedInput", str(exc))
-        request = StepRequest(
-            self.run_id,
-            step.id,
-            attempt,
-            step.script,
-            step.script_hash,
-            inputs,
-            self._context,
-            step.context_id,
-            step.timeout_s,
-        )
+            await stop.wait()
+        finally:
+            await self.aclose()
+
+    async def _begin(
+        self,
+        flow: Flow,
+        inputs: Mapping[str, Any] | None,
+        listener: StepListener | None,
+        *,
+        max_parallel: int | None,
+        fail_fast: bool | None,
+    ) -> RunDriver:
+        if max_parallel is not None and max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        if self._closed:
+            raise RuntimeError("Orchestrator is closed")
+        flow_inputs = resolve_flow_inputs(flow, inputs or {})
+        self.check_executors(flow)  # a bad URL fails here, before anything is persisted
+        run_id = new_run_id()
+        await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s)  # before a server could adopt it
+        await self.store.create_run(new_run_record(run_id, flow, flow_inputs), [step.id for step in flow.steps])
+        return self._driver(flow, run_id, flow_inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+
+    async def _restore(self, run: RunRecord, listener: StepListener | None) -> RunDriver:
         try:
-            # No timeout here: a step may wait in a remote queue; only the executor knows when it started.
-            result = await self._orchestrator.executor(step.executor).call(request)
-        except ExecutorError as exc:
-            return StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc))
-        if result.ok and step.outputs is not None:
-            missing = [key for key in step.outputs if key not in result.outputs]
-            if missing:
-                message = f"declared outputs not set: {', '.join(missing)}"
-                return StepResult.failure(ErrorKind.OUTPUT, "MissingOutput", message, logs=result.logs)
-        return result
+            flow = _stored_flow(orjson.dumps(run.flow, option=orjson.OPT_SORT_KEYS))
+        except FlowError as exc:  # stored by an older dagrun, or written by hand
+            raise FlowError(exc.problems, source=f"run {run.run_id}") from exc
+        try:
+            self.check_executors(flow)
+        except (FlowError, ExecutorError) as exc:
+            message = f"orchestrator {self.owner} cannot drive it: {exc}"
+            await self.store.set_run_status(run.run_id, RunStatus.FAILED, at=time.time(), error=message)
+            await self.store.flush()
+            raise
+        stored = StoredRun(await self.store.get_steps(run.run_id), await self.store.get_context(run.run_id))
+        driver = self._driver(flow, run.run_id, dict(run.inputs), listener)
+        driver.restore(stored)
+        return driver
 
-    async def _succeed(self, step: Step, attempt: int, started_at: float, result: StepResult) -> None:
-        message = ""
-        if result.context_ops:
-            self._context, rejected = await self._store.apply_context(self.run_id, result.context_ops)
-            message = "; ".join(rejected)
-        self._outputs_of[step.id] = result.outputs
-        self._errors.pop(step.id, None)
-        record = StepRecord(
-            self.run_id,
-            step.id,
-            StepStatus.SUCCEEDED,
-            attempt,
-            started_at,
-            time.time(),
-            result.outputs,
-            None,
-            result.logs,
-            result.worker_id,
-        )
-        await self._record(record, message=message)
+    def _driver(
+        self,
+        flow: Flow,
+        run_id: str,
+        flow_inputs: dict[str, Any],
+        listener: StepListener | None,
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+    ) -> RunDriver:
+        return RunDriver(
+            self.store, self.executor, flow, run_id, flow_inputs,
+            max_parallel=self._max_parallel if max_parallel is None else max_parallel,
+            fail_fast=self._fail_fast if fail_fast is None else fail_fast,
+            listener=listener,
+        )  # fmt: skip
 
-    async def _record(self, record: StepRecord, *, message: str = "") -> None:
-        await self._store.record_step(record, message=message)
-        if self._listener is not None:
-            self._listener(record)
+    async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:
+        run_id = driver.run_id
+        self._drivers[run_id] = driver
+        self._watcher.driving(run_id)
+        handed_back = False
+        try:
+            return await driver.drive(stored_status=stored_status)
+        except RunHandedBack:
+            handed_back = True
+            raise
+        finally:
+            del self._drivers[run_id]
+            await asyncio.shield(self._watcher.done_with(run_id, handed_back=handed_back))
 
-    async def _record_skips(self, decisions: Decisions) -> None:
-        now = time.time()
-        for step_id in decisions.skipped:
-            record = StepRecord(self.run_id, step_id, StepStatus.SKIPPED, 0, None, now)
-            await self._record(record, message=f"run_if {self._steps[step_id].run_if} not met")
+    async def _drive_or_none(self, driver: RunDriver, stored_status: RunStatus) -> RunResult | None:
+        """`_drive` for runs driven in the background: a hand-back is logged there, not raised."""
+        try:
+            return await self._drive(driver, stored_status)
+        except RunHandedBack:
+            return None
 
-    async def _cancel_rest(self) -> None:
-        """Fail fast: stop every running step and end every step that has not ended as cancelled."""
-        self._ready.clear()
-        for task in self._running.values():
-            task.cancel()
-        self._running.clear()
-        now = time.time()
-        for step_id in self._scheduler.cancel_rest():
-            record = StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._attempts[step_id], None, now)
-            await self._record(record, message="cancelled after a failure (fail fast)")
+    async def _claim(self, run_id: str, *, wait: bool) -> bool:
+        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder)."""
+        last_expiry: float | None = None
+        while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
+            lease = await self.store.get_lease(run_id)
+            if lease is None:
+                continue
+            if not wait or (last_expiry is not None and lease.expires_at > last_expiry):
+                return False  # renewed since we looked: its holder is alive
+            last_expiry = lease.expires_at
+            logger.info("run %s: waiting for the lease of %s to lapse", run_id, lease.owner)
+            await asyncio.sleep(max(lease.expires_at - time.time(), 0) + 0.05)  # a deadline, not a poll
+        return True
 
-    async def _finish_cancelled(self) -> None:
-        now = time.time()
-        for step_id in self._scheduler.cancel_rest():
-            record = StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._attempts[step_id], None, now)
-            await self._record(record, message="run cancelled")
-        await self._store.set_run_status(self.run_id, RunStatus.CANCELLED, at=now, error="cancelled")
-        await self._store.flush()
+    def _adopt(self, run_id: str) -> None:
+        """Drive a run found by the watcher (submitted, or its driver gone) in the background."""
+        if run_id not in self._drivers and run_id not in self._background and not self._closed:
+            self._in_background(run_id, self.drive(run_id))
 
-    def _result(self, status: RunStatus) -> RunResult:
-        steps = {
-            step_id: StepOutcome(
-                self._scheduler.status[step_id],
-                self._attempts[step_id],
-                self._outputs_of.get(step_id, {}),
-                self._errors.get(step_id),
-            )
-            for step_id in self._steps
-        }
-        return RunResult(self.run_id, status, self._context, steps)
+    def _in_background(self, run_id: str, drive: Any) -> None:
+        task: asyncio.Task[RunResult | None] = asyncio.create_task(drive, name=f"dagrun run {run_id}")
+        self._background[run_id] = task
+        task.add_done_callback(lambda done: self._background_done(run_id, done))
+
+    def _background_done(self, run_id: str, task: asyncio.Task[RunResult | None]) -> None:
+        self._background.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("run %s: its driver failed: %s", run_id, task.exception())
+
+    # --- control: the same calls as RunControl, and runs driven here are told at once --------------
+
+    async def status(self, run_id: str) -> RunView:
+        return await self.control.status(run_id)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        return await self.control.list_runs(status=status, flow_name=flow_name, limit=limit)
+
+    async def errors(self, run_id: str) -> list[StepFailure]:
+        return await self.control.errors(run_id)
+
+    async def metrics(self, run_id: str) -> RunMetrics:
+        return await self.control.metrics(run_id)
+
+    async def pending_work(self, run_id: str) -> list[PendingStep]:
+        return await self.control.pending_work(run_id)
+
+    async def checkpoint(self, run_id: str) -> Checkpoint:
+        return await self.control.checkpoint(run_id)
+
+    async def cancel(self, run_id: str) -> Command:
+        return await self._told(await self.control.cancel(run_id))
+
+    async def pause(self, run_id: str) -> Command:
+        return await self._told(await self.control.pause(run_id))
+
+    async def resume(self, run_id: str) -> Command:
+        """Undo `pause`; and when nobody drives the run (its driver died), drive it here in the background."""
+        command = await self._told(await self.control.resume(run_id))
+        if run_id not in self._drivers:
+            self._adopt(run_id)
+        return command
+
+    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
+        return await self._told(await self.control.signal(run_id, step_id, values))
+
+    async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
+        """The run's record once it has ended, or as it is when `timeout_s` passes."""
+        task = self._background.get(run_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout_s)
+            return await self.store.get_run(run_id)
+        return await self.control.wait_for_completion(run_id, timeout_s=timeout_s)
+
+    async def _told(self, command: Command) -> Command:
+        """A run driven here applies its command now, without waiting for the store's notice."""
+        driver = self._drivers.get(command.run_id)
+        if driver is not None:
+            await driver.apply_new_commands()
+        return command
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_flow(document: bytes) -> Flow:
+    """The Flow of a stored run's document: an orchestrator that adopts many runs of one flow parses it
+    once (parsing compiles every script). Flows are immutable, so runs may share one."""
+    return parse_flow(orjson.loads(document), source="stored run")

@@ -8,6 +8,7 @@ the step at once and is propagated with an explicit stack (chains can be long).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from dagrun.flow import Flow
@@ -53,6 +54,24 @@ class Scheduler:
         """Record that a step ended; return what that unlocks. ValueError for a step ended twice."""
         decisions = Decisions()
         self._apply(step_id, status, decisions)
+        return decisions
+
+    def restore(self, ended: Mapping[str, StepStatus]) -> Decisions:
+        """Replay a run driven before: `ended` holds the steps that succeeded or failed. Completions are
+        replayed in dependency order, so a step is reached only as the rules allow; returns the steps to
+        run now and the skips that follow (whether they were recorded before or not)."""
+        decisions = Decisions()
+        frontier = self.roots()
+        while frontier:
+            step_id = frontier.pop()
+            status = ended.get(step_id)
+            if status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+                self.start(step_id)
+                unlocked = self.complete(step_id, status)
+                frontier.extend(unlocked.ready)
+                decisions.skipped.extend(unlocked.skipped)
+            else:
+                decisions.ready.append(step_id)
         return decisions
 
     def cancel_rest(self) -> list[str]:

@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import hmac
-import ipaddress
 import logging
-import os
 import ssl
 from collections.abc import Mapping
 from typing import TypeVar
@@ -27,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
+from dagrun.listening import cannot_listen, is_loopback
 from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 
@@ -76,7 +74,7 @@ def server_ssl_context(settings: WorkerSettings) -> ssl.SSLContext | None:
     if cert is None:
         if key is not None:
             raise ExecutorError(f"worker {settings.worker_id}: --tls-key needs --tls-cert")
-        if not _is_loopback(settings.host):
+        if not is_loopback(settings.host):
             logger.warning(
                 "worker %s: serving without TLS on %s: the token crosses the network in clear text; "
                 "use --tls-cert and --tls-key",
@@ -93,29 +91,8 @@ def server_ssl_context(settings: WorkerSettings) -> ssl.SSLContext | None:
     return context
 
 
-def os_reason(exc: OSError) -> str:
-    """What went wrong, without the addresses asyncio adds: ``connection refused``."""
-    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the OS's
-        return f"tls: {exc.strerror or exc}"
-    if exc.errno:
-        return os.strerror(exc.errno).lower()
-    return str(exc.strerror or exc or type(exc).__name__).lower()
-
-
 def listen_error(settings: WorkerSettings, exc: OSError) -> ExecutorError:
-    """The error for a server that cannot bind: ``cannot listen on 127.0.0.1:8765: address already in use``."""
-    reason = os_reason(exc)
-    hint = "; pick another --port or stop what holds it" if exc.errno == errno.EADDRINUSE else ""
-    return ExecutorError(f"cannot listen on {settings.host}:{settings.port}: {reason}{hint}")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return ExecutorError(cannot_listen(settings.host, settings.port, exc))
 
 
 class AuthorizationFilter(logging.Filter):

@@ -36,6 +36,7 @@ from dagrun.executor import (
     encode_request,
     encode_result,
 )
+from dagrun.listening import os_reason
 from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
     AUTHORIZATION,
@@ -53,7 +54,6 @@ from executors.auth import (
     describe,
     is_authorized,
     listen_error,
-    os_reason,
     parse_target,
     require_server_token,
     server_ssl_context,

@@ -44,6 +44,7 @@ from dagrun.executor import (
     encode_request,
     encode_result,
 )
+from dagrun.listening import os_reason
 from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
     AUTHORIZATION,
@@ -63,7 +64,6 @@ from executors.auth import (
     hide_authorization,
     is_authorized,
     listen_error,
-    os_reason,
     parse_target,
     require_server_token,
     server_ssl_context,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dagrun import MemoryStore, Orchestrator, RunStatus, StepStatus, load_flow, parse_flow
+from tests.control_support import wait_until_waiting
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 ALL_FLOWS = sorted(FLOWS.glob("*.json"))
@@ -19,7 +20,8 @@ def test_every_example_flow_validates(path: Path) -> None:
 
 
 def local_only(path: Path) -> bool:
-    return all(step.executor == "local" for step in load_flow(path).steps)
+    """Runs with no remote worker and no person to send a signal."""
+    return all(step.executor == "local" and step.wait_for is None for step in load_flow(path).steps)
 
 
 @pytest.mark.parametrize("path", [p for p in ALL_FLOWS if local_only(p)], ids=lambda p: p.name)
@@ -52,6 +54,20 @@ async def test_cleanup_runs_after_a_failure_and_the_independent_branch_goes_on()
     error = result.steps["divide"].error
     assert error is not None and (error.type, error.line) == ("ZeroDivisionError", 3)
     assert result.steps["cleanup"].outputs == {"removed": "scratch-42"}
+
+
+@pytest.mark.parametrize("approved", [True, False])
+async def test_approval_flow_deploys_only_when_approved(approved: bool) -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        run_id = await orchestrator.start_run(load_flow(FLOWS / "approval.json"))
+        await wait_until_waiting(orchestrator, run_id, "approve")
+        await orchestrator.signal(run_id, "approve", {"approved": approved, "comment": "checked by ann"})
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        steps = {step.step_id: step for step in (await orchestrator.status(run_id)).steps}
+    assert run.status == RunStatus.SUCCEEDED
+    assert steps["approve"].outputs == {"approved": approved, "comment": "checked by ann"}
+    verb = "deployed to staging" if approved else "not deployed"
+    assert steps["report"].outputs == {"summary": f"1.4.42 {verb} (checked by ann)"}
 
 
 async def test_retries_flow_needs_three_attempts() -> None:

@@ -8,9 +8,9 @@ import pytest
 import dagrun.flow_parser
 from dagrun.errors import FlowError, Problem
 from dagrun.executor import script_hash
-from dagrun.flow import Flow, RetryPolicy, resolve_flow_inputs
+from dagrun.flow import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
 from dagrun.flow_parser import parse_flow
-from dagrun.flow_schema import DEFAULT_TIMEOUT_S, flow_json_schema
+from dagrun.flow_schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
 from dagrun.states import RunIf
 
 ETL = {
@@ -272,12 +272,31 @@ def test_invalid_step_ids_are_reported():
     ]
 
 
-def test_a_step_needs_exactly_one_of_script_and_script_file():
-    document = flow_of({"id": "both", "script": "", "script_file": "x.py"}, {"id": "neither"})
+def test_a_step_needs_exactly_one_of_script_script_file_and_wait_for():
+    document = flow_of(
+        {"id": "both", "script": "", "script_file": "x.py"},
+        {"id": "neither"},
+        {"id": "waits", "script": "", "wait_for": {"fields": ["ok"]}},
+        {"id": "all", "script": "", "script_file": "x.py", "wait_for": {"fields": ["ok"]}},
+    )
+    exactly_one = "keep one (a step has exactly one of 'script', 'script_file' or 'wait_for')"
 
     assert problems(document, read_script=lambda path: "") == [
-        "steps[0] (step 'both'): has both 'script' and 'script_file'; keep one",
-        "steps[1] (step 'neither'): needs 'script' (Python source) or 'script_file' (a path relative to the flow file)",
+        f"steps[0] (step 'both'): has both 'script' and 'script_file'; {exactly_one}",
+        "steps[1] (step 'neither'): needs 'script' (Python source), 'script_file' (a path relative to the flow "
+        "file) or 'wait_for' (the fields a signal must provide)",
+        f"steps[2] (step 'waits'): has both 'script' and 'wait_for'; {exactly_one}",
+        f"steps[3] (step 'all'): has 'script', 'script_file' and 'wait_for'; {exactly_one}",
+    ]
+
+
+def test_an_invalid_script_next_to_a_wait_for_is_still_one_too_many():
+    document = flow_of({"id": "a", "script": 5, "wait_for": {"fields": ["ok"]}})
+
+    assert problems(document) == [
+        "steps[0] (step 'a'): has both 'script' and 'wait_for'; keep one (a step has exactly one of 'script', "
+        "'script_file' or 'wait_for')",
+        "steps[0].script (step 'a'): input should be a valid string (got 5)",
     ]
 
 
@@ -486,6 +505,225 @@ def test_flow_error_is_a_list_of_problems_with_the_source():
     assert str(error) == "x.json: steps[0]: bad"
 
 
+# --- steps that wait for a signal ------------------------------------------------------------------
+
+APPROVAL = flow_of(
+    {"id": "build", "script": "outputs['artifact'] = 'app.tar.gz'", "outputs": ["artifact"]},
+    {
+        "id": "approve",
+        "description": "a person decides",
+        "depends_on": ["build"],
+        "run_if": "all_done",
+        "wait_for": {"fields": ["approved", "comment"], "timeout_s": 3600},
+    },
+    {
+        "id": "deploy",
+        "depends_on": ["approve"],
+        "script": "outputs['deployed'] = inputs['ok']",
+        "inputs": {"ok": "${steps.approve.approved}", "why": "said: ${steps.approve.comment}"},
+    },
+    defaults={"executor": "remote", "context_id": "gpu", "timeout_s": 5, "retries": {"max_attempts": 3}},
+)
+
+
+def test_a_wait_for_step_runs_no_script_and_declares_its_fields_as_outputs():
+    approve = parse_flow(APPROVAL).step("approve")
+
+    assert approve.wait_for == WaitFor(fields=("approved", "comment"), timeout_s=3600.0)
+    assert approve.outputs == ("approved", "comment")
+    assert (approve.script, approve.script_hash, approve.script_file, approve.inputs) == ("", "", None, {})
+    assert (approve.depends_on, approve.run_if, approve.description) == (
+        ("build",),
+        RunIf.ALL_DONE,
+        "a person decides",
+    )
+
+
+def test_a_wait_for_step_inherits_nothing_from_defaults_and_other_steps_still_do():
+    flow = parse_flow(APPROVAL)
+    approve, deploy = flow.step("approve"), flow.step("deploy")
+
+    assert (approve.executor, approve.context_id, approve.timeout_s, approve.retries) == (
+        DEFAULT_EXECUTOR,
+        DEFAULT_CONTEXT_ID,
+        DEFAULT_TIMEOUT_S,
+        RetryPolicy(),
+    )
+    assert (deploy.executor, deploy.context_id, deploy.timeout_s) == ("remote", "gpu", 5.0)
+    assert deploy.retries == RetryPolicy(max_attempts=3)
+    assert deploy.wait_for is None
+
+
+@pytest.mark.parametrize("wait_for", [{"fields": ["ok"]}, {"fields": ["ok"], "timeout_s": None}])
+def test_a_wait_for_without_a_timeout_waits_indefinitely(wait_for):
+    flow = parse_flow(flow_of({"id": "a", "wait_for": wait_for}))
+
+    assert flow.step("a").wait_for == WaitFor(fields=("ok",), timeout_s=None)
+
+
+def test_references_to_wait_for_fields_are_checked_like_declared_outputs():
+    document = flow_of(
+        {"id": "approve", "wait_for": {"fields": ["approved"]}},
+        {
+            "id": "deploy",
+            "depends_on": ["approve"],
+            "script": "",
+            "inputs": {"ok": "${steps.approve.approved}", "why": "${steps.approve.comment}"},
+        },
+    )
+
+    assert problems(document) == [
+        "steps[1].inputs.why: step 'deploy' references '${steps.approve.comment}', but step 'approve' declares no "
+        "output 'comment' (it declares: approved)"
+    ]
+
+
+def test_a_reference_to_a_wait_for_step_that_is_not_an_ancestor_is_a_race():
+    document = flow_of(
+        {"id": "approve", "wait_for": {"fields": ["approved"]}},
+        {"id": "deploy", "script": "", "inputs": {"ok": "${steps.approve.approved}"}},
+    )
+
+    assert problems(document) == [
+        "steps[1].inputs.ok: step 'deploy' references '${steps.approve.approved}', but 'approve' is not among its "
+        "dependencies, so it may not have run yet; add 'approve' to depends_on"
+    ]
+
+
+def test_fields_about_a_script_are_problems_on_a_wait_for_step_at_their_place():
+    document = flow_of(
+        {"id": "build", "script": ""},
+        {
+            "id": "approve",
+            "depends_on": ["build"],
+            "wait_for": {"fields": ["approved"]},
+            "inputs": {"x": "${steps.nope.v}"},
+            "outputs": ["approved"],
+            "executor": "local",
+            "context_id": "default",
+            "timeout_s": 30,
+            "retries": {"max_attempts": 2},
+        },
+    )
+    runs_no_script = "a 'wait_for' step runs no script"
+
+    assert problems(document) == [
+        f"steps[1].inputs (step 'approve'): {runs_no_script}; 'inputs' does not apply",
+        f"steps[1].outputs (step 'approve'): {runs_no_script}; 'outputs' does not apply "
+        "(its outputs are the 'wait_for' fields)",
+        f"steps[1].executor (step 'approve'): {runs_no_script}; 'executor' does not apply",
+        f"steps[1].context_id (step 'approve'): {runs_no_script}; 'context_id' does not apply",
+        f"steps[1].timeout_s (step 'approve'): {runs_no_script}; 'timeout_s' does not apply",
+        f"steps[1].retries (step 'approve'): {runs_no_script}; 'retries' does not apply",
+    ]
+
+
+def test_an_invalid_field_about_a_script_on_a_wait_for_step_is_told_both_ways():
+    document = flow_of({"id": "a", "wait_for": {"fields": ["ok"]}, "timeout_s": "30"})
+
+    assert problems(document) == [
+        "steps[0].timeout_s (step 'a'): input should be a valid number (got \"30\")",
+        "steps[0].timeout_s (step 'a'): a 'wait_for' step runs no script; 'timeout_s' does not apply",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("wait_for", "expected"),
+    [
+        (None, "steps[0].wait_for (step 'a'): expected a JSON object (got null)"),
+        (["ok"], "steps[0].wait_for (step 'a'): expected a JSON object (got [\"ok\"])"),
+        ({}, "steps[0].wait_for (step 'a'): missing required field 'fields'"),
+        (
+            {"fields": []},
+            "steps[0].wait_for.fields (step 'a'): a 'wait_for' needs at least one field for the signal to provide",
+        ),
+        ({"fields": "ok"}, "steps[0].wait_for.fields (step 'a'): expected a JSON array (got \"ok\")"),
+        ({"fields": ["ok", 1]}, "steps[0].wait_for.fields[1] (step 'a'): input should be a valid string (got 1)"),
+        (
+            {"fields": ["ok", "no", "ok"]},
+            "steps[0].wait_for.fields (step 'a'): field 'ok' is listed twice; list each field once",
+        ),
+        (
+            {"fields": ["ok"], "timeout_s": 0},
+            "steps[0].wait_for.timeout_s (step 'a'): input should be greater than 0 (got 0)",
+        ),
+        (
+            {"fields": ["ok"], "timeout_s": -5},
+            "steps[0].wait_for.timeout_s (step 'a'): input should be greater than 0 (got -5)",
+        ),
+        (
+            {"fields": ["ok"], "timeout_s": "60"},
+            "steps[0].wait_for.timeout_s (step 'a'): input should be a valid number (got \"60\")",
+        ),
+        (
+            {"fields": ["ok"], "timeout_s": True},
+            "steps[0].wait_for.timeout_s (step 'a'): input should be a valid number (got true)",
+        ),
+        (
+            {"fields": ["ok"], "timeout_s": float("inf")},
+            "steps[0].wait_for.timeout_s (step 'a'): input should be a finite number (got inf)",
+        ),
+        (
+            {"fields": ["ok"], "timout_s": 5},
+            "steps[0].wait_for (step 'a'): unknown field 'timout_s'; did you mean 'timeout_s'?",
+        ),
+    ],
+)
+def test_an_invalid_wait_for_is_reported_at_its_place(wait_for, expected):
+    assert problems(flow_of({"id": "a", "wait_for": wait_for})) == [expected]
+
+
+def test_an_invalid_wait_for_hides_no_other_problem():
+    document = flow_of(
+        {"id": "build", "script": "x = (", "outputs": ["artifact"]},
+        {
+            "id": "approve",
+            "depends_on": ["build", "nope"],
+            "wait_for": {"fields": ["ok"], "timeout_s": 0},
+            "retries": {},
+        },
+        {
+            "id": "deploy",
+            "depends_on": ["approve"],
+            "script": "",
+            "inputs": {"ok": "${steps.approve.ok}", "no": "${steps.approve.no}", "a": "${steps.build.artefact}"},
+        },
+        {"id": "lonely", "wait_for": {"fields": []}, "color": "red"},
+    )
+
+    assert [problem.split(":")[0] for problem in problems(document)] == [
+        "steps[0].script (step 'build')",
+        "steps[1].depends_on[1]",
+        "steps[1].wait_for.timeout_s (step 'approve')",
+        "steps[1].retries (step 'approve')",
+        "steps[2].inputs.no",
+        "steps[2].inputs.a",
+        "steps[3] (step 'lonely')",
+        "steps[3].wait_for.fields (step 'lonely')",
+    ]
+
+
+def test_a_wait_for_step_round_trips_through_to_json():
+    flow = parse_flow(APPROVAL)
+    rebuilt = Flow(flow.name, flow.steps, flow.inputs)  # no document: Step.to_json writes each step
+
+    assert parse_flow(flow.to_json()) == flow
+    assert parse_flow(rebuilt.to_json()) == flow
+    assert flow.step("approve").to_json() == {
+        "id": "approve",
+        "wait_for": {"fields": ["approved", "comment"], "timeout_s": 3600.0},
+        "description": "a person decides",
+        "depends_on": ["build"],
+        "run_if": "all_done",
+    }
+
+
+def test_a_wait_for_step_without_a_timeout_writes_none():
+    step = parse_flow(flow_of({"id": "a", "wait_for": {"fields": ["ok"], "timeout_s": None}})).step("a")
+
+    assert step.to_json() == {"id": "a", "wait_for": {"fields": ["ok"]}, "run_if": "all_success"}
+
+
 # --- the JSON Schema ---------------------------------------------------------------------------
 
 
@@ -517,6 +755,54 @@ def test_schema_accepts_the_design_example_and_rejects_unknown_fields_and_two_sc
     assert not validator.is_valid(misspelled)
     assert not validator.is_valid(two_scripts)
     assert not validator.is_valid(bad_id)
+
+
+def test_schema_says_a_step_has_exactly_one_of_script_script_file_and_wait_for():
+    step = flow_json_schema()["$defs"]["StepModel"]
+
+    assert [branch["required"] for branch in step["oneOf"]] == [["script"], ["script_file"], ["wait_for"]]
+    assert step["properties"]["wait_for"] == {
+        "$ref": "#/$defs/WaitForModel",
+        "description": step["properties"]["wait_for"]["description"],
+    }
+
+
+def test_schema_accepts_wait_for_steps_and_rejects_what_the_parser_rejects():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(flow_json_schema())
+
+    def with_approve(**fields: Any) -> dict[str, Any]:
+        document = json.loads(json.dumps(APPROVAL))
+        document["steps"][1] |= fields
+        return document
+
+    assert validator.is_valid(APPROVAL)
+    assert validator.is_valid(with_approve(wait_for={"fields": ["approved"], "timeout_s": None}))
+    assert validator.is_valid(with_approve(wait_for={"fields": ["approved"]}))
+    rejected = [
+        with_approve(script=""),
+        with_approve(script_file="x.py"),
+        with_approve(wait_for=None),
+        with_approve(wait_for={"fields": []}),
+        with_approve(wait_for={"fields": ["a", "a"]}),
+        with_approve(wait_for={"fields": ["a"], "timeout_s": 0}),
+        with_approve(wait_for={"fields": ["a"], "timout_s": 5}),
+        *(with_approve(**{name: value}) for name, value in SCRIPT_FIELDS.items()),
+    ]
+    for document in rejected:
+        assert not validator.is_valid(document), document["steps"][1]
+        with pytest.raises(FlowError):
+            parse_flow(document, read_script=lambda path: "")
+
+
+SCRIPT_FIELDS = {
+    "inputs": {},
+    "outputs": ["approved"],
+    "executor": "local",
+    "context_id": "default",
+    "timeout_s": 30,
+    "retries": {},
+}
 
 
 # --- scale ---------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.errors import CycleError
-from dagrun.flow import Flow, Step
+from dagrun.flow import Flow, Step, WaitFor
 from dagrun.flow_parser import parse_flow
 from dagrun.graph import (
     ancestors,
@@ -175,3 +175,52 @@ def test_to_mermaid_escapes_characters_that_could_break_a_label():
     flow = make_flow({'a"]-->b': [], "<x>#1": []})
 
     assert to_mermaid(flow) == 'flowchart TD\n  s0["a#34;#93;--#62;b"]\n  s1["#60;x#62;#35;1"]\n'
+
+
+APPROVAL = {
+    "name": "release",
+    "steps": [
+        {"id": "build", "script": ""},
+        {"id": "approve", "depends_on": ["build"], "wait_for": {"fields": ["approved"], "timeout_s": 60}},
+        {"id": "deploy", "depends_on": ["approve"], "script": "", "inputs": {"ok": "${steps.approve.approved}"}},
+    ],
+}
+
+
+def test_to_dot_draws_a_step_that_waits_for_a_signal_as_a_diamond():
+    assert to_dot(parse_flow(APPROVAL)) == (
+        'digraph "release" {\n  node [shape=box];\n  "build";\n  "approve" [shape=diamond];\n  "deploy";\n'
+        '  "build" -> "approve";\n  "approve" -> "deploy";\n}\n'
+    )
+
+
+def test_to_mermaid_draws_a_step_that_waits_for_a_signal_as_a_rhombus():
+    assert to_mermaid(parse_flow(APPROVAL)) == (
+        'flowchart TD\n  s0["build"]\n  s1{"approve"}\n  s2["deploy"]\n  s0 --> s1\n  s1 --> s2\n'
+    )
+
+
+def test_to_mermaid_escapes_braces_in_the_label_of_a_waiting_step():
+    step = Step(id="a}b", index=0, script="", script_hash="", outputs=("ok",), wait_for=WaitFor(("ok",)))
+
+    assert to_mermaid(Flow(name="f", steps=(step,))) == 'flowchart TD\n  s0{"a#125;b"}\n'
+
+
+def test_references_to_fields_of_a_waiting_step_are_checked_against_them():
+    approve = Step(id="approve", index=0, script="", script_hash="", outputs=("ok",), wait_for=WaitFor(("ok",)))
+    deploy = Step(
+        id="deploy",
+        index=1,
+        script="",
+        script_hash="",
+        depends_on=("approve",),
+        inputs={"ok": "${steps.approve.ok}", "no": "${steps.approve.no}"},
+    )
+
+    assert check_references([approve, deploy], {}) == [
+        (
+            ("steps", 1, "inputs", "no"),
+            "step 'deploy' references '${steps.approve.no}', but step 'approve' declares no output 'no' "
+            "(it declares: ok)",
+        )
+    ]

@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from dagrun.errors import DagrunError, FlowError, RunNotFound, redact
-from dagrun.orchestrator import DEFAULT_MAX_PARALLEL
+from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound, redact
+from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.states import RunStatus
 
 EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
@@ -23,7 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, worker
+    from dagrun.cli import commands, control, serve, worker
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -45,38 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", commands.run, "run a flow and wait for it to end", store=True)
     p.add_argument("flow", help="flow JSON file")
-    p.add_argument(
-        "--input",
-        "-i",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a flow input (VALUE is read as JSON when it parses, else as text)",
-    )
-    p.add_argument(
-        "--max-parallel",
-        type=_positive_int,
-        default=DEFAULT_MAX_PARALLEL,
-        metavar="N",
-        help=f"steps running at once (default {DEFAULT_MAX_PARALLEL})",
-    )
-    p.add_argument("--fail-fast", action="store_true", help="cancel the rest of the run at the first failure")
+    _add_input_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document with the outcome, nothing else")
-    p.add_argument(
-        "--processes",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="local sandbox processes (default: one per core)",
-    )
-    p.add_argument(
-        "--executor",
-        action="append",
-        default=[],
-        metavar="NAME=URL",
-        help="an executor steps can name, e.g. remote=redis://host:6379/0 (repeatable)",
-    )
-    p.add_argument("--token-file", help="file holding the shared token of ws/http workers")
+    _add_orchestrator_arguments(p)
+
+    p = command("submit", control.submit, "record a run for an orchestrator; print its id last", store=True)
+    p.add_argument("flow", help="flow JSON file")
+    _add_input_arguments(p)
+
+    p = command("orchestrator", control.orchestrator, "drive the runs submitted to a store, until SIGTERM", store=True)
+    _add_orchestrator_arguments(p)
 
     p = command("runs", commands.runs, "list runs, newest first", store=True)
     p.add_argument("--status", choices=[s.value for s in RunStatus])
@@ -84,9 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true")
 
+    serve.add_serve_parser(sub)
+
     p = command("status", commands.status, "show a run and its steps", store=True)
     p.add_argument("run", help="run id")
     p.add_argument("--json", action="store_true", help="one JSON document, context included")
+
+    for name, handler, help_ in (
+        ("pause", control.pause, "start no new step of a run until it is resumed"),
+        ("cancel", control.cancel, "end a run cancelled: drop its queued steps, stop its running ones"),
+    ):
+        p = command(name, handler, help_, store=True)
+        p.add_argument("run", help="run id")
+
+    p = command("resume", control.resume, "undo pause; drive the run here if nobody does (crash recovery)", store=True)
+    p.add_argument("run", help="run id")
+    p.add_argument("--detach", action="store_true", help="only send the command; do not drive the run here")
+    _add_orchestrator_arguments(p)
+
+    p = command("signal", control.signal_step, "complete a step that waits for a signal", store=True)
+    p.add_argument("run", help="run id")
+    p.add_argument("step", help="the waiting step's id")
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="its fields (VALUE read as JSON when it parses)")
+
+    p = command("wait", control.wait, "wait for a run to end: exit 0 if it succeeded, 1 if not", store=True)
+    p.add_argument("run", help="run id")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 124)")
+
+    for name, handler, help_ in (
+        ("errors", control.errors, "show the errors of a run's failed steps"),
+        ("metrics", control.metrics, "show a run's durations, attempts, retries and queue waits"),
+        ("pending", control.pending, "show the steps of a run that have not ended"),
+        ("checkpoint", control.checkpoint, "print the persisted state a run resumes from, as JSON"),
+    ):
+        p = command(name, handler, help_, store=True)
+        p.add_argument("run", help="run id")
+        if name != "checkpoint":
+            p.add_argument("--json", action="store_true", help="one JSON document")
 
     p = command("outputs", commands.outputs, "print the outputs of a run's steps as JSON", store=True)
     p.add_argument("run", help="run id")
@@ -95,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("events", commands.events, "print a run's event log", store=True)
     p.add_argument("run", help="run id")
     p.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing events as they come, until the run ends")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = command("graph", commands.graph, "export a flow's DAG", store=False)
@@ -111,6 +124,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_input_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input",
+        "-i",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a flow input (VALUE is read as JSON when it parses, else as text)",
+    )
+
+
+def _add_orchestrator_arguments(p: argparse.ArgumentParser) -> None:
+    """What `run`, `resume` and `orchestrator` need to drive runs."""
+    p.add_argument(
+        "--max-parallel",
+        type=_positive_int,
+        default=DEFAULT_MAX_PARALLEL,
+        metavar="N",
+        help=f"steps of a run running at once (default {DEFAULT_MAX_PARALLEL})",
+    )
+    p.add_argument("--fail-fast", action="store_true", help="cancel the rest of a run at its first failure")
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="local sandbox processes (default: one per core)",
+    )
+    p.add_argument(
+        "--executor",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="an executor steps can name, e.g. remote=redis://host:6379/0 (repeatable)",
+    )
+    p.add_argument("--token-file", help="file holding the shared token of ws/http workers")
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=DEFAULT_LEASE_S,
+        metavar="S",
+        help=f"a run driven here is taken over by another orchestrator S seconds after this one dies "
+        f"(default {DEFAULT_LEASE_S:g})",
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -123,7 +182,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    verbosity = args.verbose + (1 if args.command == "worker" else 0)  # a worker logs each step it runs
+    # a worker logs each step it runs, an orchestrator each run it takes up
+    verbosity = args.verbose + (1 if args.command in ("worker", "orchestrator", "serve") else 0)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -133,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         count = len(exc.problems)
         sys.stderr.write(f"dagrun: {count} problem{'s' if count != 1 else ''} found\n")
         return EXIT_BAD_INPUT
-    except RunNotFound as exc:
+    except (RunNotFound, ControlError) as exc:
         _complain(str(exc))
         return EXIT_BAD_INPUT
     except DagrunError as exc:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from dagrun.cli import render
 from dagrun.cli.worker import read_token_file
+from dagrun.control import RunControl, event_json, run_json
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.executor import Executor
 from dagrun.flow import Flow
@@ -30,7 +31,7 @@ from dagrun.loader import load_flow
 from dagrun.orchestrator import Orchestrator
 from dagrun.states import RunStatus
 from dagrun.store import open_store
-from dagrun.store.base import Event, RunRecord, StepRecord, Store
+from dagrun.store.base import Event, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -51,14 +52,14 @@ async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
         await store.aclose()
 
 
-def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+def parse_inputs(pairs: list[str], *, option: str = "--input") -> dict[str, Any]:
     """``k=v`` pairs; a value that parses as JSON is taken as that value (3, true, [1]), else as text."""
     inputs: dict[str, Any] = {}
     problems = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            problems.append(Problem("--input", f"{pair!r} is not KEY=VALUE"))
+            problems.append(Problem(option, f"{pair!r} is not KEY=VALUE"))
             continue
         try:
             inputs[key] = orjson.loads(value)
@@ -80,6 +81,19 @@ def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
     return executors
 
 
+def orchestrator_from_args(args: argparse.Namespace, store: Store) -> Orchestrator:
+    """The orchestrator `run`, `resume` and `orchestrator` configure from the same options."""
+    return Orchestrator(
+        store,
+        executors=parse_executors(args.executor),
+        processes=args.processes,
+        token=read_token_file(args.token_file) if args.token_file else None,
+        lease_s=args.lease_s,
+        max_parallel=args.max_parallel,
+        fail_fast=args.fail_fast,
+    )
+
+
 def validate(args: argparse.Namespace) -> int:
     flow = load_flow(args.flow)
     stdout.print(f"{args.flow}: valid flow {flow.name!r} with {len(flow.steps)} steps")
@@ -98,22 +112,11 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> int:
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
-    executors = parse_executors(args.executor)
-    token = read_token_file(args.token_file) if args.token_file else None
-    async with (
-        opened_store(args) as store,
-        Orchestrator(store, executors=executors, processes=args.processes, token=token) as orchestrator,
-    ):
+    async with opened_store(args) as store, orchestrator_from_args(args, store) as orchestrator:
         progress = render.RunProgress(console, flow.name, len(flow.steps))
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
         with shown:
-            result = await orchestrator.run(
-                flow,
-                inputs=inputs,
-                max_parallel=args.max_parallel,
-                fail_fast=args.fail_fast,
-                listener=None if args.json else progress.on_step,
-            )
+            result = await orchestrator.run(flow, inputs=inputs, listener=None if args.json else progress.on_step)
         if args.json:
             print_json(result.to_json())
         else:
@@ -128,7 +131,7 @@ def runs(args: argparse.Namespace) -> int:
             status = RunStatus(args.status) if args.status else None
             found = await store.list_runs(status=status, flow_name=args.flow, limit=args.limit)
         if args.json:
-            print_json([_run_json(run) for run in found])
+            print_json([run_json(run) for run in found])
         elif found:
             stdout.print(render.runs_table(found))
         else:
@@ -141,19 +144,13 @@ def runs(args: argparse.Namespace) -> int:
 def status(args: argparse.Namespace) -> int:
     async def show() -> int:
         async with opened_store(args) as store:
-            run_record = await store.get_run(args.run)
-            steps = await store.get_steps(args.run)
-            context = await store.get_context(args.run)
+            view = await RunControl(store).status(args.run)
         if args.json:
-            document = _run_json(run_record) | {
-                "context": context,
-                "steps": {step.step_id: _step_json(step) for step in steps},
-            }
-            print_json(document)
+            print_json(view.to_json())
         else:
-            render.run_header(stdout, run_record)
-            stdout.print(render.steps_table(steps))
-        return EXIT_OK if run_record.status != RunStatus.FAILED else EXIT_FAILED
+            render.run_header(stdout, view.run, driver=view.driver)
+            stdout.print(render.steps_table(list(view.steps)))
+        return EXIT_OK if view.run.status != RunStatus.FAILED else EXIT_FAILED
 
     return asyncio.run(show())
 
@@ -180,12 +177,12 @@ def outputs(args: argparse.Namespace) -> int:
 def events(args: argparse.Namespace) -> int:
     async def show() -> int:
         async with opened_store(args) as store:
-            found = await store.get_events(args.run, after_seq=args.after)
-        for event in found:
-            if args.json:
-                sys.stdout.write(orjson.dumps(_event_json(event)).decode() + "\n")
+            if args.follow:
+                async for event in RunControl(store).follow_events(args.run, after_seq=args.after):
+                    _print_event(event, as_json=args.json)
             else:
-                stdout.print(render.event_line(event), soft_wrap=True)
+                for event in await store.get_events(args.run, after_seq=args.after):
+                    _print_event(event, as_json=args.json)
         return EXIT_OK
 
     return asyncio.run(show())
@@ -202,39 +199,9 @@ def schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_json(run: RunRecord) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "flow": run.flow_name,
-        "status": run.status.value,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "error": run.error,
-        "inputs": run.inputs,
-    }
-
-
-def _step_json(step: StepRecord) -> dict[str, Any]:
-    return {
-        "status": step.status.value,
-        "attempts": step.attempt,
-        "outputs": step.outputs,
-        "error": step.error.to_json() if step.error else None,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "worker_id": step.worker_id,
-        "logs": step.logs,
-    }
-
-
-def _event_json(event: Event) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "at": event.at,
-        "kind": event.kind,
-        "status": event.status,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "message": event.message,
-    }
+def _print_event(event: Event, *, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(event_json(event)).decode() + "\n")
+        sys.stdout.flush()
+    else:
+        stdout.print(render.event_line(event), soft_wrap=True)

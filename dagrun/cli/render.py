@@ -154,10 +154,12 @@ def runs_table(runs: list[RunRecord]) -> Table:
     return table
 
 
-def run_header(console: Console, run: RunRecord) -> None:
+def run_header(console: Console, run: RunRecord, *, driver: str | None = None) -> None:
     line = Text(f"run {run.run_id}  flow {run.flow_name}  ")
     line.append(run.status.value, style=_STYLE.get(run.status.value, "") + " bold")
     line.append(f"  created {clock(run.created_at)}  duration {duration(run.started_at, run.finished_at)}")
+    if driver is not None:
+        line.append(f"  driven by {driver}", style="dim")
     console.print(line)
     if run.error and run.status != RunStatus.SUCCEEDED:
         console.print(Text(run.error, style="red"))

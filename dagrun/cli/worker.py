@@ -99,24 +99,26 @@ def run_worker(args: argparse.Namespace) -> int:
     return asyncio.run(_serve(transport, settings))
 
 
-async def _serve(transport: Transport, settings: WorkerSettings) -> int:
+def stop_on_signals(who: str, then: str) -> asyncio.Event:
+    """An event set by the first SIGTERM/SIGINT (logging `who` and what happens `then`); a second one
+    exits at once."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
-            logger.warning("worker %s: second signal, exiting now", settings.worker_id)
+            logger.warning("%s: second signal, exiting now", who)
             raise SystemExit(130)
-        logger.warning(
-            "worker %s: %s received, draining (grace %.0f s)",
-            settings.worker_id,
-            signal.Signals(signum).name,
-            settings.grace_s,
-        )
+        logger.warning("%s: %s received, %s", who, signal.Signals(signum).name, then)
         stop.set()
 
+    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    return stop
+
+
+async def _serve(transport: Transport, settings: WorkerSettings) -> int:
+    stop = stop_on_signals(f"worker {settings.worker_id}", f"draining (grace {settings.grace_s:.0f} s)")
     async with ScriptWorker(settings) as worker:
         await transport.serve_worker(worker, stop)
     logger.info("worker %s stopped", settings.worker_id)

@@ -3,12 +3,22 @@
 The store is the source of truth: a run can be resumed from it alone. Writes may be buffered and
 committed in groups, but they are applied in the order they were made, and `flush()` returns once
 everything written before it is durable. Every state change of a step appends one event.
+
+It is also how processes that share runs talk to each other, without polling where the backend allows:
+- **commands** (cancel, pause, resume, signal) are appended to the run's command log by whoever
+  controls the run, and applied by whoever drives it; a driver that takes over replays the whole log;
+- **notices** are one store-wide log of wake-ups ("a run was submitted", "a run got a command"), read
+  with a blocking wait by the orchestrators sharing the store; they may be trimmed, so a reader also
+  rescans now and then and never relies on seeing every notice;
+- **leases**: a run is driven by one orchestrator at a time, the one holding its lease; a lease that
+  is not renewed lapses, and then any orchestrator may claim the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from dagrun.context import ContextOp
@@ -42,6 +52,7 @@ class StepRecord(NamedTuple):
     error: StepError | None = None
     logs: str = ""
     worker_id: str = ""
+    elapsed_ms: float = 0.0  # how long the script ran, by the executor's clock; the rest was queue wait
 
 
 class Event(NamedTuple):
@@ -55,13 +66,47 @@ class Event(NamedTuple):
     message: str = ""
 
 
+class CommandKind(StrEnum):
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SIGNAL = "signal"  # completes a `wait_for` step with `values` as its outputs
+
+
+class Command(NamedTuple):
+    seq: int  # per run, from 1, in the order the store received them
+    run_id: str
+    at: float  # time.time() when sent
+    kind: CommandKind
+    step_id: str | None = None  # for signals
+    values: dict[str, Any] = NO_OUTPUTS  # for signals
+
+
+class NoticeKind(StrEnum):
+    SUBMITTED = "submitted"  # a run was created and waits for a driver
+    COMMAND = "command"  # a command was sent to a run
+    RELEASED = "released"  # a run's lease was released before the run ended (its driver stopped)
+
+
+class Notice(NamedTuple):
+    cursor: int  # store-wide, increasing; pass the last one seen to `wait_notices`
+    run_id: str
+    kind: NoticeKind
+
+
+class Lease(NamedTuple):
+    owner: str
+    expires_at: float  # time.time() when it lapses unless renewed
+
+
 class Store(Protocol):
     async def __aenter__(self) -> Store: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
-        """Record a new run and its steps, all `pending`, in that order; StoreError if the id exists."""
+        """Record a new run and its steps, all `pending`, in that order, and a SUBMITTED notice;
+        StoreError if the id exists."""
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Move the run to `status` (setting started_at/finished_at) and append a run event."""
@@ -88,6 +133,39 @@ class Store(Protocol):
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         """Events with seq > after_seq, oldest first; RunNotFound when there is no such run."""
+
+    async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
+        """Like `get_events` (no limit), but when there are none yet, wait up to `timeout_s` for some."""
+
+    async def send_command(
+        self,
+        run_id: str,
+        kind: CommandKind,
+        *,
+        at: float,
+        step_id: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Command:
+        """Append a command to the run's log and a COMMAND notice; RunNotFound when there is no such run."""
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        """The run's commands with seq > after_seq, oldest first; RunNotFound when there is no such run."""
+
+    async def notice_cursor(self) -> int:
+        """The cursor of the newest notice (0 when none): `wait_notices` after it returns only new ones."""
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        """Notices with cursor > after, oldest first, waiting up to `timeout_s` when there are none yet."""
+
+    async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        """Take or renew the run's lease for `ttl_s` when it is free, lapsed or already `owner`'s."""
+
+    async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        """Give the lease up if `owner` holds it; with `notify`, append a RELEASED notice so that another
+        orchestrator can pick the run up at once."""
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        """The run's live lease; None when it is free or lapsed."""
 
     async def flush(self) -> None:
         """Return once every write made before the call is durable."""

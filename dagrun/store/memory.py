@@ -3,24 +3,34 @@
 It keeps the SQLite store's semantics: values are copied through JSON on the way in and out, steps
 keep the order they were created in, events get a per-run seq from 1 without gaps, and every call
 naming an unknown run raises RunNotFound. Nothing is buffered, so `flush()` has nothing to wait for.
+Waiters sleep on a future per channel (a run's events, the notices) that the next write to it
+resolves: no polling.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import itertools
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Self
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self, TypeVar
 
 from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, merge_context
 
 logger = logging.getLogger(__name__)
+
+MAX_NOTICES = 10_000  # the notice log keeps this many; readers rescan rather than rely on every notice
+_T = TypeVar("_T")
+_NOTICES = ""  # the notices' waiting channel; a run's events wait on its run id
 
 
 @dataclass(slots=True)
@@ -29,6 +39,7 @@ class _Run:
     steps: dict[str, StepRecord]  # insertion order is the flow's order
     events: list[Event]  # events[i].seq == i + 1
     context: str  # JSON text, so that no caller holds a reference into it
+    commands: list[Command] = field(default_factory=list)  # commands[i].seq == i + 1
 
 
 class MemoryStore:
@@ -36,6 +47,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._runs: dict[str, _Run] = {}
+        self._notices: deque[Notice] = deque(maxlen=MAX_NOTICES)
+        self._leases: dict[str, Lease] = {}
+        self._changed: dict[str, asyncio.Future[None]] = {}  # channel -> resolved by its next write
         self._closed = False
 
     async def __aenter__(self) -> Self:
@@ -57,6 +71,7 @@ class MemoryStore:
         for step_id in step_ids:
             steps.setdefault(step_id, StepRecord(run.run_id, step_id, StepStatus.PENDING))
         self._runs[run.run_id] = _Run(record, steps, [], EMPTY_OBJECT)
+        self._notice(run.run_id, NoticeKind.SUBMITTED)
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         self._check_open()
@@ -68,6 +83,7 @@ class MemoryStore:
             record, status=status, started_at=started_at, finished_at=finished_at, error=error
         )
         entry.events.append(Event(len(entry.events) + 1, run_id, at, "run", str(status), None, 0, error or ""))
+        self._wake(run_id)
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
         self._check_open()
@@ -77,6 +93,8 @@ class MemoryStore:
         seq = len(entry.events) + 1
         at = time.time()
         entry.events.append(Event(seq, step.run_id, at, "step", str(step.status), step.step_id, step.attempt, message))
+        if self._changed:
+            self._wake(step.run_id)
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         self._check_open()
@@ -119,6 +137,60 @@ class MemoryStore:
         start = max(after_seq, 0)
         return events[start:] if limit is None else events[start : start + max(limit, 0)]
 
+    async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
+        return await self._wait(run_id, lambda: self._entry(run_id).events[max(after_seq, 0) :], timeout_s)
+
+    async def send_command(
+        self,
+        run_id: str,
+        kind: CommandKind,
+        *,
+        at: float,
+        step_id: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Command:
+        self._check_open()
+        entry = self._entry(run_id)
+        copied = copy_json(values or {}, where=f"run {run_id!r} signal values")
+        command = Command(len(entry.commands) + 1, run_id, at, CommandKind(kind), step_id, copied)
+        entry.commands.append(command)
+        self._notice(run_id, NoticeKind.COMMAND)
+        return command._replace(values=copy_json(copied, where="values"))
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        self._check_open()
+        commands = self._entry(run_id).commands[max(after_seq, 0) :]
+        return [command._replace(values=copy_json(command.values, where="values")) for command in commands]
+
+    async def notice_cursor(self) -> int:
+        self._check_open()
+        return self._notices[-1].cursor if self._notices else 0
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        return await self._wait(_NOTICES, lambda: self._notices_after(after), timeout_s)
+
+    async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        self._check_open()
+        now = time.time()
+        lease = self._leases.get(run_id)
+        if lease is not None and lease.owner != owner and lease.expires_at > now:
+            return False
+        self._leases[run_id] = Lease(owner, now + ttl_s)
+        return True
+
+    async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        self._check_open()
+        lease = self._leases.get(run_id)
+        if lease is not None and lease.owner == owner:
+            del self._leases[run_id]
+            if notify:
+                self._notice(run_id, NoticeKind.RELEASED)
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        self._check_open()
+        lease = self._leases.get(run_id)
+        return lease if lease is not None and lease.expires_at > time.time() else None
+
     async def flush(self) -> None:
         self._check_open()
 
@@ -126,6 +198,39 @@ class MemoryStore:
         if not self._closed:
             self._closed = True
             self._runs.clear()
+            for channel in list(self._changed):
+                self._wake(channel)
+
+    def _notice(self, run_id: str, kind: NoticeKind) -> None:
+        cursor = self._notices[-1].cursor + 1 if self._notices else 1
+        self._notices.append(Notice(cursor, run_id, kind))
+        self._wake(_NOTICES)
+
+    def _notices_after(self, after: int) -> list[Notice]:
+        if not self._notices:
+            return []
+        start = max(after - self._notices[0].cursor + 1, 0)  # cursors in the deque are consecutive
+        return list(itertools.islice(self._notices, start, None))
+
+    def _wake(self, channel: str) -> None:
+        changed = self._changed.pop(channel, None)
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    async def _wait(self, channel: str, found: Callable[[], list[_T]], timeout_s: float) -> list[_T]:
+        """`found()` once it is not empty, re-checked after each write to `channel`, or [] after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_open()
+            result = found()
+            remaining = deadline - time.monotonic()
+            if result or remaining <= 0:
+                return result
+            changed = self._changed.get(channel)
+            if changed is None:
+                changed = self._changed[channel] = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(changed), remaining)
 
     def _entry(self, run_id: str) -> _Run:
         entry = self._runs.get(run_id)

@@ -3,11 +3,16 @@
 Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built only by `redis_layout.Keys`:
 
     run:{run_id}          hash  RunRecord fields (flow, inputs as JSON; times as exact text), `member`, `seq` (last
-                                event seq), `context` (JSON) with `context_token` (who wrote it last), `created_by`
+                                event seq), `context` (JSON) with `context_token` (who wrote it last), `created_by`,
+                                `command_seq` (last command seq) with `command_token` (the send that wrote it)
     steps:{run_id}        hash  step id -> its state, a JSON array (one field per step: an upsert is one HSET)
     order:{run_id}        list  step ids in the flow's order; a step first recorded later is pushed last
     events:{run_id}       stream entry id ``{seq}-0``, field `e`: a JSON array. XRANGE from ``{after_seq+1}-0``
                                 COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
+    commands:{run_id}     stream entry id ``{seq}-0``, field `c`: a JSON array (at, kind, step_id, values)
+    lease:{run_id}        string the owner, with a PX ttl: a lease that is not renewed lapses by expiring
+    notices               stream entry id ``{cursor}-0``, fields `run_id`, `kind`; trimmed to about MAX_NOTICES
+    notices:last          counter, the cursor of the newest notice (so that cursors are plain integers)
     runs                  zset  every run: score created_at, member ``{creation number, 16 hex}:{run_id}`` so that
                                 runs created at the same instant list the later creation first
     runs:status:{status}  zset  the same, per status (moved by the script that changes the status)
@@ -20,6 +25,11 @@ run driven here and cancelled from another machine still gets one gap-free order
 here with the shared codec (the exact rules of `apply_ops`) and written by compare-and-set on its token in
 the same script; a lost race re-merges on the server's value, so no update is ever lost. Every read first
 awaits `flush()`, so it sees every write made before it.
+
+Commands, notices and leases are never queued: each call is one script, answered before it returns, and a
+script that appends a command or creates a run appends its notice in the same call. `send_command` and
+`release_lease` flush first, so whoever acts on them sees every write made before. Waits are XREAD BLOCK on a
+client of their own (a blocked connection serves no one else) in tasks that `aclose` cancels.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Coroutine, Sequence
@@ -35,36 +46,47 @@ from typing import Any, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError, redact
 from dagrun.states import RunStatus
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import encode_error, encode_json, merge_context
 from dagrun.store.redis_layout import (
+    CLAIM_LEASE,
     CREATE_RUN,
     DEFAULT_PREFIX,
     LIST_BOTH,
     PENDING_STEP,
+    RELEASE_LEASE,
     RUN_FIELDS,
+    SEND_COMMAND,
     Keys,
+    decode_command,
     decode_event,
+    decode_notice,
     decode_run,
     decode_step,
+    encode_command,
     number_arg,
     run_id_of,
+    seq_of,
 )
-from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step
+from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step, reconnecting_retry
 
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
+MAX_CONNECTIONS = 64  # per pool (commands, blocking reads); more callers wait for a free connection
 MAX_CONTEXT_ATTEMPTS = 1000  # compare-and-set rounds lost to other clients before apply_context gives up
+WAIT_GRACE_S = 5.0  # how late a blocking read may be answered before its connection counts as broken
 _dumps = orjson.dumps
+_Entry = tuple[str, dict[str, str]]  # a stream entry as redis-py reads it: (id, fields)
 
 
 @dataclass(slots=True)
@@ -89,10 +111,13 @@ class RedisStore:
             raise StoreError(f"{self.where!r} is not a Redis store URL; expected redis://host:6379/0 or rediss://")
         self.keys = Keys(prefix if prefix is not None else url_prefix if url_prefix is not None else DEFAULT_PREFIX)
         try:
-            # Reads may be retried freely; the writer retries itself (a resent batch is not applied twice).
-            self._client = Redis.from_url(
-                redis_url, decode_responses=True, retry=Retry(ExponentialWithJitterBackoff(0.01, 0.5), 3)
-            )
+            # Reads may be retried freely, and so may the scripts called here (a create or a command carries a
+            # token, a lease script is idempotent); the writer retries itself (a resent batch is applied once).
+            self._client_pool = _pool(redis_url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
+            self._client = Redis(connection_pool=self._client_pool)
+            # Blocking reads: retried by `_block`, which shortens the block to the time left.
+            self._blocking_pool = _pool(redis_url, retry=Retry(NoBackoff(), 0))
+            self._blocking = Redis(connection_pool=self._blocking_pool)
             self._writer_pool = ConnectionPool.from_url(redis_url, decode_responses=True)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"{self.where!r}: not a usable Redis URL: {exc}") from exc
@@ -109,6 +134,7 @@ class RedisStore:
         )
         self._states: dict[str, _RunState] = {}
         self._load_lock = asyncio.Lock()  # one cache load at a time
+        self._waits: set[asyncio.Task[Any]] = set()  # blocking reads in flight, cancelled by aclose
         self._closed = False
         self._failure_reported = False
 
@@ -139,16 +165,16 @@ class RedisStore:
         where = f"run {run_id!r}"
         flow = encode_json(run.flow, where=f"{where} flow")
         inputs = encode_json(run.inputs, where=f"{where} inputs")
-        token = f"{self._id}.{next(self._tokens)}"
         keys = self.keys
         script_keys = (
             keys.run(run_id), keys.steps(run_id), keys.step_order(run_id), keys.runs,
-            keys.runs_with_status(run.status), keys.runs_of_flow(run.flow_name), keys.run_counter,
+            keys.runs_with_status(run.status), keys.runs_of_flow(run.flow_name), keys.run_counter, keys.notices,
+            keys.notice_counter,
         )  # fmt: skip
         args = (
             run_id, run.flow_name, run.status, flow, inputs, number_arg(run.created_at), number_arg(run.started_at),
-            number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", token, PENDING_STEP,
-            *dict.fromkeys(step_ids),
+            number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", self._new_token(),
+            PENDING_STEP, NoticeKind.SUBMITTED, *dict.fromkeys(step_ids),
         )  # fmt: skip
         created = await self._call(CREATE_RUN(self._client, script_keys, args), doing=f"creating run {run_id!r}")
         if not created:
@@ -182,7 +208,7 @@ class RedisStore:
             state = _dumps(
                 (
                     status, attempt, step.started_at, step.finished_at, step.outputs,
-                    None if error is None else encode_error(error), step.logs, step.worker_id,
+                    None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
                 )
             )  # fmt: skip
         except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
@@ -197,7 +223,7 @@ class RedisStore:
         for _ in range(MAX_CONTEXT_ATTEMPTS):
             state = self._states.get(run_id) or await self._load_state(run_id)
             text, value, rejected = merge_context(state.context, ops, run_id=run_id)
-            token = f"{self._id}.{next(self._tokens)}"
+            token = self._new_token()
             expected, state.context, state.token = state.token, text, token
             try:
                 applied = await self._writer.compare_and_set(run_id, expected, token, text)
@@ -270,16 +296,83 @@ class RedisStore:
         return value
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        entries = await self._read_log(run_id, self.keys.events(run_id), after_seq, limit, doing="reading the events")
+        return [decode_event(run_id, entry_id, fields) for entry_id, fields in entries]
+
+    async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
+        """Blocks on the run's events stream, so a write from any client ends the wait at once."""
+        events = await self.get_events(run_id, after_seq=after_seq)
+        if events or timeout_s <= 0:
+            return events
+        entries = await self._wait_entries(
+            self.keys.events(run_id), after_seq, timeout_s, doing=f"waiting for the events of run {run_id!r}"
+        )
+        return [decode_event(run_id, entry_id, fields) for entry_id, fields in entries]
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        entries = await self._read_log(
+            run_id, self.keys.commands(run_id), after_seq, None, doing="reading the commands"
+        )
+        return [decode_command(run_id, seq_of(entry_id), fields["c"]) for entry_id, fields in entries]
+
+    # --- commands, notices and leases: never queued, one call each, answered before it returns ------------
+
+    async def send_command(
+        self,
+        run_id: str,
+        kind: CommandKind,
+        *,
+        at: float,
+        step_id: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Command:
+        """Sent after the writes queued before it, with its COMMAND notice, by one script."""
+        kind = CommandKind(kind)
+        text = encode_command(run_id, at, kind, step_id, values or {})
         await self.flush()
         keys = self.keys
-        pipe = self._client.pipeline(transaction=False)
-        if limit is None or limit > 0:
-            pipe.xrange(keys.events(run_id), f"{max(after_seq, 0) + 1}-0", "+", count=limit)
-        pipe.exists(keys.run(run_id))
-        *entries, exists = await self._call(pipe.execute(), doing=f"reading the events of run {run_id!r}")
-        if not exists:
+        script_keys = (keys.run(run_id), keys.commands(run_id), keys.notices, keys.notice_counter)
+        args = (text, self._new_token(), run_id, NoticeKind.COMMAND)
+        seq = await self._call(SEND_COMMAND(self._client, script_keys, args), doing=f"sending {kind} to run {run_id!r}")
+        if not seq:
             raise RunNotFound(run_id)
-        return [decode_event(run_id, entry_id, fields) for entry_id, fields in (entries[0] if entries else ())]
+        return decode_command(run_id, seq, text)
+
+    async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        self._check_usable()
+        args = (owner, max(math.ceil(ttl_s * 1000), 1))
+        claimed = await self._call(
+            CLAIM_LEASE(self._client, (self.keys.lease(run_id),), args), doing=f"claiming the lease of run {run_id!r}"
+        )
+        return bool(claimed)
+
+    async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        """Released after the writes queued before it: the next driver resumes from them."""
+        await self.flush()
+        keys = self.keys
+        script_keys = (keys.lease(run_id), keys.notices, keys.notice_counter)
+        args = (owner, run_id, NoticeKind.RELEASED if notify else "")
+        await self._call(RELEASE_LEASE(self._client, script_keys, args), doing=f"releasing the lease of run {run_id!r}")
+
+    async def notice_cursor(self) -> int:
+        self._check_usable()
+        cursor = await self._call(self._client.get(self.keys.notice_counter), doing="reading the notice cursor")
+        return int(cursor or 0)
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        self._check_usable()
+        entries = await self._wait_entries(self.keys.notices, after, timeout_s, doing="waiting for notices")
+        return [decode_notice(entry_id, fields) for entry_id, fields in entries]
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        """The expiry is the server's remaining ttl from our clock now, so clocks need not agree."""
+        self._check_usable()
+        key = self.keys.lease(run_id)
+        pipe = self._client.pipeline(transaction=True)  # the owner and the ttl of one key, not of two
+        pipe.get(key)
+        pipe.pttl(key)
+        owner, ttl_ms = await self._call(pipe.execute(), doing=f"reading the lease of run {run_id!r}")
+        return None if owner is None else Lease(owner, time.time() + max(ttl_ms, 0) / 1000)
 
     async def flush(self) -> None:
         """Return once every write made before the call is applied in Redis; StoreError if a batch failed."""
@@ -292,6 +385,8 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        for wait in self._waits:  # at once, before any await: their callers get RuntimeError
+            wait.cancel()
         already_reported = self._failure_reported
         try:
             await self._flush()
@@ -303,10 +398,65 @@ class RedisStore:
                 await self._writer.stop()
             finally:
                 self._states.clear()
+                if self._waits:  # their connections are dropped before their pool closes
+                    await asyncio.wait(self._waits)
+                await self._blocking.aclose()
+                await self._blocking_pool.aclose()
                 await self._writer_pool.aclose()
                 await self._client.aclose()
+                await self._client_pool.aclose()
 
     # --- internals ---------------------------------------------------------------------------------------
+
+    def _new_token(self) -> str:
+        """A token no other write of any client carries: this store's id and a count."""
+        return f"{self._id}.{next(self._tokens)}"
+
+    async def _read_log(self, run_id: str, key: str, after_seq: int, limit: int | None, *, doing: str) -> list[_Entry]:
+        """The entries of a run's stream with seq > after_seq, after a flush; RunNotFound when there is no run."""
+        await self.flush()
+        pipe = self._client.pipeline(transaction=False)
+        if limit is None or limit > 0:
+            pipe.xrange(key, f"{max(after_seq, 0) + 1}-0", "+", count=limit)
+        pipe.exists(self.keys.run(run_id))
+        *entries, exists = await self._call(pipe.execute(), doing=f"{doing} of run {run_id!r}")
+        if not exists:
+            raise RunNotFound(run_id)
+        return entries[0] if entries else []
+
+    async def _wait_entries(self, key: str, after_seq: int, timeout_s: float, *, doing: str) -> list[_Entry]:
+        """The entries of stream `key` after ``{after_seq}-0``, waiting up to `timeout_s` for the first ones.
+        The wait is a task that `aclose` cancels (its caller then gets RuntimeError); a cancelled caller
+        cancels it, and redis-py drops its connection rather than reuse one with a reply pending."""
+        after_id = f"{max(after_seq, 0)}-0"
+        if timeout_s <= 0:
+            return _entries(await self._call(self._client.xread({key: after_id}), doing=doing))
+        wait = asyncio.create_task(self._block(key, after_id, timeout_s, doing=doing), name=f"dagrun-redis-wait {key}")
+        self._waits.add(wait)
+        try:
+            return _entries(await wait)
+        except asyncio.CancelledError:
+            if self._closed and not _is_cancelling():
+                raise RuntimeError("RedisStore is closed") from None
+            raise
+        finally:
+            self._waits.discard(wait)
+
+    async def _block(self, key: str, after_id: str, timeout_s: float, *, doing: str) -> Any:
+        """XREAD BLOCK until the deadline. A broken connection (a Redis restart) is retried with backoff,
+        blocking for the time left; a read not answered WAIT_GRACE_S after its block ends counts as broken
+        (a socket timeout cannot, as blocks differ in length)."""
+        deadline = time.monotonic() + timeout_s
+
+        async def read() -> Any:
+            block_s = max(deadline - time.monotonic(), 0.001)
+            try:
+                async with asyncio.timeout(block_s + WAIT_GRACE_S):
+                    return await self._blocking.xread({key: after_id}, block=math.ceil(block_s * 1000))
+            except TimeoutError as exc:  # asyncio's, not redis-py's: make it one that is retried
+                raise RedisTimeoutError(f"no answer {WAIT_GRACE_S} s after a blocking read's end") from exc
+
+        return await self._call(reconnecting_retry().call_with_retry(read, _connection_dropped), doing=doing)
 
     async def _flush(self) -> None:
         try:
@@ -357,6 +507,29 @@ class RedisStore:
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
+
+
+def _entries(reply: Any) -> list[_Entry]:
+    """The entries of the one stream an XREAD read; [] when it timed out or found none."""
+    return reply[0][1] if reply else []
+
+
+def _is_cancelling() -> bool:
+    """Whether the current task is being cancelled (rather than a task it awaits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _connection_dropped(error: Exception) -> None:
+    """Nothing to do before a retry: redis-py has dropped the connection that failed."""
+
+
+def _pool(redis_url: str, *, retry: Retry) -> BlockingConnectionPool:
+    """A pool that makes a caller wait for a free connection rather than fail: hundreds of runs (or event
+    streams) may call at once. The retry policy lives on its connections."""
+    return BlockingConnectionPool.from_url(
+        redis_url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=None, retry=retry
+    )
 
 
 def _split_prefix(url: str) -> tuple[str, str | None]:

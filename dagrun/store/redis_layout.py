@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store.base import Event, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
+from dagrun.store.base import Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
+from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_json
 
 DEFAULT_PREFIX = "dagrun:"
 
@@ -26,6 +26,7 @@ DEFAULT_PREFIX = "dagrun:"
 RUN_FIELDS = ("run_id", "flow_name", "status", "flow", "inputs", "created_at", "started_at", "finished_at", "error")
 STATUSES = tuple(RunStatus)
 ORDER_WIDTH = 16  # hex digits of the creation number that starts each member of the runs sorted sets
+MAX_NOTICES = 10_000  # the notices stream is trimmed to about this many (MAXLEN ~); readers rescan anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,20 @@ class Keys:
     def events(self, run_id: str) -> str:
         return f"{self.prefix}events:{run_id}"
 
+    def commands(self, run_id: str) -> str:
+        return f"{self.prefix}commands:{run_id}"
+
+    def lease(self, run_id: str) -> str:
+        return f"{self.prefix}lease:{run_id}"
+
+    @property
+    def notices(self) -> str:
+        return f"{self.prefix}notices"
+
+    @property
+    def notice_counter(self) -> str:
+        return f"{self.prefix}notices:last"
+
     def writer(self, writer_id: str) -> str:
         return f"{self.prefix}writer:{writer_id}"
 
@@ -82,11 +97,28 @@ class LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-# KEYS: run hash, steps hash, step order, all runs, runs of its status, runs of its flow, creation counter.
+# Lua for the scripts that append a notice: `notices` and `counter` are keys of the script; the counter
+# numbers the entries (``{cursor}-0``), so that a cursor is a plain integer.
+_NOTIFY = f"""
+local function notify(notices, counter, run_id, kind)
+  local cursor = redis.call('INCR', counter)
+  redis.call('XADD', notices, 'MAXLEN', '~', {MAX_NOTICES}, cursor .. '-0', 'run_id', run_id, 'kind', kind)
+end
+"""
+
+
+def notifying(text: str) -> LuaScript:
+    """A script whose `text` may call ``notify(notices, counter, run_id, kind)``."""
+    return LuaScript(_NOTIFY + text)
+
+
+# KEYS: run hash, steps hash, step order, all runs, runs of its status, runs of its flow, creation counter,
+# notices, notice counter.
 # ARGV: the RunRecord fields (numbers as text, '' for none, error after a '0'/'1' flag), a creation token,
-# the state of a pending step, then the step ids. Returns 1, or 0 when the id is taken by another creation
-# (the token makes a create that was retried after a lost reply succeed).
-CREATE_RUN = LuaScript("""
+# the state of a pending step, the notice kind, then the step ids. Returns 1, or 0 when the id is taken by
+# another creation (the token makes a create that was retried after a lost reply succeed, without a
+# second notice).
+CREATE_RUN = notifying("""
 local run = KEYS[1]
 if redis.call('EXISTS', run) == 1 then
   return redis.call('HGET', run, 'created_by') == ARGV[11] and 1 or 0
@@ -99,7 +131,7 @@ if ARGV[7] ~= '' then redis.call('HSET', run, 'started_at', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', run, 'finished_at', ARGV[8]) end
 if ARGV[9] == '1' then redis.call('HSET', run, 'error', ARGV[10]) end
 local states, ids = {}, {}
-for i = 13, #ARGV do
+for i = 14, #ARGV do
   states[#states + 1] = ARGV[i]
   states[#states + 1] = ARGV[12]
   ids[#ids + 1] = ARGV[i]
@@ -110,6 +142,40 @@ for i = 13, #ARGV do
   end
 end
 for i = 4, 6 do redis.call('ZADD', KEYS[i], ARGV[6], member) end
+notify(KEYS[8], KEYS[9], ARGV[1], ARGV[13])
+return 1
+""")
+
+# KEYS: run hash, commands stream, notices, notice counter. ARGV: the command (a JSON array), a token, the
+# run id, the notice kind. Appends the command with the run's next `command_seq` and its notice; returns
+# that seq, or 0 when there is no such run. A send retried after a lost reply (same token) is not
+# appended twice: it gets the seq of the first.
+SEND_COMMAND = notifying("""
+local last = redis.call('HMGET', KEYS[1], 'run_id', 'command_seq', 'command_token')
+if not last[1] then return 0 end
+if last[3] == ARGV[2] then return tonumber(last[2]) end
+local seq = (tonumber(last[2]) or 0) + 1
+redis.call('HSET', KEYS[1], 'command_seq', seq, 'command_token', ARGV[2])
+redis.call('XADD', KEYS[2], seq .. '-0', 'c', ARGV[1])
+notify(KEYS[3], KEYS[4], ARGV[3], ARGV[4])
+return seq
+""")
+
+# KEYS: the lease. ARGV: owner, ttl in ms. Takes the lease when it is free (a lapsed lease has expired) or
+# renews it when `owner` holds it: 1; 0 when another owner holds it.
+CLAIM_LEASE = LuaScript("""
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+""")
+
+# KEYS: the lease, notices, notice counter. ARGV: owner, run id, the notice kind ('' for none). Deletes the
+# lease if `owner` holds it, then appends the notice: 1; 0 (and no notice) when `owner` does not hold it.
+RELEASE_LEASE = notifying("""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[3] ~= '' then notify(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) end
 return 1
 """)
 
@@ -204,7 +270,8 @@ end
 return found
 """)
 
-PENDING_STEP = orjson.dumps((StepStatus.PENDING, 0, None, None, {}, None, "", ""))
+# A step's state: (status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms).
+PENDING_STEP = orjson.dumps((StepStatus.PENDING, 0, None, None, {}, None, "", "", 0.0))
 
 
 def number_arg(value: float | None) -> str:
@@ -236,13 +303,33 @@ def decode_run(values: Sequence[str | None]) -> RunRecord | None:
 
 
 def decode_step(run_id: str, step_id: str, text: str) -> StepRecord:
-    status, attempt, started_at, finished_at, outputs, error, logs, worker_id = orjson.loads(text)
+    """A step's state as PENDING_STEP lays it out; states written before `elapsed_ms` was kept lack it."""
+    status, attempt, started_at, finished_at, outputs, error, logs, worker_id, *rest = orjson.loads(text)
     return StepRecord(
         run_id, step_id, StepStatus(status), attempt, started_at, finished_at, outputs, decode_error(error), logs,
-        worker_id,
+        worker_id, rest[0] if rest else 0.0,
     )  # fmt: skip
+
+
+def seq_of(entry_id: str) -> int:
+    """The seq (or notice cursor) of a stream entry, written with the id ``{seq}-0``."""
+    return int(entry_id.partition("-")[0])
 
 
 def decode_event(run_id: str, entry_id: str, fields: dict[str, str]) -> Event:
     at, kind, status, step_id, attempt, message = orjson.loads(fields["e"])
-    return Event(int(entry_id.partition("-")[0]), run_id, at, kind, status, step_id, attempt, message)
+    return Event(seq_of(entry_id), run_id, at, kind, status, step_id, attempt, message)
+
+
+def encode_command(run_id: str, at: float, kind: CommandKind, step_id: str | None, values: dict[str, Any]) -> str:
+    """A command as its entry's `c` field holds it; StoreError when `values` is not JSON."""
+    return encode_json((at, kind, step_id, values), where=f"run {run_id!r} {kind} values")
+
+
+def decode_command(run_id: str, seq: int, text: str) -> Command:
+    at, kind, step_id, values = orjson.loads(text)
+    return Command(seq, run_id, at, CommandKind(kind), step_id, values)
+
+
+def decode_notice(entry_id: str, fields: dict[str, str]) -> Notice:
+    return Notice(seq_of(entry_id), fields["run_id"], NoticeKind(fields["kind"]))

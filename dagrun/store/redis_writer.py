@@ -53,6 +53,12 @@ def pack_step(step_id: str, state: bytes, event: bytes) -> bytes:
 STEP_OP_ARGS = 4  # arguments of an S op, as packed by pack_step
 
 
+def reconnecting_retry() -> Retry:
+    """The retries of the calls that ride out a Redis restart (the writer's batches, the store's waits):
+    about 5 s of reconnecting with backoff before the error reaches the caller."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), 8)
+
+
 class _Cas(NamedTuple):
     """A context compare-and-set waiting for its reply; the future says whether it was applied."""
 
@@ -109,7 +115,7 @@ class Writer:
         self._head_keys = pack(keys.writer(writer_id), *(keys.runs_with_status(status) for status in STATUSES))
         self._head_key_count = 1 + len(STATUSES)
         self._statuses = pack(str(len(STATUSES)), *STATUSES)
-        self._retry = Retry(ExponentialWithJitterBackoff(0.05, 2.0), 8)  # about 5 s of reconnecting
+        self._retry = reconnecting_retry()
         # _batches[0] is the next batch to send, _batches[-1] the one being filled; a batch being sent has
         # left the deque.
         self._batches: deque[_Batch] = deque([_Batch()])

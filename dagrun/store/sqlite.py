@@ -1,11 +1,14 @@
 """The SQLite store, the embedded default: one file in WAL mode, one writer thread, group commits.
 
 Writes never wait for I/O: each call builds its rows on the event loop and queues them for the writer
-thread (`sqlite_writer`), which commits them in groups, in call order. Each run this process writes to
-has a small cache (last event seq, step positions, context) so that event seqs are assigned at the
-call, gap-free, and context operations are merged atomically: one process drives a run. Every read
-first awaits `flush()`, then queries through its own connection on a reader thread, so it sees every
-write made before it; other processes (``dagrun status``) read the committed state of the same file.
+thread (`sqlite_writer`), which commits them in groups, in call order, numbering events in the database
+so that every process writing to a run continues one gap-free sequence. Each run this process drives
+has a small cache (step positions, context) so that context operations are merged atomically: one
+process drives a run, the holder of its lease. Commands and leases are answered by the writer once
+committed. Every read first awaits `flush()`, then queries through its own connection on a reader
+thread, so it sees every write made before it; other processes read the committed state of the file.
+SQLite cannot wake another process, so one watcher per store (`sqlite_waiter`) checks ``PRAGMA
+data_version`` every 20 ms while anyone waits, and wakes the waiters to query again when it changed.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,26 +28,29 @@ from typing import Any, Self, TypeVar
 import orjson
 
 from dagrun.context import ContextOp
-from dagrun.errors import StoreError, redact
+from dagrun.errors import RunNotFound, StoreError, redact
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store import sqlite_schema as schema
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
+from dagrun.store.sqlite_waiter import CommitWatcher
 from dagrun.store.sqlite_writer import Writer
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FILENAME = "dagrun.db"
 _EVICTED_PRUNE_AT = 1024
+_CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
+_NOTICES = "notices"  # the notices' waiting channel; a run's events wait on "run:" + its id
 
 T = TypeVar("T")
 
 
 @dataclass(slots=True)
 class _RunState:
-    """What the writing side knows of a run it writes to; exact because one process drives a run."""
+    """What the driving side knows of a run it writes to; exact because one process drives a run, and
+    dropped when the run ends or its lease changes hands (another process may have driven it since)."""
 
-    seq: int  # the last event seq assigned
     positions: dict[str, int]  # step id -> place in the flow
     context: str  # the context's JSON text after every operation applied so far
 
@@ -75,10 +81,12 @@ class SqliteStore:
         self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
         self._states: dict[str, _RunState] = {}
-        # Runs dropped from _states when they ended -> the writer's batch number then. While their rows
-        # may be uncommitted, the file cannot tell that they exist; this can.
+        # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
+        # While their rows may be uncommitted, the file cannot tell that they exist; this can.
         self._evicted: dict[str, int] = {}
+        self._leases: dict[str, float] = {}  # run id -> expires_at of the lease this process last claimed
         self._load_lock = asyncio.Lock()  # one cache load or run creation at a time
+        self._watcher = CommitWatcher(self._read_version, interval_s=_CHECK_INTERVAL_S, owner="SqliteStore")
         self._closed = False
         self._failure_reported = False
 
@@ -124,28 +132,29 @@ class SqliteStore:
         for step_id in step_ids:
             positions.setdefault(step_id, len(positions))
         step_rows = [
-            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "")
+            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "", 0.0)
             for step_id, position in positions.items()
         ]
         async with self._load_lock:
             if run_id in self._states or run_id in self._evicted or await self._read(schema.run_exists, run_id):
                 raise StoreError(f"run {run_id!r} already exists")
             self._check_usable()  # closed while we read?
-            self._states[run_id] = _RunState(0, positions, EMPTY_OBJECT)
-            self._writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT))
+            self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            self._writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
+        """Needs no cache: a process that only controls a run (a cancel) does not load one."""
         self._check_usable()
-        state = self._states.get(run_id) or await self._load_state(run_id)
-        state.seq += 1
+        if run_id not in self._states:
+            await self._query(schema.require_run, run_id)
+            self._check_usable()  # rows are queued next: not if the store closed while we read
         is_terminal = status.is_terminal
         self._writer.add_run_update(
             (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
-            (run_id, state.seq, at, "run", status, None, 0, error or ""),
+            (run_id, at, "run", status, None, 0, error or ""),
         )
-        if is_terminal:  # the run is done: drop its cache, it is reloaded if written to again
-            del self._states[run_id]
-            self._evict(run_id)
+        if is_terminal:
+            self._forget(run_id)
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
         if self._closed or self._writer.failure is not None:
@@ -162,15 +171,14 @@ class SqliteStore:
         except TypeError as exc:
             raise StoreError(f"run {run_id!r} step {step_id!r} outputs: not a JSON value: {exc}") from exc
         error = step.error
-        state.seq += 1
         status = step.status
         attempt = step.attempt
         self._writer.add_step(
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
-                None if error is None else encode_error(error), step.logs, step.worker_id,
+                None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
             ),
-            (run_id, state.seq, time.time(), "step", status, step_id, attempt, message),
+            (run_id, time.time(), "step", status, step_id, attempt, message),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
@@ -184,18 +192,15 @@ class SqliteStore:
     # --- reads: flush, then query committed data ----------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord:
-        await self.flush()
-        return await self._read(schema.read_run, run_id)
+        return await self._query(schema.read_run, run_id)
 
     async def list_runs(
         self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        await self.flush()
-        return await self._read(schema.read_runs, status, flow_name, limit)
+        return await self._query(schema.read_runs, status, flow_name, limit)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
-        await self.flush()
-        return await self._read(schema.read_steps, run_id)
+        return await self._query(schema.read_steps, run_id)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """From the cache when this process writes the run (the same value, without a flush)."""
@@ -204,17 +209,67 @@ class SqliteStore:
         if state is not None:
             value: dict[str, Any] = decode_json(state.context)
             return value
-        await self.flush()
-        return await self._read(schema.read_context, run_id)
+        return await self._query(schema.read_context, run_id)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
-        await self.flush()
-        return await self._read(schema.read_events, run_id, after_seq, limit)
+        return await self._query(schema.read_events, run_id, after_seq, limit)
+
+    async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
+        return await self._wait(f"run:{run_id}", schema.read_events, run_id, after_seq, None, timeout_s=timeout_s)
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        return await self._query(schema.read_commands, run_id, after_seq)
+
+    async def notice_cursor(self) -> int:
+        return await self._query(schema.read_notice_cursor)
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        return await self._wait(_NOTICES, schema.read_notices, after, timeout_s=timeout_s)
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        return await self._query(schema.read_lease, run_id, time.time())
+
+    # --- commands and leases: written at once, answered once committed -----------------------------
+
+    async def send_command(
+        self,
+        run_id: str,
+        kind: CommandKind,
+        *,
+        at: float,
+        step_id: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Command:
+        """Committed before it returns, with its COMMAND notice; RunNotFound when there is no such run."""
+        kind = CommandKind(kind)
+        values_json = encode_json(values or {}, where=f"run {run_id!r} signal values")
+        append = functools.partial(
+            schema.append_command, run_id=run_id, at=at, kind=kind, step_id=step_id, values_json=values_json
+        )
+        seq = await self._write_now(append)
+        if seq is None:
+            raise RunNotFound(run_id)
+        return Command(seq, run_id, at, kind, step_id, decode_json(values_json))
+
+    async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        """A claim that does not renew a live lease of this process drops the run's cache."""
+        now = time.time()
+        claim = functools.partial(schema.claim_lease, run_id=run_id, owner=owner, now=now, ttl_s=ttl_s)
+        claimed = await self._write_now(claim)
+        if claimed:
+            if self._leases.get(run_id, 0.0) <= now:
+                self._forget(run_id)
+            self._leases[run_id] = now + ttl_s
+        return claimed
+
+    async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        await self._write_now(functools.partial(schema.release_lease, run_id=run_id, owner=owner, notify=notify))
+        self._forget(run_id)
 
     async def flush(self) -> None:
         """Return once every write made before the call is committed; StoreError if a commit failed."""
         self._check_usable()
-        await self._flush()
+        await self._reporting(self._writer.flush())
 
     async def aclose(self) -> None:
         """Flush, stop the writer and close the connections; StoreError if writes were lost and no call
@@ -224,7 +279,8 @@ class SqliteStore:
         self._closed = True
         already_reported = self._failure_reported
         try:
-            await self._flush()
+            await self._watcher.aclose()  # its waiters wake and find the store closed
+            await self._reporting(self._writer.flush())
         except StoreError:
             if not already_reported:
                 raise
@@ -236,12 +292,42 @@ class SqliteStore:
 
     # --- internals ----------------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
+    async def _reporting(self, waiting: Awaitable[T]) -> T:
+        """Await the writer, remembering when its failure reaches a caller (aclose then stays quiet)."""
         try:
-            await self._writer.flush()
+            return await waiting
         except StoreError:
             self._failure_reported = True
             raise
+
+    async def _write_now(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """`function`'s result on the writer thread, committed together with every write made before."""
+        self._check_usable()
+        return await self._reporting(self._writer.call(function))
+
+    async def _query(self, query: Callable[..., T], *args: Any) -> T:
+        """`query` on the reader thread after a flush, so that it sees every write made before the call."""
+        await self.flush()
+        return await self._read(query, *args)
+
+    async def _wait(self, channel: str, query: Callable[..., list[T]], *args: Any, timeout_s: float) -> list[T]:
+        """`query`'s rows once there are some, or [] after `timeout_s`; run again when the watcher sees a
+        commit. Waiters on one channel share one wake-up; RuntimeError when the store closes meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        await self.flush()  # the first query sees every write made before the call; later ones, every commit
+        if timeout_s <= 0:
+            return await self._read(query, *args)
+        while True:
+            async with self._watcher.watch(channel) as changed:  # entered first: a commit after it is not missed
+                found = await self._read(query, *args)
+                if found:
+                    return found
+                done, _ = await asyncio.wait((changed,), timeout=deadline - time.monotonic())
+                if not done:
+                    return found
+
+    async def _read_version(self) -> int:
+        return await self._read(schema.read_data_version)
 
     async def _load_state(self, run_id: str) -> _RunState:
         """The run's cache, read from the file after a flush; RunNotFound when there is no such run."""
@@ -249,13 +335,17 @@ class SqliteStore:
             state = self._states.get(run_id)
             if state is None:
                 self._check_usable()
-                await self._flush()  # the run may have been evicted with rows still queued
-                seq, positions, context = await self._read(schema.read_run_state, run_id)
-                state = self._states[run_id] = _RunState(seq, positions, context)
+                # The run may have been evicted with rows still queued.
+                positions, context = await self._query(schema.read_run_state, run_id)
+                state = self._states[run_id] = _RunState(positions, context)
         self._check_usable()  # the caller queues rows next: not if the store closed while we waited
         return state
 
-    def _evict(self, run_id: str) -> None:
+    def _forget(self, run_id: str) -> None:
+        """Drop what this process knows of the run; it is read from the file if the run is written to again."""
+        self._leases.pop(run_id, None)
+        if self._states.pop(run_id, None) is None:
+            return
         self._evicted[run_id] = self._writer.batches_queued
         if len(self._evicted) >= _EVICTED_PRUNE_AT:
             committed = self._writer.batches_committed

@@ -1,14 +1,20 @@
-"""The SQLite store's file layout: tables, schema version, the write statements and the read queries.
+"""The SQLite store's file layout: tables, migrations, the write statements and the read queries.
 
     runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error)
     steps(run_id, step_id, position, status, attempt, started_at, finished_at, outputs JSON, error JSON,
-          logs, worker_id; PK(run_id, step_id))          position is the step's place in the flow
+          logs, worker_id, elapsed_ms; PK(run_id, step_id))  position is the step's place in the flow
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
+    commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
+    notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
+    leases(run_id PK, owner, expires_at)                      expires_at is time.time()
 
-JSON columns hold text, so `sqlite3 dagrun.db` and SQLite's json functions can read them. The schema
-version lives in ``PRAGMA user_version``; a file written by a newer dagrun is refused, not guessed at.
-Read functions run on the reader thread with its own connection and see committed data only.
+Per-run seqs (events, commands) are assigned inside the write transaction, one past the run's last, so
+every process that writes to a run continues one gap-free sequence. JSON columns hold text, so
+`sqlite3 dagrun.db` and SQLite's json functions can read them. ``PRAGMA user_version`` counts the
+migrations applied; opening a file applies the missing ones, and a file written by a newer dagrun is
+refused, not guessed at. Reads run on the reader thread and see committed data only; writes run on the
+writer thread, inside its transaction.
 """
 
 from __future__ import annotations
@@ -21,27 +27,41 @@ from typing import Any
 
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
 
-SCHEMA_VERSION = 1
+MAX_NOTICES = 10_000  # the notice log keeps the newest; readers rescan rather than rely on every notice
 
-_SCHEMA = (
-    """CREATE TABLE runs (
-        run_id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, status TEXT NOT NULL, flow TEXT NOT NULL,
-        inputs TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT)""",
-    "CREATE INDEX runs_by_created ON runs (created_at)",
-    "CREATE INDEX runs_by_status ON runs (status, created_at)",
-    "CREATE INDEX runs_by_flow ON runs (flow_name, created_at)",
-    """CREATE TABLE steps (
-        run_id TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL,
-        attempt INTEGER NOT NULL, started_at REAL, finished_at REAL, outputs TEXT NOT NULL, error TEXT,
-        logs TEXT NOT NULL, worker_id TEXT NOT NULL, PRIMARY KEY (run_id, step_id))""",
-    "CREATE TABLE context (run_id TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE events (
-        run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
-        step_id TEXT, attempt INTEGER NOT NULL, message TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID""",
+# Migration n takes a file from user_version n - 1 to n. A new file runs them all, so new and upgraded
+# files have one layout; a migration that has shipped is never edited, a change is a new one.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, status TEXT NOT NULL, flow TEXT NOT NULL,
+            inputs TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT)""",
+        "CREATE INDEX runs_by_created ON runs (created_at)",
+        "CREATE INDEX runs_by_status ON runs (status, created_at)",
+        "CREATE INDEX runs_by_flow ON runs (flow_name, created_at)",
+        """CREATE TABLE steps (
+            run_id TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL,
+            attempt INTEGER NOT NULL, started_at REAL, finished_at REAL, outputs TEXT NOT NULL, error TEXT,
+            logs TEXT NOT NULL, worker_id TEXT NOT NULL, PRIMARY KEY (run_id, step_id))""",
+        "CREATE TABLE context (run_id TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE events (
+            run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+            step_id TEXT, attempt INTEGER NOT NULL, message TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID""",
+    ),
+    (  # sharing runs between processes; events keep their table, only who numbers them changed
+        "ALTER TABLE steps ADD COLUMN elapsed_ms REAL NOT NULL DEFAULT 0",
+        """CREATE TABLE commands (
+            run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, step_id TEXT,
+            signal_values TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID""",
+        # No AUTOINCREMENT: trimming never removes the newest row, so a new cursor is always the largest.
+        "CREATE TABLE notices (cursor INTEGER PRIMARY KEY, run_id TEXT NOT NULL, kind TEXT NOT NULL)",
+        "CREATE TABLE leases (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)",
+    ),
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 # The writer's statements; the row tuples are built on the event loop in these column orders.
 INSERT_RUN = "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -49,6 +69,8 @@ UPDATE_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ?, error = ? WHERE run_id = ?"
 )
 UPSERT_CONTEXT = "INSERT OR REPLACE INTO context VALUES (?, ?)"
+INSERT_NOTICE = "INSERT INTO notices (run_id, kind) VALUES (?, ?)"
+LAST_EVENT_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id = ?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,16 +93,18 @@ def _values_sql(head: str, width: int, tail: str, rows: int) -> str:
 
 # position is kept from the first insert: it is the step's place in the flow.
 UPSERT_STEPS = RowsStatement(
-    "INSERT INTO steps",
-    11,
+    """INSERT INTO steps (run_id, step_id, position, status, attempt, started_at, finished_at, outputs, error,
+    logs, worker_id, elapsed_ms)""",
+    12,
     """ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
     started_at = excluded.started_at, finished_at = excluded.finished_at, outputs = excluded.outputs,
-    error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id""",
+    error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id, elapsed_ms = excluded.elapsed_ms""",
 )
-INSERT_EVENTS = RowsStatement("INSERT INTO events", 8)
+# Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
+INSERT_EVENTS = RowsStatement("INSERT INTO events (run_id, at, kind, status, step_id, attempt, message, seq)", 8)
 
 _RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error"
-_STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id"
+_STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms"
 
 
 def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
@@ -89,7 +113,7 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
-    """Switch the file to WAL and create or check the schema; StoreError when it is not ours to use."""
+    """Switch the file to WAL and create or migrate the schema; StoreError when it is not ours to use."""
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise StoreError(f"{path}: cannot switch the SQLite store to WAL mode (it stays in {mode!r})")
@@ -98,10 +122,11 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if _version(conn, path) == 0:  # another process may have created it while we waited for the lock
-            for statement in _SCHEMA:
+        # Read again under the write lock: another process may have migrated the file while we waited.
+        for statements in _MIGRATIONS[_version(conn, path) :]:
+            for statement in statements:
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -118,11 +143,65 @@ def _version(conn: sqlite3.Connection, path: Path) -> int:
     return version
 
 
+# --- writes of commands, notices and leases, on the writer thread inside its transaction -------------
+
+
+def append_notices(conn: sqlite3.Connection, rows: list[tuple[str, NoticeKind]]) -> None:
+    """Append (run_id, kind) notices and trim the log to its newest MAX_NOTICES."""
+    conn.executemany(INSERT_NOTICE, rows)
+    conn.execute("DELETE FROM notices WHERE cursor <= (SELECT MAX(cursor) FROM notices) - ?", (MAX_NOTICES,))
+
+
+def append_command(
+    conn: sqlite3.Connection, run_id: str, at: float, kind: CommandKind, step_id: str | None, values_json: str
+) -> int | None:
+    """Append a command, one past the run's last seq, and its notice; its seq, or None when there is no
+    such run (not an exception: that would undo the whole transaction)."""
+    row = conn.execute(
+        """INSERT INTO commands (run_id, seq, at, kind, step_id, signal_values)
+        SELECT run_id, (SELECT COALESCE(MAX(seq), 0) + 1 FROM commands WHERE run_id = :run_id),
+            :at, :kind, :step_id, :values FROM runs WHERE run_id = :run_id
+        RETURNING seq""",
+        {"run_id": run_id, "at": at, "kind": kind, "step_id": step_id, "values": values_json},
+    ).fetchone()
+    if row is None:
+        return None
+    append_notices(conn, [(run_id, NoticeKind.COMMAND)])
+    seq: int = row[0]
+    return seq
+
+
+def claim_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, now: float, ttl_s: float) -> bool:
+    """Take or renew the lease in one statement: it changes a row only when the lease is free, lapsed at
+    `now` or `owner`'s already."""
+    claimed = conn.execute(
+        """INSERT INTO leases (run_id, owner, expires_at) VALUES (:run_id, :owner, :expires_at)
+        ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+        WHERE leases.owner = excluded.owner OR leases.expires_at <= :now
+        RETURNING 1""",
+        {"run_id": run_id, "owner": owner, "expires_at": now + ttl_s, "now": now},
+    ).fetchone()
+    return claimed is not None
+
+
+def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: bool) -> None:
+    """Drop the lease if `owner` holds it (lapsed or not); with `notify`, append a RELEASED notice then."""
+    released = conn.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, owner)).rowcount
+    if released and notify:
+        append_notices(conn, [(run_id, NoticeKind.RELEASED)])
+
+
 # --- reads, on the reader thread --------------------------------------------------------------------
 
 
 def run_exists(conn: sqlite3.Connection, run_id: str) -> bool:
     return conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
+
+
+def require_run(conn: sqlite3.Connection, run_id: str) -> None:
+    """RunNotFound when there is no such run."""
+    if not run_exists(conn, run_id):
+        raise RunNotFound(run_id)
 
 
 def read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
@@ -150,16 +229,15 @@ def read_runs(conn: sqlite3.Connection, status: RunStatus | None, flow_name: str
 def read_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
     rows = conn.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
     steps = [_step_from_row(run_id, row) for row in rows]
-    if not steps and not run_exists(conn, run_id):
-        raise RunNotFound(run_id)
+    if not steps:
+        require_run(conn, run_id)
     return steps
 
 
 def read_context(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     row = conn.execute("SELECT value FROM context WHERE run_id = ?", (run_id,)).fetchone()
     if row is None:
-        if not run_exists(conn, run_id):
-            raise RunNotFound(run_id)
+        require_run(conn, run_id)
         return {}
     value: dict[str, Any] = decode_json(row[0])
     return value
@@ -175,27 +253,62 @@ def read_events(conn: sqlite3.Connection, run_id: str, after_seq: int, limit: in
         Event(seq, run_id, at, kind, status, step_id, attempt, message)
         for seq, at, kind, status, step_id, attempt, message in rows
     ]
-    if not events and not run_exists(conn, run_id):
-        raise RunNotFound(run_id)
+    if not events:
+        require_run(conn, run_id)
     return events
 
 
-def read_run_state(conn: sqlite3.Connection, run_id: str) -> tuple[int, dict[str, int], str]:
-    """What the writing side caches per run: the last event seq, each step's position, the context text."""
+def read_run_state(conn: sqlite3.Connection, run_id: str) -> tuple[dict[str, int], str]:
+    """What the writing side caches per run: each step's position and the context text."""
     conn.execute("BEGIN")  # one snapshot for the three reads
     try:
-        if not run_exists(conn, run_id):
-            raise RunNotFound(run_id)
-        last_seq = conn.execute("SELECT MAX(seq) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0] or 0
+        require_run(conn, run_id)
         positions = dict(conn.execute("SELECT step_id, position FROM steps WHERE run_id = ?", (run_id,)).fetchall())
         row = conn.execute("SELECT value FROM context WHERE run_id = ?", (run_id,)).fetchone()
     finally:
         conn.execute("COMMIT")
-    return last_seq, positions, EMPTY_OBJECT if row is None else row[0]
+    return positions, EMPTY_OBJECT if row is None else row[0]
+
+
+def read_commands(conn: sqlite3.Connection, run_id: str, after_seq: int) -> list[Command]:
+    rows = conn.execute(
+        "SELECT seq, at, kind, step_id, signal_values FROM commands WHERE run_id = ? AND seq > ? ORDER BY seq",
+        (run_id, after_seq),
+    )
+    commands = [
+        Command(seq, run_id, at, CommandKind(kind), step_id, decode_json(values))
+        for seq, at, kind, step_id, values in rows
+    ]
+    if not commands:
+        require_run(conn, run_id)
+    return commands
+
+
+def read_notices(conn: sqlite3.Connection, after: int) -> list[Notice]:
+    rows = conn.execute("SELECT cursor, run_id, kind FROM notices WHERE cursor > ? ORDER BY cursor", (after,))
+    return [Notice(cursor, run_id, NoticeKind(kind)) for cursor, run_id, kind in rows]
+
+
+def read_notice_cursor(conn: sqlite3.Connection) -> int:
+    cursor: int = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM notices").fetchone()[0]
+    return cursor
+
+
+def read_lease(conn: sqlite3.Connection, run_id: str, now: float) -> Lease | None:
+    """The lease unless it lapsed before `now`."""
+    sql = "SELECT owner, expires_at FROM leases WHERE run_id = ? AND expires_at > ?"
+    row = conn.execute(sql, (run_id, now)).fetchone()
+    return None if row is None else Lease(*row)
+
+
+def read_data_version(conn: sqlite3.Connection) -> int:
+    """Changes whenever another connection, this process's writer included, commits to the file."""
+    version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+    return version
 
 
 def _step_from_row(run_id: str, row: tuple[Any, ...]) -> StepRecord:
-    step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id = row
+    step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms = row
     return StepRecord(
         run_id=run_id,
         step_id=step_id,
@@ -207,6 +320,7 @@ def _step_from_row(run_id: str, row: tuple[Any, ...]) -> StepRecord:
         error=decode_error(error),
         logs=logs,
         worker_id=worker_id,
+        elapsed_ms=elapsed_ms,
     )
 
 

@@ -2,10 +2,11 @@
 
 The event loop appends row tuples to the current batch under a lock (no I/O, no await) and the writer
 swaps the batch out and commits it in one transaction, a few multi-row statements per table. It
-commits everything pending, at most every `interval_s`, at once when a flush waits.
-Batches are committed in the order they were queued, so writes are applied in the order they were
-made. A failed commit is kept and turned into a StoreError for every later call: writes are never
-lost silently.
+commits everything pending, at most every `interval_s`, at once when a flush or a call waits. Event
+seqs are assigned in that transaction, which holds the file's write lock, so writers in other processes
+continue the same sequence. Batches are committed in the order they were queued, so writes are applied
+in the order they were made. A failed commit is kept and turned into a StoreError for every later call:
+writes are never lost silently.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dagrun.errors import StoreError
 from dagrun.store import sqlite_schema as schema
@@ -28,26 +30,43 @@ from dagrun.store import sqlite_schema as schema
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
-CHUNK_ROWS = 128  # rows per INSERT: 128 x 11 columns stays far below SQLite's 32766 parameters
+CHUNK_ROWS = 128  # rows per INSERT: 128 x 12 columns stays far below SQLite's 32766 parameters
 _STEP_KEY = operator.itemgetter(0, 1)  # (run_id, step_id)
-_CONTEXT_KEY = operator.itemgetter(0)  # run_id
+_RUN_KEY = operator.itemgetter(0)  # run_id, in context and event rows
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call:
+    """A function run on the writer thread after its batch's rows, in their transaction."""
+
+    function: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]  # gets the result once the transaction is committed
+    result: Any = None
 
 
 class _Batch:
-    """Rows queued since the last swap, one list per statement, each in write order."""
+    """Rows and calls queued since the last swap, one list per statement, each in write order."""
 
-    __slots__ = ("contexts", "events", "run_inserts", "run_updates", "steps", "waiters")
+    __slots__ = ("calls", "contexts", "events", "notices", "run_inserts", "run_updates", "steps", "waiters")
 
     def __init__(self) -> None:
         self.run_inserts: list[Row] = []
         self.run_updates: list[Row] = []
         self.steps: list[Row] = []
         self.contexts: list[Row] = []
-        self.events: list[Row] = []
+        self.events: list[Row] = []  # without their seq: see _numbered
+        self.notices: list[Row] = []
+        self.calls: list[_Call] = []
         self.waiters: list[asyncio.Future[None]] = []  # flushes waiting for this batch's commit
 
     def size(self) -> int:
-        return len(self.run_inserts) + len(self.run_updates) + len(self.steps) + len(self.contexts) + len(self.events)
+        """What needs a transaction: rows and calls."""
+        return (
+            len(self.run_inserts) + len(self.run_updates) + len(self.steps) + len(self.contexts) + len(self.events)
+            + len(self.notices) + len(self.calls)
+        )  # fmt: skip
 
 
 class Writer:
@@ -75,12 +94,13 @@ class Writer:
 
     # --- on the event loop -------------------------------------------------------------------------
 
-    def add_run(self, run: Row, steps: list[Row], context: Row) -> None:
+    def add_run(self, run: Row, steps: list[Row], context: Row, notice: Row) -> None:
         with self._lock:
             batch = self._batch
             batch.run_inserts.append(run)
             batch.steps.extend(steps)
             batch.contexts.append(context)
+            batch.notices.append(notice)
             wake, self._idle = self._idle, False
         if wake:
             self._wake.set()
@@ -122,8 +142,7 @@ class Writer:
         if self.failure is not None:
             raise self.failure_error()
         with self._lock:
-            if self._closing:  # stop() was called: a waiter might never be settled
-                raise RuntimeError("SqliteStore is closed")
+            self._check_open()
             if self._idle:  # an idle writer has an empty batch and nothing in flight
                 return
             waiter = asyncio.get_running_loop().create_future()
@@ -131,11 +150,30 @@ class Writer:
         self._wake.set()
         await waiter
 
+    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `function` on the writer thread, after the rows added before the call and in their
+        transaction, and return its result once that is committed; StoreError if a commit failed.
+        `function` raises only on a database error, which fails the store like any failed commit."""
+        if self.failure is not None:
+            raise self.failure_error()
+        with self._lock:
+            self._check_open()
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            self._batch.calls.append(_Call(function, future))
+            self._idle = False  # so that a flush after this call waits for it
+        self._wake.set()
+        return await future
+
     async def stop(self) -> None:
         """Commit what is queued, then end the thread, which closes the write connection."""
         self._closing = True
         self._wake.set()
         await asyncio.to_thread(self._thread.join)
+
+    def _check_open(self) -> None:
+        """Under the lock: after stop() a new waiter might never be settled."""
+        if self._closing:
+            raise RuntimeError("SqliteStore is closed")
 
     def failure_error(self) -> StoreError:
         error = StoreError(
@@ -167,7 +205,7 @@ class Writer:
                     self._idle = True
                 else:
                     timeout = self._next_commit_at - time.monotonic()
-                    if timeout <= 0 or batch.waiters or self._closing:
+                    if timeout <= 0 or batch.waiters or batch.calls or self._closing:
                         self._batch = _Batch()
                         self.batches_queued += 1
                         return batch
@@ -183,10 +221,11 @@ class Writer:
                 self.failure = exc
         self.batches_committed += 1
         self._next_commit_at = time.monotonic() + self._interval_s
-        if batch.waiters:
+        outcomes = [(waiter, None) for waiter in batch.waiters] + [(call.future, call.result) for call in batch.calls]
+        if outcomes:
             error = None if self.failure is None else self.failure_error
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                batch.waiters[0].get_loop().call_soon_threadsafe(_settle, batch.waiters, error)
+                outcomes[0][0].get_loop().call_soon_threadsafe(_settle, outcomes, error)
 
     def _write(self, batch: _Batch) -> None:
         conn = self._conn
@@ -201,9 +240,13 @@ class Writer:
             if batch.steps:
                 _insert_rows(conn, schema.UPSERT_STEPS, _last_by_key(batch.steps, _STEP_KEY))
             if batch.contexts:
-                conn.executemany(schema.UPSERT_CONTEXT, _last_by_key(batch.contexts, _CONTEXT_KEY))
+                conn.executemany(schema.UPSERT_CONTEXT, _last_by_key(batch.contexts, _RUN_KEY))
             if batch.events:
-                _insert_rows(conn, schema.INSERT_EVENTS, batch.events)
+                _insert_rows(conn, schema.INSERT_EVENTS, _numbered(conn, batch.events))
+            if batch.notices:
+                schema.append_notices(conn, batch.notices)
+            for call in batch.calls:
+                call.result = call.function(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -217,6 +260,16 @@ def _last_by_key(rows: list[Row], key: Callable[[Row], Any]) -> list[Row]:
     return list(dict(zip(map(key, rows), rows, strict=True)).values()) if len(rows) > 1 else rows
 
 
+def _numbered(conn: sqlite3.Connection, events: list[Row]) -> list[Row]:
+    """Each event row with its seq appended, counting on from its run's last seq in the file. Called in
+    the write transaction, whose lock keeps other processes from taking the same seqs meanwhile."""
+    counters = {
+        run_id: itertools.count(conn.execute(schema.LAST_EVENT_SEQ, (run_id,)).fetchone()[0] + 1)
+        for run_id in dict.fromkeys(map(_RUN_KEY, events))
+    }
+    return [(*row, next(counters[row[0]])) for row in events]
+
+
 def _insert_rows(conn: sqlite3.Connection, statement: schema.RowsStatement, rows: list[Row]) -> None:
     """Insert in chunks of CHUNK_ROWS, the rest in power-of-two pieces: few distinct statements to
     cache, and few calls into SQLite, each of which gives the GIL back to the event loop only once."""
@@ -228,11 +281,12 @@ def _insert_rows(conn: sqlite3.Connection, statement: schema.RowsStatement, rows
         start += size
 
 
-def _settle(waiters: list[asyncio.Future[None]], error: Callable[[], StoreError] | None) -> None:
-    for waiter in waiters:
-        if waiter.done():  # its flush was cancelled
+def _settle(outcomes: list[tuple[asyncio.Future[Any], Any]], error: Callable[[], StoreError] | None) -> None:
+    """Give each waiting future its result, or the commit's error."""
+    for future, result in outcomes:
+        if future.done():  # its caller was cancelled
             continue
         if error is None:
-            waiter.set_result(None)
+            future.set_result(result)
         else:
-            waiter.set_exception(error())
+            future.set_exception(error())

@@ -1,5 +1,6 @@
 """What the Redis store adds to the contract: many clients (as if on many machines) share runs, the context
-stays exact under concurrent writers, credentials and unreachable servers give clear, redacted errors."""
+stays exact under concurrent writers, waits block without starving anything and ride out restarts,
+credentials and unreachable servers give clear, redacted errors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dagrun.context import ContextOp, ContextOpKind
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store import RedisStore, StepRecord, Store, open_store
-from dagrun.store.redis_layout import STATUSES, WRITE_BATCH, Keys
+from dagrun.store.base import CommandKind, NoticeKind
+from dagrun.store.redis_layout import CREATE_RUN, MAX_NOTICES, PENDING_STEP, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
 from tests.conftest import RedisServer, RedisServers, free_port
 from tests.store.conftest import StoreFactory, create
 
@@ -234,3 +236,161 @@ async def test_writes_to_a_server_that_went_away_fail_loudly(redis_servers: Redi
             await store.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED))
     finally:
         await store.aclose()  # the failure was reported: closing does not raise it again
+
+
+async def test_a_create_or_command_resent_after_a_lost_reply_is_applied_once(
+    redis_server: RedisServer, redis_prefix: str
+) -> None:
+    keys = Keys(redis_prefix)
+    create_keys = (
+        keys.run("r1"), keys.steps("r1"), keys.step_order("r1"), keys.runs, keys.runs_with_status("pending"),
+        keys.runs_of_flow("etl"), keys.run_counter, keys.notices, keys.notice_counter,
+    )  # fmt: skip
+    create_args = ("r1", "etl", "pending", "{}", "{}", "1.0", "", "", "0", "", "w.1", PENDING_STEP, "submitted", "a")
+    command_keys = (keys.run("r1"), keys.commands("r1"), keys.notices, keys.notice_counter)
+    command_args = ('[1.0,"cancel",null,{}]', "w.2", "r1", "command")
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for _ in range(2):  # the second time as after a reply lost on a broken connection
+            assert await CREATE_RUN(client, create_keys, create_args) == 1
+            assert await SEND_COMMAND(client, command_keys, command_args) == 1
+    finally:
+        await client.aclose()
+    async with RedisStore.from_url(f"{redis_server.url}?prefix={redis_prefix}") as store:
+        assert [c.seq for c in await store.get_commands("r1")] == [1]
+        notices = await store.wait_notices(after=0, timeout_s=0)
+        assert [n.kind for n in notices] == [NoticeKind.SUBMITTED, NoticeKind.COMMAND]
+
+
+async def test_the_notice_log_keeps_about_max_notices_and_the_cursor_goes_on(
+    redis_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    store = redis_store()
+    assert isinstance(store, RedisStore)
+    await create(store, "r1")
+    await store.send_command("r1", CommandKind.PAUSE, at=1.0)  # loads the script
+    keys = store.keys
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:  # the same script call as send_command's, pipelined for speed
+        pipe = client.pipeline(transaction=False)
+        for i in range(MAX_NOTICES + 300):
+            args = ('[1.0,"pause",null,{}]', f"t.{i}", "r1", "command")
+            pipe.evalsha(
+                SEND_COMMAND.sha, 4, keys.run("r1"), keys.commands("r1"), keys.notices, keys.notice_counter, *args
+            )
+        await pipe.execute()
+    finally:
+        await client.aclose()
+    await store.send_command("r1", CommandKind.RESUME, at=2.0)
+    newest = MAX_NOTICES + 303
+
+    notices = await store.wait_notices(after=0, timeout_s=0)
+    assert MAX_NOTICES <= len(notices) < MAX_NOTICES + 300
+    assert notices[-1].cursor == newest == await store.notice_cursor()
+    assert [n.cursor for n in notices] == list(range(newest - len(notices) + 1, newest + 1))
+    assert len(await store.get_commands("r1")) == MAX_NOTICES + 302  # commands are not trimmed
+
+
+async def test_step_states_written_before_elapsed_ms_was_kept_still_read(
+    redis_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    store = redis_store()
+    assert isinstance(store, RedisStore)
+    await create(store, "r1", ["a"])
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await client.hset(store.keys.steps("r1"), "a", '["running",2,1.5,null,{},null,"log","w1"]')
+    finally:
+        await client.aclose()
+    assert (await store.get_steps("r1"))[0] == StepRecord(
+        "r1", "a", StepStatus.RUNNING, 2, 1.5, logs="log", worker_id="w1"
+    )
+
+
+async def test_a_released_run_shows_every_write_its_driver_made(redis_store: StoreFactory) -> None:
+    driver, other = redis_store(), redis_store()
+    await create(driver, "r1", ["a"])
+    cursor = await other.notice_cursor()
+    assert await driver.claim_lease("r1", "orch-a", ttl_s=30)
+    await driver.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, 1, outputs={"n": 1}), message="done")
+    await driver.release_lease("r1", "orch-a", notify=True)  # no flush before it: the release flushes
+
+    assert [n.kind for n in await other.wait_notices(after=cursor, timeout_s=5)] == [NoticeKind.RELEASED]
+    assert (await other.get_steps("r1"))[0].outputs == {"n": 1}
+    assert await other.claim_lease("r1", "orch-b", ttl_s=30)
+
+
+async def test_waiters_do_not_hold_up_writes_reads_or_each_other(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    await create(store, "r1", ["a"])
+    cursor = await store.notice_cursor()
+    notice_waits = [asyncio.create_task(store.wait_notices(after=cursor, timeout_s=30)) for _ in range(10)]
+    event_waits = [asyncio.create_task(store.wait_events("r1", after_seq=0, timeout_s=30)) for _ in range(10)]
+    await asyncio.sleep(0.1)
+
+    started = time.monotonic()
+    await store.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, 1))
+    assert [e.seq for e in await store.get_events("r1")] == [1]
+    await store.send_command("r1", CommandKind.CANCEL, at=1.0)
+    notices = await asyncio.wait_for(asyncio.gather(*notice_waits), 5)
+    events = await asyncio.wait_for(asyncio.gather(*event_waits), 5)
+    assert time.monotonic() - started < 2.0
+    assert {tuple(n.kind for n in found) for found in notices} == {(NoticeKind.COMMAND,)}
+    assert {tuple(e.seq for e in found) for found in events} == {(1,)}
+
+
+async def test_a_cancelled_wait_leaves_no_reply_behind_for_the_next(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    await create(store, "r1", ["a"])
+    cursor = await store.notice_cursor()
+    waiting = asyncio.create_task(store.wait_notices(after=cursor, timeout_s=30))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+
+    # If the cancelled read's connection were reused, this wait would read the notice the old XREAD gets.
+    next_wait = asyncio.create_task(store.wait_events("r1", after_seq=0, timeout_s=30))
+    await asyncio.sleep(0.05)
+    await store.send_command("r1", CommandKind.PAUSE, at=1.0)
+    await asyncio.sleep(0.1)
+    assert not next_wait.done()
+    await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, 1))
+    assert [(e.seq, e.step_id) for e in await asyncio.wait_for(next_wait, 5)] == [(1, "a")]
+    assert [n.kind for n in await store.wait_notices(after=cursor, timeout_s=1)] == [NoticeKind.COMMAND]
+
+
+async def test_closing_the_store_ends_its_waits(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    await create(store, "r1")
+    waits = [
+        asyncio.create_task(store.wait_notices(after=await store.notice_cursor(), timeout_s=30)),
+        asyncio.create_task(store.wait_events("r1", after_seq=0, timeout_s=30)),
+    ]
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await store.aclose()
+    for wait in waits:
+        with pytest.raises(RuntimeError, match="RedisStore is closed"):
+            await wait
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(RuntimeError, match="RedisStore is closed"):
+        await store.wait_notices(after=0, timeout_s=1)
+
+
+async def test_a_wait_rides_out_a_server_restart(redis_servers: RedisServers) -> None:
+    server = redis_servers(appendonly=True)
+    async with RedisStore.from_url(server.url) as waiter, RedisStore.from_url(server.url) as writer:
+        await create(writer, "r1", ["a"])
+        cursor = await waiter.notice_cursor()
+        notices = asyncio.create_task(waiter.wait_notices(after=cursor, timeout_s=30))
+        events = asyncio.create_task(waiter.wait_events("r1", after_seq=0, timeout_s=30))
+        await asyncio.sleep(0.05)
+        await asyncio.to_thread(server.restart)  # the waits' connections break; they reconnect with backoff
+
+        await writer.send_command("r1", CommandKind.CANCEL, at=1.0)
+        await writer.record_step(StepRecord("r1", "a", StepStatus.CANCELLED, 1))
+        await writer.flush()
+        assert [n.kind for n in await asyncio.wait_for(notices, 15)] == [NoticeKind.COMMAND]
+        assert [e.status for e in await asyncio.wait_for(events, 15)] == [StepStatus.CANCELLED]

@@ -7,7 +7,10 @@ import json
 import os
 import sqlite3
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +20,7 @@ from dagrun.executor import ErrorKind, StepError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store import SqliteStore, StepRecord
 from dagrun.store import sqlite_schema as schema
+from dagrun.store.base import CommandKind, NoticeKind
 from tests.store.conftest import StoreFactory, create
 
 INCR = ContextOpKind.INCR
@@ -59,6 +63,84 @@ async def test_file_is_in_wal_mode_with_a_schema_version(sqlite_store: StoreFact
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
         # JSON columns are text, readable by other tools.
         assert conn.execute("SELECT json_extract(inputs, '$.region') FROM runs").fetchone()[0] == "eu"
+
+
+# The layout of schema version 1, verbatim: files written by dagrun before commands, notices and leases.
+_SCHEMA_V1 = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, flow_name TEXT NOT NULL, status TEXT NOT NULL, flow TEXT NOT NULL,
+        inputs TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, error TEXT)""",
+    "CREATE INDEX runs_by_created ON runs (created_at)",
+    "CREATE INDEX runs_by_status ON runs (status, created_at)",
+    "CREATE INDEX runs_by_flow ON runs (flow_name, created_at)",
+    """CREATE TABLE steps (
+        run_id TEXT NOT NULL, step_id TEXT NOT NULL, position INTEGER NOT NULL, status TEXT NOT NULL,
+        attempt INTEGER NOT NULL, started_at REAL, finished_at REAL, outputs TEXT NOT NULL, error TEXT,
+        logs TEXT NOT NULL, worker_id TEXT NOT NULL, PRIMARY KEY (run_id, step_id))""",
+    "CREATE TABLE context (run_id TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE events (
+        run_id TEXT NOT NULL, seq INTEGER NOT NULL, at REAL NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+        step_id TEXT, attempt INTEGER NOT NULL, message TEXT NOT NULL, PRIMARY KEY (run_id, seq)) WITHOUT ROWID""",
+    "PRAGMA user_version = 1",
+)
+
+
+async def test_a_file_from_schema_version_1_is_migrated_and_its_runs_carry_on(tmp_path: Path) -> None:
+    path = tmp_path / "dagrun.db"
+    with sqlite3.connect(path) as conn:
+        for statement in _SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO runs VALUES ('r1', 'etl', 'running', '{}', '{}', 1.0, 1.0, NULL, NULL)")
+        conn.execute("INSERT INTO steps VALUES ('r1', 'a', 0, 'succeeded', 1, 1.0, 2.0, '{\"v\": 1}', NULL, '', 'w1')")
+        events = [(1, "running"), (2, "succeeded")]  # seqs numbered by the process that wrote them
+        conn.executemany("INSERT INTO events VALUES ('r1', ?, 1.0, 'step', ?, 'a', 1, '')", events)
+
+    async with SqliteStore.open(path) as s:
+        step = (await s.get_steps("r1"))[0]
+        assert (step.status, step.outputs, step.worker_id, step.elapsed_ms) == ("succeeded", {"v": 1}, "w1", 0.0)
+        await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, attempt=2, elapsed_ms=5.0))
+        assert [e.seq for e in await s.get_events("r1")] == [1, 2, 3]  # the old seqs carry on
+        assert (await s.get_steps("r1"))[0].elapsed_ms == 5.0
+        assert (await s.send_command("r1", CommandKind.CANCEL, at=2.0)).seq == 1
+        assert [n.kind for n in await s.wait_notices(after=0, timeout_s=0)] == [NoticeKind.COMMAND]
+        assert await s.claim_lease("r1", "orch-a", ttl_s=30)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+    async with SqliteStore.open(path) as s:  # the migrated file reopens with what was written to it
+        assert [c.kind for c in await s.get_commands("r1")] == [CommandKind.CANCEL]
+        lease = await s.get_lease("r1")
+        assert lease is not None and lease.owner == "orch-a"
+
+
+async def test_the_notice_log_keeps_only_the_newest(
+    sqlite_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(schema, "MAX_NOTICES", 3)
+    s = sqlite_store()
+    for i in range(4):
+        await create(s, f"r{i}")
+    await s.flush()
+    await create(s, "r4")
+    notices = await s.wait_notices(after=0, timeout_s=0)
+    assert [n.run_id for n in notices] == ["r2", "r3", "r4"]
+    assert [n.cursor for n in notices] == [3, 4, 5] and await s.notice_cursor() == 5
+
+
+async def test_a_driver_rereads_a_run_that_another_process_drove_meanwhile(sqlite_store: StoreFactory) -> None:
+    a, b = sqlite_store(), sqlite_store()
+    await create(a, "r1", ["s"])
+    assert await a.claim_lease("r1", "orch-a", ttl_s=0.2)
+    await a.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await asyncio.sleep(0.3)  # a's lease lapses and b takes the run over
+    assert await b.claim_lease("r1", "orch-b", ttl_s=30)
+    await b.apply_context("r1", (ContextOp(INCR, "n", 10),))
+    await b.release_lease("r1", "orch-b")
+
+    assert await a.claim_lease("r1", "orch-a", ttl_s=30)
+    assert (await a.apply_context("r1", (ContextOp(INCR, "n", 100),)))[0] == {"n": 111}
+    await a.release_lease("r1", "orch-a")
+    assert await b.claim_lease("r1", "orch-b", ttl_s=30)
+    assert await b.get_context("r1") == {"n": 111}
 
 
 def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -286,6 +368,55 @@ async def test_closing_reports_a_writer_failure_nobody_saw(tmp_path: Path, monke
         await store.flush()
 
 
+def _counting(calls: dict[str, int], name: str, query: Callable[..., Any]) -> Callable[..., Any]:
+    def counted(*args: Any) -> Any:
+        calls[name] += 1
+        return query(*args)
+
+    return counted
+
+
+async def test_waiters_share_one_watcher_that_wakes_them_all_on_one_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"read_data_version": 0, "read_events": 0}  # counted on the store's one reader thread
+    for name in calls:
+        monkeypatch.setattr(schema, name, _counting(calls, name, getattr(schema, name)))
+    run_ids = [f"r{i}" for i in range(200)]
+
+    async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:  # commits only when flushed
+        for run_id in run_ids:
+            await create(s, run_id, ["a"])
+
+        async def checks_per_tick(waiting: list[str]) -> float:
+            """data_version checks per 20 ms while one wait_events per run in `waiting` times out."""
+            checks, started = calls["read_data_version"], time.monotonic()
+            found = await asyncio.gather(*(s.wait_events(run_id, after_seq=0, timeout_s=0.4) for run_id in waiting))
+            assert found == [[]] * len(waiting)
+            return (calls["read_data_version"] - checks) / ((time.monotonic() - started) / 0.02)
+
+        one = await checks_per_tick(run_ids[:1])
+        many = await checks_per_tick(run_ids)
+        assert one < 1.5 and many < 1.5 * max(one, 1.0), (one, many)  # a poll per waiter would be ~200 per tick
+
+        queries = calls["read_events"]
+        waits = [asyncio.create_task(s.wait_events(run_id, after_seq=0, timeout_s=10)) for run_id in run_ids]
+        await asyncio.sleep(0.1)
+        assert not any(wait.done() for wait in waits)
+        commits = s.commits
+        for run_id in run_ids:
+            await s.record_step(StepRecord(run_id, "a", StepStatus.RUNNING, attempt=1))
+        await s.flush()
+        assert s.commits == commits + 1
+        woken = await asyncio.wait_for(asyncio.gather(*waits), 2)
+        assert [[(e.run_id, e.seq) for e in events] for events in woken] == [[(run_id, 1)] for run_id in run_ids]
+        assert calls["read_events"] - queries == 2 * len(run_ids)  # once before the commit, once after it
+
+        checks = calls["read_data_version"]
+        await asyncio.sleep(0.1)
+        assert calls["read_data_version"] == checks  # nobody waits: the watcher stopped
+
+
 async def test_calls_racing_aclose_finish_or_say_closed(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
     await create(s, "cached", ["a"])
@@ -298,6 +429,12 @@ async def test_calls_racing_aclose_finish_or_say_closed(sqlite_store: StoreFacto
         s.list_runs(),
         s.record_step(StepRecord("ended", "a", StepStatus.SUCCEEDED)),
         s.apply_context("ended", (ContextOp(INCR, "n", 1),)),
+        s.set_run_status("ended", RunStatus.FAILED, at=2.0),
+        s.send_command("cached", CommandKind.CANCEL, at=2.0),
+        s.claim_lease("cached", "orch-a", ttl_s=30),
+        s.release_lease("cached", "orch-a", notify=True),
+        s.wait_events("cached", after_seq=0, timeout_s=0.5),
+        s.wait_notices(after=10, timeout_s=0.5),
         s.flush(),
     ]
     results = await asyncio.wait_for(asyncio.gather(*calls, s.aclose(), return_exceptions=True), timeout=10)

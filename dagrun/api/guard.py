@@ -1,0 +1,165 @@
+"""The API's guard: the token check and size limit before any body is read, and errors as JSON.
+
+Every response that is not a success is ``{"error": message}`` (plus ``problems`` for an invalid flow):
+the router's 404/405, refusals, dagrun errors mapped to their status, and a bug as a bare 500 whose
+traceback goes to the log only. The token is compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import orjson
+import pydantic
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+PUBLIC_PATHS = frozenset({"/health"})  # the only paths served without the token
+AUTHORIZATION = "Authorization"
+
+
+class ApiError(Exception):
+    """A refusal a handler raises; the guard turns it into ``{"error": message}`` with `status`."""
+
+    def __init__(
+        self, status: HTTPStatus, message: str, *, close: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.close = close  # the body was not read: the connection cannot be reused
+        self.headers = headers or {}
+        super().__init__(message)
+
+
+def json_response(body: Any, status: int = HTTPStatus.OK, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(status: int, message: str, *, close: bool = False, **extra: Any) -> web.Response:
+    response = json_response({"error": message, **extra}, status)
+    if close:
+        response.force_close()
+    return response
+
+
+def is_authorized(values: list[str], token: bytes) -> bool:
+    """True when `values` (every Authorization header of a request) is exactly one ``Bearer <token>``;
+    the comparison takes the same time wherever the presented token first differs."""
+    if len(values) != 1:
+        return False
+    scheme, _, presented = values[0].partition(" ")
+    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no
+    matches = hmac.compare_digest(presented.strip().encode(), token)
+    return scheme.lower() == "bearer" and matches
+
+
+def guard(token: str, *, max_body_bytes: int) -> Middleware:
+    """The middleware: 401 without the token, 413 for a declared body over the limit, then the handler
+    with its errors rendered as JSON."""
+    expected = token.encode()
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in PUBLIC_PATHS and not is_authorized(request.headers.getall(AUTHORIZATION, []), expected):
+            logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
+            response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            message = f"request body of {request.content_length} bytes is over the {max_body_bytes}-byte limit"
+            return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, close=True)
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.message, close=exc.close)
+            response.headers.update(exc.headers)
+            return response
+        except web.HTTPException as exc:
+            return _http_error(request, exc)
+        except DagrunError as exc:
+            return _dagrun_error(request, exc)
+        except Exception:  # a bug: the client gets one line, the log gets the traceback
+            logger.exception("%s %s failed", request.method, request.path)
+            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server's log")
+
+    return middleware
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """The router's refusals (and aiohttp's own) as JSON, keeping headers such as Allow."""
+    if exc.status == HTTPStatus.NOT_FOUND:
+        message = f"no route {request.method} {request.path}"
+    elif exc.status == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = exc.headers.get("Allow", "")
+        message = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
+    else:
+        message = exc.text or exc.reason
+    response = error_response(exc.status, message)
+    if "Allow" in exc.headers:
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _dagrun_error(request: web.Request, exc: DagrunError) -> web.Response:
+    if isinstance(exc, RunNotFound):
+        return error_response(HTTPStatus.NOT_FOUND, str(exc))
+    if isinstance(exc, ControlError):
+        return error_response(HTTPStatus.CONFLICT, str(exc))
+    if isinstance(exc, FlowError):
+        count = len(exc.problems)
+        problems = [{"path": problem.path, "message": problem.message} for problem in exc.problems]
+        message = f"invalid flow: {count} problem{'s' if count != 1 else ''}"
+        return error_response(HTTPStatus.UNPROCESSABLE_ENTITY, message, problems=problems)
+    # The store or an executor failed: the server is fine, what it depends on is not.
+    logger.error("%s %s failed: %s", request.method, request.path, exc)
+    return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body as `model`; ApiError 413 past the size limit (a chunked body), 400 for
+    malformed JSON or a body the model refuses."""
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        message = f"request body is over the {request.client_max_size}-byte limit"
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, close=True) from exc
+    try:
+        document = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: malformed JSON: {exc}") from exc
+    if document is None:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: expected a JSON object ({model.__name__})")
+    return validated(model, document, "request body")
+
+
+def read_query(request: web.Request, model: type[M]) -> M:
+    """The query string as `model`; ApiError 400 for an unknown parameter or a bad value."""
+    return validated(model, dict(request.query), "query")
+
+
+def validated(model: type[M], document: Any, where: str) -> M:
+    try:
+        return model.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"{where}: {describe(exc)}") from exc
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    """Pydantic's errors on one line: ``flow: Field required; extra: unknown field``."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"])
+        message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

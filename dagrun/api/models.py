@@ -1,0 +1,200 @@
+"""The REST API's JSON shapes, as pydantic models: the only source of its request and response schemas.
+
+Request models (bodies and query strings) parse untrusted input, with ``extra="forbid"``. Response
+models describe what the handlers send, which `dagrun.control`'s ``*_json`` functions build; the tests
+validate live responses against them, so the OpenAPI document cannot drift from the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from dagrun.executor import ErrorKind
+from dagrun.states import RunStatus, StepStatus
+from dagrun.store.base import CommandKind
+
+FLOW_SCHEMA_NAME = "Flow"  # the component holding `flow_json_schema()`
+MAX_LIST_LIMIT = 1000
+MAX_EVENTS_LIMIT = 10_000
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- requests -----------------------------------------------------------------------------------------
+
+
+class SubmitRequest(ApiModel):
+    """POST /v1/runs. The flow inlines its scripts (`script`, not `script_file`: the server reads no files)."""
+
+    flow: Annotated[dict[str, Any], WithJsonSchema({"allOf": [{"$ref": f"#/components/schemas/{FLOW_SCHEMA_NAME}"}]})]
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the flow's declared inputs.")
+
+
+class SignalRequest(ApiModel):
+    """POST /v1/runs/{run_id}/steps/{step_id}/signal: the fields the `wait_for` step waits for."""
+
+    values: dict[str, Any]
+
+
+class ListRunsQuery(ApiModel):
+    status: RunStatus | None = Field(None, description="Only runs in this status.")
+    flow: str | None = Field(None, description="Only runs of the flow with this name.")
+    limit: int = Field(50, ge=1, le=MAX_LIST_LIMIT, description="At most this many runs, newest first.")
+
+
+class EventsQuery(ApiModel):
+    after: int = Field(0, ge=0, description="Only events with a greater seq.")
+    limit: int = Field(1000, ge=1, le=MAX_EVENTS_LIMIT, description="At most this many events, oldest first.")
+
+
+class StreamQuery(ApiModel):
+    after: int = Field(0, ge=0, description="Only events with a greater seq (the Last-Event-ID header wins).")
+
+
+# --- responses ----------------------------------------------------------------------------------------
+
+
+class ErrorBody(ApiModel):
+    error: str
+
+
+class ProblemBody(ApiModel):
+    path: str = Field(description="Where in the flow document, e.g. steps[3].depends_on[0]; '' for the whole.")
+    message: str
+
+
+class InvalidFlowBody(ApiModel):
+    error: str
+    problems: list[ProblemBody] = Field(description="Every problem, as `dagrun validate` lists them.")
+
+
+class HealthBody(ApiModel):
+    status: Literal["ok"]
+
+
+class RunCreated(ApiModel):
+    run_id: str
+
+
+class RunBody(ApiModel):
+    run_id: str
+    flow: str = Field(description="The flow's name.")
+    status: RunStatus
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: str | None = Field(description="Why the run failed or was cancelled, when known.")
+    inputs: dict[str, Any]
+
+
+class RunList(ApiModel):
+    runs: list[RunBody]
+
+
+class StepErrorBody(ApiModel):
+    kind: ErrorKind
+    type: str
+    message: str
+    line: int | None
+
+
+class StepBody(ApiModel):
+    status: StepStatus
+    attempts: int
+    outputs: dict[str, Any]
+    error: StepErrorBody | None
+    started_at: float | None
+    finished_at: float | None
+    elapsed_ms: float
+    worker_id: str
+    logs: str
+
+
+class RunDetail(RunBody):
+    driver: str | None = Field(description="The orchestrator holding the run's lease; null when none drives it.")
+    context: dict[str, Any]
+    steps: dict[str, StepBody] = Field(description="Step id -> its state, in flow order.")
+
+
+class RunOutputs(ApiModel):
+    run_id: str
+    status: RunStatus
+    outputs: dict[str, dict[str, Any]] = Field(description="Step id -> its outputs ({} until it succeeds).")
+
+
+class EventBody(ApiModel):
+    seq: int = Field(description="Per run, from 1, gap-free.")
+    at: float
+    kind: Literal["run", "step"]
+    status: str = Field(description="The run or step status entered.")
+    step_id: str | None
+    attempt: int
+    message: str
+
+
+class EventList(ApiModel):
+    events: list[EventBody]
+
+
+class CommandBody(ApiModel):
+    seq: int
+    at: float
+    kind: CommandKind
+    step_id: str | None
+    values: dict[str, Any]
+
+
+class CheckpointBody(RunDetail):
+    last_event_seq: int
+    commands: list[CommandBody]
+
+
+class StepFailureBody(ApiModel):
+    step_id: str
+    attempt: int
+    error: StepErrorBody
+    logs: str
+    worker_id: str
+
+
+class ErrorList(ApiModel):
+    errors: list[StepFailureBody]
+
+
+class PendingStepBody(ApiModel):
+    step_id: str
+    status: StepStatus
+    attempt: int
+    since: float | None
+    waiting_for: list[str] = Field(description="The fields a `wait_for` step needs; [] for a script step.")
+
+
+class PendingList(ApiModel):
+    pending: list[PendingStepBody]
+
+
+class StepMetricsBody(ApiModel):
+    step_id: str
+    status: StepStatus
+    attempts: int
+    retries: int
+    duration_s: float | None
+    run_s: float | None
+    queue_wait_s: float | None
+
+
+class MetricsBody(ApiModel):
+    run_id: str
+    status: RunStatus
+    wall_s: float | None
+    steps_by_status: dict[str, int]
+    attempts: int
+    retries: int
+    step_s: float
+    run_s: float
+    queue_wait_s: float
+    steps: list[StepMetricsBody]

@@ -1,0 +1,185 @@
+"""The API's routes as data: each `Route` is registered on the app and described in the OpenAPI document
+from the same entry, so no route can be served undocumented. The handlers only translate HTTP to
+`RunControl` calls (commands go through the in-process Orchestrator when there is one, so that a run it
+drives applies them at once) and never catch dagrun errors: the guard maps those to statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from dagrun.api import models
+from dagrun.api.guard import Handler, json_response, read_model, read_query
+from dagrun.api.stream import EventStreams, last_event_id
+from dagrun.control import RunControl, command_json, event_json, run_json
+from dagrun.flow_parser import parse_flow
+from dagrun.orchestrator import Orchestrator
+from dagrun.store.base import Command
+
+PREFIX = "/v1"
+SUBMITTED_SOURCE = "request body"  # how FlowError messages name a submitted flow
+
+
+class Commands(Protocol):
+    """What both RunControl and Orchestrator offer to control a run."""
+
+    async def cancel(self, run_id: str) -> Command: ...
+
+    async def pause(self, run_id: str) -> Command: ...
+
+    async def resume(self, run_id: str) -> Command: ...
+
+    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    ok: Mapping[int, type[BaseModel] | None]  # success status -> its JSON body's model (None: no JSON body)
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    refusals: Mapping[int, str] = field(default_factory=dict)  # statuses only this route answers -> when
+    public: bool = False  # served without the token
+    media: str = "application/json"  # of the success body
+    description: str = ""
+
+
+class RunHandlers:
+    """The handlers, bound to the control object (and orchestrator) the app serves."""
+
+    def __init__(self, control: RunControl, orchestrator: Orchestrator | None, streams: EventStreams) -> None:
+        self._control = control
+        self._orchestrator = orchestrator
+        self._commands: Commands = orchestrator if orchestrator is not None else control
+        self._streams = streams
+        self.openapi_body = b"{}"  # set by create_app once every route is known
+
+    def routes(self) -> list[Route]:
+        run = f"{PREFIX}/runs/{{run_id}}"
+        conflict: dict[int, str] = {HTTPStatus.CONFLICT: "the command does not fit the run's state"}
+        invalid: dict[int, str] = {HTTPStatus.UNPROCESSABLE_ENTITY: "an invalid flow, or inputs it does not declare"}
+        busy: dict[int, str] = {
+            HTTPStatus.SERVICE_UNAVAILABLE: "the server follows as many streams as it may; "
+            "retry after Retry-After seconds"
+        }
+        wrong_signal: dict[int, str] = {
+            HTTPStatus.CONFLICT: "the step does not wait for a signal, has ended, or the values are not its fields"
+        }
+        return [
+            Route("GET", "/health", self.health, "Liveness; needs no token", {200: models.HealthBody}, public=True),
+            Route("GET", "/openapi.json", self.openapi, "This document", {200: None}),
+            Route("POST", f"{PREFIX}/runs", self.submit_run, "Submit a run of a flow", {201: models.RunCreated},
+                  body=models.SubmitRequest, refusals=invalid,
+                  description="Recorded for an orchestrator serving the store to drive. Scripts are inline."),
+            Route("GET", f"{PREFIX}/runs", self.list_runs, "List runs, newest first", {200: models.RunList},
+                  query=models.ListRunsQuery),
+            Route("GET", run, self.get_run, "A run with its steps and context", {200: models.RunDetail}),
+            Route("GET", f"{run}/outputs", self.get_outputs, "The outputs of a run's steps", {200: models.RunOutputs}),
+            Route("GET", f"{run}/events", self.get_events, "A run's event log", {200: models.EventList},
+                  query=models.EventsQuery),
+            Route("GET", f"{run}/events/stream", self.stream_events, "A run's events as Server-Sent Events",
+                  {200: None, 204: None}, query=models.StreamQuery, media="text/event-stream", refusals=busy,
+                  description="Frames `id: <seq>`, `event: run|step`, `data: <Event JSON>`; comment lines keep "
+                  "a quiet stream alive. Resumes after the Last-Event-ID header (or `after`). Ends after the "
+                  "event that ends the run; 204 when the run has ended with no event after that id."),
+            Route("GET", f"{run}/errors", self.get_errors, "Steps whose last attempt failed", {200: models.ErrorList}),
+            Route("GET", f"{run}/metrics", self.get_metrics, "Timings, attempts and retries",
+                  {200: models.MetricsBody}),
+            Route("GET", f"{run}/pending", self.get_pending, "Steps that have not ended", {200: models.PendingList}),
+            Route("GET", f"{run}/checkpoint", self.get_checkpoint, "What the run would resume from",
+                  {200: models.CheckpointBody}),
+            Route("POST", f"{run}/cancel", self.cancel_run, "Cancel a run", {202: models.CommandBody},
+                  refusals=conflict),
+            Route("POST", f"{run}/pause", self.pause_run, "Start no new step until resumed",
+                  {202: models.CommandBody}, refusals=conflict),
+            Route("POST", f"{run}/resume", self.resume_run, "Undo pause", {202: models.CommandBody},
+                  refusals=conflict),
+            Route("POST", f"{run}/steps/{{step_id}}/signal", self.signal_step,
+                  "Complete a wait_for step with its fields", {202: models.CommandBody}, body=models.SignalRequest,
+                  refusals=wrong_signal),
+        ]  # fmt: skip
+
+    async def health(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.openapi_body, content_type="application/json")
+
+    async def submit_run(self, request: web.Request) -> web.Response:
+        body = await read_model(request, models.SubmitRequest)
+        # In a thread: compiling the scripts of a large flow would stall every other request (and the
+        # lease renewals of an orchestrator sharing the loop).
+        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE)
+        if self._orchestrator is not None:
+            self._orchestrator.check_executors(flow)  # refuse now what it could not drive
+        run_id = await self._control.submit(flow, inputs=body.inputs)
+        return json_response({"run_id": run_id}, HTTPStatus.CREATED, headers={"Location": f"{PREFIX}/runs/{run_id}"})
+
+    async def list_runs(self, request: web.Request) -> web.Response:
+        query = read_query(request, models.ListRunsQuery)
+        found = await self._control.list_runs(status=query.status, flow_name=query.flow, limit=query.limit)
+        return json_response({"runs": [run_json(run) for run in found]})
+
+    async def get_run(self, request: web.Request) -> web.Response:
+        return json_response((await self._control.status(_run_id(request))).to_json())
+
+    async def get_outputs(self, request: web.Request) -> web.Response:
+        view = await self._control.status(_run_id(request))
+        outputs = {step.step_id: step.outputs for step in view.steps}
+        return json_response({"run_id": view.run.run_id, "status": view.run.status.value, "outputs": outputs})
+
+    async def get_events(self, request: web.Request) -> web.Response:
+        query = read_query(request, models.EventsQuery)
+        events = await self._control.store.get_events(_run_id(request), after_seq=query.after, limit=query.limit)
+        return json_response({"events": [event_json(event) for event in events]})
+
+    async def stream_events(self, request: web.Request) -> web.StreamResponse:
+        after = last_event_id(request, read_query(request, models.StreamQuery).after)
+        return await self._streams.respond(request, self._control, _run_id(request), after)
+
+    async def get_errors(self, request: web.Request) -> web.Response:
+        failures = await self._control.errors(_run_id(request))
+        return json_response({"errors": [failure.to_json() for failure in failures]})
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        return json_response((await self._control.metrics(_run_id(request))).to_json())
+
+    async def get_pending(self, request: web.Request) -> web.Response:
+        pending = await self._control.pending_work(_run_id(request))
+        return json_response({"pending": [step.to_json() for step in pending]})
+
+    async def get_checkpoint(self, request: web.Request) -> web.Response:
+        return json_response((await self._control.checkpoint(_run_id(request))).to_json())
+
+    async def cancel_run(self, request: web.Request) -> web.Response:
+        return _accepted(await self._commands.cancel(_run_id(request)))
+
+    async def pause_run(self, request: web.Request) -> web.Response:
+        return _accepted(await self._commands.pause(_run_id(request)))
+
+    async def resume_run(self, request: web.Request) -> web.Response:
+        return _accepted(await self._commands.resume(_run_id(request)))
+
+    async def signal_step(self, request: web.Request) -> web.Response:
+        body = await read_model(request, models.SignalRequest)
+        command = await self._commands.signal(_run_id(request), request.match_info["step_id"], body.values)
+        return _accepted(command)
+
+
+def _run_id(request: web.Request) -> str:
+    return request.match_info["run_id"]
+
+
+def _accepted(command: Command) -> web.Response:
+    """202: the command is in the run's log; its driver applies it (watch the run's events)."""
+    return json_response(command_json(command), HTTPStatus.ACCEPTED)

@@ -1,0 +1,88 @@
+"""The API server: the application on a TCP site, as an async context manager.
+
+    async with ApiServer(control, token=token, settings=ApiSettings(port=0)) as server:
+        print(server.url)
+
+`aclose` stops accepting, ends the event streams (clients resume them by Last-Event-ID), lets other
+requests finish within `shutdown_timeout_s`, then closes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from dagrun.api.app import ApiSettings, create_app
+from dagrun.control import RunControl
+from dagrun.errors import DagrunError
+from dagrun.listening import cannot_listen, is_loopback
+from dagrun.orchestrator import Orchestrator
+
+logger = logging.getLogger(__name__)
+
+
+class ApiServer:
+    def __init__(
+        self,
+        control: RunControl,
+        *,
+        token: str,
+        orchestrator: Orchestrator | None = None,
+        settings: ApiSettings | None = None,
+    ) -> None:
+        self.settings = settings or ApiSettings()
+        self._app = create_app(control, token=token, orchestrator=orchestrator, settings=self.settings)
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+        self._closed = False
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def port(self) -> int:
+        if self._runner is None:
+            raise RuntimeError("ApiServer is not started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen; DagrunError, in one line, when the address cannot be bound."""
+        if self._closed:
+            raise RuntimeError("ApiServer is closed")
+        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout_s)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise DagrunError(f"api: {cannot_listen(self.settings.host, self.settings.port, exc)}") from exc
+        self._runner = runner
+        self._port = runner.addresses[0][1]
+        if not is_loopback(self.settings.host):
+            logger.warning(
+                "api: serving plain HTTP on %s: the token crosses the network in clear text; "
+                "put a TLS-terminating proxy in front",
+                self.settings.host,
+            )
+        logger.info("api: listening on %s", self.url)
+
+    async def aclose(self) -> None:
+        """Stop serving; safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            logger.info("api: stopped")

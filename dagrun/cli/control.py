@@ -1,0 +1,220 @@
+"""The control-plane commands: `orchestrator`, `submit`, `pause`, `resume`, `cancel`, `signal`, `wait`,
+`errors`, `metrics`, `pending`, `checkpoint`.
+
+They work from any machine that reaches the store. `submit` records a run for an `orchestrator` to
+drive; `resume` also drives a run itself when nobody does (its orchestrator died). Exit codes as in
+`dagrun.cli.commands`, plus 124 when `wait` times out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+
+from rich.table import Table
+
+from dagrun.cli import render
+from dagrun.cli.commands import (
+    EXIT_FAILED,
+    EXIT_OK,
+    opened_store,
+    orchestrator_from_args,
+    parse_inputs,
+    print_json,
+    stdout,
+)
+from dagrun.cli.worker import stop_on_signals
+from dagrun.control import RunControl
+from dagrun.errors import redact
+from dagrun.loader import load_flow
+from dagrun.states import RunStatus
+
+logger = logging.getLogger(__name__)
+
+EXIT_TIMEOUT = 124  # as timeout(1)
+
+
+def orchestrator(args: argparse.Namespace) -> int:
+    async def serve() -> int:
+        async with opened_store(args) as store:
+            orchestrator = orchestrator_from_args(args, store)
+            stop = stop_on_signals(f"orchestrator {orchestrator.owner}", "handing its runs back")
+            logger.warning("orchestrator %s serving runs of %s", orchestrator.owner, redact(args.store))
+            await orchestrator.serve(stop)
+        return EXIT_OK
+
+    return asyncio.run(serve())
+
+
+def submit(args: argparse.Namespace) -> int:
+    flow = load_flow(args.flow)
+    inputs = parse_inputs(args.input)
+
+    async def record() -> int:
+        async with opened_store(args) as store:
+            run_id = await RunControl(store).submit(flow, inputs=inputs)
+        print(run_id)  # the last line, for scripts: RUN=$(dagrun submit flow.json | tail -1)
+        return EXIT_OK
+
+    return asyncio.run(record())
+
+
+def pause(args: argparse.Namespace) -> int:
+    return _send(args, "pause")
+
+
+def cancel(args: argparse.Namespace) -> int:
+    return _send(args, "cancel")
+
+
+def _send(args: argparse.Namespace, kind: str) -> int:
+    async def send() -> int:
+        async with opened_store(args) as store:
+            control = RunControl(store)
+            command = await (control.pause(args.run) if kind == "pause" else control.cancel(args.run))
+            run = await store.get_run(args.run)
+        stdout.print(f"run {args.run}: {command.kind} sent (command {command.seq}); the run is {run.status}")
+        return EXIT_OK
+
+    return asyncio.run(send())
+
+
+def resume(args: argparse.Namespace) -> int:
+    async def resume_here() -> int:
+        async with opened_store(args) as store, orchestrator_from_args(args, store) as orchestrator:
+            await orchestrator.control.resume(args.run)
+            if args.detach:
+                stdout.print(f"run {args.run}: resume sent")
+                return EXIT_OK
+            run = await store.get_run(args.run)
+            lease = await store.get_lease(args.run)
+            if lease is not None:
+                stdout.print(f"run {args.run}: resume sent; {lease.owner} holds it, waiting to see it is alive")
+            progress = render.RunProgress(stdout, run.flow_name, len(run.flow.get("steps", [])))
+            started = time.monotonic()
+            with progress:
+                result = await orchestrator.drive(args.run, wait_for_lease=True, listener=progress.on_step)
+            if result is None:
+                holder = await store.get_lease(args.run)
+                driver = holder.owner if holder is not None else "another orchestrator"
+                stdout.print(f"run {args.run}: resume sent; it is driven by {driver}")
+                return EXIT_OK
+            records = await store.get_steps(args.run)
+            render.run_summary(stdout, result, records, time.monotonic() - started)
+            return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
+
+    return asyncio.run(resume_here())
+
+
+def signal_step(args: argparse.Namespace) -> int:
+    values = parse_inputs(args.values, option="values")
+
+    async def send() -> int:
+        async with opened_store(args) as store:
+            command = await RunControl(store).signal(args.run, args.step, values)
+        stdout.print(f"run {args.run}: signal sent to step {args.step} (command {command.seq})")
+        return EXIT_OK
+
+    return asyncio.run(send())
+
+
+def wait(args: argparse.Namespace) -> int:
+    async def wait_here() -> int:
+        async with opened_store(args) as store:
+            run = await RunControl(store).wait_for_completion(args.run, timeout_s=args.timeout)
+        if not run.status.is_terminal:
+            stdout.print(f"run {args.run} is still {run.status} after {args.timeout:g} s")
+            return EXIT_TIMEOUT
+        stdout.print(f"run {args.run} {run.status}" + (f": {run.error}" if run.error else ""))
+        return EXIT_OK if run.status == RunStatus.SUCCEEDED else EXIT_FAILED
+
+    return asyncio.run(wait_here())
+
+
+def errors(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            found = await RunControl(store).errors(args.run)
+        if args.json:
+            print_json([failure.to_json() for failure in found])
+        elif not found:
+            stdout.print(f"run {args.run}: no errors")
+        else:
+            table = _table("step", "attempt", "kind", "error", "worker")
+            for failure in found:
+                table.add_row(
+                    failure.step_id, str(failure.attempt), failure.error.kind, str(failure.error), failure.worker_id
+                )
+            stdout.print(table)
+        return EXIT_OK
+
+    return asyncio.run(show())
+
+
+def metrics(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            found = await RunControl(store).metrics(args.run)
+        if args.json:
+            print_json(found.to_json())
+            return EXIT_OK
+        table = _table("step", "status", "attempts", "duration", "ran", "queue wait")
+        for step in found.steps[: render.MAX_TABLE_ROWS]:
+            table.add_row(
+                step.step_id, render.styled(step.status), str(step.attempts),
+                _seconds(step.duration_s), _seconds(step.run_s), _seconds(step.queue_wait_s),
+            )  # fmt: skip
+        stdout.print(table)
+        document = found.to_json()
+        stdout.print(
+            f"run {args.run} {found.status}: wall {_seconds(found.wall_s)}, {found.attempts} attempts "
+            f"({found.retries} retries), steps {_seconds(document['step_s'])} in all, of which "
+            f"{_seconds(document['run_s'])} running scripts and {_seconds(document['queue_wait_s'])} queued"
+        )
+        return EXIT_OK
+
+    return asyncio.run(show())
+
+
+def pending(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            found = await RunControl(store).pending_work(args.run)
+        if args.json:
+            print_json([step.to_json() for step in found])
+        elif not found:
+            stdout.print(f"run {args.run}: no pending work")
+        else:
+            table = _table("step", "status", "attempt", "since", "waiting for")
+            for step in found:
+                table.add_row(
+                    step.step_id, render.styled(step.status), str(step.attempt), render.clock(step.since),
+                    ", ".join(step.waiting_for) or "-",
+                )  # fmt: skip
+            stdout.print(table)
+        return EXIT_OK
+
+    return asyncio.run(show())
+
+
+def checkpoint(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with opened_store(args) as store:
+            found = await RunControl(store).checkpoint(args.run)
+        print_json(found.to_json())
+        return EXIT_OK
+
+    return asyncio.run(show())
+
+
+def _table(*columns: str) -> Table:
+    table = Table(show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else render.duration(0.0, value)

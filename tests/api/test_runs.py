@@ -1,0 +1,163 @@
+"""Every run route on real runs, on the sqlite and the redis store; responses checked against the models
+the OpenAPI document is built from."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dagrun.api import models
+from dagrun.orchestrator import Orchestrator
+from dagrun.store import open_store
+from tests.api.conftest import FAILING, GATED, HELLO, Api, MakeApi
+
+
+async def test_a_submitted_run_runs_and_every_read_route_describes_it(api: Api) -> None:
+    run_id = await api.submit(HELLO, {"who": "api"})
+    detail = models.RunDetail.model_validate(await api.until_ended(run_id))
+    assert detail.status == "succeeded" and detail.inputs == {"who": "api"}
+    assert detail.steps["shout"].outputs == {"shouted": "HELLO, API"}
+
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/outputs")
+    assert status == 200
+    assert models.RunOutputs.model_validate(body).outputs == {
+        "greet": {"greeting": "hello, api"},
+        "shout": {"shouted": "HELLO, API"},
+    }
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/metrics")
+    metrics = models.MetricsBody.model_validate(body)
+    assert status == 200 and metrics.steps_by_status == {"succeeded": 2} and metrics.attempts == 2
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/errors")
+    assert status == 200 and models.ErrorList.model_validate(body).errors == []
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/pending")
+    assert status == 200 and models.PendingList.model_validate(body).pending == []
+
+
+async def test_events_are_paged_by_after_and_limit(api: Api) -> None:
+    run_id = await api.submit(HELLO)
+    await api.until_ended(run_id)
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/events")
+    events = models.EventList.model_validate(body).events
+    assert status == 200
+    assert [(e.kind, e.step_id, e.status) for e in events] == [
+        ("run", None, "running"),
+        ("step", "greet", "running"),
+        ("step", "greet", "succeeded"),
+        ("step", "shout", "running"),
+        ("step", "shout", "succeeded"),
+        ("run", None, "succeeded"),
+    ]
+    assert [e.seq for e in events] == list(range(1, 7))
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/events", params={"after": "2", "limit": "3"})
+    assert status == 200 and [e["seq"] for e in body["events"]] == [3, 4, 5]
+
+
+async def test_checkpoint_holds_the_event_log_end_and_the_commands(api: Api) -> None:
+    run_id = await api.submit(GATED)
+    await api.until_step(run_id, "approve", "waiting")
+    assert (await api.call("POST", f"/v1/runs/{run_id}/steps/approve/signal", json={"values": {"ok": 1}}))[0] == 202
+    await api.until_ended(run_id)
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/checkpoint")
+    checkpoint = models.CheckpointBody.model_validate(body)
+    _, events = await api.call("GET", f"/v1/runs/{run_id}/events")
+    assert status == 200 and checkpoint.last_event_seq == events["events"][-1]["seq"]
+    assert [(c.kind, c.step_id, c.values) for c in checkpoint.commands] == [("signal", "approve", {"ok": 1})]
+
+
+async def test_runs_are_listed_newest_first_and_filtered(api: Api) -> None:
+    first = await api.submit(HELLO)
+    await api.until_ended(first)
+    failed = await api.submit(FAILING)
+    await api.until_ended(failed)
+    status, body = await api.call("GET", "/v1/runs")
+    assert status == 200 and [run.run_id for run in models.RunList.model_validate(body).runs] == [failed, first]
+    _, body = await api.call("GET", "/v1/runs", params={"status": "failed"})
+    assert [run["run_id"] for run in body["runs"]] == [failed]
+    _, body = await api.call("GET", "/v1/runs", params={"flow": "hello"})
+    assert [run["run_id"] for run in body["runs"]] == [first]
+    _, body = await api.call("GET", "/v1/runs", params={"limit": "1"})
+    assert [run["run_id"] for run in body["runs"]] == [failed]
+
+
+async def test_errors_lists_the_failed_step_with_its_error(api: Api) -> None:
+    run_id = await api.submit(FAILING)
+    detail = await api.until_ended(run_id)
+    assert detail["status"] == "failed"
+    assert {step: s["status"] for step, s in detail["steps"].items()} == {
+        "boom": "failed",
+        "after": "skipped",
+        "alone": "succeeded",
+    }
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/errors")
+    (failure,) = models.ErrorList.model_validate(body).errors
+    assert status == 200 and failure.step_id == "boom" and failure.error.kind == "fail"
+    assert "no luck" in failure.error.message
+
+
+async def test_pending_shows_a_waiting_step_and_what_it_waits_for(api: Api) -> None:
+    run_id = await api.submit(GATED)
+    await api.until_step(run_id, "approve", "waiting")
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/pending")
+    pending = models.PendingList.model_validate(body).pending
+    assert status == 200
+    assert [(p.step_id, p.status, p.waiting_for) for p in pending] == [
+        ("approve", "waiting", ["ok"]),
+        ("ship", "pending", []),
+    ]
+    await api.call("POST", f"/v1/runs/{run_id}/cancel")
+
+
+async def test_a_signal_completes_a_waiting_step_and_its_values_flow_on(api: Api) -> None:
+    run_id = await api.submit(GATED)
+    await api.until_step(run_id, "approve", "waiting")
+    status, body = await api.call("POST", f"/v1/runs/{run_id}/steps/approve/signal", json={"values": {"ok": True}})
+    command = models.CommandBody.model_validate(body)
+    assert status == 202 and (command.kind, command.step_id, command.values) == ("signal", "approve", {"ok": True})
+    detail = await api.until_ended(run_id)
+    assert detail["status"] == "succeeded"
+    assert detail["steps"]["approve"]["outputs"] == {"ok": True}
+    assert detail["steps"]["ship"]["outputs"] == {"n": 42}
+
+
+async def test_pause_and_resume_a_running_run_then_it_completes(api: Api) -> None:
+    run_id = await api.submit(GATED)
+    await api.until_step(run_id, "approve", "waiting")
+    status, body = await api.call("POST", f"/v1/runs/{run_id}/pause")
+    assert status == 202 and models.CommandBody.model_validate(body).kind == "pause"
+    await api.until(run_id, lambda e: e.kind == "run" and e.status == "paused")
+    assert (await api.call("GET", f"/v1/runs/{run_id}"))[1]["status"] == "paused"
+
+    status, body = await api.call("POST", f"/v1/runs/{run_id}/resume")
+    assert status == 202 and body["kind"] == "resume"
+    await api.until(run_id, lambda e: e.kind == "run" and e.status == "running" and e.seq > 1)
+    await api.call("POST", f"/v1/runs/{run_id}/steps/approve/signal", json={"values": {"ok": 1}})
+    assert (await api.until_ended(run_id))["status"] == "succeeded"
+
+
+async def test_cancel_ends_a_running_run_and_its_unfinished_steps(api: Api) -> None:
+    run_id = await api.submit(GATED)
+    await api.until_step(run_id, "approve", "waiting")
+    status, body = await api.call("POST", f"/v1/runs/{run_id}/cancel")
+    assert status == 202 and body["kind"] == "cancel"
+    detail = await api.until_ended(run_id)
+    assert detail["status"] == "cancelled"
+    assert {step: s["status"] for step, s in detail["steps"].items()} == {
+        "build": "succeeded",
+        "approve": "cancelled",
+        "ship": "cancelled",
+    }
+
+
+async def test_a_run_submitted_without_an_orchestrator_here_is_driven_by_one_sharing_the_store(
+    make_api: MakeApi, store_url: str
+) -> None:
+    api: Api = await make_api(orchestrate=False)
+    run_id = await api.submit(HELLO)
+    async with open_store(store_url) as other, Orchestrator(other, processes=1) as orchestrator:
+        halt = asyncio.Event()
+        serving = asyncio.create_task(orchestrator.serve(halt))
+        try:
+            detail = await api.until_ended(run_id)
+        finally:
+            halt.set()
+            await serving
+    assert detail["status"] == "succeeded"

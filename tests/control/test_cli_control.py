@@ -1,0 +1,218 @@
+"""The control plane as operators use it: `dagrun orchestrator`, `submit`, `wait`, `signal`, `pause`,
+`resume`, `cancel`, ... as real processes, with kill -9 of the process driving a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dagrun.states import RunStatus
+from dagrun.store import Store, open_store
+from tests.control_support import wait_for_event
+
+pytestmark = pytest.mark.slow
+
+LEASE_S = "2"  # a dead driver's runs are taken over after this
+
+
+def chain_document(steps: int = 6, work: int = 300_000) -> dict[str, Any]:
+    """s1 -> s2 -> ... each spinning a little, then passing a counter on."""
+    document: dict[str, Any] = {"name": "chain", "steps": []}
+    for i in range(1, steps + 1):
+        step: dict[str, Any] = {
+            "id": f"s{i}",
+            "script": "n = 0\nfor _ in range(inputs['work']):\n    n += 1\noutputs['v'] = inputs['prev'] + 1",
+            "inputs": {"work": work, "prev": f"${{steps.s{i - 1}.v}}" if i > 1 else 0},
+            "outputs": ["v"],
+        }
+        if i > 1:
+            step["depends_on"] = [f"s{i - 1}"]
+        document["steps"].append(step)
+    return document
+
+
+GATED = {
+    "name": "gated",
+    "steps": [
+        {"id": "build", "script": "outputs['version'] = '1.0'\ncontext.incr('builds')"},
+        {"id": "approve", "depends_on": ["build"], "wait_for": {"fields": ["approved"]}},
+        {"id": "ship", "depends_on": ["approve"], "script": "outputs['shipped'] = inputs['ok']",
+         "inputs": {"ok": "${steps.approve.approved}"}},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return url
+    return str(tmp_path / "store")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    async with open_store(store_url) as opened:
+        yield opened
+
+
+class Processes:
+    """`dagrun` child processes of one test, all killed when it ends."""
+
+    def __init__(self, store_url: str, directory: Path) -> None:
+        self.env = {**os.environ, "DAGRUN_STORE": store_url}
+        self.env.pop("DAGRUN_DEBUG", None)
+        self.directory = directory
+        self.started: list[subprocess.Popen[str]] = []
+
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.started.append(process)
+        return process
+
+    def flow(self, document: dict[str, Any], name: str = "flow.json") -> str:
+        path = self.directory / name
+        path.write_text(json.dumps(document))
+        return str(path)
+
+    def submit(self, document: dict[str, Any]) -> str:
+        result = self.run("submit", self.flow(document))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
+@pytest.fixture
+def dagrun(store_url: str, tmp_path: Path) -> Iterator[Processes]:
+    processes = Processes(store_url, tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.kill_all()
+
+
+async def step_events(store: Store, run_id: str) -> Counter[tuple[str, str, int]]:
+    """How many times each (step, status, attempt) was recorded."""
+    return Counter((e.step_id or "", e.status, e.attempt) for e in await store.get_events(run_id) if e.step_id)
+
+
+async def test_a_run_whose_process_was_killed_is_resumed_without_rerunning_completed_steps(
+    dagrun: Processes, store: Store
+) -> None:
+    runner = dagrun.start("run", dagrun.flow(chain_document()), "--lease-s", LEASE_S, "--processes", "1")
+    runs = []
+    while not runs:  # the run is recorded before its first step starts
+        runs = await store.list_runs()
+    run_id = runs[0].run_id
+    await wait_for_event(store, run_id, "succeeded", "s3")
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate()
+    before = {step.step_id: step for step in await store.get_steps(run_id)}
+    done_before = {step_id for step_id, step in before.items() if step.status == "succeeded"}
+    assert {"s1", "s2", "s3"} <= done_before and len(done_before) < 6
+
+    result = dagrun.run("resume", run_id, "--lease-s", LEASE_S, "--processes", "1")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+    after = {step.step_id: step for step in await store.get_steps(run_id)}
+    assert {step_id: step.outputs for step_id, step in after.items()} == {f"s{i}": {"v": i} for i in range(1, 7)}
+    assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
+    events = await step_events(store, run_id)
+    for step_id in done_before:  # completed steps were not run again
+        assert after[step_id] == before[step_id]
+        assert events[(step_id, "running", 2)] == 0
+    interrupted = [step_id for step_id, step in before.items() if step.status == "running"]
+    for step_id in interrupted:  # the step cut off ran again, as a new attempt
+        assert after[step_id].attempt == 2
+    assert all(count == 1 for (_, status, _), count in events.items() if status == "succeeded")
+
+
+async def test_orchestrator_services_share_the_runs_and_take_over_from_a_dead_one(
+    dagrun: Processes, store: Store
+) -> None:
+    first = dagrun.start("orchestrator", "--lease-s", LEASE_S, "--processes", "1")
+    second = dagrun.start("orchestrator", "--lease-s", LEASE_S, "--processes", "1")
+    quick = {"name": "quick", "steps": [{"id": f"q{i}", "script": f"outputs['v'] = {i}"} for i in range(5)]}
+    run_ids = [dagrun.submit(quick) for _ in range(4)]
+    for run_id in run_ids:
+        result = dagrun.run("wait", run_id, "--timeout", "60")
+        assert result.returncode == 0, result.stdout + result.stderr
+        events = await step_events(store, run_id)
+        assert all(count == 1 for count in events.values()), events  # one driver per run, each step once
+
+    slow = dagrun.submit(chain_document(steps=8))
+    await wait_for_event(store, slow, "succeeded", "s2")
+    driver = await store.get_lease(slow)
+    assert driver is not None
+    # kill -9 whichever service drives it: the other takes the run over once the lease lapses
+    for process in (first, second):
+        if f":{process.pid}:" in driver.owner:
+            process.send_signal(signal.SIGKILL)
+    result = dagrun.run("wait", slow, "--timeout", "90", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    outputs = {step.step_id: step.outputs for step in await store.get_steps(slow)}
+    assert outputs == {f"s{i}": {"v": i} for i in range(1, 9)}
+
+
+async def test_operators_control_a_submitted_run_from_the_command_line(dagrun: Processes, store: Store) -> None:
+    dagrun.start("orchestrator", "--processes", "1")
+    run_id = dagrun.submit(GATED)
+    await wait_for_event(store, run_id, "waiting", "approve")
+
+    pending = dagrun.run("pending", run_id, "--json")
+    assert [(p["step_id"], p["waiting_for"]) for p in json.loads(pending.stdout)] == [
+        ("approve", ["approved"]),
+        ("ship", []),
+    ]
+    assert dagrun.run("pause", run_id).returncode == 0
+    await wait_for_event(store, run_id, "paused")
+    refused = dagrun.run("signal", run_id, "build", "approved=true")
+    assert refused.returncode == 2 and "runs a script" in refused.stderr
+    signalled = dagrun.run("signal", run_id, "approve", "approved=true")
+    assert signalled.returncode == 0, signalled.stderr
+    await wait_for_event(store, run_id, "succeeded", "approve")
+    assert dagrun.run("wait", run_id, "--timeout", "0.5").returncode == 124  # paused: ship does not start
+    assert dagrun.run("resume", run_id).returncode == 0
+    assert dagrun.run("wait", run_id, "--timeout", "60").returncode == 0
+
+    status = json.loads(dagrun.run("status", run_id, "--json").stdout)
+    assert status["status"] == "succeeded"
+    assert status["context"] == {"builds": 1}
+    assert status["steps"]["ship"]["outputs"] == {"shipped": True}
+    metrics = json.loads(dagrun.run("metrics", run_id, "--json").stdout)
+    assert metrics["steps_by_status"] == {"succeeded": 3}
+    checkpoint = json.loads(dagrun.run("checkpoint", run_id).stdout)
+    assert [c["kind"] for c in checkpoint["commands"]] == ["pause", "signal", "resume"]
+    assert json.loads(dagrun.run("errors", run_id, "--json").stdout) == []
+    ended = dagrun.run("cancel", run_id)
+    assert ended.returncode == 2 and "already ended succeeded" in ended.stderr
+
+    second = dagrun.submit(GATED)
+    await wait_for_event(store, second, "waiting", "approve")
+    assert dagrun.run("cancel", second).returncode == 0
+    assert dagrun.run("wait", second, "--timeout", "60").returncode == 1
+    assert (await store.get_run(second)).status == RunStatus.CANCELLED

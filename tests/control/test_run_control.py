@@ -1,0 +1,224 @@
+"""The orchestrator's control API on every store: start, status, pause/resume, cancel, signal, errors,
+metrics, pending work, checkpoint, and control from another process (a second store on the same data)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from dagrun import ControlError, Orchestrator, RunStatus, StepStatus, parse_flow
+from dagrun.control import RunControl
+from dagrun.store.base import CommandKind, Store
+from tests.control.conftest import gated_flow
+from tests.control_support import wait_for_event, wait_until_waiting
+from tests.store.conftest import StoreFactory
+
+
+async def _other(stores: StoreFactory, first: Store) -> Store:
+    """What another process sees: a second store on the same data (memory has only the one)."""
+    return first if stores.kind == "memory" else stores()
+
+
+async def _statuses(store: Store, run_id: str) -> dict[str, StepStatus]:
+    return {step.step_id: step.status for step in await store.get_steps(run_id)}
+
+
+async def test_start_run_returns_at_once_and_the_run_completes_in_the_background(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        started = time.monotonic()
+        run_id = await orchestrator.start_run(gated_flow())
+        assert time.monotonic() - started < 2
+        assert (await orchestrator.status(run_id)).run.status in (RunStatus.PENDING, RunStatus.RUNNING)
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        await wait_for_event(store, run_id, "succeeded", "side")
+        view = await orchestrator.status(run_id)
+        assert view.driver == orchestrator.owner
+        assert view.steps[1].status == StepStatus.WAITING
+        assert [step.step_id for step in await orchestrator.pending_work(run_id)] == ["gate", "after", "last"]
+
+        await orchestrator.signal(run_id, "gate", {"ok": True})
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+
+        assert run.status == RunStatus.SUCCEEDED
+        checkpoint = await orchestrator.checkpoint(run_id)
+        outputs = {step.step_id: step.outputs for step in checkpoint.view.steps}
+        assert outputs["last"] == {"done": 2}
+        assert outputs["gate"] == {"ok": True}
+        assert checkpoint.view.context == {"hits": 2}
+        assert [command.kind for command in checkpoint.commands] == [CommandKind.SIGNAL]
+        assert checkpoint.to_json()["context"] == {"hits": 2}
+        assert (await orchestrator.status(run_id)).driver is None  # the lease was given up
+        assert await orchestrator.pending_work(run_id) == []
+
+
+async def test_pause_starts_no_new_step_until_resume(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow())
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        await orchestrator.pause(run_id)
+        assert (await store.get_run(run_id)).status == RunStatus.PAUSED
+
+        await orchestrator.signal(run_id, "gate", {"ok": 1})  # the waiting step completes ...
+        await wait_for_event(store, run_id, "succeeded", "gate")
+        await asyncio.sleep(0.3)
+        statuses = await _statuses(store, run_id)
+        assert statuses["after"] == StepStatus.PENDING  # ... but nothing new starts while paused
+        assert (await store.get_run(run_id)).status == RunStatus.PAUSED
+
+        await orchestrator.resume(run_id)
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+    assert run.status == RunStatus.SUCCEEDED
+    statuses_seen = [e.status for e in await store.get_events(run_id) if e.kind == "run"]
+    assert statuses_seen == ["running", "paused", "running", "succeeded"]
+
+
+async def test_cancel_ends_the_run_cancelled_and_stops_what_runs(stores: StoreFactory) -> None:
+    store = stores()
+    flow = parse_flow(
+        {
+            "name": "long",
+            "steps": [
+                {"id": "spin", "script": "n = 0\nwhile True:\n    n += 1", "timeout_s": 60},
+                {"id": "gate", "wait_for": {"fields": ["ok"]}},
+                {"id": "after", "depends_on": ["gate", "spin"], "script": "pass"},
+            ],
+        }
+    )
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(flow)
+        await wait_for_event(store, run_id, "running", "spin")
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        started = time.monotonic()
+        command = await orchestrator.cancel(run_id)
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        assert time.monotonic() - started < 10  # the spinning step was stopped, not waited for
+    assert command.kind == CommandKind.CANCEL
+    assert run.status == RunStatus.CANCELLED
+    assert await _statuses(store, run_id) == dict.fromkeys(["spin", "gate", "after"], StepStatus.CANCELLED)
+    with pytest.raises(ControlError, match="already ended cancelled"):
+        await RunControl(store).resume(run_id)
+
+
+async def test_commands_from_another_process_reach_the_driver(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow())
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        remote = RunControl(await _other(stores, store))
+        await remote.pause(run_id)
+        await wait_for_event(store, run_id, "paused")
+        await remote.signal(run_id, "gate", {"ok": True})
+        await wait_for_event(store, run_id, "succeeded", "gate")
+        await remote.resume(run_id)
+        run = await remote.wait_for_completion(run_id, timeout_s=30)
+    assert run.status == RunStatus.SUCCEEDED
+
+
+async def test_a_signal_sent_before_the_step_waits_is_kept_for_it(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow())
+        await orchestrator.signal(run_id, "gate", {"ok": "early"})
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        assert run.status == RunStatus.SUCCEEDED
+        assert (await store.get_steps(run_id))[1].outputs == {"ok": "early"}
+
+
+async def test_a_wait_for_step_fails_at_its_timeout(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow(timeout_s=0.3))
+        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        failures = await orchestrator.errors(run_id)
+    assert run.status == RunStatus.FAILED
+    assert [(f.step_id, f.error.kind, f.error.type) for f in failures] == [("gate", "timeout", "SignalTimeout")]
+    assert "no signal within 0.3 s" in failures[0].error.message
+    statuses = await _statuses(store, run_id)
+    assert (statuses["after"], statuses["last"], statuses["side"]) == (
+        StepStatus.SKIPPED,
+        StepStatus.SKIPPED,
+        StepStatus.SUCCEEDED,
+    )
+
+
+@pytest.mark.parametrize(
+    ("step_id", "values", "message"),
+    [
+        ("nope", {"ok": 1}, "has no step 'nope'"),
+        ("first", {"ok": 1}, "step 'first' runs a script"),
+        ("gate", {}, "waits for ok: missing ok"),
+        ("gate", {"ok": 1, "extra": 2}, "unknown extra"),
+    ],
+)
+async def test_signals_that_do_not_fit_are_refused_and_not_sent(
+    stores: StoreFactory, step_id: str, values: dict[str, int], message: str
+) -> None:
+    store = stores()
+    control = RunControl(store)
+    run_id = await control.submit(gated_flow())
+    with pytest.raises(ControlError, match=message):
+        await control.signal(run_id, step_id, values)
+    assert await store.get_commands(run_id) == []
+
+
+async def test_an_undriven_run_shows_pause_resume_and_cancel_at_once(stores: StoreFactory) -> None:
+    store = stores()
+    control = RunControl(store)
+    run_id = await control.submit(gated_flow())
+    assert (await control.status(run_id)).run.status == RunStatus.PENDING
+    await control.pause(run_id)
+    assert (await control.status(run_id)).run.status == RunStatus.PAUSED
+    await control.resume(run_id)
+    assert (await control.status(run_id)).run.status == RunStatus.PENDING
+    await control.cancel(run_id)
+    view = await control.status(run_id)
+    assert view.run.status == RunStatus.CANCELLED
+    assert {step.status for step in view.steps} == {StepStatus.CANCELLED}
+    assert view.driver is None
+    assert [c.kind for c in await store.get_commands(run_id)] == ["pause", "resume", "cancel"]
+
+
+async def test_errors_and_metrics_describe_a_failed_run(stores: StoreFactory) -> None:
+    store = stores()
+    flow = parse_flow(
+        {
+            "name": "flaky",
+            "steps": [
+                {"id": "ok", "script": "outputs['x'] = 1"},
+                {"id": "bad", "script": "log('trying')\nraise ValueError('no luck')", "retries": {"max_attempts": 2}},
+            ],
+        }
+    )
+    async with Orchestrator(store, processes=1) as orchestrator:
+        result = await orchestrator.run(flow)
+        failures = await orchestrator.errors(result.run_id)
+        metrics = await orchestrator.metrics(result.run_id)
+    assert result.status == RunStatus.FAILED
+    assert [(f.step_id, f.attempt, f.error.type, f.error.line) for f in failures] == [("bad", 2, "ValueError", 2)]
+    assert "trying" in failures[0].logs
+    by_step = {step.step_id: step for step in metrics.steps}
+    assert (by_step["bad"].attempts, by_step["bad"].retries) == (2, 1)
+    assert (by_step["ok"].attempts, by_step["ok"].retries) == (1, 0)
+    assert metrics.attempts == 3 and metrics.retries == 1
+    ok = by_step["ok"]
+    assert ok.duration_s is not None and ok.run_s is not None and ok.queue_wait_s is not None
+    assert ok.run_s > 0 and abs(ok.run_s + ok.queue_wait_s - ok.duration_s) < 1e-6
+    document = metrics.to_json()
+    assert document["steps_by_status"] == {"succeeded": 1, "failed": 1}
+    assert document["wall_s"] is not None and document["wall_s"] >= document["queue_wait_s"] / 2
+
+
+async def test_list_runs_filters_by_status_and_flow(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        done = (await orchestrator.run(parse_flow({"name": "quick", "steps": [{"id": "a", "script": "pass"}]}))).run_id
+        waiting = await orchestrator.start_run(gated_flow())
+        await wait_until_waiting(orchestrator, waiting, "gate")
+        assert [r.run_id for r in await orchestrator.list_runs(status=RunStatus.RUNNING)] == [waiting]
+        assert [r.run_id for r in await orchestrator.list_runs(flow_name="quick")] == [done]
+        assert [r.run_id for r in await orchestrator.list_runs(limit=1)] == [waiting]
+        await orchestrator.cancel(waiting)
