@@ -3,10 +3,10 @@ and waits for the result on its own reply stream.
 
 Invariant: `_waiting` maps the request id of every call still waiting to that call; the first result
 for an id resolves it and any other (a re-run after a claim, a re-submission after a Redis restart)
-is dropped. One writer task sends queued entries (one XADD, or a pipeline of them), one reader task
-reads the reply stream with XREAD BLOCK COUNT, and a monitor fails the calls of a context that has had
-no live worker for `queue_timeout_s`. Once connected, the executor outlives Redis restarts: it retries with backoff and
-re-submits the requests whose entries Redis lost.
+is dropped. One writer task sends queued entries (their XADDs in one write), one reader task reads
+the reply stream with XREAD BLOCK COUNT (each over a connection of its own), and a monitor fails
+the calls of a context that has had no live worker for `queue_timeout_s`. Once connected, the executor
+outlives Redis restarts: it retries with backoff and re-submits the requests whose entries Redis lost.
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.exceptions
-from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
-
 from dagrun.errors import ExecutorError, WorkerUnavailable, redact
 from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult, decode_result, encode_request
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
     CONNECTION_ERRORS,
+    Argument,
     Backoff,
+    DedicatedConnection,
     QueueSettings,
     block_ms,
     cancel_and_wait,
     check_connection,
     let_others_run,
     open_redis,
+    stream_entries,
 )
 from executors.redis_queue.liveness import consumers
 
@@ -55,7 +55,7 @@ class _Call:
     request_id: bytes
     context_id: str
     stream: str
-    fields: dict[FieldT, EncodableT]
+    fields: tuple[bytes, ...]  # of its XADD: id, request id, reply, reply stream, req, request envelope
     future: asyncio.Future[StepResult]
     submitted_at: float  # time.monotonic()
     entry_id: bytes | None = None  # its entry in the request stream, once written
@@ -73,6 +73,8 @@ class RedisExecutor:
         self.reply_stream = self._keys.replies(self.caller_id)
         self._reply = self.reply_stream.encode()
         self._client = open_redis(settings)
+        self._requests = DedicatedConnection(self._client)  # the writer's XADDs
+        self._replies = DedicatedConnection(self._client)  # the reader's XREADs
         self._block_ms = block_ms(self._client)  # an idle reader wakes this often and keeps its stream's TTL fresh
         self._numbers = itertools.count(1)
         self._waiting: dict[bytes, _Call] = {}
@@ -101,7 +103,7 @@ class RedisExecutor:
         await self._open()
         number = next(self._numbers)
         request_id = f"{request.run_id}/{request.step_id}#{request.attempt}/{number}".encode()
-        fields: dict[FieldT, EncodableT] = {b"id": request_id, b"reply": self._reply, b"req": encode_request(request)}
+        fields = (b"id", request_id, b"reply", self._reply, b"req", encode_request(request))
         context_id = request.context_id or DEFAULT_CONTEXT
         stream = self._keys.requests(context_id)
         future = asyncio.get_running_loop().create_future()
@@ -126,6 +128,8 @@ class RedisExecutor:
         self._fail_waiting(ExecutorError("the redis executor was closed while the step waited"))
         if self._tasks:
             await self._clean_up(withdrawn)
+        await self._requests.aclose()
+        await self._replies.aclose()
         await self._client.aclose()
 
     # --- opening ---
@@ -197,23 +201,13 @@ class RedisExecutor:
                 await self._write(calls, withdrawn, backoff)
 
     async def _write(self, calls: list[_Call], withdrawn: list[tuple[str, bytes]], backoff: Backoff) -> None:
-        """One XADD, or one pipeline of XADDs (and XDELs of withdrawn entries), retried until `reconnect_timeout_s`."""
+        """The XADDs (and XDELs of withdrawn entries) in one write, retried until `reconnect_timeout_s`."""
         deadline = time.monotonic() + self.settings.reconnect_timeout_s
-        entry_ids: list[Any]  # an entry id (bytes) or the error Redis answered, per call
+        commands: list[tuple[Argument, ...]] = [("XADD", call.stream, "*", *call.fields) for call in calls]
+        commands += [("XDEL", stream, entry_id) for stream, entry_id in withdrawn]
         while True:
             try:
-                if len(calls) == 1 and not withdrawn:  # a pipeline of one costs twice a command's CPU
-                    try:
-                        entry_ids = [await self._client.xadd(calls[0].stream, calls[0].fields)]
-                    except redis.exceptions.ResponseError as exc:
-                        entry_ids = [exc]
-                else:
-                    async with self._client.pipeline(transaction=False) as pipe:
-                        for call in calls:
-                            pipe.xadd(call.stream, call.fields)
-                        for stream, entry_id in withdrawn:
-                            pipe.xdel(stream, entry_id)
-                        entry_ids = await pipe.execute(raise_on_error=False)
+                entry_ids = await self._requests.execute_many(commands)  # per call: its entry id or the refusal
                 break
             except CONNECTION_ERRORS as exc:
                 if time.monotonic() > deadline:
@@ -263,15 +257,14 @@ class RedisExecutor:
                 await pipe.execute()
             self._maintain_at = time.monotonic() + MAINTAIN_EVERY_S
             self._read_since_trim = 0
-        streams: dict[KeyT, StreamIdT] = {self.reply_stream: self._last_reply_id}
-        if not block:
-            return await self._client.xread(streams, count=READ_COUNT)
-        return await self._client.xread(streams, count=READ_COUNT, block=self._block_ms)
+        block_args = ("BLOCK", self._block_ms) if block else ()
+        streams = ("STREAMS", self.reply_stream, self._last_reply_id)
+        return await self._replies.execute("XREAD", "COUNT", READ_COUNT, *block_args, *streams)
 
     def _deliver(self, response: Any) -> int:
         """Resolve the calls that these reply entries ({request id: result, ...}) answer; the number of entries."""
         count = 0
-        for _, entries in response or ():
+        for _, entries in stream_entries(response):
             for _, fields in entries:
                 for request_id, data in fields.items():
                     self._resolve(request_id, data)

@@ -12,13 +12,14 @@ up to `prefetch` more wait in the pool's queue.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
-from redis.typing import EncodableT, KeyT, StreamIdT
+from redis.typing import StreamIdT
 
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, StepRequest, StepResult, encode_result
@@ -27,11 +28,14 @@ from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
     CONNECTION_ERRORS,
     GROUP,
+    Argument,
     Backoff,
+    DedicatedConnection,
     QueueSettings,
     block_ms,
     cancel_and_wait,
     let_others_run,
+    stream_entries,
 )
 from executors.redis_queue.liveness import consumers, encode_status, forget_consumer
 
@@ -63,6 +67,7 @@ for i = replies + 1, #KEYS do
 end
 return errors
 """
+_REPLY_SHA = hashlib.sha1(_REPLY.encode()).hexdigest()
 REFUSED_OR_LOST: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 SIGN_OFF_ERRORS: tuple[type[Exception], ...] = (*CLEANUP_ERRORS, redis.exceptions.ResponseError)
 
@@ -87,7 +92,8 @@ class Consumer:
         self._streams = [self._keys.requests(context_id) for context_id in worker.settings.contexts]
         self._concurrency = worker.settings.concurrency
         self._block_ms = block_ms(client)
-        self._reply_script = client.register_script(_REPLY)
+        self._requests = DedicatedConnection(client)  # the read loop's XREADGROUPs
+        self._replies = DedicatedConnection(client)  # the reply loop's scripts
         self._held: dict[tuple[str, bytes], _Entry] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._ended: list[_Entry] = []  # steps that ended, their replies not written yet
@@ -138,6 +144,12 @@ class Consumer:
             raise group.exceptions[0] from None  # one message for the command line, not a group
         finally:
             await self._leave()
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Disconnect the consumer's own connections (the client stays its owner's); safe twice."""
+        await self._requests.aclose()
+        await self._replies.aclose()
 
     # --- reading and running ---
 
@@ -162,15 +174,17 @@ class Consumer:
                 logger.warning("worker %s: reconnected to redis at %s", self._name, self._settings.where)
                 backoff.reset()
             if response:
-                for stream, entries in response:
+                for stream, entries in stream_entries(response):
                     self._take(stream.decode(), entries)
                 # Let the steps just taken reach their sandbox before the read is sent again: sending it
                 # first would put its CPU on every step's critical path.
                 await let_others_run()
 
     async def _read(self) -> Any:
-        streams: dict[KeyT, StreamIdT] = dict.fromkeys(self._streams, ">")
-        return await self._client.xreadgroup(GROUP, self._name, streams, count=self._free, block=self._block_ms)
+        streams = ("STREAMS", *self._streams, *[">"] * len(self._streams))
+        return await self._requests.execute(
+            "XREADGROUP", "GROUP", GROUP, self._name, "COUNT", self._free, "BLOCK", self._block_ms, *streams
+        )
 
     def _take(self, stream: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Start a step for each entry not already held (none once draining: they are handed back)."""
@@ -250,8 +264,8 @@ class Consumer:
         """One reply entry per caller ({request id: result, ...}; NOMKSTREAM: a gone caller's stream stays
         gone), then XACK and XDEL per request stream: all in one script, so one command (and an entry is
         never gone before its reply is written)."""
-        replies: dict[bytes, list[EncodableT]] = {}
-        acked: dict[str, list[EncodableT]] = {}
+        replies: dict[bytes, list[Argument]] = {}
+        acked: dict[str, list[Argument]] = {}
         for entry in batch:
             reply_to = entry.fields.get(b"reply", b"")
             if self._keys.is_reply_stream(reply_to) and entry.reply is not None:
@@ -265,8 +279,8 @@ class Consumer:
             if entry_ids is None:
                 entry_ids = acked[entry.stream] = []
             entry_ids.append(entry.entry_id)
-        keys: list[KeyT] = [*replies, *acked]
-        args: list[EncodableT] = [GROUP, len(replies)]
+        keys: list[Argument] = [*replies, *acked]
+        args: list[Argument] = [GROUP, len(replies)]
         for fields in replies.values():
             args.append(len(fields) // 2)
             args += fields
@@ -274,11 +288,18 @@ class Consumer:
             args.append(len(entry_ids))
             args += entry_ids
         try:
-            refusals = await self._reply_script(keys, args)
+            refusals = await self._run_reply_script(keys, args)
         except redis.exceptions.ResponseError as exc:  # the script itself refused (scripting disabled, BUSY...)
             refusals = [str(exc).encode()]
         for refusal in refusals:
             logger.warning("worker %s: a reply was refused: %s", self._name, refusal.decode(errors="replace"))
+
+    async def _run_reply_script(self, keys: list[Argument], args: list[Argument]) -> Any:
+        """EVALSHA, or EVAL (which caches the script again) when Redis no longer has it (after a restart)."""
+        try:
+            return await self._replies.execute("EVALSHA", _REPLY_SHA, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            return await self._replies.execute("EVAL", _REPLY, len(keys), *keys, *args)
 
     # --- liveness and claims ---
 

@@ -1,5 +1,6 @@
 """Faults of the Redis transport: a worker killed mid-step, a step longer than the visibility timeout,
-Redis restarting mid-run. Every run ends with exactly one completion per step."""
+Redis restarting mid-run, Redis dropping every connection mid-run. Every run ends with exactly one
+completion per step."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from dagrun import MemoryStore, RunStatus
 from executors.redis_queue import list_workers
 from tests.conftest import RedisServers
-from tests.executors.redis_support import RedisWorkers, busy_step, eventually, remote_flow, run_remote
+from tests.executors.redis_support import RedisWorkers, busy_step, eventually, redis_client, remote_flow, run_remote
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,26 @@ async def test_a_run_survives_a_redis_restart(
     assert result.status == RunStatus.SUCCEEDED
     assert result.steps["c23"].outputs == {"v": 24}
     assert await completions(store, result.run_id) == {f"c{i}": 1 for i in range(24)}
+
+
+@pytest.mark.timeout(60)
+async def test_a_run_survives_redis_dropping_every_connection(redis_servers: RedisServers, tmp_path: Path) -> None:
+    """The caller's and the worker's own connections (blocking reads, XADDs, reply scripts) reconnect."""
+    server = redis_servers()
+    url = f"{server.url}?prefix=drop:"
+    factory = RedisWorkers(url, tmp_path)
+    admin = redis_client(url)
+    try:
+        await factory.start(concurrency=2)
+        running = asyncio.create_task(run_remote(url, remote_flow(*chain(40))))
+        for _ in range(3):
+            await asyncio.sleep(0.3)
+            assert not running.done()
+            assert await admin.client_kill_filter(_type="normal", skipme=True) >= 4
+        result, store = await asyncio.wait_for(running, timeout=30)
+    finally:
+        await admin.aclose()
+        await factory.close_all()
+    assert result.status == RunStatus.SUCCEEDED
+    assert result.steps["c39"].outputs == {"v": 40}
+    assert await completions(store, result.run_id) == {f"c{i}": 1 for i in range(40)}

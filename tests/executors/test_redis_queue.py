@@ -13,12 +13,13 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.exceptions
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
 from dagrun.executor import ExecutorOptions, StepResult, encode_result, open_executor, script_hash
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
-from executors.redis_queue.connection import GROUP
+from executors.redis_queue.connection import GROUP, DedicatedConnection
 from executors.redis_queue.consumer import Consumer, _Entry
 from tests.conftest import RedisServers, free_port
 from tests.executors.conftest import dagrun_command
@@ -171,6 +172,7 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
             assert (await client.xpending(keys.requests(stream), GROUP))["pending"] == 0
             assert await client.xlen(keys.requests(stream)) == 0
     finally:
+        await consumer.aclose()
         await client.aclose()
 
 
@@ -352,6 +354,47 @@ async def test_a_cancelled_call_withdraws_its_entry(redis_url: str) -> None:
         await eventually(withdrawn, timeout_s=10, what="the request is withdrawn")
     finally:
         await executor.aclose()
+        await client.aclose()
+
+
+async def test_a_dedicated_connection_survives_a_refusal_and_reconnects_after_a_drop(redis_url: str) -> None:
+    client = redis_client(redis_url)
+    connection = DedicatedConnection(client)
+    try:
+        client_id = await connection.execute("CLIENT", "ID")
+        with pytest.raises(redis.exceptions.ResponseError):
+            await connection.execute("XADD", "only-a-key")
+        assert await connection.execute("CLIENT", "ID") == client_id  # a refusal keeps the connection
+        assert await client.client_kill_filter(_id=client_id) == 1
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await connection.execute("PING")
+        assert await connection.execute("CLIENT", "ID") != client_id  # connected again
+    finally:
+        await connection.aclose()
+        await client.aclose()
+
+
+async def test_a_cancelled_blocking_read_leaves_nothing_on_its_connection(redis_url: str) -> None:
+    """The reply the cancelled read would have got must not be read as the next command's reply."""
+    client = redis_client(redis_url)
+    connection = DedicatedConnection(client)
+    stream = QueueSettings.from_url(redis_url).keys.replies("cancelled-read")
+    try:
+        client_id = await connection.execute("CLIENT", "ID")
+        reading = asyncio.create_task(connection.execute("XREAD", "BLOCK", 10_000, "STREAMS", stream, "$"))
+
+        async def blocked() -> bool:
+            return b"cmd=xread" in await client.execute_command("CLIENT", "LIST", "ID", client_id)
+
+        await eventually(blocked, timeout_s=10, what="the read blocks")
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        await client.xadd(stream, {"late": "entry"})  # what the cancelled read would have returned
+        assert await connection.execute("PING") == b"PONG"
+        assert await connection.execute("CLIENT", "ID") != client_id
+    finally:
+        await connection.aclose()
         await client.aclose()
 
 
