@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from rich.table import Table
 
@@ -30,6 +31,7 @@ from dagrun.control import RunControl
 from dagrun.errors import redact
 from dagrun.loader import load_flow
 from dagrun.states import RunStatus
+from dagrun.store.base import Command
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +64,17 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def pause(args: argparse.Namespace) -> int:
-    return _send(args, "pause")
+    return _send(args, RunControl.pause)
 
 
 def cancel(args: argparse.Namespace) -> int:
-    return _send(args, "cancel")
+    return _send(args, RunControl.cancel)
 
 
-def _send(args: argparse.Namespace, kind: str) -> int:
+def _send(args: argparse.Namespace, command_of: Callable[[RunControl, str], Awaitable[Command]]) -> int:
     async def send() -> int:
         async with opened_store(args) as store:
-            control = RunControl(store)
-            command = await (control.pause(args.run) if kind == "pause" else control.cancel(args.run))
+            command = await command_of(RunControl(store), args.run)
             run = await store.get_run(args.run)
         stdout.print(f"run {args.run}: {command.kind} sent (command {command.seq}); the run is {run.status}")
         return EXIT_OK

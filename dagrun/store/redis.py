@@ -29,7 +29,7 @@ awaits `flush()`, so it sees every write made before it.
 Commands, notices and leases are never queued: each call is one script, answered before it returns, and a
 script that appends a command or creates a run appends its notice in the same call. `send_command` and
 `release_lease` flush first, so whoever acts on them sees every write made before. Waits are XREAD BLOCK on a
-client of their own (a blocked connection serves no one else) in tasks that `aclose` cancels.
+client of their own (a blocked connection serves no one else): see `redis_wait`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,6 @@ from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError, redact
@@ -77,16 +76,15 @@ from dagrun.store.redis_layout import (
     run_id_of,
     seq_of,
 )
-from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step, reconnecting_retry
+from dagrun.store.redis_wait import Entry, StreamWaiter, entries_of
+from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step
 
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
 MAX_CONNECTIONS = 64  # per pool (commands, blocking reads); more callers wait for a free connection
 MAX_CONTEXT_ATTEMPTS = 1000  # compare-and-set rounds lost to other clients before apply_context gives up
-WAIT_GRACE_S = 5.0  # how late a blocking read may be answered before its connection counts as broken
 _dumps = orjson.dumps
-_Entry = tuple[str, dict[str, str]]  # a stream entry as redis-py reads it: (id, fields)
 
 
 @dataclass(slots=True)
@@ -115,9 +113,8 @@ class RedisStore:
             # token, a lease script is idempotent); the writer retries itself (a resent batch is applied once).
             self._client_pool = _pool(redis_url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
             self._client = Redis(connection_pool=self._client_pool)
-            # Blocking reads: retried by `_block`, which shortens the block to the time left.
-            self._blocking_pool = _pool(redis_url, retry=Retry(NoBackoff(), 0))
-            self._blocking = Redis(connection_pool=self._blocking_pool)
+            # Blocking reads: retried by the waiter itself, which shortens the block to the time left.
+            self._waiter = StreamWaiter(Redis(connection_pool=_pool(redis_url, retry=Retry(NoBackoff(), 0))))
             self._writer_pool = ConnectionPool.from_url(redis_url, decode_responses=True)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"{self.where!r}: not a usable Redis URL: {exc}") from exc
@@ -134,7 +131,6 @@ class RedisStore:
         )
         self._states: dict[str, _RunState] = {}
         self._load_lock = asyncio.Lock()  # one cache load at a time
-        self._waits: set[asyncio.Task[Any]] = set()  # blocking reads in flight, cancelled by aclose
         self._closed = False
         self._failure_reported = False
 
@@ -385,8 +381,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        for wait in self._waits:  # at once, before any await: their callers get RuntimeError
-            wait.cancel()
+        self._waiter.close()  # at once, before any await: waiting callers get RuntimeError
         already_reported = self._failure_reported
         try:
             await self._flush()
@@ -398,10 +393,7 @@ class RedisStore:
                 await self._writer.stop()
             finally:
                 self._states.clear()
-                if self._waits:  # their connections are dropped before their pool closes
-                    await asyncio.wait(self._waits)
-                await self._blocking.aclose()
-                await self._blocking_pool.aclose()
+                await self._waiter.aclose()
                 await self._writer_pool.aclose()
                 await self._client.aclose()
                 await self._client_pool.aclose()
@@ -412,7 +404,7 @@ class RedisStore:
         """A token no other write of any client carries: this store's id and a count."""
         return f"{self._id}.{next(self._tokens)}"
 
-    async def _read_log(self, run_id: str, key: str, after_seq: int, limit: int | None, *, doing: str) -> list[_Entry]:
+    async def _read_log(self, run_id: str, key: str, after_seq: int, limit: int | None, *, doing: str) -> list[Entry]:
         """The entries of a run's stream with seq > after_seq, after a flush; RunNotFound when there is no run."""
         await self.flush()
         pipe = self._client.pipeline(transaction=False)
@@ -424,39 +416,13 @@ class RedisStore:
             raise RunNotFound(run_id)
         return entries[0] if entries else []
 
-    async def _wait_entries(self, key: str, after_seq: int, timeout_s: float, *, doing: str) -> list[_Entry]:
-        """The entries of stream `key` after ``{after_seq}-0``, waiting up to `timeout_s` for the first ones.
-        The wait is a task that `aclose` cancels (its caller then gets RuntimeError); a cancelled caller
-        cancels it, and redis-py drops its connection rather than reuse one with a reply pending."""
+    async def _wait_entries(self, key: str, after_seq: int, timeout_s: float, *, doing: str) -> list[Entry]:
+        """The entries of stream `key` after ``{after_seq}-0``, waiting up to `timeout_s` for the first ones."""
         after_id = f"{max(after_seq, 0)}-0"
         if timeout_s <= 0:
-            return _entries(await self._call(self._client.xread({key: after_id}), doing=doing))
-        wait = asyncio.create_task(self._block(key, after_id, timeout_s, doing=doing), name=f"dagrun-redis-wait {key}")
-        self._waits.add(wait)
-        try:
-            return _entries(await wait)
-        except asyncio.CancelledError:
-            if self._closed and not _is_cancelling():
-                raise RuntimeError("RedisStore is closed") from None
-            raise
-        finally:
-            self._waits.discard(wait)
-
-    async def _block(self, key: str, after_id: str, timeout_s: float, *, doing: str) -> Any:
-        """XREAD BLOCK until the deadline. A broken connection (a Redis restart) is retried with backoff,
-        blocking for the time left; a read not answered WAIT_GRACE_S after its block ends counts as broken
-        (a socket timeout cannot, as blocks differ in length)."""
-        deadline = time.monotonic() + timeout_s
-
-        async def read() -> Any:
-            block_s = max(deadline - time.monotonic(), 0.001)
-            try:
-                async with asyncio.timeout(block_s + WAIT_GRACE_S):
-                    return await self._blocking.xread({key: after_id}, block=math.ceil(block_s * 1000))
-            except TimeoutError as exc:  # asyncio's, not redis-py's: make it one that is retried
-                raise RedisTimeoutError(f"no answer {WAIT_GRACE_S} s after a blocking read's end") from exc
-
-        return await self._call(reconnecting_retry().call_with_retry(read, _connection_dropped), doing=doing)
+            return entries_of(await self._call(self._client.xread({key: after_id}), doing=doing))
+        found: list[Entry] = await self._call(self._waiter.wait(key, after_id, timeout_s), doing=doing)
+        return found
 
     async def _flush(self) -> None:
         try:
@@ -507,21 +473,6 @@ class RedisStore:
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
-
-
-def _entries(reply: Any) -> list[_Entry]:
-    """The entries of the one stream an XREAD read; [] when it timed out or found none."""
-    return reply[0][1] if reply else []
-
-
-def _is_cancelling() -> bool:
-    """Whether the current task is being cancelled (rather than a task it awaits)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-async def _connection_dropped(error: Exception) -> None:
-    """Nothing to do before a retry: redis-py has dropped the connection that failed."""
 
 
 def _pool(redis_url: str, *, retry: Retry) -> BlockingConnectionPool:
