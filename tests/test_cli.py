@@ -280,7 +280,7 @@ def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -
                 break
         runner.send_signal(signal.SIGINT)
         _, err = runner.communicate(timeout=30)
-    assert runner.returncode == 130
+    assert runner.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     [run] = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
     assert run["status"] == "cancelled"

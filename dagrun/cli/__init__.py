@@ -181,12 +181,12 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # a worker logs each step it runs, an orchestrator each run it takes up
-    verbosity = args.verbose + (1 if args.command in ("worker", "orchestrator", "serve") else 0)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        args = build_parser().parse_args(argv)  # inside: Ctrl-C while the commands' modules load is no traceback
+        # a worker logs each step it runs, an orchestrator each run it takes up
+        verbosity = args.verbose + (1 if args.command in ("worker", "orchestrator", "serve") else 0)
+        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.handler(args))
     except FlowError as exc:
         sys.stderr.write(redact(exc.render()) + "\n")
