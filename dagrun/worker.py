@@ -3,7 +3,8 @@
 A transport's worker server (Redis consumer, WebSocket or HTTP server) only moves bytes; a
 ScriptWorker decodes each request, runs it in its own warm SandboxPool, encodes the result, logs one
 line per step and keeps the counters that liveness reports show. Its `stopping` flag is the single
-place a server learns that it must take no new work.
+place a server learns that it must take no new work. A server stops a step whose caller gave up by
+cancelling the task that runs it; a cancelled step counts in neither `steps_done` nor `errors`.
 """
 
 from __future__ import annotations
@@ -107,13 +108,25 @@ class ScriptWorker:
         return decode_request(data, max_bytes=self.settings.max_message_bytes)
 
     async def run(self, request: StepRequest) -> StepResult:
-        """Run one step in the sandbox; a failed StepResult for anything the script does."""
+        """Run one step in the sandbox; a failed StepResult for anything the script does. Cancelling it
+        stops the script (its sandbox process is killed and replaced) and logs one line."""
         if self._pool_started is not None and not self._pool_started.done():
             await asyncio.shield(self._pool_started)  # a failed start raises its ExecutorError here
         key = id(request)
         self._current[key] = f"{request.run_id}/{request.step_id}#{request.attempt}"
+        started = time.monotonic()
         try:
             result = await self._pool.run(request)
+        except asyncio.CancelledError:  # the caller gave up, or a shutdown: the pool killed its process
+            logger.info(
+                "worker %s run %s step %s attempt %d cancelled after %.1f ms",
+                self.settings.worker_id,
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                (time.monotonic() - started) * 1000,
+            )
+            raise
         finally:
             del self._current[key]
         self._steps_done += 1

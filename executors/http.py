@@ -9,7 +9,9 @@ the backstop for chunked bodies). Refusals are JSON ``{"error": message, "code":
 unauthorized, 413 too_large, 400 malformed (bad JSON, wrong protocol version; nothing ran), 503 busy
 (no pool slot freed up in time: the client sends it again after a backoff) or stopping. The client
 probes /health once (token and reachability fail early and clearly; the limits it reads cap its
-requests in flight and their size) and gives each request the deadline `Window.deadline_s`.
+requests in flight and their size) and gives each request the deadline `Window.deadline_s`. A call that
+is cancelled (or gives up) closes its connection, and the worker stops the step: closing the connection
+cancels its handler, whose cancelled step has its sandbox process killed and replaced.
 URL: ``http[s]://HOST:PORT[/prefix]?connections=64&ca_file=/path/ca.pem``.
 """
 
@@ -281,7 +283,9 @@ class HttpWorkerServer:
         app = web.Application(middlewares=[self._guard], client_max_size=settings.max_message_bytes)
         app.router.add_post("/execute", self._execute)
         app.router.add_get("/health", self._health)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        # handler_cancellation: a client that disconnects (its caller gave up on the step) cancels the
+        # handler, which stops the step's script; aiohttp >= 3.9 lets handlers run on by default
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, ssl_context=self._ssl)
         try:

@@ -5,7 +5,9 @@ flight, the first of them running (it started when the previous result arrived).
 per child watches its running request: past its timeout the child's process group is killed, the
 request fails with ErrorKind.TIMEOUT, the requests queued behind it go back to the front of the
 central FIFO (they had not started), and a replacement child is spawned. A child that dies fails only
-its running request (ErrorKind.WORKER). `run` never raises for anything a script does.
+its running request (ErrorKind.WORKER). A cancelled `run` leaves no script running: a queued request is
+dropped, and the child of a running one (or of one queued on it, once it would start) is killed and
+replaced. `run` never raises for anything a script does.
 """
 
 from __future__ import annotations
@@ -213,6 +215,23 @@ class SandboxPool:
             )
             self._retire(child)
             return
+        self._start_next(child)
+
+    def _start_next(self, child: ChildProcess) -> None:
+        """The child starts its next job as soon as it has sent a result: time it, or, if that job was
+        cancelled while it waited there, kill the child (the only way to stop a script; the jobs behind
+        it go back to the queue)."""
+        if child.jobs and child.jobs[0].future.done():
+            request = child.jobs.popleft().request
+            logger.info(
+                "run %s step %s attempt %d: cancelled before it started; killing sandbox child %s",
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                child.worker_id,
+            )
+            self._retire(child)
+            return
         if child.jobs:
             self._start_head(child)
         self._dispatch()
@@ -288,8 +307,8 @@ class SandboxPool:
                 child.worker_id,
             )
             self._retire(child)
-        # else: already handed to the child behind the running one; its result will be dropped, and
-        # its host function calls are refused
+        # else: already handed to the child behind the running one; `_on_result` kills the child when
+        # it would start it
 
     # --- children ---
 

@@ -14,11 +14,15 @@ Key layout (built only by `connection.Keys`), under the prefix:
                              envelope, ...} ("." marks the creation entry); trimmed by its reader,
                              deleted by `aclose`, expires 10 min after its caller stopped reading
     {prefix}w:{worker_id}    a worker's heartbeat: its WorkerStatus as JSON, PX heartbeat_ttl_s
+    {prefix}c:{context_id}   a context's cancel notices: one entry {entry: request entry id} per request
+                             withdrawn by its caller; MAXLEN ~1000, read by every worker of the context
 
 A request id is ``{run_id}/{step_id}#{attempt}/{n}``, n counting the caller's calls.
 
 Delivery is at least once: a worker that dies (its heartbeat expires) has its pending entries claimed
 and run again by a live worker; the caller keeps the first result per request id and drops the rest.
+A cancelled call deletes its entry and sends a cancel notice: the worker running it stops the step, on
+a best-effort basis (`cancellation`): a worker that misses the notice runs the step to its end.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ is dropped. One writer task sends queued entries (their XADDs in one write), one
 the reply stream with XREAD BLOCK COUNT (each over a connection of its own), and a monitor fails
 the calls of a context that has had no live worker for `queue_timeout_s`. Once connected, the executor
 outlives Redis restarts: it retries with backoff and re-submits the requests whose entries Redis lost.
+A call that is cancelled (or fails) withdraws its request: the writer deletes the entry and sends a
+cancel notice in the same write, so a worker that already took it stops the step (`cancellation`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 from dagrun.errors import ExecutorError, WorkerUnavailable, redact
 from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult, decode_result, encode_request
+from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
     CONNECTION_ERRORS,
@@ -79,7 +82,7 @@ class RedisExecutor:
         self._numbers = itertools.count(1)
         self._waiting: dict[bytes, _Call] = {}
         self._unsent: list[_Call] = []
-        self._withdrawn: list[tuple[str, bytes]] = []
+        self._withdrawn: list[tuple[str, bytes]] = []  # (context id, entry id) of requests given up on, not sent
         self._send_due = asyncio.Event()
         self._last_reply_id = b"0-0"
         self._read_since_trim = 0
@@ -113,7 +116,7 @@ class RedisExecutor:
         try:
             return await call.future
         except BaseException:
-            self._withdraw(call)  # cancelled or given up: a worker that has not taken it yet never will
+            self._withdraw(call)  # cancelled or given up: no worker takes it now, and one that did stops it
             raise
         finally:
             del self._waiting[request_id]
@@ -124,7 +127,7 @@ class RedisExecutor:
             return
         self._is_closed = True
         await cancel_and_wait([*self._tasks, *([self._opening] if self._opening else [])])
-        withdrawn = [*self._withdrawn, *((c.stream, c.entry_id) for c in self._waiting.values() if c.entry_id)]
+        withdrawn = [*self._withdrawn, *((c.context_id, c.entry_id) for c in self._waiting.values() if c.entry_id)]
         self._fail_waiting(ExecutorError("the redis executor was closed while the step waited"))
         if self._tasks:
             await self._clean_up(withdrawn)
@@ -186,8 +189,9 @@ class RedisExecutor:
         self._send_due.set()
 
     def _withdraw(self, call: _Call) -> None:
+        """Delete the call's entry and send a cancel notice, in case a worker took it (see `cancellation`)."""
         if call.entry_id is not None:
-            self._withdrawn.append((call.stream, call.entry_id))
+            self._withdrawn.append((call.context_id, call.entry_id))
             self._send_due.set()
 
     async def _write_loop(self) -> None:
@@ -201,10 +205,10 @@ class RedisExecutor:
                 await self._write(calls, withdrawn, backoff)
 
     async def _write(self, calls: list[_Call], withdrawn: list[tuple[str, bytes]], backoff: Backoff) -> None:
-        """The XADDs (and XDELs of withdrawn entries) in one write, retried until `reconnect_timeout_s`."""
+        """The XADDs (and the withdrawals of entries given up on) in one write, retried until `reconnect_timeout_s`."""
         deadline = time.monotonic() + self.settings.reconnect_timeout_s
         commands: list[tuple[Argument, ...]] = [("XADD", call.stream, "*", *call.fields) for call in calls]
-        commands += [("XDEL", stream, entry_id) for stream, entry_id in withdrawn]
+        commands += withdraw_commands(self._keys, withdrawn)
         while True:
             try:
                 entry_ids = await self._requests.execute_many(commands)  # per call: its entry id or the refusal
@@ -352,8 +356,8 @@ class RedisExecutor:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.delete(self.reply_stream)
-                    for stream, entry_id in withdrawn:
-                        pipe.xdel(stream, entry_id)
+                    for command in withdraw_commands(self._keys, withdrawn):
+                        pipe.execute_command(*command)
                     await pipe.execute()
         except CLEANUP_ERRORS as exc:
             logger.warning("redis caller %s: could not clean up on close: %s", self.caller_id, redact(str(exc)))

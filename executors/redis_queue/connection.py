@@ -67,6 +67,9 @@ class Keys:
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}w:{worker_id}"
 
+    def cancels(self, context_id: str) -> str:
+        return f"{self.prefix}c:{context_id}"
+
     def heartbeat_pattern(self) -> str:
         """A SCAN pattern matching every heartbeat key and nothing else."""
         escaped = "".join(f"\\{char}" if char in "*?[]\\" else char for char in self.prefix)

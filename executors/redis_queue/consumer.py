@@ -4,17 +4,18 @@ Invariant: `_held` has every entry this worker read or claimed and has not ackno
 loop keeps them fresh (XCLAIM JUSTID to itself), so a live worker never loses a step however long it
 runs, and claims the pending entries of consumers without a heartbeat (dead workers) and, as a backstop,
 entries idle past the visibility timeout. A batch of replies goes out in one script (one command), each
-reply before the XACK+XDEL of its entry, so an entry is never gone before its reply is written. Steps run in the
-worker's sandbox pool (`concurrency` processes, so at most that many at once); while steps are quick,
-up to `prefetch` more wait in the pool's queue.
+reply before the XACK+XDEL of its entry, so an entry is never gone before its reply is written
+(`replies`). Steps run in the worker's sandbox pool (`concurrency` processes, so at most that many at
+once); while steps are quick, up to `prefetch` more wait in the pool's queue. A cancel notice for a held
+entry (`cancellation`) cancels its step, and the entry is acknowledged with no reply; one for an entry
+not held is remembered a while, in case the entry is still on its way here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import functools
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,11 +25,11 @@ from redis.typing import StreamIdT
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, StepRequest, StepResult, encode_result
 from dagrun.worker import ScriptWorker
+from executors.redis_queue.cancellation import CancelReader
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
     CONNECTION_ERRORS,
     GROUP,
-    Argument,
     Backoff,
     DedicatedConnection,
     QueueSettings,
@@ -38,46 +39,15 @@ from executors.redis_queue.connection import (
     stream_entries,
 )
 from executors.redis_queue.liveness import consumers, encode_status, forget_consumer
+from executors.redis_queue.replies import HeldEntry, ReplyWriter
 
 logger = logging.getLogger(__name__)
 
 QUICK_STEP_S = 0.05  # steps shorter than this on average are worth reading ahead
 FLUSH_TIMEOUT_S = 5.0  # on shutdown, how long replies may take to reach Redis after the grace period
-REPLY_CHUNK = 1000  # entries per reply script at most (Lua's unpack takes a few thousand values)
-# The replies of a batch (XADD NOMKSTREAM per caller), then XACK + XDEL of its entries per request stream,
-# in one round trip. KEYS: reply streams, then request streams; ARGV: the group, the number of reply
-# streams, then per reply stream its field count and fields, then per request stream its id count and ids.
-# Returns the errors (an XADD refused for lack of memory, a group gone...); the rest still runs.
-_REPLY = """
-local group, replies, at, errors = ARGV[1], tonumber(ARGV[2]), 3, {}
-local function run(...)
-    local result = redis.pcall(...)
-    if type(result) == 'table' and result.err then errors[#errors + 1] = result.err end
-end
-for i = 1, replies do
-    local n = tonumber(ARGV[at]) * 2
-    run('XADD', KEYS[i], 'NOMKSTREAM', '*', unpack(ARGV, at + 1, at + n))
-    at = at + n + 1
-end
-for i = replies + 1, #KEYS do
-    local n = tonumber(ARGV[at])
-    run('XACK', KEYS[i], group, unpack(ARGV, at + 1, at + n))
-    run('XDEL', KEYS[i], unpack(ARGV, at + 1, at + n))
-    at = at + n + 1
-end
-return errors
-"""
-_REPLY_SHA = hashlib.sha1(_REPLY.encode()).hexdigest()
+EARLY_NOTICES = 1000  # cancel notices kept for entries not held (yet): a notice may overtake its entry
 REFUSED_OR_LOST: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 SIGN_OFF_ERRORS: tuple[type[Exception], ...] = (*CLEANUP_ERRORS, redis.exceptions.ResponseError)
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    stream: str
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    reply: bytes | None = None  # the encoded result, once the step has ended
 
 
 class Consumer:
@@ -93,10 +63,12 @@ class Consumer:
         self._concurrency = worker.settings.concurrency
         self._block_ms = block_ms(client)
         self._requests = DedicatedConnection(client)  # the read loop's XREADGROUPs
-        self._replies = DedicatedConnection(client)  # the reply loop's scripts
-        self._held: dict[tuple[str, bytes], _Entry] = {}
+        self._replies = ReplyWriter(client, self._keys, worker_id=self._name)
+        self._held: dict[tuple[str, bytes], HeldEntry] = {}
+        self._cancels = CancelReader(client, self._keys, worker.settings.contexts, worker_id=self._name)
+        self._early_notices: dict[tuple[str, bytes], None] = {}  # withdrawn entries not held, oldest first
         self._running: set[asyncio.Task[None]] = set()
-        self._ended: list[_Entry] = []  # steps that ended, their replies not written yet
+        self._ended: list[HeldEntry] = []  # steps that ended, their replies not written yet
         self._reply_due = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._step_s: float | None = None  # moving average of how long steps run (in the sandbox)
@@ -114,6 +86,7 @@ class Consumer:
         """Serve until `stop`, then drain and sign off; ExecutorError when Redis refuses to let it start."""
         try:
             await self._create_groups()
+            await self._cancels.start()
             await self._beat()
         except REFUSED_OR_LOST as exc:
             raise ExecutorError(f"redis at {self._settings.where} refused worker {self._name}: {exc}") from exc
@@ -130,6 +103,7 @@ class Consumer:
                 beating = group.create_task(self._heartbeat_loop())
                 replying = group.create_task(self._reply_loop())
                 reading = group.create_task(self._read_loop())
+                cancelling = group.create_task(self._cancels.serve(self._cancel_withdrawn))
                 await stop.wait()
                 self._is_draining = True
                 await cancel_and_wait([reading])
@@ -139,7 +113,7 @@ class Consumer:
                         await asyncio.shield(replying)
                 except TimeoutError:
                     logger.warning("worker %s: could not write every reply; those steps will run again", self._name)
-                await cancel_and_wait([replying, beating])
+                await cancel_and_wait([replying, beating, cancelling])
         except* ExecutorError as group:
             raise group.exceptions[0] from None  # one message for the command line, not a group
         finally:
@@ -150,6 +124,7 @@ class Consumer:
         """Disconnect the consumer's own connections (the client stays its owner's); safe twice."""
         await self._requests.aclose()
         await self._replies.aclose()
+        await self._cancels.aclose()
 
     # --- reading and running ---
 
@@ -194,16 +169,42 @@ class Consumer:
             key = (stream, entry_id)
             if key in self._held:
                 continue
-            entry = self._held[key] = _Entry(stream, entry_id, fields or {})  # Redis 6 claims deleted ones
-            task = asyncio.create_task(self._run(entry))
+            entry = self._held[key] = HeldEntry(stream, entry_id, fields or {})  # Redis 6 claims deleted ones
+            if key in self._early_notices:  # its cancel notice came first
+                logger.info("worker %s: entry %s of %s was withdrawn before it started", self._name, entry_id, stream)
+                self._acknowledge(entry)
+                continue
+            entry.task = task = asyncio.create_task(self._run(entry))
             self._running.add(task)
-            task.add_done_callback(self._step_ended)
+            task.add_done_callback(functools.partial(self._step_ended, entry))
 
-    def _step_ended(self, task: asyncio.Task[None]) -> None:
+    def _step_ended(self, entry: HeldEntry, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
+        entry.task = None
         self._slot_freed.set()
+        if entry.is_withdrawn and entry.reply is None:
+            self._acknowledge(entry)
 
-    async def _run(self, entry: _Entry) -> None:
+    def _cancel_withdrawn(self, stream: str, entry_id: bytes) -> None:
+        """A cancel notice: stop the entry's step if it runs here (its late result would be dropped anyway)."""
+        key = (stream, entry_id)
+        entry = self._held.get(key)
+        if entry is None:  # another worker's, never taken, already answered, or not here yet
+            self._early_notices[key] = None
+            if len(self._early_notices) > EARLY_NOTICES:
+                del self._early_notices[next(iter(self._early_notices))]
+        elif entry.task is not None and not entry.task.done() and not entry.is_withdrawn:
+            logger.debug("worker %s: entry %s of %s withdrawn by its caller; cancelling", self._name, entry_id, stream)
+            entry.is_withdrawn = True
+            entry.task.cancel()  # `_step_ended` acknowledges it
+
+    def _acknowledge(self, entry: HeldEntry) -> None:
+        """Have the reply loop acknowledge and delete the entry of a withdrawn request, with no reply."""
+        entry.is_withdrawn = True
+        self._ended.append(entry)
+        self._reply_due.set()
+
+    async def _run(self, entry: HeldEntry) -> None:
         try:
             request = self._decode(entry)
         except ExecutorError as exc:
@@ -218,7 +219,7 @@ class Consumer:
         self._ended.append(entry)
         self._reply_due.set()
 
-    def _decode(self, entry: _Entry) -> StepRequest:
+    def _decode(self, entry: HeldEntry) -> StepRequest:
         data = entry.fields.get(b"req")
         if data is None or b"id" not in entry.fields:
             raise ExecutorError(f"entry fields {sorted(entry.fields)!r} lack 'id' or 'req'")
@@ -249,8 +250,7 @@ class Consumer:
             batch, self._ended = self._ended, []
             while True:
                 try:
-                    for start in range(0, len(batch), REPLY_CHUNK):
-                        await self._write_replies(batch[start : start + REPLY_CHUNK])
+                    await self._replies.write(batch)
                     break
                 except CONNECTION_ERRORS as exc:
                     if not backoff.failures:
@@ -259,47 +259,6 @@ class Consumer:
             backoff.reset()
             for entry in batch:
                 del self._held[(entry.stream, entry.entry_id)]
-
-    async def _write_replies(self, batch: list[_Entry]) -> None:
-        """One reply entry per caller ({request id: result, ...}; NOMKSTREAM: a gone caller's stream stays
-        gone), then XACK and XDEL per request stream: all in one script, so one command (and an entry is
-        never gone before its reply is written)."""
-        replies: dict[bytes, list[Argument]] = {}
-        acked: dict[str, list[Argument]] = {}
-        for entry in batch:
-            reply_to = entry.fields.get(b"reply", b"")
-            if self._keys.is_reply_stream(reply_to) and entry.reply is not None:
-                fields = replies.get(reply_to)
-                if fields is None:
-                    fields = replies[reply_to] = []
-                fields += (entry.fields[b"id"], entry.reply)
-            else:
-                logger.warning("worker %s: entry %s names no reply stream", self._name, entry.entry_id)
-            entry_ids = acked.get(entry.stream)
-            if entry_ids is None:
-                entry_ids = acked[entry.stream] = []
-            entry_ids.append(entry.entry_id)
-        keys: list[Argument] = [*replies, *acked]
-        args: list[Argument] = [GROUP, len(replies)]
-        for fields in replies.values():
-            args.append(len(fields) // 2)
-            args += fields
-        for entry_ids in acked.values():
-            args.append(len(entry_ids))
-            args += entry_ids
-        try:
-            refusals = await self._run_reply_script(keys, args)
-        except redis.exceptions.ResponseError as exc:  # the script itself refused (scripting disabled, BUSY...)
-            refusals = [str(exc).encode()]
-        for refusal in refusals:
-            logger.warning("worker %s: a reply was refused: %s", self._name, refusal.decode(errors="replace"))
-
-    async def _run_reply_script(self, keys: list[Argument], args: list[Argument]) -> Any:
-        """EVALSHA, or EVAL (which caches the script again) when Redis no longer has it (after a restart)."""
-        try:
-            return await self._replies.execute("EVALSHA", _REPLY_SHA, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            return await self._replies.execute("EVAL", _REPLY, len(keys), *keys, *args)
 
     # --- liveness and claims ---
 
@@ -388,7 +347,7 @@ class Consumer:
             logger.info("worker %s: draining %d running steps (grace %g s)", self._name, len(self._running), grace_s)
             _, unfinished = await asyncio.wait(set(self._running), timeout=grace_s)
             await cancel_and_wait(unfinished)
-        handed_back = [key for key, entry in self._held.items() if entry.reply is None]
+        handed_back = [key for key, entry in self._held.items() if entry.reply is None and not entry.is_withdrawn]
         for key in handed_back:
             del self._held[key]  # no longer refreshed: once the heartbeat is gone, live workers claim them
         if handed_back:

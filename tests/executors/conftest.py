@@ -228,21 +228,35 @@ async def worker_processes(tmp_path: Path, token: str) -> AsyncIterator[WorkerPr
 
 
 class Gate:
-    """Host functions that let a test see a script running and hold it there until released."""
+    """Host functions that let a test see a script running (`mark_started`, then the script may spin) and
+    hold it there until released (`wait_release`)."""
 
     def __init__(self) -> None:
         self.started = asyncio.Event()
         self.release = asyncio.Event()
         self.entered = 0
 
-    async def wait_release(self) -> str:
+    async def mark_started(self) -> None:
         self.entered += 1
         self.started.set()
+
+    async def wait_release(self) -> str:
+        await self.mark_started()
         await self.release.wait()
         return "released"
 
     def functions(self) -> dict[str, HostFunction]:
-        return {"wait_release": self.wait_release}
+        return {"mark_started": self.mark_started, "wait_release": self.wait_release}
+
+
+SPIN = "mark_started()\nwhile True:\n    pass"  # a step that runs until its process is killed
+
+
+async def no_step_running(worker: ScriptWorker, *, timeout_s: float = 10.0) -> None:
+    """Wait until `worker` runs no step. Tests only: a worker's status has no event to wait on."""
+    async with asyncio.timeout(timeout_s):
+        while worker.status().current:
+            await asyncio.sleep(0.02)
 
 
 async def wait_listening(port: int, timeout_s: float = 10.0) -> None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dagrun import Flow, MemoryStore, Orchestrator, RunResult, parse_flow
+from dagrun.executor import HostFunction
 from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, transport
@@ -119,8 +120,10 @@ class RedisWorkers:
         worker_id: str | None = None,
         url: str | None = None,
         grace_s: float = 10.0,
+        functions: Mapping[str, HostFunction] | None = None,
     ) -> InProcessWorker:
-        """A worker serving in this event loop, ready (its heartbeat is in Redis) when returned."""
+        """A worker serving in this event loop (with these host functions), ready (its heartbeat is in
+        Redis) when returned."""
         worker_id = worker_id or f"w{len(self._in_process) + len(self._processes) + 1}-{os.getpid()}"
         sandbox = SandboxSettings(processes=concurrency, memory_mb=256, startup_timeout_s=20.0)
         settings = WorkerSettings(
@@ -131,7 +134,7 @@ class RedisWorkers:
             worker_id=worker_id,
             sandbox=sandbox,
         )
-        worker = ScriptWorker(settings)
+        worker = ScriptWorker(settings, functions=functions)
         await worker.__aenter__()
         stop = asyncio.Event()
         task = asyncio.create_task(transport.serve_worker(worker, stop))

@@ -4,6 +4,8 @@ clean-up, malformed entries, liveness, queue timeouts, credentials and the worke
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -16,13 +18,22 @@ import pytest
 import redis.exceptions
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
-from dagrun.executor import ExecutorOptions, StepResult, encode_result, open_executor, script_hash
+from dagrun.executor import (
+    ExecutorOptions,
+    StepResult,
+    encode_request,
+    encode_result,
+    open_executor,
+    script_hash,
+)
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
+from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import GROUP, DedicatedConnection
-from executors.redis_queue.consumer import Consumer, _Entry
+from executors.redis_queue.consumer import Consumer
+from executors.redis_queue.replies import HeldEntry, ReplyWriter
 from tests.conftest import RedisServers, free_port
-from tests.executors.conftest import dagrun_command
+from tests.executors.conftest import SPIN, Gate, dagrun_command, no_step_running
 from tests.executors.redis_support import (
     REPO,
     RedisWorkers,
@@ -152,18 +163,18 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
     keys = settings.keys
     live, gone = keys.replies("live"), keys.replies("gone")
     client = redis_client(redis_url)
-    worker = ScriptWorker(WorkerSettings(url=redis_url, contexts=("a", "b"), concurrency=1))
-    consumer = Consumer(worker, client, settings)
+    writer = ReplyWriter(client, keys, worker_id="w")
     try:
-        await consumer._create_groups()
+        for stream in ("a", "b"):
+            await client.xgroup_create(keys.requests(stream), GROUP, id="0", mkstream=True)
         marker = await client.xadd(live, {".": "live"})
         entries = []
         for stream, request_id, reply_to in [("a", b"r1", live), ("b", b"r2", live), ("a", b"r3", gone)]:
             entry_id = await client.xadd(keys.requests(stream), {"id": request_id, "reply": reply_to, "req": b"{}"})
-            entries.append(_Entry(keys.requests(stream), entry_id, {b"id": request_id, b"reply": reply_to.encode()}))
+            entries.append(HeldEntry(keys.requests(stream), entry_id, {b"id": request_id, b"reply": reply_to.encode()}))
             entries[-1].reply = b"result-" + request_id
         await client.xreadgroup(GROUP, "w", {keys.requests("a"): ">", keys.requests("b"): ">"})
-        await consumer._write_replies(entries)
+        await writer.write(entries)
         assert [fields for _, fields in await client.xrange(live, f"({marker.decode()}")] == [
             {b"r1": b"result-r1", b"r2": b"result-r2"}
         ]
@@ -172,7 +183,7 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
             assert (await client.xpending(keys.requests(stream), GROUP))["pending"] == 0
             assert await client.xlen(keys.requests(stream)) == 0
     finally:
-        await consumer.aclose()
+        await writer.aclose()
         await client.aclose()
 
 
@@ -334,26 +345,37 @@ async def test_password_and_acl_user_urls_work(redis_servers: RedisServers, tmp_
         await executor.aclose()
 
 
-async def test_a_cancelled_call_withdraws_its_entry(redis_url: str) -> None:
+async def test_a_cancelled_call_withdraws_its_entry_and_sends_a_cancel_notice(redis_url: str) -> None:
     executor = RedisExecutor(QueueSettings.from_url(redis_url))
     client = redis_client(redis_url)
-    stream = QueueSettings.from_url(redis_url).keys.requests("default")
+    keys = QueueSettings.from_url(redis_url).keys
+    stream = keys.requests("default")
     try:
         waiting = asyncio.create_task(executor.call(request()))
+        closing = asyncio.create_task(executor.call(request(step_id="t")))  # still waiting at aclose
 
         async def queued() -> bool:
-            return bool(await client.xlen(stream) == 1)
+            return bool(await client.xlen(stream) == 2)
 
         async def withdrawn() -> bool:
-            return bool(await client.xlen(stream) == 0)
+            return bool(await client.xlen(stream) == 1)
 
-        await eventually(queued, timeout_s=10, what="the request is queued")
+        await eventually(queued, timeout_s=10, what="the requests are queued")
+        first_id, second_id = [entry_id for entry_id, _ in await client.xrange(stream)]
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         await eventually(withdrawn, timeout_s=10, what="the request is withdrawn")
+        assert [fields for _, fields in await client.xrange(keys.cancels("default"))] == [{b"entry": first_id}]
     finally:
         await executor.aclose()
+    with pytest.raises(ExecutorError, match="closed"):
+        await closing
+    try:
+        assert await client.xlen(stream) == 0  # aclose withdrew the other one too
+        notices = [fields for _, fields in await client.xrange(keys.cancels("default"))]
+        assert notices == [{b"entry": first_id}, {b"entry": second_id}]
+    finally:
         await client.aclose()
 
 
@@ -438,3 +460,95 @@ async def test_rediss_urls_speak_tls(redis_servers: RedisServers, tmp_path: Path
         assert result.steps["a"].outputs == {"v": 1}
     finally:
         await factory.close_all()
+
+
+# --- cancellation ---
+
+
+async def test_a_cancelled_call_stops_its_step_on_the_worker(
+    redis_workers: RedisWorkers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    gate = Gate()
+    handle = await redis_workers.start(concurrency=1, functions=gate.functions())  # one sandbox process
+    settings = QueueSettings.from_url(redis_workers.url)
+    client = redis_client(redis_workers.url)
+    executor = RedisExecutor(settings)
+    try:
+        first = await executor.call(request())
+        calling = asyncio.create_task(executor.call(request(SPIN, step_id="spin", timeout_s=60)))
+        await gate.started.wait()
+        assert handle.worker.status().current == ("run-1/spin#1",)
+
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        await no_step_running(handle.worker)
+        after = await asyncio.wait_for(executor.call(request(step_id="after")), 10)  # the process is free again
+
+        stream = settings.keys.requests("default")
+        assert (await client.xpending(stream, GROUP))["pending"] == 0  # acknowledged: never run again
+        assert await client.xlen(stream) == 0
+    finally:
+        await executor.aclose()
+        await client.aclose()
+    assert after.ok and after.worker_id != first.worker_id  # the spinning process was killed and replaced
+    assert not os.path.exists(f"/proc/{first.worker_id.rsplit(':', 1)[1]}")
+    assert "run run-1 step spin attempt 1 cancelled after" in caplog.text
+    status = handle.worker.status()
+    assert (status.steps_done, status.errors, status.current) == (2, 0, ())
+
+
+async def test_cancel_notices_for_finished_or_unknown_entries_are_harmless(redis_workers: RedisWorkers) -> None:
+    gate = Gate()
+    handle = await redis_workers.start(concurrency=1, functions=gate.functions())
+    keys = QueueSettings.from_url(redis_workers.url).keys
+    reply_stream, stream = keys.replies("test"), keys.requests("default")
+    client = redis_client(redis_workers.url)
+    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
+    try:
+        first_id = await client.xadd(reply_stream, {".": "test"})
+        finished = await client.xadd(stream, {"id": "done/1", "reply": reply_stream, "req": encode_request(request())})
+        assert await client.xread({reply_stream: first_id}, block=10_000)  # answered
+        for command in withdraw_commands(keys, [("default", finished), ("default", b"1-1")]):
+            await client.execute_command(*command)
+
+        # the worker read past those notices (they come first on its cancel stream) and still stops a step
+        calling = asyncio.create_task(executor.call(request(SPIN, step_id="spin", timeout_s=60)))
+        await gate.started.wait()
+        calling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        await no_step_running(handle.worker)
+        assert (await asyncio.wait_for(executor.call(request(step_id="after")), 10)).ok
+    finally:
+        await executor.aclose()
+        await client.aclose()
+    assert (handle.worker.status().steps_done, handle.worker.status().errors) == (2, 0)
+
+
+async def test_an_entry_whose_cancel_notice_came_first_is_acknowledged_unrun(redis_url: str) -> None:
+    """The notice and the entry come over different connections: the notice may be read first."""
+    settings = QueueSettings.from_url(redis_url)
+    keys = settings.keys
+    stream, reply_stream = keys.requests("default"), keys.replies("caller")
+    client = redis_client(redis_url)
+    worker = ScriptWorker(WorkerSettings(url=redis_url, concurrency=1))
+    consumer = Consumer(worker, client, settings)
+    try:
+        await consumer._create_groups()
+        await client.xadd(reply_stream, {".": "caller"})
+        entry_id = await client.xadd(stream, {"id": "r/1", "reply": reply_stream, "req": encode_request(request())})
+        delivered: Any = await client.xreadgroup(GROUP, worker.settings.worker_id, {stream: ">"})
+        ((_, entries),) = delivered
+
+        consumer._cancel_withdrawn(stream, entry_id)
+        consumer._take(stream, entries)
+        assert not consumer._running  # nothing started
+        await consumer._replies.write(consumer._ended)
+
+        assert (await client.xpending(stream, GROUP))["pending"] == 0
+        assert await client.xlen(reply_stream) == 1  # only its creation entry: no reply for a withdrawn request
+    finally:
+        await consumer.aclose()
+        await client.aclose()

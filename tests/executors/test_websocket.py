@@ -32,6 +32,7 @@ from executors.websocket import WebSocketExecutor, WebSocketWorkerServer, transp
 from tests.conftest import free_port
 from tests.executors.conftest import (
     ONE_AT_A_TIME,
+    SPIN,
     Certificate,
     Gate,
     RunRemote,
@@ -39,6 +40,7 @@ from tests.executors.conftest import (
     WorkerFactory,
     WorkerProcesses,
     make_request,
+    no_step_running,
     remote_flow,
     wait_listening,
 )
@@ -330,6 +332,57 @@ async def test_a_busy_worker_refuses_at_once_and_the_client_sends_again(
     await connection.close()
 
     assert [result.outputs["v"] for result in results] == [0, 2, 4]
+
+
+# --- cancellation --------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_call_stops_its_step_on_the_worker(
+    workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    gate = Gate()
+    worker = await workers(functions=gate.functions(), sandbox=ONE_AT_A_TIME)  # one process, one step at once
+    server = await servers("ws", worker)
+    async with WebSocketExecutor(server.url, options) as executor:
+        first = await executor.call(make_request(DOUBLE, inputs={"x": 1}))
+        calling = asyncio.ensure_future(executor.call(make_request(SPIN, step_id="spin", timeout_s=60)))
+        await gate.started.wait()
+
+        calling.cancel()  # a cancel frame for its id
+        with pytest.raises(asyncio.CancelledError):
+            await calling
+        await no_step_running(worker)
+        after = await asyncio.wait_for(executor.call(make_request(DOUBLE, inputs={"x": 2})), 10)
+
+    assert after.outputs == {"v": 4} and after.worker_id != first.worker_id  # the spinning process was replaced
+    assert "run run-1 step spin attempt 1 cancelled after" in caplog.text
+    status = worker.status()
+    assert (status.steps_done, status.errors) == (2, 0)
+    started = time.monotonic()
+    await server.aclose()  # nothing is held any more: no wait for the 5 s grace period
+    assert time.monotonic() - started < 2
+
+
+async def test_cancel_frames_for_finished_or_unknown_requests_are_harmless(
+    workers: WorkerFactory, servers: ServerFactory, token: str
+) -> None:
+    worker = await workers()
+    server = await servers("ws", worker)
+    connection = await raw_connection(server.url, token)
+    try:
+        first, second = (1).to_bytes(8, "big"), (2).to_bytes(8, "big")
+        await connection.send(first + b"Q" + encode_request(make_request(DOUBLE, inputs={"x": 1})))
+        assert (await asyncio.wait_for(connection.recv(), 10))[:9] == first + b"R"
+        await connection.send(first + b"C")  # finished
+        await connection.send((99).to_bytes(8, "big") + b"C")  # never sent
+        await connection.send(second + b"Q" + encode_request(make_request(DOUBLE, inputs={"x": 2})))
+        reply = await asyncio.wait_for(connection.recv(), 10)
+    finally:
+        await connection.close()
+    assert isinstance(reply, bytes) and reply[:9] == second + b"R"
+    assert orjson.loads(reply[9:])["outputs"] == {"v": 4}
+    assert (worker.status().steps_done, worker.status().errors) == (2, 0)
 
 
 # --- faults ----------------------------------------------------------------------------------------

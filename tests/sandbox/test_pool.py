@@ -131,6 +131,28 @@ async def test_cancelling_a_queued_step_removes_it(pools: PoolFactory, step: Ste
     assert pool.worker_ids == [result.worker_id]
 
 
+async def test_a_step_cancelled_while_queued_on_a_child_is_stopped_when_it_would_start(
+    pools: PoolFactory, step: Step
+) -> None:
+    gate = Gate()
+    pool = await pools(dataclasses.replace(ONE_CHILD, pipeline_depth=2), functions=gate.functions())
+    running = asyncio.ensure_future(pool.run(step("outputs['v'] = wait_release()", timeout_s=30)))
+    await gate.started.wait()
+    behind = asyncio.ensure_future(pool.run(step("while True:\n    pass", timeout_s=30)))  # handed to the child
+    await asyncio.sleep(0)
+    (worker_id,) = pool.worker_ids
+
+    behind.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await behind
+    gate.release.set()
+
+    assert (await running).outputs == {"v": "released"}
+    # the child would now spin until the cancelled step's timeout; it is replaced instead
+    after = await asyncio.wait_for(pool.run(step("outputs['ok'] = True")), 10)
+    assert after.ok and after.worker_id != worker_id
+
+
 async def test_host_functions_sync_and_async(pools: PoolFactory, step: Step) -> None:
     async def lookup(key: str) -> dict[str, Any]:
         await asyncio.sleep(0)
