@@ -3,6 +3,8 @@
 The shared token travels as ``Authorization: Bearer <token>``; servers compare it in constant time
 (`hmac.compare_digest`) before they read anything else of a request, and it never reaches a log line
 or an error message (`hide_authorization` masks it in the wire libraries' debug logs).
+Both worker servers answer ``GET /health`` (token required) with `health_document`: the worker's
+status, its Limits and whether it is stopping.
 A worker server hands its sandbox pool as many requests as the pool's children hold (`Limits.running`:
 processes x pipeline_depth, so the pool stays fed) and admits twice that (`Limits.capacity`); an
 admitted request that gets no pool slot within MAX_QUEUE_WAIT_S is refused as busy and sent again by
@@ -19,14 +21,14 @@ import hmac
 import logging
 import ssl
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
 from dagrun.listening import cannot_listen, is_loopback
 from dagrun.sandbox import SandboxSettings
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.worker import ScriptWorker, WorkerSettings, WorkerStatus
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -340,3 +342,17 @@ class Admission:
                 self._held,
                 settings.grace_s,
             )
+
+
+def health_document(worker: ScriptWorker, limits: Limits) -> dict[str, Any]:
+    """What ``GET /health`` answers on a WebSocket or HTTP worker (JSON)."""
+    document = dataclasses.asdict(worker.status())
+    document.update(limits=limits.to_json(), stopping=worker.stopping)
+    return document
+
+
+def status_from_health(document: Mapping[str, Any]) -> WorkerStatus:
+    """The WorkerStatus in a `health_document`; KeyError or TypeError when it is not one."""
+    fields = {name: document[name] for name in WorkerStatus.__dataclass_fields__}
+    fields["contexts"], fields["current"] = tuple(fields["contexts"]), tuple(fields["current"])
+    return WorkerStatus(**fields)

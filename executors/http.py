@@ -18,7 +18,6 @@ URL: ``http[s]://HOST:PORT[/prefix]?connections=64&ca_file=/path/ca.pem``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -54,11 +53,13 @@ from executors.auth import (
     await_shared,
     bearer_header,
     describe,
+    health_document,
     is_authorized,
     listen_error,
     parse_target,
     require_server_token,
     server_ssl_context,
+    status_from_health,
 )
 
 logger = logging.getLogger(__name__)
@@ -183,10 +184,7 @@ class HttpExecutor:
         if status != HTTPStatus.OK:
             raise self._refusal(self._target.safe_url, status, *_error_of(payload))
         try:
-            document = orjson.loads(payload)
-            fields = {name: document[name] for name in WorkerStatus.__dataclass_fields__}
-            fields["contexts"], fields["current"] = tuple(fields["contexts"]), tuple(fields["current"])
-            return WorkerStatus(**fields)
+            return status_from_health(orjson.loads(payload))
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ExecutorError(f"{self._target.safe_url}: /health: unusable answer: {exc}") from None
 
@@ -355,9 +353,7 @@ class HttpWorkerServer:
         return web.Response(body=encode_result(result), content_type=JSON)
 
     async def _health(self, request: web.Request) -> web.Response:
-        status = dataclasses.asdict(self._worker.status())
-        status.update(limits=self._admission.limits.to_json(), stopping=self._worker.stopping)
-        return web.json_response(status, dumps=_dumps)
+        return web.json_response(health_document(self._worker, self._admission.limits), dumps=_dumps)
 
 
 class HttpTransport:

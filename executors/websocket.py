@@ -9,7 +9,9 @@ Every message is binary: ``id`` (8 bytes, big-endian, chosen by the client) + ``
                        B  -                  busy: no pool slot freed up in time; nothing ran, send later
                        G  -                  going away: the worker is stopping; nothing ran
 
-The handshake must carry ``Authorization: Bearer <token>`` or is refused (401) before the upgrade; the
+``GET /health`` with the token answers the worker's status as JSON instead of upgrading (the same document
+as an HTTP worker's /health; `dagrun workers ws://...` reads it). The handshake must carry
+``Authorization: Bearer <token>`` or is refused (401) before the upgrade; the
 response announces the worker's Limits as ``Dagrun-*`` headers (capacity: the most requests a client
 keeps in flight; max-message-bytes ...). A text message or one too short for an id closes the
 connection (1003), one over the limit closes it (1009). Compression is off: deflate costs more than it
@@ -28,7 +30,9 @@ import logging
 from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -61,6 +65,7 @@ from executors.auth import (
     await_shared,
     bearer_header,
     describe,
+    health_document,
     hide_authorization,
     is_authorized,
     listen_error,
@@ -68,6 +73,7 @@ from executors.auth import (
     require_server_token,
     server_ssl_context,
 )
+from executors.http import transport as http_transport
 
 logger = logging.getLogger(__name__)
 wire_logger = hide_authorization(logging.getLogger(__name__ + ".wire"))  # websockets' own log lines
@@ -386,6 +392,12 @@ class WebSocketWorkerServer:
                 _peer(connection),
             )
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        if urlsplit(request.path).path == "/health":  # not an upgrade: the worker's status, as HTTP workers answer it
+            document = health_document(self._worker, self._admission.limits)
+            response = connection.respond(HTTPStatus.OK, orjson.dumps(document).decode())
+            del response.headers["Content-Type"]  # a multi-valued mapping: assigning would add a second one
+            response.headers["Content-Type"] = "application/json"
+            return response
         if self._worker.stopping:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "worker is stopping\n")
         return None
@@ -476,9 +488,16 @@ class WebSocketTransport:
             await stop.wait()
 
     async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
-        raise ExecutorError(
-            "WebSocket workers do not report their status; list Redis workers, or an HTTP worker's /health"
-        )
+        """The one worker at `url`, as its ``GET /health`` reports it (asked over HTTP, as of an HTTP worker)."""
+        return await http_transport.list_workers(_health_url(url), options)
+
+
+def _health_url(url: str) -> str:
+    """The worker's URL as the HTTP client takes it: http[s]://, without the WebSocket-only options."""
+    parts = urlsplit(url)
+    query = urlencode([(name, value) for name, value in parse_qsl(parts.query) if name == "ca_file"])
+    scheme = "https" if parts.scheme.lower() == "wss" else "http"
+    return urlunsplit((scheme, parts.netloc, parts.path, query, ""))
 
 
 transport = WebSocketTransport()

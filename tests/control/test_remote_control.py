@@ -229,7 +229,8 @@ async def test_workers_lists_the_live_workers_of_each_remote_executor(factories:
         assert busy.host == socket.gethostname() and time.time() - busy.heartbeat_at < 5
         [http_status] = found["http"]
         assert (http_status.worker_id, http_status.contexts, http_status.steps_done) == ("h-1", ("default",), 0)
-        assert found["ws"] == []  # WebSocket workers do not report their status
+        [ws_status] = found["ws"]  # from the WebSocket worker's GET /health
+        assert (ws_status.worker_id, ws_status.contexts, ws_status.current) == ("ws-1", ("default",), ())
 
         gate.release.set()
         assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.FAILED

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,6 +40,7 @@ from tests.executors.conftest import (
     ServerFactory,
     WorkerFactory,
     WorkerProcesses,
+    dagrun_command,
     make_request,
     no_step_running,
     remote_flow,
@@ -178,6 +180,22 @@ async def test_the_handshake_without_the_token_is_refused_before_the_upgrade(
             await raw_connection(server.url, token)
         assert refused.value.response.status_code == 401
     assert worker.status().steps_done == 0
+
+
+async def test_get_health_answers_the_workers_status_only_with_the_token(
+    workers: WorkerFactory, servers: ServerFactory, token: str
+) -> None:
+    server = await servers("ws", await workers(worker_id="ws-health"))
+    health = server.url.replace("ws://", "http://") + "/health"
+    async with aiohttp.ClientSession() as session:
+        for wrong in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}):
+            async with session.get(health, headers=wrong) as refused:
+                assert refused.status == 401
+        async with session.get(health, headers={"Authorization": f"Bearer {token}"}) as answered:
+            assert answered.status == 200 and answered.content_type == "application/json"
+            document = await answered.json()
+    assert (document["worker_id"], document["steps_done"], document["stopping"]) == ("ws-health", 0, False)
+    assert document["limits"]["capacity"] > 0
 
 
 async def test_a_wrong_token_fails_the_call_clearly_and_never_shows_a_token(
@@ -519,12 +537,19 @@ async def test_dagrun_worker_ws_serves_steps_and_exits_0_on_sigterm(
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(run.communicate(), 30)
+    token_file = str(worker_processes.token_file)
+    listed = await dagrun_command("workers", f"{url}?reconnect_s=3", "--token-file", token_file, "--json")
+    unauthorized = await dagrun_command("workers", url)
     worker.process.send_signal(signal.SIGTERM)
     code, log = await worker.finish()
 
     assert result.outputs == {"v": 10}
     assert run.returncode == 0, err.decode()
     assert json.loads(out)["steps"]["a"]["outputs"] == {"v": 7}
+    assert listed[0] == 0, listed[2]  # `dagrun workers` reads the worker's GET /health
+    [status] = orjson.loads(listed[1])
+    assert (status["worker_id"], status["contexts"], status["steps_done"]) == ("w-test", ["default"], 2)
+    assert unauthorized[0] == 3 and b"token" in unauthorized[2]
     assert code == 0, log
     assert f"worker w-test listening on {url}" in log
     assert "run r-cli step s-cli attempt 1 succeeded" in log
