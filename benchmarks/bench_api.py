@@ -6,8 +6,8 @@ event stream, against a server process that drives them (as `dagrun serve api --
 
 Every run is a 10-step flow (a root, 8 parallel steps, a join). It is checked from its stream: every
 step went `running` then `succeeded`, once, and the run `succeeded`; then its outputs are checked over
-REST. Prints one JSON line per store: runs/s, steps/s, and the p50/p99 latency from a run's POST to its
-terminal event at the client, and of the POST alone.
+REST. Prints one JSON line per store: runs/s, steps/s, the p50/p99 latency from a run's POST to its
+terminal event at the client and of the POST alone, and the server processes' CPU per run (from /proc).
 
     python benchmarks/bench_api.py                          # 500 runs, a temporary sqlite store
     python benchmarks/bench_api.py --store sqlite --store redis --runs 200 --split
@@ -167,7 +167,7 @@ async def check_outputs(client: aiohttp.ClientSession, run_id: str) -> None:
     dags.check(DAG, {step: values.get("v") for step, values in outputs.items()})
 
 
-async def load(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]:
+async def load(url: str, token: str, args: argparse.Namespace, servers: list[int]) -> dict[str, Any]:
     document = dags.flow_document("api-bench", DAG)
     in_flight = asyncio.Semaphore(args.concurrency or args.runs)
 
@@ -180,15 +180,19 @@ async def load(url: str, token: str, args: argparse.Namespace) -> dict[str, Any]
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(url, headers=headers, connector=connector, timeout=timeout) as client:
         await check_outputs(client, (await streamed_run(client, document)).run_id)  # warm-up: pool, caches
+        cpu_before = cpu_s(servers)
         started = time.time()
         if args.watch == "stream":
             outcomes = await asyncio.gather(*(bounded(streamed_run(client, document)) for _ in range(args.runs)))
         else:
             outcomes = await polled_runs(client, document, args.runs, bounded)
         wall_s = max(outcome.ended_at for outcome in outcomes) - started  # to the last run's end
+        server_cpu_s = cpu_s(servers) - cpu_before
         await asyncio.gather(*(bounded(check_outputs(client, outcome.run_id)) for outcome in outcomes))
     checked = "each step running then succeeded once; outputs"
-    return figures(outcomes, wall_s) | {"watch": args.watch, "concurrency": args.concurrency, "checked": checked}
+    cpu = {"server_cpu_ms_per_run": round(server_cpu_s * 1000 / len(outcomes), 2)} if server_cpu_s >= 0 else {}
+    extra = {"watch": args.watch, "concurrency": args.concurrency, "checked": checked}
+    return figures(outcomes, wall_s) | cpu | extra
 
 
 def figures(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
@@ -207,6 +211,19 @@ def figures(outcomes: list[Outcome], wall_s: float) -> dict[str, Any]:
     }
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds the server processes have used (not their sandbox children), from /proc; -1 without it.
+    On a shared machine wall time drifts with the neighbours' load, CPU per run much less."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return -1.0
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
+
+
 def percentile(values: list[float], pct: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] if len(values) > 1 else values[0]
 
@@ -219,14 +236,14 @@ class Processes:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._started: list[subprocess.Popen[str]] = []
+        self.started: list[tuple[str, subprocess.Popen[str]]] = []
 
     def start(self, name: str, argv: list[str], pattern: re.Pattern[str]) -> re.Match[str]:
         """Start `argv` and wait until a line of its output matches `pattern`."""
         log = (self.directory / f"{name}.log").open("w")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR.parent), os.environ.get("PYTHONPATH", "")])}
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True, env=env)
-        self._started.append(process)
+        self.started.append((name, process))
         assert process.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -239,10 +256,10 @@ class Processes:
         raise SystemExit(f"{name} did not start:\n{tail}")
 
     def close(self) -> None:
-        for process in reversed(self._started):
+        for _, process in reversed(self.started):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-        for process in reversed(self._started):
+        for _, process in reversed(self.started):
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -290,8 +307,9 @@ def bench_store(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.split:
             procs.start("orchestrator", [*serve_argv, "--serve", "orchestrator"], READY)
         api_url = procs.start("api", [*serve_argv, "--serve", "api" if args.split else "both"], READY).group(1)
+        servers = [process.pid for name, process in procs.started if name in ("api", "orchestrator")]
         try:
-            figures = asyncio.run(asyncio.wait_for(load(api_url, token, args), args.time_limit))
+            figures = asyncio.run(asyncio.wait_for(load(api_url, token, args, servers), args.time_limit))
         except BaseException:
             for name in ("api", "orchestrator"):
                 if (log := procs.directory / f"{name}.log").exists():

@@ -1,11 +1,12 @@
-"""The watcher: one task per orchestrator that waits on the store's notices.
+"""The watcher: one per orchestrator, three loops that wait on the store's notices and on two clocks.
 
-It renews the lease of every run driven here (every third of the lease time), hands each run's new
-commands to its driver as soon as their notice arrives, and stops a driver whose lease it could not
-renew in time (a timer per run, so that a store call that hangs cannot delay it), before another
-orchestrator may take the run. A serving orchestrator's watcher also
-adopts runs that nobody drives: on their notice (submitted, or handed back) and by a rescan once per
-lease period, which finds runs whose driver died without a word and any notice that was trimmed.
+It renews the lease of every run driven here (every third of the lease time, in one store call), hands
+each run's new commands to its driver as soon as their notice arrives (and once per lease period looks
+for commands whose notice was trimmed), and stops a driver whose lease it could not renew in time (a
+timer per run, so that a store call that hangs cannot delay it), before another orchestrator may take
+the run. A serving orchestrator's watcher also adopts runs that nobody drives: on their notice
+(submitted, or handed back) and by a rescan once per lease period, which finds runs whose driver died
+without a word and any notice that was trimmed.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Watcher:
         self._adopt = adopt
         self._deadlines: dict[str, asyncio.TimerHandle] = {}  # run id -> stops its driver unless renewed
         self._serving = False
-        self._tasks: list[asyncio.Task[None]] = []  # the two loops, while there is something to watch
+        self._tasks: list[asyncio.Task[None]] = []  # the loops, while there is something to watch
 
     def driving(self, run_id: str) -> None:
         """A run is now driven here, under a lease just claimed."""
@@ -76,11 +77,13 @@ class Watcher:
         await self._stop_loops()
 
     def _start(self) -> None:
-        # Two loops, so that renewing leases never waits behind notices (or the other way round).
+        # Loops of their own, so that renewing leases never waits behind notices or a recheck of every
+        # run's commands (with 1500 runs, the recheck outlasted the leases), nor the other way round.
         if not self._tasks:
             self._tasks = [
                 asyncio.create_task(self._listen(), name="dagrun watcher: notices"),
                 asyncio.create_task(self._keep_leases(), name="dagrun watcher: leases"),
+                asyncio.create_task(self._recheck_commands(), name="dagrun watcher: commands"),
             ]
 
     async def _stop_loops(self) -> None:
@@ -113,6 +116,17 @@ class Watcher:
             except Exception as exc:  # the deadlines stop the drivers if this goes on
                 logger.warning("watcher: renewing leases failed: %s", exc)
 
+    async def _recheck_commands(self) -> None:
+        """Once per lease period, apply any command whose notice was missed (notices may be trimmed), one
+        run at a time: a safety net, which must not crowd out the store calls of the runs themselves."""
+        while True:
+            await asyncio.sleep(self._lease_s)  # a clock: this looks for what no notice announced
+            for driver in self._held():
+                try:
+                    await driver.apply_new_commands()
+                except Exception as exc:  # the next recheck, or the command's notice, tries again
+                    logger.warning("run %s: reading its commands failed: %s", driver.run_id, exc)
+
     async def _take(self, run_id: str, kind: NoticeKind) -> None:
         driver = self._drivers.get(run_id)
         if driver is not None:
@@ -123,18 +137,22 @@ class Watcher:
 
     async def _renew(self) -> None:
         """Renew every lease held here, all at once; a driver whose lease another orchestrator took stops
-        at once. Then apply any command whose notice was missed (notices may be trimmed)."""
-        held = [(run_id, driver) for run_id in self._deadlines if (driver := self._drivers.get(run_id)) is not None]
-        renewed = await asyncio.gather(
-            *(self._store.claim_lease(run_id, self._owner, ttl_s=self._lease_s) for run_id, _ in held)
-        )
-        for (run_id, driver), is_ours in zip(held, renewed, strict=True):
+        at once."""
+        held = self._held()
+        if not held:
+            return
+        # One call for all: a call per run queued behind the store traffic of every run (and event stream).
+        renewed = await self._store.claim_leases([driver.run_id for driver in held], self._owner, ttl_s=self._lease_s)
+        for driver, is_ours in zip(held, renewed, strict=True):
             if is_ours:
-                self._renewed(run_id)
+                self._renewed(driver.run_id)
             else:
-                logger.error("run %s: lost its lease to another orchestrator; stopping here", run_id)
+                logger.error("run %s: lost its lease to another orchestrator; stopping here", driver.run_id)
                 driver.stop(Stop.HAND_BACK)
-        await asyncio.gather(*(driver.apply_new_commands() for _, driver in held))
+
+    def _held(self) -> list[RunDriver]:
+        """The drivers of the runs whose leases are held here."""
+        return [driver for run_id in self._deadlines if (driver := self._drivers.get(run_id)) is not None]
 
     def _renewed(self, run_id: str) -> None:
         """Re-arm the run's deadline: its driver stops before the lease could lapse unrenewed, since

@@ -160,6 +160,10 @@ class Store(Protocol):
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
         """Take or renew the run's lease for `ttl_s` when it is free, lapsed or already `owner`'s."""
 
+    async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        """`claim_lease` for each run, in one store call however many there are (an orchestrator renews
+        every lease it holds at once, and a call per run queued behind all other traffic); in order."""
+
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         """Give the lease up if `owner` holds it; with `notify`, append a RELEASED notice so that another
         orchestrator can pick the run up at once."""

@@ -170,13 +170,20 @@ class MemoryStore:
         return await self._wait(_NOTICES, lambda: self._notices_after(after), timeout_s)
 
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        (claimed,) = await self.claim_leases([run_id], owner, ttl_s=ttl_s)
+        return claimed
+
+    async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
         self._check_open()
         now = time.time()
-        lease = self._leases.get(run_id)
-        if lease is not None and lease.owner != owner and lease.expires_at > now:
-            return False
-        self._leases[run_id] = Lease(owner, now + ttl_s)
-        return True
+        claimed = []
+        for run_id in run_ids:
+            lease = self._leases.get(run_id)
+            is_free = lease is None or lease.owner == owner or lease.expires_at <= now
+            if is_free:
+                self._leases[run_id] = Lease(owner, now + ttl_s)
+            claimed.append(is_free)
+        return claimed
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         self._check_open()

@@ -18,6 +18,8 @@ Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built
     runs:status:{status}  zset  the same, per status (moved by the script that changes the status)
     runs:flow:{name}      zset  the same, per flow; both filters walk the smaller set and probe the other
     runs:created          counter of creations;   writer:{id}  hash, a writer's last batch (expires after a day)
+    wake:{id}             stream  one entry: a store ends its own blocking read to read more streams (expires
+                                after an hour)
 
 Writes are queued on the loop and sent in batches by one task (`redis_writer`), one Lua script call per
 batch, so record_step costs no round trip. Event seqs are assigned in that script from the run's `seq`: a
@@ -28,8 +30,8 @@ awaits `flush()`, so it sees every write made before it.
 
 Commands, notices and leases are never queued: each call is one script, answered before it returns, and a
 script that appends a command or creates a run appends its notice in the same call. `send_command` and
-`release_lease` flush first, so whoever acts on them sees every write made before. Waits are XREAD BLOCK on a
-client of their own (a blocked connection serves no one else): see `redis_wait`.
+`release_lease` flush first, so whoever acts on them sees every write made before. All of a store's waits
+share one XREAD BLOCK on a client of its own (a blocked connection serves no one else): see `redis_wait`.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from dagrun.states import RunStatus
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import encode_error, encode_json, merge_context
 from dagrun.store.redis_layout import (
-    CLAIM_LEASE,
+    CLAIM_LEASES,
     CREATE_RUN,
     DEFAULT_PREFIX,
     LIST_BOTH,
@@ -82,7 +84,7 @@ from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
-MAX_CONNECTIONS = 64  # per pool (commands, blocking reads); more callers wait for a free connection
+MAX_CONNECTIONS = 64  # per pool; more callers wait for a free connection
 MAX_CONTEXT_ATTEMPTS = 1000  # compare-and-set rounds lost to other clients before apply_context gives up
 _dumps = orjson.dumps
 
@@ -108,17 +110,18 @@ class RedisStore:
         if urlsplit(redis_url).scheme.lower() not in SCHEMES:
             raise StoreError(f"{self.where!r} is not a Redis store URL; expected redis://host:6379/0 or rediss://")
         self.keys = Keys(prefix if prefix is not None else url_prefix if url_prefix is not None else DEFAULT_PREFIX)
+        self._id = os.urandom(8).hex()  # this store's writer and wake stream id; also makes context tokens unique
         try:
             # Reads may be retried freely, and so may the scripts called here (a create or a command carries a
             # token, a lease script is idempotent); the writer retries itself (a resent batch is applied once).
             self._client_pool = _pool(redis_url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
             self._client = Redis(connection_pool=self._client_pool)
-            # Blocking reads: retried by the waiter itself, which shortens the block to the time left.
-            self._waiter = StreamWaiter(Redis(connection_pool=_pool(redis_url, retry=Retry(NoBackoff(), 0))))
+            # Blocking reads: retried by the waiter itself, which then reads what is waited on by then.
+            waiter_client = Redis(connection_pool=_pool(redis_url, retry=Retry(NoBackoff(), 0)))
+            self._waiter = StreamWaiter(waiter_client, wake_key=self.keys.wake(self._id))
             self._writer_pool = ConnectionPool.from_url(redis_url, decode_responses=True)
         except (ValueError, TypeError) as exc:
             raise StoreError(f"{self.where!r}: not a usable Redis URL: {exc}") from exc
-        self._id = os.urandom(8).hex()  # this store's writer id; also makes context tokens unique
         self._tokens = itertools.count(1)
         self._writer = Writer(
             self._writer_pool,
@@ -335,12 +338,19 @@ class RedisStore:
         return decode_command(run_id, seq, text)
 
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        (claimed,) = await self.claim_leases([run_id], owner, ttl_s=ttl_s)
+        return claimed
+
+    async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        """One script call for all the leases."""
         self._check_usable()
+        if not run_ids:
+            return []
+        keys = [self.keys.lease(run_id) for run_id in run_ids]
         args = (owner, max(math.ceil(ttl_s * 1000), 1))
-        claimed = await self._call(
-            CLAIM_LEASE(self._client, (self.keys.lease(run_id),), args), doing=f"claiming the lease of run {run_id!r}"
-        )
-        return bool(claimed)
+        doing = f"claiming the lease of run {run_ids[0]!r}" if len(run_ids) == 1 else f"claiming {len(run_ids)} leases"
+        claimed = await self._call(CLAIM_LEASES(self._client, keys, args), doing=doing)
+        return [bool(is_ours) for is_ours in claimed]
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         """Released after the writes queued before it: the next driver resumes from them."""

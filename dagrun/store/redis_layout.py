@@ -78,6 +78,9 @@ class Keys:
     def writer(self, writer_id: str) -> str:
         return f"{self.prefix}writer:{writer_id}"
 
+    def wake(self, store_id: str) -> str:
+        return f"{self.prefix}wake:{store_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class LuaScript:
@@ -161,13 +164,20 @@ notify(KEYS[3], KEYS[4], ARGV[3], ARGV[4])
 return seq
 """)
 
-# KEYS: the lease. ARGV: owner, ttl in ms. Takes the lease when it is free (a lapsed lease has expired) or
-# renews it when `owner` holds it: 1; 0 when another owner holds it.
-CLAIM_LEASE = LuaScript("""
-local owner = redis.call('GET', KEYS[1])
-if owner and owner ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+# KEYS: the leases. ARGV: owner, ttl in ms. Per lease: takes it when it is free (a lapsed lease has expired)
+# or renews it when `owner` holds it: 1; 0 when another owner holds it.
+CLAIM_LEASES = LuaScript("""
+local claimed = {}
+for i, key in ipairs(KEYS) do
+  local owner = redis.call('GET', key)
+  if owner and owner ~= ARGV[1] then
+    claimed[i] = 0
+  else
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    claimed[i] = 1
+  end
+end
+return claimed
 """)
 
 # KEYS: the lease, notices, notice counter. ARGV: owner, run id, the notice kind ('' for none). Deletes the

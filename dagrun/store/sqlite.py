@@ -8,7 +8,8 @@ process drives a run, the holder of its lease. Commands and leases are answered 
 committed. Every read first awaits `flush()`, then queries through its own connection on a reader
 thread, so it sees every write made before it; other processes read the committed state of the file.
 SQLite cannot wake another process, so one watcher per store (`sqlite_waiter`) checks ``PRAGMA
-data_version`` every 20 ms while anyone waits, and wakes the waiters to query again when it changed.
+data_version`` every 20 ms while anyone waits; when it changed, it reads the marks of the channels waited on
+(a run's last event seq, the last notice cursor) and wakes only the waiters whose channel moved.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_FILENAME = "dagrun.db"
 _EVICTED_PRUNE_AT = 1024
 _CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
-_NOTICES = "notices"  # the notices' waiting channel; a run's events wait on "run:" + its id
+_NOTICES = "notices"  # the notices' waiting channel, its mark the last cursor
+_RUN_CHANNEL = "run:"  # + a run id: the waiting channel of the run's events, its mark the run's last seq
 
 T = TypeVar("T")
 
@@ -86,7 +88,9 @@ class SqliteStore:
         self._evicted: dict[str, int] = {}
         self._leases: dict[str, float] = {}  # run id -> expires_at of the lease this process last claimed
         self._load_lock = asyncio.Lock()  # one cache load or run creation at a time
-        self._watcher = CommitWatcher(self._read_version, interval_s=_CHECK_INTERVAL_S, owner="SqliteStore")
+        self._watcher = CommitWatcher(
+            self._read_version, self._read_marks, interval_s=_CHECK_INTERVAL_S, owner="SqliteStore"
+        )
         self._closed = False
         self._failure_reported = False
 
@@ -215,7 +219,8 @@ class SqliteStore:
         return await self._query(schema.read_events, run_id, after_seq, limit)
 
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
-        return await self._wait(f"run:{run_id}", schema.read_events, run_id, after_seq, None, timeout_s=timeout_s)
+        channel = _RUN_CHANNEL + run_id
+        return await self._wait(channel, after_seq, schema.read_events, run_id, after_seq, None, timeout_s=timeout_s)
 
     async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
         return await self._query(schema.read_commands, run_id, after_seq)
@@ -224,7 +229,7 @@ class SqliteStore:
         return await self._query(schema.read_notice_cursor)
 
     async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
-        return await self._wait(_NOTICES, schema.read_notices, after, timeout_s=timeout_s)
+        return await self._wait(_NOTICES, after, schema.read_notices, after, timeout_s=timeout_s)
 
     async def get_lease(self, run_id: str) -> Lease | None:
         return await self._query(schema.read_lease, run_id, time.time())
@@ -252,14 +257,20 @@ class SqliteStore:
         return Command(seq, run_id, at, kind, step_id, decode_json(values_json))
 
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
-        """A claim that does not renew a live lease of this process drops the run's cache."""
+        (claimed,) = await self.claim_leases([run_id], owner, ttl_s=ttl_s)
+        return claimed
+
+    async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        """One writer call for all; a claim that does not renew a live lease of this process drops the
+        run's cache."""
         now = time.time()
-        claim = functools.partial(schema.claim_lease, run_id=run_id, owner=owner, now=now, ttl_s=ttl_s)
+        claim = functools.partial(schema.claim_leases, run_ids=list(run_ids), owner=owner, now=now, ttl_s=ttl_s)
         claimed = await self._write_now(claim)
-        if claimed:
-            if self._leases.get(run_id, 0.0) <= now:
-                self._forget(run_id)
-            self._leases[run_id] = now + ttl_s
+        for run_id, is_ours in zip(run_ids, claimed, strict=True):
+            if is_ours:
+                if self._leases.get(run_id, 0.0) <= now:
+                    self._forget(run_id)
+                self._leases[run_id] = now + ttl_s
         return claimed
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
@@ -310,15 +321,18 @@ class SqliteStore:
         await self.flush()
         return await self._read(query, *args)
 
-    async def _wait(self, channel: str, query: Callable[..., list[T]], *args: Any, timeout_s: float) -> list[T]:
+    async def _wait(
+        self, channel: str, after: int, query: Callable[..., list[T]], *args: Any, timeout_s: float
+    ) -> list[T]:
         """`query`'s rows once there are some, or [] after `timeout_s`; run again when the watcher sees a
-        commit. Waiters on one channel share one wake-up; RuntimeError when the store closes meanwhile."""
+        commit move the channel's mark past `after`. Waiters on one channel share one wake-up; RuntimeError
+        when the store closes meanwhile."""
         deadline = time.monotonic() + timeout_s
         await self.flush()  # the first query sees every write made before the call; later ones, every commit
         if timeout_s <= 0:
             return await self._read(query, *args)
         while True:
-            async with self._watcher.watch(channel) as changed:  # entered first: a commit after it is not missed
+            async with self._watcher.watch(channel, after) as changed:  # entered first: a commit after it is not missed
                 found = await self._read(query, *args)
                 if found:
                     return found
@@ -328,6 +342,15 @@ class SqliteStore:
 
     async def _read_version(self) -> int:
         return await self._read(schema.read_data_version)
+
+    async def _read_marks(self, channels: list[str]) -> dict[str, int]:
+        """Each channel's mark, in one reader call however many runs are waited on."""
+        run_ids = [channel.removeprefix(_RUN_CHANNEL) for channel in channels if channel.startswith(_RUN_CHANNEL)]
+        last_seqs, notice_cursor = await self._read(schema.read_marks, run_ids, _NOTICES in channels)
+        marks = {_RUN_CHANNEL + run_id: seq for run_id, seq in last_seqs.items()}
+        if _NOTICES in channels:
+            marks[_NOTICES] = notice_cursor
+        return marks
 
     async def _load_state(self, run_id: str) -> _RunState:
         """The run's cache, read from the file after a flush; RunNotFound when there is no such run."""

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
@@ -184,6 +186,10 @@ def claim_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, now: float
     return claimed is not None
 
 
+def claim_leases(conn: sqlite3.Connection, run_ids: list[str], owner: str, *, now: float, ttl_s: float) -> list[bool]:
+    return [claim_lease(conn, run_id, owner, now=now, ttl_s=ttl_s) for run_id in run_ids]
+
+
 def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: bool) -> None:
     """Drop the lease if `owner` holds it (lapsed or not); with `notify`, append a RELEASED notice then."""
     released = conn.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, owner)).rowcount
@@ -292,6 +298,20 @@ def read_notices(conn: sqlite3.Connection, after: int) -> list[Notice]:
 def read_notice_cursor(conn: sqlite3.Connection) -> int:
     cursor: int = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM notices").fetchone()[0]
     return cursor
+
+
+def read_marks(conn: sqlite3.Connection, run_ids: list[str], notices: bool) -> tuple[dict[str, int], int]:
+    """Each run's last event seq (runs without events left out), and the last notice cursor if `notices`
+    (else 0): what the commit watcher compares with what its waiters have seen. One statement for all the
+    runs, each an index seek."""
+    last_seqs: dict[str, int] = {}
+    if run_ids:
+        rows = conn.execute(
+            "SELECT value, (SELECT MAX(seq) FROM events WHERE run_id = value) FROM json_each(?)",
+            (orjson.dumps(run_ids).decode(),),
+        )
+        last_seqs = {run_id: seq for run_id, seq in rows if seq is not None}
+    return last_seqs, read_notice_cursor(conn) if notices else 0
 
 
 def read_lease(conn: sqlite3.Connection, run_id: str, now: float) -> Lease | None:

@@ -1,11 +1,13 @@
-"""Waiting on a SQLite file: one watcher per store asks it whether anything was committed, for every waiter.
+"""Waiting on a SQLite file: one watcher per store finds which waited channels moved, and wakes only those.
 
 SQLite cannot wake a connection when another one commits (another process's, or the store's own writer),
-so while anyone waits the watcher reads ``PRAGMA data_version`` once per interval: one query per store per
-tick, however many wait. When the version changed it resolves one future per channel waited on (a run's
-events, the notices), and only then do the woken waiters run their own queries again. Invariant: a waiter
-that enters `watch()` before its query is woken by the first tick that sees a commit made after that query
-started, because the watcher read its first version before the query and reads each next one after the last.
+so while anyone waits the watcher reads ``PRAGMA data_version`` once per interval. When it changed, one more
+query reads the mark of every channel waited on (a run's last event seq, the notices' last cursor), and only
+the waiters of a channel whose mark passed what they have seen are woken to query again: a commit costs two
+queries plus one per channel it moved, however many wait (waking them all made 500 event streams run 500
+queries per commit). Invariant: a waiter that enters `watch()` before its query is woken by the first tick
+that sees a commit made after that query started and moving its mark past `after`, because the watcher read
+its first version before the query, and reads each next one, then the marks, after the last.
 """
 
 from __future__ import annotations
@@ -14,26 +16,33 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagrun.errors import StoreError
 
 logger = logging.getLogger(__name__)
 
+ReadMarks = Callable[[list[str]], Awaitable[dict[str, int]]]
+
 
 @dataclass(slots=True)
 class _Channel:
-    changed: asyncio.Future[None]  # resolved, then replaced, by the next tick that sees a commit
-    waiters: int = 0  # the channel is dropped when its last waiter leaves
+    changed: asyncio.Future[None]  # resolved, then replaced, by the next tick that sees the mark pass
+    afters: list[int] = field(default_factory=list)  # what each waiter has seen; the channel goes with the last
 
 
 class CommitWatcher:
-    """Wakes a store's waiters when the file changes; runs only while someone waits."""
+    """Wakes a store's waiters when their channel moves; runs only while someone waits."""
 
-    def __init__(self, read_version: Callable[[], Awaitable[int]], *, interval_s: float, owner: str) -> None:
+    def __init__(
+        self, read_version: Callable[[], Awaitable[int]], read_marks: ReadMarks, *, interval_s: float, owner: str
+    ) -> None:
         """`read_version` reads ``PRAGMA data_version`` on the connection the waiters query through (the
-        version is per connection); `owner` names the store in "... is closed"."""
+        version is per connection); `read_marks` reads the given channels' marks, each an integer that grows
+        with what a waiter of the channel would find (a channel it leaves out counts as 0); `owner` names the
+        store in "... is closed"."""
         self._read_version = read_version
+        self._read_marks = read_marks
         self._interval_s = interval_s
         self._owner = owner
         self._channels: dict[str, _Channel] = {}
@@ -42,21 +51,22 @@ class CommitWatcher:
         self._closed = False
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Future[None]]:
-        """A future resolved by the first commit seen after entering: query inside, then await it.
-        RuntimeError once closed; StoreError when the first version cannot be read."""
+    async def watch(self, channel: str, after: int) -> AsyncIterator[asyncio.Future[None]]:
+        """A future resolved by the first commit seen after entering that moves the channel's mark past
+        `after`: query inside, then await it. RuntimeError once closed; StoreError when the first version
+        cannot be read."""
         if self._closed:
             raise RuntimeError(f"{self._owner} is closed")
         entry = self._channels.get(channel)
         if entry is None:
             entry = self._channels[channel] = _Channel(asyncio.get_running_loop().create_future())
-        entry.waiters += 1
+        entry.afters.append(after)
         try:
             await self._start()
             yield entry.changed
         finally:
-            entry.waiters -= 1
-            if entry.waiters == 0 and self._channels.get(channel) is entry:
+            entry.afters.remove(after)
+            if not entry.afters and self._channels.get(channel) is entry:
                 del self._channels[channel]
             if not self._channels:
                 await self._stop()
@@ -64,7 +74,8 @@ class CommitWatcher:
     async def aclose(self) -> None:
         """Wake every waiter (its next step finds the store closed) and stop; safe to call twice."""
         self._closed = True
-        self._wake_all()
+        for entry in self._channels.values():
+            _wake(entry)
         await self._stop()
 
     async def _start(self) -> None:
@@ -91,20 +102,24 @@ class CommitWatcher:
             await asyncio.sleep(self._interval_s)
             try:
                 latest = await self._read_version()
+                if latest == version:
+                    continue
+                version = latest
+                marks = await self._read_marks(list(self._channels))
             except (StoreError, RuntimeError) as exc:
                 # The waiters' own queries report the failure, or that the store closed; the next one to
                 # wait starts the watcher again.
-                logger.debug("%s commit watcher: reading the data version failed: %s", self._owner, exc)
-                self._wake_all()
+                logger.debug("%s commit watcher: reading what changed failed: %s", self._owner, exc)
+                for entry in self._channels.values():
+                    _wake(entry)
                 return
-            if latest != version:
-                version = latest
-                self._wake_all()
+            for name, entry in self._channels.items():
+                if marks.get(name, 0) > min(entry.afters):
+                    _wake(entry)
 
-    def _wake_all(self) -> None:
-        """data_version does not say what changed: every channel's waiters query again."""
-        loop = asyncio.get_running_loop()
-        for entry in self._channels.values():
-            if not entry.changed.done():
-                entry.changed.set_result(None)
-            entry.changed = loop.create_future()
+
+def _wake(entry: _Channel) -> None:
+    """The channel's waiters query again; later ones wait on a new future."""
+    if not entry.changed.done():
+        entry.changed.set_result(None)
+    entry.changed = asyncio.get_running_loop().create_future()

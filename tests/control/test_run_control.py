@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from dagrun import ControlError, Orchestrator, RunStatus, StepStatus, parse_flow
-from dagrun.control import RunControl
-from dagrun.store.base import CommandKind, Store
+from dagrun.control import RunControl, new_run_id
+from dagrun.store import MemoryStore
+from dagrun.store.base import Command, CommandKind, Store
 from tests.control.conftest import gated_flow
 from tests.control_support import wait_for_event, wait_until_waiting
 from tests.store.conftest import StoreFactory
@@ -116,6 +118,72 @@ async def test_commands_from_another_process_reach_the_driver(stores: StoreFacto
         await remote.resume(run_id)
         run = await remote.wait_for_completion(run_id, timeout_s=30)
     assert run.status == RunStatus.SUCCEEDED
+
+
+def test_run_ids_made_at_a_high_rate_do_not_collide() -> None:
+    run_ids = [new_run_id() for _ in range(100_000)]  # within a second or so, as under a load test
+    assert len(set(run_ids)) == len(run_ids)
+
+
+async def test_the_watcher_renews_every_lease_it_holds_in_one_store_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    renewals: list[int] = []  # runs per claim_leases call
+    claim_leases = store.claim_leases
+
+    async def counted(run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        renewals.append(len(run_ids))
+        return await claim_leases(run_ids, owner, ttl_s=ttl_s)
+
+    monkeypatch.setattr(store, "claim_leases", counted)
+    async with store, Orchestrator(store, processes=1, lease_s=1.5) as orchestrator:
+        run_ids = [await orchestrator.start_run(gated_flow()) for _ in range(20)]
+        for run_id in run_ids:
+            await wait_until_waiting(orchestrator, run_id, "gate")
+        renewals.clear()
+        await asyncio.sleep(1.2)  # two renewals, one every 0.5 s
+
+        # A call per run queued each renewal behind every other store call of a busy server, until
+        # drivers stopped for leases they could not renew in time.
+        assert renewals and set(renewals) == {len(run_ids)}, renewals
+        for run_id in run_ids:
+            await orchestrator.cancel(run_id)
+        for run_id in run_ids:
+            assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
+
+
+async def test_lease_renewals_do_not_wait_for_the_recheck_of_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    renewals = 0
+    claim_leases = store.claim_leases
+    get_commands = store.get_commands
+    commands_readable = asyncio.Event()
+
+    async def counted(run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        nonlocal renewals
+        renewals += 1
+        return await claim_leases(run_ids, owner, ttl_s=ttl_s)
+
+    async def held_up(run_id: str, *, after_seq: int = 0) -> list[Command]:
+        await commands_readable.wait()  # as under load, when each of 1500 runs' reads queues for a connection
+        return await get_commands(run_id, after_seq=after_seq)
+
+    monkeypatch.setattr(store, "claim_leases", counted)
+    async with store, Orchestrator(store, processes=1, lease_s=0.9) as orchestrator:
+        run_ids = [await orchestrator.start_run(gated_flow()) for _ in range(3)]
+        for run_id in run_ids:
+            await wait_until_waiting(orchestrator, run_id, "gate")
+        monkeypatch.setattr(store, "get_commands", held_up)
+        renewals = 0
+        await asyncio.sleep(2.5)  # renewals every 0.3 s; the recheck of commands (every 0.9 s) hangs
+
+        assert renewals >= 5
+        assert [(await store.get_lease(run_id)) is not None for run_id in run_ids] == [True] * 3
+        assert [(await store.get_run(run_id)).status for run_id in run_ids] == [RunStatus.RUNNING] * 3
+        commands_readable.set()
+        for run_id in run_ids:
+            await orchestrator.cancel(run_id)
+        for run_id in run_ids:
+            assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
 
 
 async def test_a_signal_sent_before_the_step_waits_is_kept_for_it(stores: StoreFactory) -> None:

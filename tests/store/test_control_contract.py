@@ -184,6 +184,22 @@ async def test_a_lease_that_is_not_renewed_lapses(store: StoreFactory) -> None:
     assert not await s.claim_lease("r1", "orch-a", ttl_s=30)  # the lapsed owner cannot renew
 
 
+async def test_claim_leases_claims_each_run_as_claim_lease_would(store: StoreFactory) -> None:
+    s = store()
+    other = await _second(store, s)
+    assert await s.claim_lease("mine", "orch-a", ttl_s=30)
+    assert await other.claim_lease("theirs", "orch-b", ttl_s=30)
+    assert await other.claim_lease("lapsed", "orch-b", ttl_s=0.1)
+    await asyncio.sleep(0.2)
+
+    claimed = await s.claim_leases(["free", "mine", "theirs", "lapsed"], "orch-a", ttl_s=30)
+
+    assert claimed == [True, True, False, True]
+    leases = [await other.get_lease(run_id) for run_id in ("free", "mine", "theirs", "lapsed")]
+    assert [lease.owner if lease else None for lease in leases] == ["orch-a", "orch-a", "orch-b", "orch-a"]
+    assert await s.claim_leases([], "orch-a", ttl_s=30) == []
+
+
 async def test_releasing_with_notify_appends_a_released_notice(store: StoreFactory) -> None:
     s = store()
     await create(s, "r1")

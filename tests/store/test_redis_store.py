@@ -15,6 +15,7 @@ from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store import RedisStore, StepRecord, Store, open_store
 from dagrun.store.base import CommandKind, NoticeKind
+from dagrun.store.redis import MAX_CONNECTIONS
 from dagrun.store.redis_layout import CREATE_RUN, MAX_NOTICES, PENDING_STEP, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
 from tests.conftest import RedisServer, RedisServers, free_port
 from tests.store.conftest import StoreFactory, create
@@ -338,6 +339,50 @@ async def test_waiters_do_not_hold_up_writes_reads_or_each_other(redis_store: St
     assert time.monotonic() - started < 2.0
     assert {tuple(n.kind for n in found) for found in notices} == {(NoticeKind.COMMAND,)}
     assert {tuple(e.seq for e in found) for found in events} == {(1,)}
+
+
+async def test_more_waits_than_a_pool_has_connections_hold_up_no_other_wait(redis_store: StoreFactory) -> None:
+    store = redis_store()
+    quiet = [f"q{i}" for i in range(MAX_CONNECTIONS + 16)]
+    for run_id in [*quiet, "r1"]:
+        await create(store, run_id, ["a"])
+    cursor = await store.notice_cursor()
+    quiet_waits = [asyncio.create_task(store.wait_events(run_id, after_seq=0, timeout_s=30)) for run_id in quiet]
+    await asyncio.sleep(0.2)  # all of them wait, on streams nothing is written to
+
+    # These come while a blocking read is in flight that does not name their streams.
+    notice_wait = asyncio.create_task(store.wait_notices(after=cursor, timeout_s=30))
+    event_wait = asyncio.create_task(store.wait_events("r1", after_seq=0, timeout_s=30))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    await store.send_command("r1", CommandKind.CANCEL, at=1.0)
+    await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, 1))
+
+    # With a connection per wait, these queued behind the quiet waits until their 30 s blocks ended.
+    assert [n.kind for n in await asyncio.wait_for(notice_wait, 5)] == [NoticeKind.COMMAND]
+    assert [e.seq for e in await asyncio.wait_for(event_wait, 5)] == [1]
+    assert time.monotonic() - started < 2.0
+    assert not any(wait.done() for wait in quiet_waits)
+    for wait in quiet_waits:
+        wait.cancel()
+    await asyncio.wait(quiet_waits)
+
+
+async def test_waits_on_one_stream_from_different_points_each_get_what_follows_theirs(
+    redis_store: StoreFactory,
+) -> None:
+    store = redis_store()
+    await create(store, "r1")
+    cursor = await store.notice_cursor()
+    await store.send_command("r1", CommandKind.PAUSE, at=1.0)
+    behind = asyncio.create_task(store.wait_notices(after=cursor, timeout_s=30))
+    level = asyncio.create_task(store.wait_notices(after=cursor + 1, timeout_s=30))
+
+    assert [n.kind for n in await asyncio.wait_for(behind, 5)] == [NoticeKind.COMMAND]
+    await asyncio.sleep(0.1)
+    assert not level.done()  # the read that answered `behind` had nothing after `level`'s point
+    await store.send_command("r1", CommandKind.RESUME, at=2.0)
+    assert [n.cursor for n in await asyncio.wait_for(level, 5)] == [cursor + 2]
 
 
 async def test_a_cancelled_wait_leaves_no_reply_behind_for_the_next(redis_store: StoreFactory) -> None:

@@ -417,6 +417,36 @@ async def test_waiters_share_one_watcher_that_wakes_them_all_on_one_commit(
         assert calls["read_data_version"] == checks  # nobody waits: the watcher stopped
 
 
+async def test_a_commit_wakes_only_the_waiters_of_the_runs_it_wrote_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = {"read_events": 0, "read_marks": 0}  # counted on the store's one reader thread
+    for name in calls:
+        monkeypatch.setattr(schema, name, _counting(calls, name, getattr(schema, name)))
+    run_ids = [f"r{i}" for i in range(200)]
+
+    async with SqliteStore.open(tmp_path) as s:
+        for run_id in run_ids:
+            await create(s, run_id, ["a"])
+        waits = {run_id: asyncio.create_task(s.wait_events(run_id, after_seq=0, timeout_s=10)) for run_id in run_ids}
+        await asyncio.sleep(0.2)
+        assert calls["read_events"] == len(run_ids)  # each waiter queried once, found nothing, and waits
+        marks = calls["read_marks"]
+
+        await s.record_step(StepRecord("r7", "a", StepStatus.RUNNING, attempt=1))
+        await s.flush()
+        events = await asyncio.wait_for(waits.pop("r7"), 2)
+        await asyncio.sleep(0.1)  # a few more ticks: nothing else was committed
+
+        assert [(event.run_id, event.seq) for event in events] == [("r7", 1)]
+        assert calls["read_events"] == len(run_ids) + 1  # the woken waiter's query; waking all was 200 more
+        assert calls["read_marks"] == marks + 1  # one query for every channel waited on
+        assert not any(wait.done() for wait in waits.values())
+        for wait in waits.values():
+            wait.cancel()
+        await asyncio.wait(waits.values())
+
+
 async def test_calls_racing_aclose_finish_or_say_closed(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
     await create(s, "cached", ["a"])
