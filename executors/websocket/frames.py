@@ -1,0 +1,22 @@
+"""The wire both sides of the WebSocket transport speak: the frame layout and the connection settings.
+
+A frame is binary: ``id`` (ID_BYTES, big-endian, chosen by the client) + ``kind`` (1 byte) + payload, so
+a message shorter than HEADER_BYTES carries no frame. The kinds and what each payload holds are drawn in
+the package docstring. Client and server open connections with the same keepalive and handshake timeouts
+and log websockets' own lines through `wire_logger`, which masks the Authorization header.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from executors.auth import hide_authorization
+
+wire_logger = hide_authorization(logging.getLogger("executors.websocket.wire"))  # websockets' own log lines
+
+ID_BYTES = 8
+HEADER_BYTES = ID_BYTES + 1
+REQUEST, CANCEL, RESULT, ERROR, BUSY, GOING_AWAY = b"Q", b"C", b"R", b"E", b"B", b"G"
+PING_INTERVAL_S = 20.0
+PING_TIMEOUT_S = 20.0
+OPEN_TIMEOUT_S = 10.0
