@@ -18,7 +18,6 @@ from executors.http import HttpExecutor, HttpWorkerServer, transport
 from tests.conftest import free_port
 from tests.executors.conftest import (
     ONE_AT_A_TIME,
-    SPIN,
     Certificate,
     Gate,
     RunRemote,
@@ -27,7 +26,6 @@ from tests.executors.conftest import (
     WorkerProcesses,
     dagrun_command,
     make_request,
-    no_step_running,
     remote_flow,
     wait_listening,
 )
@@ -261,33 +259,6 @@ async def test_a_busy_worker_answers_503_at_once_and_the_client_sends_again(
 
 
 # --- cancellation --------------------------------------------------------------------------------
-
-
-async def test_a_cancelled_call_stops_its_step_on_the_worker(
-    workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO)
-    gate = Gate()
-    worker = await workers(functions=gate.functions(), sandbox=ONE_AT_A_TIME)  # one process, one step at once
-    server = await servers("http", worker)
-    async with HttpExecutor(server.url, options) as executor:
-        first = await executor.call(make_request(DOUBLE, inputs={"x": 1}))
-        calling = asyncio.ensure_future(executor.call(make_request(SPIN, step_id="spin", timeout_s=60)))
-        await gate.started.wait()
-
-        calling.cancel()  # the client closes the connection; the server cancels the handler
-        with pytest.raises(asyncio.CancelledError):
-            await calling
-        await no_step_running(worker)
-        after = await asyncio.wait_for(executor.call(make_request(DOUBLE, inputs={"x": 2})), 10)
-
-    assert after.outputs == {"v": 4} and after.worker_id != first.worker_id  # the spinning process was replaced
-    assert "run run-1 step spin attempt 1 cancelled after" in caplog.text
-    status = worker.status()
-    assert (status.steps_done, status.errors) == (2, 0)
-    started = time.monotonic()
-    await server.aclose()  # nothing is held any more: no wait for the 5 s grace period
-    assert time.monotonic() - started < 2
 
 
 # --- faults ----------------------------------------------------------------------------------------
