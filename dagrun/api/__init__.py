@@ -16,7 +16,24 @@ Every route but /health needs ``Authorization: Bearer <token>``; errors are ``{"
 ``problems``, 503 store failed).
 """
 
-from dagrun.api.app import ApiSettings, create_app
-from dagrun.api.server import ApiServer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dagrun.api.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from dagrun.api.app import create_app
+    from dagrun.api.server import ApiServer
 
 __all__ = ["ApiServer", "ApiSettings", "create_app"]
+
+_LOADED_ON_USE = {"ApiServer": "dagrun.api.server", "create_app": "dagrun.api.app"}
+
+
+def __getattr__(name: str) -> Any:
+    """The aiohttp-based names load on first use: `dagrun` commands other than `serve` start without aiohttp."""
+    if name not in _LOADED_ON_USE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LOADED_ON_USE[name]), name)

@@ -13,7 +13,8 @@ import logging
 
 from aiohttp import web
 
-from dagrun.api.app import ApiSettings, create_app
+from dagrun.api.app import create_app
+from dagrun.api.settings import ApiSettings
 from dagrun.control import RunControl
 from dagrun.errors import DagrunError
 from dagrun.listening import cannot_listen, is_loopback

@@ -13,8 +13,7 @@ import asyncio
 import logging
 import os
 
-from dagrun.api import ApiServer, ApiSettings
-from dagrun.api.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT
+from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
 from dagrun.cli.commands import parse_executors
 from dagrun.cli.worker import read_token_file, stop_on_signals
 from dagrun.control import RunControl
@@ -115,6 +114,8 @@ def orchestrator_from_args(args: argparse.Namespace, store: Store) -> Orchestrat
 
 
 async def _serve(args: argparse.Namespace, token: str, settings: ApiSettings) -> int:
+    from dagrun.api.server import ApiServer  # here: every other command starts without loading aiohttp
+
     stop = stop_on_signals("api", "stopping")
     async with open_store(args.store) as store:
         await store.list_runs(limit=1)  # a store that cannot be reached fails here, before listening
@@ -131,6 +132,8 @@ async def _serve_orchestrating(
     orchestrator: Orchestrator, token: str, settings: ApiSettings, stop: asyncio.Event
 ) -> None:
     """The API and the orchestrator; the API stops first, so that no run is submitted to a closing driver."""
+    from dagrun.api.server import ApiServer
+
     async with orchestrator:
         halt = asyncio.Event()
         serving = asyncio.create_task(orchestrator.serve(halt), name="dagrun orchestrator")
