@@ -78,7 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", nargs="?", help="where the workers register, e.g. redis://HOST:6379/0")
     parser.add_argument("--redis", metavar="URL", help="the same, as an option")
-    parser.add_argument("--token-file", help="file holding the shared token (http workers)")
+    parser.add_argument("--token-file", help="file holding the shared token (ws and http workers)")
     parser.add_argument("--json", action="store_true", help="one JSON document")
 
 
