@@ -26,12 +26,13 @@ batch, so record_step costs no round trip. Event seqs are assigned in that scrip
 run driven here and cancelled from another machine still gets one gap-free order. The context is merged
 here with the shared codec (the exact rules of `apply_ops`) and written by compare-and-set on its token in
 the same script; a lost race re-merges on the server's value, so no update is ever lost. Every read first
-awaits `flush()`, so it sees every write made before it.
+awaits `flush()`, so it sees every write made before it; the reads are in `redis_query`.
 
-Commands, notices and leases are never queued: each call is one script, answered before it returns, and a
-script that appends a command or creates a run appends its notice in the same call. `send_command` and
-`release_lease` flush first, so whoever acts on them sees every write made before. All of a store's waits
-share one XREAD BLOCK on a client of its own (a blocked connection serves no one else): see `redis_wait`.
+Commands, notices and leases (`redis_control`) are never queued: each call is one script, answered before
+it returns, and a script that appends a command or creates a run appends its notice in the same call.
+`send_command` and `release_lease` flush first, so whoever acts on them sees every write made before. The
+store's clients, and how their errors reach callers, are in `redis_connection`; all of its waits share one
+XREAD BLOCK on a client of its own (a blocked connection serves no one else): see `redis_wait`.
 """
 
 from __future__ import annotations
@@ -39,52 +40,28 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import os
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
-from redis.exceptions import RedisError
 
 from dagrun.context import ContextOp
-from dagrun.errors import RunNotFound, StoreError, redact
+from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus
+from dagrun.store import redis_control as control
+from dagrun.store import redis_query as query
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import encode_error, encode_json, merge_context
-from dagrun.store.redis_layout import (
-    CLAIM_LEASES,
-    CREATE_RUN,
-    DEFAULT_PREFIX,
-    LIST_BOTH,
-    PENDING_STEP,
-    RELEASE_LEASE,
-    RUN_FIELDS,
-    SEND_COMMAND,
-    Keys,
-    decode_command,
-    decode_event,
-    decode_notice,
-    decode_run,
-    decode_step,
-    encode_command,
-    number_arg,
-    run_id_of,
-    seq_of,
-)
-from dagrun.store.redis_wait import Entry, StreamWaiter, entries_of
+from dagrun.store.redis_connection import MAX_CONNECTIONS as MAX_CONNECTIONS  # re-exported: tests size their load by it
+from dagrun.store.redis_connection import RedisConnection
+from dagrun.store.redis_layout import CREATE_RUN, PENDING_STEP, encode_command, number_arg
 from dagrun.store.redis_writer import STEP_OP_ARGS, Writer, pack, pack_step
 
 logger = logging.getLogger(__name__)
 
-SCHEMES = ("redis", "rediss", "unix")
-MAX_CONNECTIONS = 64  # per pool; more callers wait for a free connection
 MAX_CONTEXT_ATTEMPTS = 1000  # compare-and-set rounds lost to other clients before apply_context gives up
 _dumps = orjson.dumps
 
@@ -105,26 +82,13 @@ class RedisStore:
         ``rediss://`` for TLS). Nothing connects yet: `async with` (or the first call) does, and raises
         StoreError, with the URL redacted, when Redis cannot be reached or refuses the credentials.
         """
-        self.where = redact(url)
-        redis_url, url_prefix = _split_prefix(url)
-        if urlsplit(redis_url).scheme.lower() not in SCHEMES:
-            raise StoreError(f"{self.where!r} is not a Redis store URL; expected redis://host:6379/0 or rediss://")
-        self.keys = Keys(prefix if prefix is not None else url_prefix if url_prefix is not None else DEFAULT_PREFIX)
         self._id = os.urandom(8).hex()  # this store's writer and wake stream id; also makes context tokens unique
-        try:
-            # Reads may be retried freely, and so may the scripts called here (a create or a command carries a
-            # token, a lease script is idempotent); the writer retries itself (a resent batch is applied once).
-            self._client_pool = _pool(redis_url, retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.5), 3))
-            self._client = Redis(connection_pool=self._client_pool)
-            # Blocking reads: retried by the waiter itself, which then reads what is waited on by then.
-            waiter_client = Redis(connection_pool=_pool(redis_url, retry=Retry(NoBackoff(), 0)))
-            self._waiter = StreamWaiter(waiter_client, wake_key=self.keys.wake(self._id))
-            self._writer_pool = ConnectionPool.from_url(redis_url, decode_responses=True)
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"{self.where!r}: not a usable Redis URL: {exc}") from exc
+        self._redis = RedisConnection(url, prefix=prefix, store_id=self._id)
+        self.where = self._redis.where
+        self.keys = self._redis.keys
         self._tokens = itertools.count(1)
         self._writer = Writer(
-            self._writer_pool,
+            self._redis.writer_pool,
             self.keys,
             writer_id=self._id,
             where=self.where,
@@ -150,7 +114,7 @@ class RedisStore:
     async def __aenter__(self) -> Self:
         """Connect and check the credentials; StoreError naming the redacted URL if that fails."""
         self._check_usable()
-        await self._call(self._client.ping(), doing="connecting to Redis")
+        await self._redis.call(self._redis.client.ping(), doing="connecting to Redis")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -175,7 +139,8 @@ class RedisStore:
             number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", self._new_token(),
             PENDING_STEP, NoticeKind.SUBMITTED, *dict.fromkeys(step_ids),
         )  # fmt: skip
-        created = await self._call(CREATE_RUN(self._client, script_keys, args), doing=f"creating run {run_id!r}")
+        creating = CREATE_RUN(self._redis.client, script_keys, args)
+        created = await self._redis.call(creating, doing=f"creating run {run_id!r}")
         if not created:
             raise StoreError(f"run {run_id!r} already exists")
         self._check_usable()  # closed while we waited?
@@ -234,87 +199,39 @@ class RedisStore:
             self._check_usable()
         raise StoreError(f"run {run_id!r} context: still written by other clients after {MAX_CONTEXT_ATTEMPTS} tries")
 
-    # --- reads: flush, then read what Redis holds --------------------------------------------------------
+    # --- reads: flush, then read what Redis holds (`redis_query`) -------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord:
         await self.flush()
-        values = await self._call(
-            self._client.hmget(self.keys.run(run_id), RUN_FIELDS), doing=f"reading run {run_id!r}"
-        )
-        run = decode_run(values)
-        if run is None:
-            raise RunNotFound(run_id)
-        return run
+        return await query.read_run(self._redis, run_id)
 
     async def list_runs(
         self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
         await self.flush()
-        if limit <= 0:
-            return []
-        keys = self.keys
-        if status is not None and flow_name is not None:
-            both = (keys.runs_with_status(status), keys.runs_of_flow(flow_name))
-            members = await self._call(LIST_BOTH(self._client, both, (limit,)), doing="listing runs")
-        else:
-            chosen = keys.runs_with_status(status) if status is not None else keys.runs
-            chosen = keys.runs_of_flow(flow_name) if flow_name is not None else chosen
-            members = await self._call(self._client.zrevrange(chosen, 0, limit - 1), doing="listing runs")
-        if not members:
-            return []
-        pipe = self._client.pipeline(transaction=False)
-        for member in members:
-            pipe.hmget(keys.run(run_id_of(member)), RUN_FIELDS)
-        rows = await self._call(pipe.execute(), doing="listing runs")
-        return [run for run in map(decode_run, rows) if run is not None]
+        return await query.list_runs(self._redis, status=status, flow_name=flow_name, limit=limit)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         await self.flush()
-        keys = self.keys
-        pipe = self._client.pipeline(transaction=True)  # one snapshot: a step is in both or in neither
-        pipe.lrange(keys.step_order(run_id), 0, -1)
-        pipe.hgetall(keys.steps(run_id))
-        pipe.exists(keys.run(run_id))
-        order, states, exists = await self._call(pipe.execute(), doing=f"reading the steps of run {run_id!r}")
-        if not exists:
-            raise RunNotFound(run_id)
-        steps = [decode_step(run_id, step_id, states.pop(step_id)) for step_id in order if step_id in states]
-        steps += (decode_step(run_id, step_id, text) for step_id, text in states.items())  # none in practice
-        return steps
+        return await query.read_steps(self._redis, run_id)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """What Redis holds now, written here or by any other client."""
         await self.flush()
-        run_key = self.keys.run(run_id)
-        found, text = await self._call(
-            self._client.hmget(run_key, ("run_id", "context")), doing=f"reading the context of run {run_id!r}"
-        )
-        if found is None:
-            raise RunNotFound(run_id)
-        value: dict[str, Any] = orjson.loads(text or "{}")
-        return value
+        return await query.read_context(self._redis, run_id)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
-        entries = await self._read_log(run_id, self.keys.events(run_id), after_seq, limit, doing="reading the events")
-        return [decode_event(run_id, entry_id, fields) for entry_id, fields in entries]
+        await self.flush()
+        return await query.read_events(self._redis, run_id, after_seq=after_seq, limit=limit)
 
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         """Blocks on the run's events stream, so a write from any client ends the wait at once."""
         events = await self.get_events(run_id, after_seq=after_seq)
         if events or timeout_s <= 0:
             return events
-        entries = await self._wait_entries(
-            self.keys.events(run_id), after_seq, timeout_s, doing=f"waiting for the events of run {run_id!r}"
-        )
-        return [decode_event(run_id, entry_id, fields) for entry_id, fields in entries]
+        return await query.wait_events(self._redis, run_id, after_seq=after_seq, timeout_s=timeout_s)
 
-    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
-        entries = await self._read_log(
-            run_id, self.keys.commands(run_id), after_seq, None, doing="reading the commands"
-        )
-        return [decode_command(run_id, seq_of(entry_id), fields["c"]) for entry_id, fields in entries]
-
-    # --- commands, notices and leases: never queued, one call each, answered before it returns ------------
+    # --- commands, notices and leases: never queued, one call each, answered before it returns (`redis_control`)
 
     async def send_command(
         self,
@@ -329,13 +246,11 @@ class RedisStore:
         kind = CommandKind(kind)
         text = encode_command(run_id, at, kind, step_id, values or {})
         await self.flush()
-        keys = self.keys
-        script_keys = (keys.run(run_id), keys.commands(run_id), keys.notices, keys.notice_counter)
-        args = (text, self._new_token(), run_id, NoticeKind.COMMAND)
-        seq = await self._call(SEND_COMMAND(self._client, script_keys, args), doing=f"sending {kind} to run {run_id!r}")
-        if not seq:
-            raise RunNotFound(run_id)
-        return decode_command(run_id, seq, text)
+        return await control.send_command(self._redis, run_id, kind, text, token=self._new_token())
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        await self.flush()
+        return await control.read_commands(self._redis, run_id, after_seq=after_seq)
 
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
         (claimed,) = await self.claim_leases([run_id], owner, ttl_s=ttl_s)
@@ -344,41 +259,25 @@ class RedisStore:
     async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
         """One script call for all the leases."""
         self._check_usable()
-        if not run_ids:
-            return []
-        keys = [self.keys.lease(run_id) for run_id in run_ids]
-        args = (owner, max(math.ceil(ttl_s * 1000), 1))
-        doing = f"claiming the lease of run {run_ids[0]!r}" if len(run_ids) == 1 else f"claiming {len(run_ids)} leases"
-        claimed = await self._call(CLAIM_LEASES(self._client, keys, args), doing=doing)
-        return [bool(is_ours) for is_ours in claimed]
+        return await control.claim_leases(self._redis, run_ids, owner, ttl_s=ttl_s)
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         """Released after the writes queued before it: the next driver resumes from them."""
         await self.flush()
-        keys = self.keys
-        script_keys = (keys.lease(run_id), keys.notices, keys.notice_counter)
-        args = (owner, run_id, NoticeKind.RELEASED if notify else "")
-        await self._call(RELEASE_LEASE(self._client, script_keys, args), doing=f"releasing the lease of run {run_id!r}")
-
-    async def notice_cursor(self) -> int:
-        self._check_usable()
-        cursor = await self._call(self._client.get(self.keys.notice_counter), doing="reading the notice cursor")
-        return int(cursor or 0)
-
-    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
-        self._check_usable()
-        entries = await self._wait_entries(self.keys.notices, after, timeout_s, doing="waiting for notices")
-        return [decode_notice(entry_id, fields) for entry_id, fields in entries]
+        await control.release_lease(self._redis, run_id, owner, notify=notify)
 
     async def get_lease(self, run_id: str) -> Lease | None:
         """The expiry is the server's remaining ttl from our clock now, so clocks need not agree."""
         self._check_usable()
-        key = self.keys.lease(run_id)
-        pipe = self._client.pipeline(transaction=True)  # the owner and the ttl of one key, not of two
-        pipe.get(key)
-        pipe.pttl(key)
-        owner, ttl_ms = await self._call(pipe.execute(), doing=f"reading the lease of run {run_id!r}")
-        return None if owner is None else Lease(owner, time.time() + max(ttl_ms, 0) / 1000)
+        return await control.read_lease(self._redis, run_id)
+
+    async def notice_cursor(self) -> int:
+        self._check_usable()
+        return await control.read_notice_cursor(self._redis)
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        self._check_usable()
+        return await control.wait_notices(self._redis, after=after, timeout_s=timeout_s)
 
     async def flush(self) -> None:
         """Return once every write made before the call is applied in Redis; StoreError if a batch failed."""
@@ -391,7 +290,7 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        self._waiter.close()  # at once, before any await: waiting callers get RuntimeError
+        self._redis.close()  # at once, before any await: waiting callers get RuntimeError
         already_reported = self._failure_reported
         try:
             await self._flush()
@@ -403,36 +302,13 @@ class RedisStore:
                 await self._writer.stop()
             finally:
                 self._states.clear()
-                await self._waiter.aclose()
-                await self._writer_pool.aclose()
-                await self._client.aclose()
-                await self._client_pool.aclose()
+                await self._redis.aclose()
 
     # --- internals ---------------------------------------------------------------------------------------
 
     def _new_token(self) -> str:
         """A token no other write of any client carries: this store's id and a count."""
         return f"{self._id}.{next(self._tokens)}"
-
-    async def _read_log(self, run_id: str, key: str, after_seq: int, limit: int | None, *, doing: str) -> list[Entry]:
-        """The entries of a run's stream with seq > after_seq, after a flush; RunNotFound when there is no run."""
-        await self.flush()
-        pipe = self._client.pipeline(transaction=False)
-        if limit is None or limit > 0:
-            pipe.xrange(key, f"{max(after_seq, 0) + 1}-0", "+", count=limit)
-        pipe.exists(self.keys.run(run_id))
-        *entries, exists = await self._call(pipe.execute(), doing=f"{doing} of run {run_id!r}")
-        if not exists:
-            raise RunNotFound(run_id)
-        return entries[0] if entries else []
-
-    async def _wait_entries(self, key: str, after_seq: int, timeout_s: float, *, doing: str) -> list[Entry]:
-        """The entries of stream `key` after ``{after_seq}-0``, waiting up to `timeout_s` for the first ones."""
-        after_id = f"{max(after_seq, 0)}-0"
-        if timeout_s <= 0:
-            return entries_of(await self._call(self._client.xread({key: after_id}), doing=doing))
-        found: list[Entry] = await self._call(self._waiter.wait(key, after_id, timeout_s), doing=doing)
-        return found
 
     async def _flush(self) -> None:
         try:
@@ -448,8 +324,8 @@ class RedisStore:
             if state is None:
                 self._check_usable()
                 await self._flush()  # the run may have been evicted with writes still queued
-                found, token, context = await self._call(
-                    self._client.hmget(self.keys.run(run_id), ("run_id", "context_token", "context")),
+                found, token, context = await self._redis.call(
+                    self._redis.client.hmget(self.keys.run(run_id), ("run_id", "context_token", "context")),
                     doing=f"reading run {run_id!r}",
                 )
                 if found is None:
@@ -466,39 +342,9 @@ class RedisStore:
     def _forget(self, run_id: str) -> None:
         self._states.pop(run_id, None)
 
-    async def _call(self, awaitable: Any, *, doing: str) -> Any:
-        """Await a Redis call, turning Redis errors into StoreErrors that name the redacted URL."""
-        if self._closed:  # closed while the caller awaited a flush: the clients may be gone
-            if isinstance(awaitable, Coroutine):
-                awaitable.close()
-            raise RuntimeError("RedisStore is closed")
-        try:
-            return await awaitable
-        except RedisError as exc:
-            raise StoreError(f"{self.where}: {doing} failed: {redact(str(exc))}") from exc
-
     def _check_usable(self) -> None:
         if self._closed:
             raise RuntimeError("RedisStore is closed")
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
-
-
-def _pool(redis_url: str, *, retry: Retry) -> BlockingConnectionPool:
-    """A pool that makes a caller wait for a free connection rather than fail: hundreds of runs (or event
-    streams) may call at once. The retry policy lives on its connections."""
-    return BlockingConnectionPool.from_url(
-        redis_url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=None, retry=retry
-    )
-
-
-def _split_prefix(url: str) -> tuple[str, str | None]:
-    """The URL without its ``prefix`` query parameter (redis-py would refuse it), and that prefix."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefixes = [value for name, value in query if name == "prefix"]
-    if not prefixes:
-        return url, None
-    rest = urlencode([(name, value) for name, value in query if name != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefixes[-1]
