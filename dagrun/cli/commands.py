@@ -28,7 +28,7 @@ from dagrun.flow import Flow
 from dagrun.flow_schema import flow_json_schema
 from dagrun.graph import to_dot, to_mermaid
 from dagrun.loader import load_flow
-from dagrun.orchestrator import Orchestrator
+from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
 from dagrun.states import RunStatus
 from dagrun.store import open_store
 from dagrun.store.base import Event, Store
@@ -81,15 +81,16 @@ def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
     return executors
 
 
-def orchestrator_from_args(args: argparse.Namespace, store: Store) -> Orchestrator:
-    """The orchestrator `run`, `resume` and `orchestrator` configure from the same options."""
+def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file: str | None) -> Orchestrator:
+    """The orchestrator `run`, `resume`, `orchestrator` and `serve api --orchestrate` configure from the same
+    options; `token_file` holds the ws/http workers' token (each command names that option its own way)."""
     return Orchestrator(
         store,
         executors=parse_executors(args.executor),
         processes=args.processes,
-        token=read_token_file(args.token_file) if args.token_file else None,
-        lease_s=args.lease_s,
-        max_parallel=args.max_parallel,
+        token=read_token_file(token_file) if token_file else None,
+        lease_s=DEFAULT_LEASE_S if args.lease_s is None else args.lease_s,
+        max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
         fail_fast=args.fail_fast,
     )
 
@@ -112,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> int:
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
-    async with opened_store(args) as store, orchestrator_from_args(args, store) as orchestrator:
+    async with (
+        opened_store(args) as store,
+        orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
+    ):
         progress = render.RunProgress(console, flow.name, len(flow.steps))
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
         with shown:

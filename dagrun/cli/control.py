@@ -41,7 +41,7 @@ EXIT_TIMEOUT = 124  # as timeout(1)
 def orchestrator(args: argparse.Namespace) -> int:
     async def serve() -> int:
         async with opened_store(args) as store:
-            orchestrator = orchestrator_from_args(args, store)
+            orchestrator = orchestrator_from_args(args, store, token_file=args.token_file)
             stop = stop_on_signals(f"orchestrator {orchestrator.owner}", "handing its runs back")
             logger.warning("orchestrator %s serving runs of %s", orchestrator.owner, redact(args.store))
             await orchestrator.serve(stop)
@@ -84,7 +84,10 @@ def _send(args: argparse.Namespace, command_of: Callable[[RunControl, str], Awai
 
 def resume(args: argparse.Namespace) -> int:
     async def resume_here() -> int:
-        async with opened_store(args) as store, orchestrator_from_args(args, store) as orchestrator:
+        async with (
+            opened_store(args) as store,
+            orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
+        ):
             await orchestrator.control.resume(args.run)
             if args.detach:
                 stdout.print(f"run {args.run}: resume sent")

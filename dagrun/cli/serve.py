@@ -14,12 +14,12 @@ import logging
 import os
 
 from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
-from dagrun.cli.commands import parse_executors
+from dagrun.cli.commands import orchestrator_from_args, parse_executors
 from dagrun.cli.worker import read_token_file, stop_on_signals
 from dagrun.control import RunControl
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
-from dagrun.store import Store, open_store
+from dagrun.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +101,6 @@ def check_options(args: argparse.Namespace) -> None:
     parse_executors(args.executor)  # FlowError for a malformed one, before anything starts
 
 
-def orchestrator_from_args(args: argparse.Namespace, store: Store) -> Orchestrator:
-    return Orchestrator(
-        store,
-        executors=parse_executors(args.executor),
-        processes=args.processes,
-        token=read_token_file(args.worker_token_file) if args.worker_token_file else None,
-        lease_s=DEFAULT_LEASE_S if args.lease_s is None else args.lease_s,
-        max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
-        fail_fast=args.fail_fast,
-    )
-
-
 async def _serve(args: argparse.Namespace, token: str, settings: ApiSettings) -> int:
     from dagrun.api.server import ApiServer  # here: every other command starts without loading aiohttp
 
@@ -124,7 +112,8 @@ async def _serve(args: argparse.Namespace, token: str, settings: ApiSettings) ->
             async with ApiServer(RunControl(store), token=token, settings=settings):
                 await stop.wait()
             return 0
-        await _serve_orchestrating(orchestrator_from_args(args, store), token, settings, stop)
+        orchestrator = orchestrator_from_args(args, store, token_file=args.worker_token_file)
+        await _serve_orchestrating(orchestrator, token, settings, stop)
     return 0
 
 

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dagrun import Flow, parse_flow
-from tests.store.conftest import StoreFactory
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens stores of one kind that share their runs (for memory: call it once, there is no sharing)."""
-    redis_url: str = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-    factory = StoreFactory(request.param, tmp_path / "dagrun.db", redis_url=redis_url)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
+from tests.store.conftest import store as stores  # noqa: F401  (the store suite's fixture: stores of each kind that share their runs)
 
 
 def gated_flow(name: str = "gated", *, timeout_s: float | None = None) -> Flow:
