@@ -89,6 +89,7 @@ class RunDriver:
         self._task: asyncio.Task[Any] | None = None
         self._stop: Stop | None = None
         self._stopping: asyncio.Task[None] | None = None  # cancels the drive task until it ends
+        self._stepping = False  # steps may be running: stopping must cancel them
         self._unpaused = asyncio.Event()
         self._unpaused.set()
         self._commands_seen = 0
@@ -133,11 +134,15 @@ class RunDriver:
             async with asyncio.TaskGroup() as task_group:
                 self._task_group = task_group
                 await self._catch_up(stored_status)
-                await self._record_skips(self._unrecorded_skips)
-                self._ready.extend(self._initial)
-                self._pump()
+                if self._stop is None:  # a cancel in the log, or a hand-back meanwhile: no step starts
+                    await self._record_skips(self._unrecorded_skips)
+                    if self.is_paused:
+                        self._hold_while_paused()
+                    self._ready.extend(self._initial)
+                    self._stepping = True
+                    self._pump()
         except asyncio.CancelledError:
-            return await self._stopped()
+            return await self._stopped(cancelled=True)
         except BaseExceptionGroup as group:
             # A step task raises only on a bug or a store failure; end the run failed, then surface it.
             cause = group.exceptions[0]
@@ -145,6 +150,8 @@ class RunDriver:
                 self._store.set_run_status(self.run_id, RunStatus.FAILED, at=time.time(), error=str(cause))
             )
             raise cause from group
+        if self._stop is not None:  # stopped before any step started
+            return await self._stopped(cancelled=False)
         status = RunStatus.FAILED if self._first_failure else RunStatus.SUCCEEDED
         await self._store.set_run_status(self.run_id, status, at=time.time(), error=self._first_failure)
         await self._store.flush()
@@ -152,16 +159,17 @@ class RunDriver:
         return self._result(status)
 
     def stop(self, reason: Stop) -> None:
-        """Stop driving: CANCEL ends the run cancelled; HAND_BACK leaves it as it is for another driver."""
+        """Stop driving: CANCEL ends the run cancelled; HAND_BACK leaves it as it is for another driver.
+        Steps are stopped by cancelling the drive task; before any has started, `drive` sees the reason."""
         if self._stop is None:
             self._stop = reason
-            if self._task is not None:
+            if self._task is not None and self._stepping:
                 self._stopping = asyncio.create_task(cancel_and_wait(self._task))
 
     async def apply_new_commands(self) -> None:
         """Apply the commands sent since the last call (called when a notice or a lease renewal says so).
         Before `drive` has caught up with the log there is nothing to do: catching up reads them all."""
-        if self._task_group is None:
+        if self._task_group is None or self._stop is not None:
             return
         async with self._commands_lock:
             for command in await self._store.get_commands(self.run_id, after_seq=self._commands_seen):
@@ -187,10 +195,8 @@ class RunDriver:
                 else:
                     self._apply_at_once(command)
         status = RunStatus.PAUSED if self.is_paused else RunStatus.RUNNING
-        if status != stored_status:
+        if status != stored_status and self._stop is None:
             await self._store.set_run_status(self.run_id, status, at=time.time())
-        if self.is_paused:
-            self._hold_while_paused()
 
     def _apply_at_once(self, command: Command) -> None:
         """Commands that need no write of their own: cancel (the stop writes) and signal."""
@@ -218,13 +224,13 @@ class RunDriver:
         self._unpaused.set()
         self._pump()
 
-    async def _stopped(self) -> RunResult:
-        """The drive task was cancelled: by `stop`, or from outside (which counts as a cancel)."""
+    async def _stopped(self, *, cancelled: bool) -> RunResult:
+        """The drive was stopped: by `stop`, or by a cancel from outside (which counts as a cancel)."""
         if self._stop is None:  # cancelled from outside (Ctrl-C, a caller's timeout): record it, re-raise
             await asyncio.shield(self._finish_cancelled("cancelled"))
             raise asyncio.CancelledError
         task = asyncio.current_task()
-        if task is not None:
+        if cancelled and task is not None:
             task.uncancel()  # the cancel came from `stop`, which says what follows
         if self._stop is Stop.HAND_BACK:
             logger.warning("run %s handed back: this driver stopped without ending it", self.run_id)
@@ -236,7 +242,7 @@ class RunDriver:
     def _pump(self) -> None:
         """Start ready steps while there are free slots and the run is not paused."""
         assert self._task_group is not None
-        while self._ready and len(self._running) < self._max_parallel and not self.is_paused:
+        while self._ready and len(self._running) < self._max_parallel and not self.is_paused and self._stop is None:
             step_id = self._ready.popleft()
             self._scheduler.start(step_id)
             self._running[step_id] = self._task_group.create_task(self._run_step(self._steps[step_id]))
@@ -362,6 +368,9 @@ class RunDriver:
         await self._record(record, message=message)
 
     async def _record(self, record: StepRecord, *, message: str = "") -> None:
+        if self._stop is not None:
+            # Stopped: the cancel on its way may be lost (see dagrun.cancellation); a step writes nothing more.
+            raise asyncio.CancelledError
         await self._store.record_step(record, message=message)
         if self._listener is not None:
             self._listener(record)

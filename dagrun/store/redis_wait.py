@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,7 @@ from dagrun.store.redis_writer import reconnecting_retry
 
 logger = logging.getLogger(__name__)
 
-BLOCK_S = 10.0  # one read's block; waits keep their own deadlines, so this only bounds an idle read
-BLOCK_MS = str(round(BLOCK_S * 1000))
+BLOCK_S = 10.0  # one read's longest block (shorter within a short socket timeout); waits keep their own deadlines
 WAIT_GRACE_S = 5.0  # how late a blocking read may be answered before its connection counts as broken
 WAKE_TTL_S = 3600  # the wake stream outlives its store by this much at most
 
@@ -54,6 +53,8 @@ class StreamWaiter:
         self._client = client
         pool = client.connection_pool
         self._connection: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        self._block_s = blocking_read_s(pool.connection_kwargs, longest_s=BLOCK_S)
+        self._block_ms = str(max(round(self._block_s * 1000), 1))
         self._wake_key = wake_key
         self._wake_id = "0-0"  # the last wake entry a read returned
         self._waits: dict[str, list[_Wait]] = {}  # stream key -> its waits, in arrival order
@@ -156,11 +157,11 @@ class StreamWaiter:
         ids = [wait.after_id for wait in covered.values()]
         # Packed by hiredis: redis-py packs in Python, 10x slower, and a read names every stream waited on.
         command = hiredis.pack_command(
-            ("XREAD", "BLOCK", BLOCK_MS, "STREAMS", *covered, self._wake_key, *ids, self._wake_id)  # type: ignore[arg-type]
+            ("XREAD", "BLOCK", self._block_ms, "STREAMS", *covered, self._wake_key, *ids, self._wake_id)  # type: ignore[arg-type]
         )
         connection = self._connection
         try:
-            async with asyncio.timeout(BLOCK_S + WAIT_GRACE_S):
+            async with asyncio.timeout(self._block_s + WAIT_GRACE_S):
                 await connection.send_packed_command(command, check_health=False)
                 return await connection.read_response()
         except TimeoutError as exc:  # asyncio's, not redis-py's: make it one that is retried
@@ -201,6 +202,16 @@ class StreamWaiter:
             await reconnecting_retry().call_with_retry(append, _connection_dropped)
         except RedisError as exc:  # the read in flight fails too, or ends by its block; either way waits go on
             logger.warning("redis wait: waking the blocking read failed: %s", exc)
+
+
+def blocking_read_s(connection_kwargs: Mapping[str, Any], *, longest_s: float) -> float:
+    """How long one blocking read (XREAD BLOCK) may block on a connection made with `connection_kwargs`: at
+    most `longest_s`, and half the socket timeout when there is one (the URL's ``socket_timeout``, else redis-py's
+    default: 5 s from redis-py 8, none before), so that a quiet stream never reads as a dead connection."""
+    socket_timeout = connection_kwargs.get("socket_timeout")
+    if not socket_timeout:
+        return longest_s
+    return max(0.001, min(longest_s, float(socket_timeout) / 2))
 
 
 def stream_id(text: str) -> StreamId:

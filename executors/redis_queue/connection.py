@@ -26,6 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from dagrun.errors import ExecutorError, redact
+from dagrun.store.redis_wait import blocking_read_s
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,8 @@ def open_redis(settings: QueueSettings) -> aioredis.Redis:
 def block_ms(client: aioredis.Redis) -> int:
     """How long a blocking read may wait: well inside the socket timeout if the URL sets one, so that a
     quiet stream never looks like a dead connection."""
-    socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-    if not socket_timeout:
-        return MAX_BLOCK_MS
-    return max(1, min(MAX_BLOCK_MS, int(float(socket_timeout) * 1000 / 2)))
+    block_s = blocking_read_s(client.connection_pool.connection_kwargs, longest_s=MAX_BLOCK_MS / 1000)
+    return max(1, int(block_s * 1000))
 
 
 async def check_connection(client: aioredis.Redis, settings: QueueSettings) -> None:

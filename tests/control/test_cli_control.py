@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -216,3 +217,51 @@ async def test_operators_control_a_submitted_run_from_the_command_line(dagrun: P
     assert dagrun.run("cancel", second).returncode == 0
     assert dagrun.run("wait", second, "--timeout", "60").returncode == 1
     assert (await store.get_run(second)).status == RunStatus.CANCELLED
+
+
+def parallel_document(steps: int, work: int) -> dict[str, Any]:
+    """`steps` independent steps, each spinning for `work` rounds, then writing the context."""
+    script = "n = 0\nfor _ in range(inputs['work']):\n    n += 1\ncontext.incr('done')\noutputs['n'] = n"
+    return {
+        "name": "parallel",
+        "steps": [{"id": f"p{i}", "script": script, "inputs": {"work": work}} for i in range(steps)],
+    }
+
+
+async def test_a_cancel_sent_while_a_run_is_taken_over_starts_no_further_attempt(
+    dagrun: Processes, store: Store
+) -> None:
+    lease_s = "6"  # the cancel is sent while the dead driver's lease still holds: the log has it at takeover
+    first = dagrun.start("orchestrator", "--lease-s", lease_s, "--processes", "4")
+    run_id = dagrun.submit(parallel_document(steps=4, work=3_000_000))
+    await wait_for_event(store, run_id, "running", "p3")
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    dagrun.start("orchestrator", "--lease-s", lease_s, "--processes", "4")
+    await asyncio.sleep(1)
+    cancelled = dagrun.run("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert await store.get_lease(run_id) is not None, "the test is too slow: the takeover came before the cancel"
+
+    result = dagrun.run("wait", run_id, "--timeout", "60")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (await store.get_run(run_id)).status == RunStatus.CANCELLED
+    events = await step_events(store, run_id)
+    assert not [key for key in events if key[2] > 1], events  # no second attempt was started
+    assert not [key for key in events if key[1] == "succeeded"], events
+    assert await store.get_context(run_id) == {}
+
+
+def test_quiet_waits_and_follows_outlast_a_short_redis_socket_timeout(redis_url: str, tmp_path: Path) -> None:
+    processes = Processes(f"{redis_url}&socket_timeout=0.2", tmp_path)
+    try:
+        run_id = processes.submit(GATED)  # nobody drives it: no event comes
+        follow = processes.start("events", run_id, "--follow")
+
+        waited = processes.run("wait", run_id, "--timeout", "12")
+
+        assert waited.returncode == 124, waited.stderr
+        assert follow.poll() is None, follow.communicate()  # still following, not failed
+    finally:
+        processes.kill_all()

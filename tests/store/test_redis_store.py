@@ -439,3 +439,26 @@ async def test_a_wait_rides_out_a_server_restart(redis_servers: RedisServers) ->
         await writer.flush()
         assert [n.kind for n in await asyncio.wait_for(notices, 15)] == [NoticeKind.COMMAND]
         assert [e.status for e in await asyncio.wait_for(events, 15)] == [StepStatus.CANCELLED]
+
+
+@pytest.mark.slow
+async def test_waits_outlast_a_socket_timeout_shorter_than_a_blocking_read(redis_url: str) -> None:
+    # redis-py 8 times sockets out after 5 s by default, half a blocking read: each read must block for less
+    # than the socket timeout, or a quiet wait fails once its reconnecting retries (about 5 s) run out.
+    store = RedisStore(f"{redis_url}&socket_timeout=0.2")
+    async with store:
+        await create(store, "r1", ["a"])
+        events_seen = len(await store.get_events("r1"))
+        cursor = await store.notice_cursor()
+        started = time.monotonic()
+        events, notices = await asyncio.gather(
+            store.wait_events("r1", after_seq=events_seen, timeout_s=7.0),
+            store.wait_notices(after=cursor, timeout_s=7.0),
+        )
+        assert (events, notices) == ([], [])
+        assert time.monotonic() - started >= 6.9
+
+        waiting = asyncio.ensure_future(store.wait_events("r1", after_seq=events_seen, timeout_s=7.0))
+        await asyncio.sleep(0.3)
+        await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+        assert [event.status for event in await asyncio.wait_for(waiting, 2.0)] == ["running"]
