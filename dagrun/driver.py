@@ -293,16 +293,18 @@ class RunDriver:
         """A human-input step: `waiting` until a signal brings its fields, or failed at its timeout."""
         assert step.wait_for is not None
         resumed = self._resumed_from.pop(step.id, None)
+        fields = step.wait_for.fields
         if resumed is not None and resumed.started_at is not None:  # keep waiting where the last driver was
             attempt, started_at = resumed.attempt, resumed.started_at
+            if self._listener is not None:  # already recorded as waiting: told, not written again
+                self._listener(resumed)
         else:
             attempt, started_at = self._attempts[step.id] + 1, time.time()
+            await self._record(
+                StepRecord(self.run_id, step.id, StepStatus.WAITING, attempt, started_at),
+                message=f"waiting for a signal with {', '.join(fields)}",
+            )
         self._attempts[step.id] = attempt
-        fields = step.wait_for.fields
-        await self._record(
-            StepRecord(self.run_id, step.id, StepStatus.WAITING, attempt, started_at),
-            message=f"waiting for a signal with {', '.join(fields)}",
-        )
         timeout_s = step.wait_for.timeout_s
         try:
             values = await self._signals.receive(

@@ -196,6 +196,21 @@ async def test_a_signal_sent_before_the_step_waits_is_kept_for_it(stores: StoreF
         assert (await store.get_steps(run_id))[1].outputs == {"ok": "early"}
 
 
+async def test_a_step_still_waiting_after_a_takeover_is_not_logged_as_waiting_again(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as first:
+        run_id = await first.start_run(gated_flow())
+        await wait_until_waiting(first, run_id, "gate")
+    # the first orchestrator handed the run back; another takes it over and the step goes on waiting
+    async with Orchestrator(await _other(stores, store), processes=1) as second:
+        driving = asyncio.ensure_future(second.drive(run_id))
+        await second.signal(run_id, "gate", {"ok": True})
+        result = await asyncio.wait_for(driving, 30)
+    assert result is not None and result.status == RunStatus.SUCCEEDED
+    waits = [event for event in await store.get_events(run_id) if event.status == "waiting"]
+    assert [(event.step_id, event.attempt) for event in waits] == [("gate", 1)]
+
+
 async def test_a_wait_for_step_fails_at_its_timeout(stores: StoreFactory) -> None:
     store = stores()
     async with Orchestrator(store, processes=1) as orchestrator:
