@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from dagrun.cancellation import cancel_and_wait
 from dagrun.control import end_cancelled
-from dagrun.errors import ExecutorError, RunHandedBack, UnresolvedInput
+from dagrun.errors import ExecutorError, LeaseLost, RunHandedBack, UnresolvedInput
 from dagrun.executor import ErrorKind, Executor, StepError, StepRequest, StepResult
 from dagrun.flow import Flow, Step
 from dagrun.outcome import RunResult, StepOutcome
@@ -127,7 +127,15 @@ class RunDriver:
 
     async def drive(self, *, stored_status: RunStatus) -> RunResult:
         """Run to the end and return the outcome. `stored_status` is the run's status in the store (PENDING
-        for a new run). RunHandedBack when stopped by `stop(Stop.HAND_BACK)`."""
+        for a new run). RunHandedBack when stopped by `stop(Stop.HAND_BACK)`, or when the store refused a
+        write because another driver took the run's lease (LeaseLost: this one writes nothing more)."""
+        try:
+            return await self._drive(stored_status)
+        except LeaseLost as exc:
+            logger.error("run %s: %s; stopping here", self.run_id, exc)
+            raise RunHandedBack(self.run_id) from exc
+
+    async def _drive(self, stored_status: RunStatus) -> RunResult:
         self._task = asyncio.current_task()
         logger.info("run %s of flow %r: driving %d steps", self.run_id, self._flow.name, len(self._steps))
         try:
@@ -145,6 +153,9 @@ class RunDriver:
             return await self._stopped(cancelled=True)
         except BaseExceptionGroup as group:
             # A step task raises only on a bug or a store failure; end the run failed, then surface it.
+            lost = group.subgroup(LeaseLost)
+            if lost is not None:  # the run is another driver's now: write nothing
+                raise lost.exceptions[0] from group
             cause = group.exceptions[0]
             await asyncio.shield(
                 self._store.set_run_status(self.run_id, RunStatus.FAILED, at=time.time(), error=str(cause))

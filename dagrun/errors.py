@@ -8,7 +8,8 @@
     ├── ExecutorError      an executor could not be opened or could not deliver a step
     │   └── WorkerUnavailable   no worker answers
     ├── StoreError         the store cannot be opened, read or written
-    │   └── RunNotFound    no run has that id
+    │   ├── RunNotFound    no run has that id
+    │   └── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
     │                      step that does not wait for one); `.run_id` names the run
     └── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
@@ -97,6 +98,20 @@ class RunNotFound(StoreError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run with id {run_id!r}")
+
+
+class LeaseLost(StoreError):
+    """The store refused a write of a run because its lease passed to another driver since this one took
+    it (a higher lease epoch, the fencing token); nothing of that write landed."""
+
+    def __init__(self, run_id: str, *, epoch: int, held: int) -> None:
+        self.run_id = run_id
+        self.epoch = epoch
+        self.held = held
+        super().__init__(
+            f"run {run_id!r}: its lease passed to another driver (lease epoch {epoch}, this driver's {held});"
+            " this driver's writes were refused"
+        )
 
 
 class ControlError(DagrunError):

@@ -11,7 +11,10 @@ It is also how processes that share runs talk to each other, without polling whe
   with a blocking wait by the orchestrators sharing the store; they may be trimmed, so a reader also
   rescans now and then and never relies on seeing every notice;
 - **leases**: a run is driven by one orchestrator at a time, the one holding its lease; a lease that
-  is not renewed lapses, and then any orchestrator may claim the run.
+  is not renewed lapses, and then any orchestrator may claim the run. Leases **fence** writes (`fencing`):
+  each new claim raises the run's lease epoch, and the store refuses a run write (step state, context,
+  run status, events) made under an older epoch than the run's with LeaseLost, so a driver that lost its
+  lease cannot write even before it notices. (The memory store serves one process: it has nothing to fence.)
 """
 
 from __future__ import annotations
@@ -97,6 +100,7 @@ class Notice(NamedTuple):
 class Lease(NamedTuple):
     owner: str
     expires_at: float  # time.time() when it lapses unless renewed
+    epoch: int = 0  # the fencing token: raised by every claim that is not a renewal
 
 
 class Store(Protocol):
@@ -109,7 +113,8 @@ class Store(Protocol):
         StoreError if the id exists."""
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
-        """Move the run to `status` (setting started_at/finished_at) and append a run event."""
+        """Move the run to `status` (setting started_at/finished_at) and append a run event. A terminal
+        status returns once durable, and raises LeaseLost when it was refused (see the module docstring)."""
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
         """Upsert the step's state and append a step event carrying `message`."""
@@ -158,7 +163,9 @@ class Store(Protocol):
         """Notices with cursor > after, oldest first, waiting up to `timeout_s` when there are none yet."""
 
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
-        """Take or renew the run's lease for `ttl_s` when it is free, lapsed or already `owner`'s."""
+        """Take or renew the run's lease for `ttl_s` when it is free, lapsed or already `owner`'s; a lapsed
+        lease of `owner`'s is renewed only if nobody claimed it since. This store's later writes of the run
+        carry the lease's epoch."""
 
     async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
         """`claim_lease` for each run, in one store call however many there are (an orchestrator renews

@@ -49,6 +49,7 @@ class MemoryStore:
         self._runs: dict[str, _Run] = {}
         self._notices: deque[Notice] = deque(maxlen=MAX_NOTICES)
         self._leases: dict[str, Lease] = {}
+        self._epochs: dict[str, int] = {}  # run id -> its lease epoch; one process, so no write is fenced
         self._changed: dict[str, asyncio.Future[None]] = {}  # channel -> resolved by its next write
         self._closed = False
 
@@ -181,7 +182,10 @@ class MemoryStore:
             lease = self._leases.get(run_id)
             is_free = lease is None or lease.owner == owner or lease.expires_at <= now
             if is_free:
-                self._leases[run_id] = Lease(owner, now + ttl_s)
+                epoch = self._epochs.get(run_id, 0)
+                if lease is None or lease.owner != owner:
+                    epoch = self._epochs[run_id] = epoch + 1
+                self._leases[run_id] = Lease(owner, now + ttl_s, epoch)
             claimed.append(is_free)
         return claimed
 

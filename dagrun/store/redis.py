@@ -11,6 +11,8 @@ Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built
                                 COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
     commands:{run_id}     stream entry id ``{seq}-0``, field `c`: a JSON array (at, kind, step_id, values)
     lease:{run_id}        string the owner, with a PX ttl: a lease that is not renewed lapses by expiring
+    epoch:{run_id}        counter, the run's lease epoch: raised by each claim that is not a renewal; every
+                                write script refuses a run's ops fenced below it (`fencing`)
     notices               stream entry id ``{cursor}-0``, fields `run_id`, `kind`; trimmed to about MAX_NOTICES
     notices:last          counter, the cursor of the newest notice (so that cursors are plain integers)
     runs                  zset  every run: score created_at, member ``{creation number, 16 hex}:{run_id}`` so that
@@ -55,6 +57,7 @@ from dagrun.store import redis_control as control
 from dagrun.store import redis_query as query
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import encode_error, encode_json, merge_context
+from dagrun.store.fencing import Fences
 from dagrun.store.redis_connection import MAX_CONNECTIONS as MAX_CONNECTIONS  # re-exported: tests size their load by it
 from dagrun.store.redis_connection import RedisConnection
 from dagrun.store.redis_layout import CREATE_RUN, PENDING_STEP, encode_command, number_arg
@@ -87,6 +90,7 @@ class RedisStore:
         self.where = self._redis.where
         self.keys = self._redis.keys
         self._tokens = itertools.count(1)
+        self._fences = Fences()
         self._writer = Writer(
             self._redis.writer_pool,
             self.keys,
@@ -95,6 +99,7 @@ class RedisStore:
             max_batch_ops=max_batch_ops,
             on_context=self._resync_context,
             on_missing=self._forget,
+            on_refused=self._fences.refused.__setitem__,
         )
         self._states: dict[str, _RunState] = {}
         self._load_lock = asyncio.Lock()  # one cache load at a time
@@ -147,7 +152,7 @@ class RedisStore:
         self._states[run_id] = _RunState("{}", "")
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
-        self._check_usable()
+        self._check_usable(run_id)
         if run_id not in self._states:
             await self._load_state(run_id)
         is_terminal = status.is_terminal
@@ -155,14 +160,17 @@ class RedisStore:
         started_at = number_arg(at) if status == RunStatus.RUNNING else ""
         finished_at = number_arg(at) if is_terminal else ""
         has_error = "0" if error is None else "1"
-        self._writer.add(run_id, pack("R", status, started_at, finished_at, has_error, error or "", event), 7)
+        fence = self._fences.epoch(run_id)
+        self._writer.add(run_id, pack("R", status, started_at, finished_at, has_error, error or "", event), 7, fence)
         if is_terminal:  # the run is done: drop its cache, it is reloaded if written to again
             self._states.pop(run_id, None)
+            await self.flush()
+            self._fences.check(run_id)
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        if self._closed or self._writer.failure is not None:
-            self._check_usable()
         run_id = step.run_id
+        if self._closed or self._writer.failure is not None or run_id in self._fences.refused:
+            self._check_usable(run_id)
         if run_id not in self._states:
             await self._load_state(run_id)
         error = step.error
@@ -178,19 +186,19 @@ class RedisStore:
         except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
             raise StoreError(f"run {run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
         event = _dumps((time.time(), "step", status, step.step_id, attempt, message))
-        self._writer.add(run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS)
+        self._writer.add(run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS, self._fences.epoch(run_id))
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged here, written by compare-and-set; merged again on the server's value when another client
         wrote first, so concurrent callers on any machine never lose updates."""
-        self._check_usable()
+        self._check_usable(run_id)
         for _ in range(MAX_CONTEXT_ATTEMPTS):
             state = self._states.get(run_id) or await self._load_state(run_id)
             text, value, rejected = merge_context(state.context, ops, run_id=run_id)
             token = self._new_token()
             expected, state.context, state.token = state.token, text, token
             try:
-                applied = await self._writer.compare_and_set(run_id, expected, token, text)
+                applied = await self._writer.compare_and_set(run_id, expected, token, text, self._fences.epoch(run_id))
             except StoreError:
                 self._failure_reported = True
                 raise
@@ -259,10 +267,15 @@ class RedisStore:
     async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
         """One script call for all the leases."""
         self._check_usable()
-        return await control.claim_leases(self._redis, run_ids, owner, ttl_s=ttl_s)
+        held = [self._fences.held_by(run_id, owner) for run_id in run_ids]
+        epochs = await control.claim_leases(self._redis, run_ids, held, owner, ttl_s=ttl_s)
+        for run_id, epoch in zip(run_ids, epochs, strict=True):
+            self._fences.claimed(run_id, owner, epoch)
+        return [epoch > 0 for epoch in epochs]
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         """Released after the writes queued before it: the next driver resumes from them."""
+        self._fences.released(run_id, owner)
         await self.flush()
         await control.release_lease(self._redis, run_id, owner, notify=notify)
 
@@ -342,9 +355,13 @@ class RedisStore:
     def _forget(self, run_id: str) -> None:
         self._states.pop(run_id, None)
 
-    def _check_usable(self) -> None:
+    def _check_usable(self, run_id: str | None = None) -> None:
+        """RuntimeError once closed, the writer's StoreError once a batch failed, and LeaseLost for a run
+        whose writes were refused."""
         if self._closed:
             raise RuntimeError("RedisStore is closed")
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
+        if run_id is not None:
+            self._fences.check(run_id)

@@ -40,15 +40,18 @@ async def read_commands(redis: RedisConnection, run_id: str, *, after_seq: int) 
     return [decode_command(run_id, seq_of(entry_id), fields["c"]) for entry_id, fields in entries]
 
 
-async def claim_leases(redis: RedisConnection, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
-    """One script call for all the leases, each taken or renewed for at least a millisecond."""
+async def claim_leases(
+    redis: RedisConnection, run_ids: Sequence[str], held: Sequence[int], owner: str, *, ttl_s: float
+) -> list[int]:
+    """One script call for all the leases, each taken or renewed for at least a millisecond; `held` is the
+    epoch `owner` held of each (0 for none). The epoch of each lease claimed, 0 for the others."""
     if not run_ids:
         return []
-    keys = [redis.keys.lease(run_id) for run_id in run_ids]
-    args = (owner, max(math.ceil(ttl_s * 1000), 1))
+    keys = [key for run_id in run_ids for key in (redis.keys.lease(run_id), redis.keys.epoch(run_id))]
+    args = (owner, max(math.ceil(ttl_s * 1000), 1), *held)
     doing = f"claiming the lease of run {run_ids[0]!r}" if len(run_ids) == 1 else f"claiming {len(run_ids)} leases"
     claimed = await redis.call(CLAIM_LEASES(redis.client, keys, args), doing=doing)
-    return [bool(is_ours) for is_ours in claimed]
+    return [int(epoch) for epoch in claimed]
 
 
 async def release_lease(redis: RedisConnection, run_id: str, owner: str, *, notify: bool) -> None:
@@ -61,11 +64,12 @@ async def release_lease(redis: RedisConnection, run_id: str, owner: str, *, noti
 async def read_lease(redis: RedisConnection, run_id: str) -> Lease | None:
     """The expiry is the server's remaining ttl from our clock now, so clocks need not agree."""
     key = redis.keys.lease(run_id)
-    pipe = redis.client.pipeline(transaction=True)  # the owner and the ttl of one key, not of two
+    pipe = redis.client.pipeline(transaction=True)  # the owner, ttl and epoch as of one moment
     pipe.get(key)
     pipe.pttl(key)
-    owner, ttl_ms = await redis.call(pipe.execute(), doing=f"reading the lease of run {run_id!r}")
-    return None if owner is None else Lease(owner, time.time() + max(ttl_ms, 0) / 1000)
+    pipe.get(redis.keys.epoch(run_id))
+    owner, ttl_ms, epoch = await redis.call(pipe.execute(), doing=f"reading the lease of run {run_id!r}")
+    return None if owner is None else Lease(owner, time.time() + max(ttl_ms, 0) / 1000, int(epoch or 0))
 
 
 async def read_notice_cursor(redis: RedisConnection) -> int:

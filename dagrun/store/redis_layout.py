@@ -67,6 +67,9 @@ class Keys:
     def lease(self, run_id: str) -> str:
         return f"{self.prefix}lease:{run_id}"
 
+    def epoch(self, run_id: str) -> str:
+        return f"{self.prefix}epoch:{run_id}"
+
     @property
     def notices(self) -> str:
         return f"{self.prefix}notices"
@@ -164,18 +167,24 @@ notify(KEYS[3], KEYS[4], ARGV[3], ARGV[4])
 return seq
 """)
 
-# KEYS: the leases. ARGV: owner, ttl in ms. Per lease: takes it when it is free (a lapsed lease has expired)
-# or renews it when `owner` holds it: 1; 0 when another owner holds it.
+# KEYS: per run its lease and its epoch. ARGV: owner, ttl in ms, then per run the epoch `owner` held (0 for
+# none). Per lease: renews it when `owner` holds it; takes a free or lapsed one, raising its epoch, or, when
+# `owner` held it, keeping its epoch if nobody claimed it since. Returns per run the epoch of the lease
+# claimed, 0 when it was not (another owner holds it, or took it meanwhile). See `fencing`.
 CLAIM_LEASES = LuaScript("""
 local claimed = {}
-for i, key in ipairs(KEYS) do
-  local owner = redis.call('GET', key)
-  if owner and owner ~= ARGV[1] then
-    claimed[i] = 0
-  else
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-    claimed[i] = 1
+for i = 1, #KEYS / 2 do
+  local lease, epoch_key, held = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[2 + i])
+  local owner = redis.call('GET', lease)
+  local epoch = tonumber(redis.call('GET', epoch_key)) or 0
+  claimed[i] = 0
+  if owner == ARGV[1] or (not owner and held > 0 and held == epoch) then
+    if epoch == 0 then epoch = redis.call('INCR', epoch_key) end
+    claimed[i] = epoch
+  elseif not owner and held == 0 then
+    claimed[i] = redis.call('INCR', epoch_key)
   end
+  if claimed[i] ~= 0 then redis.call('SET', lease, ARGV[1], 'PX', ARGV[2]) end
 end
 return claimed
 """)
@@ -189,16 +198,18 @@ if ARGV[3] ~= '' then notify(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) end
 return 1
 """)
 
-# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then four keys per run group:
-# run hash, steps hash, events stream, step order.
-# ARGV: batch number, n, the n statuses (in KEYS' order); then per group its argument count and its ops:
+# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then five keys per run group:
+# run hash, steps hash, events stream, step order, lease epoch.
+# ARGV: batch number, n, the n statuses (in KEYS' order); then per group its argument count, the lease epoch
+# its writes carry (their fence: see `fencing`) and its ops:
 #   S step_id state event                                   upsert a step, append its event
 #   R status started_at finished_at has_error error event   move the run, append its event
 #   C expected_token new_token context                      compare-and-set the context
 # Event seqs come from the run's `seq` field, here, so writers on any machine share one gap-free order.
-# Returns per group 0 (the run is gone: its ops were dropped) or the replies of its C ops in order: 1, or
-# {token, context} as they are now. The reply is kept per writer: a batch sent again after a lost reply
-# (same batch number) is not applied twice, it gets the first reply.
+# Returns per group 0 (the run is gone: its ops were dropped), minus the run's epoch (a later claim passed the
+# fence: its ops were refused), or the replies of its C ops in order: 1, or {token, context} as they are now.
+# The reply is kept per writer: a batch sent again after a lost reply (same batch number) is not applied
+# twice, it gets the first reply.
 WRITE_BATCH = LuaScript("""
 local last = redis.call('HMGET', KEYS[1], 'batch', 'reply')
 if last[1] == ARGV[1] then return cjson.decode(last[2]) end
@@ -209,11 +220,16 @@ local results = {}
 local k, a = n + 1, n + 3
 while a <= #ARGV do
   local run, steps, events, order = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local epoch = tonumber(redis.call('GET', KEYS[k + 5])) or 0
   local stop = a + tonumber(ARGV[a])
-  a = a + 1
-  k = k + 4
+  local fence = tonumber(ARGV[a + 1])
+  a = a + 2
+  k = k + 5
   if redis.call('EXISTS', run) == 0 then
     results[#results + 1] = 0
+    a = stop + 1
+  elseif epoch > fence then
+    results[#results + 1] = -epoch
     a = stop + 1
   else
     local first_seq = tonumber(redis.call('HGET', run, 'seq'))

@@ -24,7 +24,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import NoScriptError
 
-from dagrun.errors import RunNotFound, StoreError
+from dagrun.errors import LeaseLost, RunNotFound, StoreError
 from dagrun.store.redis_layout import STATUSES, WRITE_BATCH, Keys
 
 logger = logging.getLogger(__name__)
@@ -68,13 +68,15 @@ class _Cas(NamedTuple):
 
 
 class _Group:
-    """One run's ops in a batch: their packed arguments in call order."""
+    """One run's ops in a batch: the lease epoch they carry (their fence), then their packed arguments in
+    call order."""
 
-    __slots__ = ("args", "parts")
+    __slots__ = ("args", "fence", "parts")
 
-    def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.args = 0
+    def __init__(self, fence: int) -> None:
+        self.fence = fence
+        self.parts: list[bytes] = [pack(str(fence))]
+        self.args = 1
 
 
 class _Batch:
@@ -90,7 +92,8 @@ class _Batch:
 class Writer:
     """The batch queue and the task that sends it over a connection of its own from `pool`.
     `on_context(run_id, token, context)` is told the context a run has on the server after a batch in
-    which one of its compare-and-sets failed; `on_missing(run_id)` of a run whose keys are gone."""
+    which one of its compare-and-sets failed; `on_missing(run_id)` of a run whose keys are gone;
+    `on_refused(run_id, epoch)` of a run whose writes were refused (fenced: its lease is at `epoch` now)."""
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class Writer:
         max_batch_ops: int,
         on_context: Callable[[str, str, str], None],
         on_missing: Callable[[str], None],
+        on_refused: Callable[[str, int], None],
     ) -> None:
         self.failure: Exception | None = None  # the first batch that could not be written
         self.batches_sent = 0
@@ -112,6 +116,7 @@ class Writer:
         self._max_batch_ops = max_batch_ops
         self._on_context = on_context
         self._on_missing = on_missing
+        self._on_refused = on_refused
         self._head_keys = pack(keys.writer(writer_id), *(keys.runs_with_status(status) for status in STATUSES))
         self._head_key_count = 1 + len(STATUSES)
         self._statuses = pack(str(len(STATUSES)), *STATUSES)
@@ -126,12 +131,13 @@ class Writer:
 
     # --- on the event loop, no await -----------------------------------------------------------------
 
-    def add(self, run_id: str, packed: bytes, args: int) -> None:
-        """Queue one op of `run_id`, `args` arguments packed by `pack` or `pack_step`; the hot path."""
+    def add(self, run_id: str, packed: bytes, args: int, fence: int) -> None:
+        """Queue one op of `run_id`, `args` arguments packed by `pack` or `pack_step`, fenced by the lease
+        epoch `fence`; the hot path."""
         batch = self._batches[-1]
         group = batch.groups.get(run_id)
         if group is None:
-            group = batch.groups[run_id] = _Group()
+            group = batch.groups[run_id] = _Group(fence)
         group.parts.append(packed)
         group.args += args
         batch.ops += 1
@@ -140,12 +146,12 @@ class Writer:
         if self._idle:
             self._start()
 
-    def compare_and_set(self, run_id: str, expected: str, token: str, context: str) -> asyncio.Future[bool]:
+    def compare_and_set(self, run_id: str, expected: str, token: str, context: str, fence: int) -> asyncio.Future[bool]:
         """Queue a compare-and-set of the run's context: applied iff its token is still `expected`.
-        The future says whether it was applied, or raises RunNotFound or the writer's StoreError."""
+        The future says whether it was applied, or raises RunNotFound, LeaseLost or the writer's StoreError."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._batches[-1].cas.setdefault(run_id, []).append(_Cas(future, token, context))
-        self.add(run_id, pack("C", expected, token, context), 4)
+        self.add(run_id, pack("C", expected, token, context), 4, fence)
         return future
 
     # --- awaited by the store ------------------------------------------------------------------------
@@ -229,7 +235,9 @@ class Writer:
         run_keys: list[str] = []
         arg_parts: list[bytes] = []
         for run_id, group in batch.groups.items():
-            run_keys += (keys.run(run_id), keys.steps(run_id), keys.events(run_id), keys.step_order(run_id))
+            run_keys += (
+                keys.run(run_id), keys.steps(run_id), keys.events(run_id), keys.step_order(run_id), keys.epoch(run_id)
+            )  # fmt: skip
             arg_parts.append(pack(str(group.args)))
             arg_parts += group.parts
         key_count = self._head_key_count + len(run_keys)
@@ -263,14 +271,13 @@ class Writer:
             return await conn.read_response()
 
     def _settle_cas(self, batch: _Batch, replies: list[Any]) -> None:
-        for run_id, reply in zip(batch.groups, replies, strict=True):
+        for (run_id, group), reply in zip(batch.groups.items(), replies, strict=True):
             entries = batch.cas.get(run_id, [])
-            if reply == 0:
-                logger.error("redis store %s: run %s is gone from Redis; its writes were dropped", self._where, run_id)
-                self._on_missing(run_id)
+            if isinstance(reply, int):  # the run's ops were not applied
+                error = self._not_applied(run_id, group, reply)
                 for entry in entries:
                     if not entry.future.done():  # its caller was cancelled
-                        entry.future.set_exception(RunNotFound(run_id))
+                        entry.future.set_exception(error)
                 continue
             if not entries:
                 continue
@@ -281,3 +288,17 @@ class Writer:
                 last = reply[-1]
                 token, context = (entries[-1].token, entries[-1].context) if last == 1 else (last[0], last[1])
                 self._on_context(run_id, token, context)
+
+    def _not_applied(self, run_id: str, group: _Group, reply: int) -> StoreError:
+        """Say why a run's ops were dropped: the run is gone (0), or its lease passed on (-epoch)."""
+        if reply == 0:
+            logger.error("redis store %s: run %s is gone from Redis; its writes were dropped", self._where, run_id)
+            self._on_missing(run_id)
+            return RunNotFound(run_id)
+        epoch = -reply
+        logger.warning(
+            "redis store %s: run %s: writes refused, its lease passed to another driver (epoch %d > %d)",
+            self._where, run_id, epoch, group.fence,
+        )  # fmt: skip
+        self._on_refused(run_id, epoch)
+        return LeaseLost(run_id, epoch=epoch, held=group.fence)

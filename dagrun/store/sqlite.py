@@ -34,6 +34,7 @@ from dagrun.states import RunStatus, StepStatus
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
+from dagrun.store.fencing import Fences
 from dagrun.store.sqlite_waiter import CommitWatcher
 from dagrun.store.sqlite_writer import Writer
 
@@ -80,7 +81,8 @@ class SqliteStore:
         except BaseException:
             write_conn.close()
             raise
-        self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s)
+        self._fences = Fences()
+        self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s, on_refused=self._refused)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
         self._states: dict[str, _RunState] = {}
         # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
@@ -148,22 +150,25 @@ class SqliteStore:
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Needs no cache: a process that only controls a run (a cancel) does not load one."""
-        self._check_usable()
+        self._check_usable(run_id)
         if run_id not in self._states:
             await self._query(schema.require_run, run_id)
-            self._check_usable()  # rows are queued next: not if the store closed while we read
+            self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
         is_terminal = status.is_terminal
         self._writer.add_run_update(
             (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
             (run_id, at, "run", status, None, 0, error or ""),
+            self._fences.epoch(run_id),
         )
         if is_terminal:
             self._forget(run_id)
+            await self.flush()
+            self._fences.check(run_id)
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        if self._closed or self._writer.failure is not None:
-            self._check_usable()
         run_id = step.run_id
+        if self._closed or self._writer.failure is not None or run_id in self._fences.refused:
+            self._check_usable(run_id)
         state = self._states.get(run_id) or await self._load_state(run_id)
         step_id = step.step_id
         position = state.positions.get(step_id)
@@ -183,14 +188,15 @@ class SqliteStore:
                 None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
             ),
             (run_id, time.time(), "step", status, step_id, attempt, message),
+            self._fences.epoch(run_id),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged into the cached context with no await in between, so concurrent callers never lose updates."""
-        self._check_usable()
+        self._check_usable(run_id)
         state = self._states.get(run_id) or await self._load_state(run_id)
         state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
-        self._writer.add_context((run_id, state.context))
+        self._writer.add_context((run_id, state.context), self._fences.epoch(run_id))
         return value, rejected
 
     # --- reads: flush, then query committed data ----------------------------------------------------
@@ -264,16 +270,20 @@ class SqliteStore:
         """One writer call for all; a claim that does not renew a live lease of this process drops the
         run's cache."""
         now = time.time()
-        claim = functools.partial(schema.claim_leases, run_ids=list(run_ids), owner=owner, now=now, ttl_s=ttl_s)
-        claimed = await self._write_now(claim)
-        for run_id, is_ours in zip(run_ids, claimed, strict=True):
-            if is_ours:
+        run_ids = list(run_ids)
+        held = [self._fences.held_by(run_id, owner) for run_id in run_ids]
+        claim = functools.partial(schema.claim_leases, run_ids=run_ids, held=held, owner=owner, now=now, ttl_s=ttl_s)
+        epochs = await self._write_now(claim)
+        for run_id, epoch in zip(run_ids, epochs, strict=True):
+            if epoch:
                 if self._leases.get(run_id, 0.0) <= now:
                     self._forget(run_id)
                 self._leases[run_id] = now + ttl_s
-        return claimed
+                self._fences.claimed(run_id, owner, epoch)
+        return [epoch > 0 for epoch in epochs]
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        self._fences.released(run_id, owner)
         await self._write_now(functools.partial(schema.release_lease, run_id=run_id, owner=owner, notify=notify))
         self._forget(run_id)
 
@@ -383,12 +393,20 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
 
-    def _check_usable(self) -> None:
+    def _refused(self, run_id: str, epoch: int) -> None:
+        """On the writer thread: the run's writes were refused. (A dict write, atomic under the GIL.)"""
+        self._fences.refused[run_id] = epoch
+
+    def _check_usable(self, run_id: str | None = None) -> None:
+        """RuntimeError once closed, the writer's StoreError once a commit failed, and LeaseLost for a run
+        whose writes were refused."""
         if self._closed:
             raise RuntimeError("SqliteStore is closed")
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
+        if run_id is not None:
+            self._fences.check(run_id)
 
 
 def _database_path(path: str | os.PathLike[str]) -> Path:

@@ -7,7 +7,8 @@
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
     notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
-    leases(run_id PK, owner, expires_at)                      expires_at is time.time()
+    leases(run_id PK, owner, expires_at, epoch)               expires_at is time.time(); a released lease
+                                                              keeps its row (owner '', expires_at 0) and epoch
 
 Per-run seqs (events, commands) are assigned inside the write transaction, one past the run's last, so
 every process that writes to a run continues one gap-free sequence. JSON columns hold text, so
@@ -61,6 +62,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # No AUTOINCREMENT: trimming never removes the newest row, so a new cursor is always the largest.
         "CREATE TABLE notices (cursor INTEGER PRIMARY KEY, run_id TEXT NOT NULL, kind TEXT NOT NULL)",
         "CREATE TABLE leases (run_id TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL)",
+    ),
+    (  # fencing: each claim that is not a renewal raises the run's epoch, which writes are checked against
+        "ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -173,28 +177,50 @@ def append_command(
     return seq
 
 
-def claim_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, now: float, ttl_s: float) -> bool:
-    """Take or renew the lease in one statement: it changes a row only when the lease is free, lapsed at
-    `now` or `owner`'s already."""
+def claim_leases(
+    conn: sqlite3.Connection, run_ids: list[str], held: list[int], owner: str, *, now: float, ttl_s: float
+) -> list[int]:
+    """Take or renew each lease, one statement each: it changes a row only when the lease is `owner`'s and
+    live, or free or lapsed, and then for a lapsed one that `owner` held (its `held` epoch, else 0) only
+    if nobody claimed it since. The epoch of each lease claimed, 0 for the others (see `fencing`)."""
+    return [
+        _claim_lease(conn, run_id, epoch, owner, now=now, ttl_s=ttl_s)
+        for run_id, epoch in zip(run_ids, held, strict=True)
+    ]
+
+
+def _claim_lease(conn: sqlite3.Connection, run_id: str, held: int, owner: str, *, now: float, ttl_s: float) -> int:
     claimed = conn.execute(
-        """INSERT INTO leases (run_id, owner, expires_at) VALUES (:run_id, :owner, :expires_at)
-        ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-        WHERE leases.owner = excluded.owner OR leases.expires_at <= :now
-        RETURNING 1""",
-        {"run_id": run_id, "owner": owner, "expires_at": now + ttl_s, "now": now},
+        """INSERT INTO leases (run_id, owner, expires_at, epoch) VALUES (:run_id, :owner, :expires_at, 1)
+        ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
+            epoch = CASE WHEN :held > 0 OR (leases.owner = excluded.owner AND leases.expires_at > :now)
+                THEN leases.epoch ELSE leases.epoch + 1 END
+        WHERE (leases.owner = excluded.owner AND leases.expires_at > :now)
+            OR (leases.expires_at <= :now AND (:held = 0 OR leases.epoch = :held))
+        RETURNING epoch""",
+        {"run_id": run_id, "owner": owner, "expires_at": now + ttl_s, "now": now, "held": held},
     ).fetchone()
-    return claimed is not None
-
-
-def claim_leases(conn: sqlite3.Connection, run_ids: list[str], owner: str, *, now: float, ttl_s: float) -> list[bool]:
-    return [claim_lease(conn, run_id, owner, now=now, ttl_s=ttl_s) for run_id in run_ids]
+    return 0 if claimed is None else int(claimed[0])
 
 
 def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: bool) -> None:
-    """Drop the lease if `owner` holds it (lapsed or not); with `notify`, append a RELEASED notice then."""
-    released = conn.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, owner)).rowcount
+    """Give the lease up if `owner` holds it (lapsed or not), keeping its epoch; with `notify`, append a
+    RELEASED notice then."""
+    released = conn.execute(
+        "UPDATE leases SET owner = '', expires_at = 0 WHERE run_id = ? AND owner = ?", (run_id, owner)
+    ).rowcount
     if released and notify:
         append_notices(conn, [(run_id, NoticeKind.RELEASED)])
+
+
+def refused_runs(conn: sqlite3.Connection, fences: dict[str, int]) -> dict[str, int]:
+    """The runs among `fences` (run id -> the epoch its writes carry) whose lease epoch has passed it, with
+    that epoch: their writes are refused. One statement, each run an index seek."""
+    rows = conn.execute(
+        "SELECT key, value, (SELECT epoch FROM leases WHERE run_id = key) FROM json_each(?)",
+        (orjson.dumps(fences).decode(),),
+    )
+    return {run_id: epoch for run_id, fence, epoch in rows if epoch is not None and epoch > fence}
 
 
 # --- reads, on the reader thread --------------------------------------------------------------------
@@ -316,7 +342,7 @@ def read_marks(conn: sqlite3.Connection, run_ids: list[str], notices: bool) -> t
 
 def read_lease(conn: sqlite3.Connection, run_id: str, now: float) -> Lease | None:
     """The lease unless it lapsed before `now`."""
-    sql = "SELECT owner, expires_at FROM leases WHERE run_id = ? AND expires_at > ?"
+    sql = "SELECT owner, expires_at, epoch FROM leases WHERE run_id = ? AND expires_at > ?"
     row = conn.execute(sql, (run_id, now)).fetchone()
     return None if row is None else Lease(*row)
 

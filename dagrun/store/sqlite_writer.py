@@ -6,7 +6,8 @@ commits everything pending, at most every `interval_s`, at once when a flush or 
 seqs are assigned in that transaction, which holds the file's write lock, so writers in other processes
 continue the same sequence. Batches are committed in the order they were queued, so writes are applied
 in the order they were made. A failed commit is kept and turned into a StoreError for every later call:
-writes are never lost silently.
+writes are never lost silently. Run writes are fenced (`fencing`): each carries the lease epoch its store
+holds, and the transaction drops those of runs whose epoch has passed it, telling `on_refused`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class _Call:
 class _Batch:
     """Rows and calls queued since the last swap, one list per statement, each in write order."""
 
-    __slots__ = ("calls", "contexts", "events", "notices", "run_inserts", "run_updates", "steps", "waiters")
+    __slots__ = ("calls", "contexts", "events", "fences", "notices", "run_inserts", "run_updates", "steps", "waiters")
 
     def __init__(self) -> None:
         self.run_inserts: list[Row] = []
@@ -59,6 +60,7 @@ class _Batch:
         self.events: list[Row] = []  # without their seq: see _numbered
         self.notices: list[Row] = []
         self.calls: list[_Call] = []
+        self.fences: dict[str, int] = {}  # run id -> the lease epoch its writes in this batch carry
         self.waiters: list[asyncio.Future[None]] = []  # flushes waiting for this batch's commit
 
     def size(self) -> int:
@@ -72,7 +74,10 @@ class _Batch:
 class Writer:
     """The writer thread and its queue. Methods without a leading underscore are called on the loop."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, *, interval_s: float) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, interval_s: float, on_refused: Callable[[str, int], None]
+    ) -> None:
+        """`on_refused(run_id, epoch)` is called on the writer thread for a run whose writes were refused."""
         self.failure: Exception | None = None  # the first failed commit; nothing is written after it
         self.commits = 0  # transactions committed, for metrics and tests
         # Batches are numbered from 0 in queue order: rows added now go to batch number `batches_queued`,
@@ -82,6 +87,7 @@ class Writer:
         self._conn = conn
         self._path = path
         self._interval_s = interval_s
+        self._on_refused = on_refused
         # The lock guards _batch and _idle: the loop appends, the writer swaps the batch out.
         self._lock = threading.Lock()
         self._batch = _Batch()
@@ -105,16 +111,17 @@ class Writer:
         if wake:
             self._wake.set()
 
-    def add_run_update(self, update: Row, event: Row) -> None:
+    def add_run_update(self, update: Row, event: Row, fence: int) -> None:
         with self._lock:
             batch = self._batch
             batch.run_updates.append(update)
             batch.events.append(event)
+            batch.fences[event[0]] = fence
             wake, self._idle = self._idle, False
         if wake:
             self._wake.set()
 
-    def add_step(self, step: Row, event: Row) -> None:
+    def add_step(self, step: Row, event: Row, fence: int) -> None:
         """The hot path (several calls per step), hence the bare acquire/release: half the cost of `with`."""
         lock = self._lock
         lock.acquire()
@@ -122,6 +129,7 @@ class Writer:
             batch = self._batch
             batch.steps.append(step)
             batch.events.append(event)
+            batch.fences[step[0]] = fence
             wake = self._idle
             if wake:
                 self._idle = False
@@ -130,9 +138,10 @@ class Writer:
         if wake:
             self._wake.set()
 
-    def add_context(self, context: Row) -> None:
+    def add_context(self, context: Row, fence: int) -> None:
         with self._lock:
             self._batch.contexts.append(context)
+            self._batch.fences[context[0]] = fence
             wake, self._idle = self._idle, False
         if wake:
             self._wake.set()
@@ -231,6 +240,8 @@ class Writer:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if batch.fences:  # under the write lock: no claim can come between the check and the writes
+                self._drop_refused(batch, schema.refused_runs(conn, batch.fences))
             # Runs first: an update may follow the insert of the same run in this batch.
             if batch.run_inserts:
                 conn.executemany(schema.INSERT_RUN, batch.run_inserts)
@@ -253,6 +264,21 @@ class Writer:
                 conn.execute("ROLLBACK")
             raise
         self.commits += 1
+
+    def _drop_refused(self, batch: _Batch, refused: dict[str, int]) -> None:
+        """Drop the writes of runs whose lease passed to another driver, and say so."""
+        if not refused:
+            return
+        batch.run_updates = [row for row in batch.run_updates if row[-1] not in refused]
+        batch.steps = [row for row in batch.steps if row[0] not in refused]
+        batch.contexts = [row for row in batch.contexts if row[0] not in refused]
+        batch.events = [row for row in batch.events if row[0] not in refused]
+        for run_id, epoch in refused.items():
+            logger.warning(
+                "sqlite store %s: run %s: writes refused, its lease passed to another driver (epoch %d > %d)",
+                self._path, run_id, epoch, batch.fences[run_id],
+            )  # fmt: skip
+            self._on_refused(run_id, epoch)
 
 
 def _last_by_key(rows: list[Row], key: Callable[[Row], Any]) -> list[Row]:

@@ -147,8 +147,8 @@ async def test_a_batch_sent_twice_is_applied_once(redis_server: RedisServer, red
     client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
     try:
         script_keys = [keys.writer("w"), *(keys.runs_with_status(s) for s in STATUSES)]
-        script_keys += [keys.run("r1"), keys.steps("r1"), keys.events("r1"), keys.step_order("r1")]
-        args = ["7", str(len(STATUSES)), *STATUSES, "8", "S", "a", '["running",1,null,null,{},null,"",""]', "[]"]
+        script_keys += [keys.run("r1"), keys.steps("r1"), keys.events("r1"), keys.step_order("r1"), keys.epoch("r1")]
+        args = ["7", str(len(STATUSES)), *STATUSES, "9", "0", "S", "a", '["running",1,null,null,{},null,"",""]', "[]"]
         args += ["C", "", "w.1", '{"n":1}']
         first = await WRITE_BATCH(client, script_keys, args)
         again = await WRITE_BATCH(client, script_keys, args)  # as after a reply lost on a broken connection

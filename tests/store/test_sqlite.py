@@ -135,6 +135,8 @@ async def test_a_driver_rereads_a_run_that_another_process_drove_meanwhile(sqlit
     assert await b.claim_lease("r1", "orch-b", ttl_s=30)
     await b.apply_context("r1", (ContextOp(INCR, "n", 10),))
     await b.release_lease("r1", "orch-b")
+    assert not await a.claim_lease("r1", "orch-a", ttl_s=30)  # its lapsed lease was claimed since: not renewed
+    await a.release_lease("r1", "orch-a")  # as its driver does when it stops
 
     assert await a.claim_lease("r1", "orch-a", ttl_s=30)
     assert (await a.apply_context("r1", (ContextOp(INCR, "n", 100),)))[0] == {"n": 111}
