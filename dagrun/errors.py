@@ -10,7 +10,8 @@
     ├── StoreError         the store cannot be opened, read or written
     │   └── RunNotFound    no run has that id
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
-    │                      step that does not wait for one); `.run_id` names the run
+    │                      step that does not wait for one, or that has a signal with other values);
+    │                      `.run_id` names the run
     └── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
                            or it was closed); the run can be resumed
 
@@ -100,7 +101,8 @@ class RunNotFound(StoreError):
 
 
 class ControlError(DagrunError):
-    """A control command that does not fit the run's state; nothing was sent."""
+    """A control command that does not fit the run's state; nothing was sent (or, for a signal that lost
+    a race to another client's, what was sent has no effect: the first signal to a step counts)."""
 
     def __init__(self, run_id: str, message: str) -> None:
         self.run_id = run_id
