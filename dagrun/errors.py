@@ -8,7 +8,9 @@
     ├── ExecutorError      an executor could not be opened or could not deliver a step
     │   └── WorkerUnavailable   no worker answers
     ├── StoreError         the store cannot be opened, read or written
-    │   └── RunNotFound    no run has that id
+    │   ├── RunNotFound    no run has that id
+    │   └── RunLost        the run vanished from the store while it was driven (a Redis without
+    │                      persistence restarted)
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
     │                      step that does not wait for one, or that has a signal with other values);
     │                      `.run_id` names the run
@@ -98,6 +100,17 @@ class RunNotFound(StoreError):
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         super().__init__(f"no run with id {run_id!r}")
+
+
+class RunLost(StoreError):
+    """The store no longer has a run this process was driving; the run cannot be resumed."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} is gone: the store lost it while it was driven "
+            "(a Redis without persistence loses its runs when it restarts)"
+        )
 
 
 class ControlError(DagrunError):
