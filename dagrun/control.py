@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from dagrun.errors import ControlError
 from dagrun.executor import StepError
 from dagrun.flow import Flow, resolve_flow_inputs
+from dagrun.signals import check_signal_fields, counted_signal, wait_for_fields
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Command, CommandKind, Event, RunRecord, StepRecord, Store
 
@@ -222,7 +223,7 @@ class RunControl:
     async def pending_work(self, run_id: str) -> list[PendingStep]:
         """The steps that have not ended, in flow order."""
         run = await self.store.get_run(run_id)
-        fields = _wait_for_fields(run)
+        fields = wait_for_fields(run)
         return [
             PendingStep(step.step_id, step.status, step.attempt, step.started_at, fields.get(step.step_id, ()))
             for step in await self.store.get_steps(run_id)
@@ -243,28 +244,35 @@ class RunControl:
 
     async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
         """Complete the `wait_for` step `step_id` with `values` as its outputs (or, when it has not
-        started waiting yet, as soon as it does). ControlError when the step does not wait for a signal,
-        has ended, or `values` does not hold exactly its fields."""
-        run = await self._live_run(run_id)
-        fields = _wait_for_fields(run)
+        started waiting yet, as soon as it does). The first signal to a step is the one that counts
+        (drivers and takeovers apply it): a repeat with the same values returns that first command and
+        sends nothing. ControlError when the step does not wait for a signal, `values` does not hold
+        exactly its fields, the step already has a signal with other values (the message names it),
+        or the run or step has ended."""
+        run = await self.store.get_run(run_id)
         steps = {step.step_id: step for step in await self.store.get_steps(run_id)}
-        if step_id not in steps:
-            raise ControlError(run_id, f"has no step {step_id!r}")
-        if step_id not in fields:
-            raise ControlError(run_id, f"step {step_id!r} runs a script; only a 'wait_for' step takes a signal")
+        check_signal_fields(run, step_id, tuple(steps), values)
+        first = await self._first_signal(run_id, step_id)
+        if first is not None:
+            return counted_signal(first, values)
+        if run.status.is_terminal:
+            raise ControlError(run_id, f"it already ended {run.status}")
         if steps[step_id].status.is_terminal:
             raise ControlError(run_id, f"step {step_id!r} already ended {steps[step_id].status}")
-        problems = []
-        if missing := [field for field in fields[step_id] if field not in values]:
-            problems.append(f"missing {', '.join(missing)}")
-        if unknown := [key for key in values if key not in fields[step_id]]:
-            problems.append(f"unknown {', '.join(unknown)}")
-        if problems:
-            wanted = ", ".join(fields[step_id])
-            raise ControlError(run_id, f"step {step_id!r} waits for {wanted}: {'; '.join(problems)}")
-        return await self.store.send_command(
+        sent = await self.store.send_command(
             run_id, CommandKind.SIGNAL, at=time.time(), step_id=step_id, values=dict(values)
         )
+        # Another client may have signalled the step between our read and our send: the first in the
+        # log counts, and ours, if it came second, has no effect (unless it holds the same values).
+        first = await self._first_signal(run_id, step_id)
+        return counted_signal(first or sent, values)
+
+    async def _first_signal(self, run_id: str, step_id: str) -> Command | None:
+        """The signal to the step that counts (the first in the run's command log), if any."""
+        for command in await self.store.get_commands(run_id):
+            if command.kind == CommandKind.SIGNAL and command.step_id == step_id:
+                return command
+        return None
 
     async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
         """The run's record once it has ended, or as it is when `timeout_s` passes (check `is_terminal`)."""
@@ -340,16 +348,6 @@ async def end_cancelled(store: Store, run_id: str, cancelled: list[StepRecord], 
         await store.record_step(record, message=f"run {reason}")
     await store.set_run_status(run_id, RunStatus.CANCELLED, at=at, error=reason)
     await store.flush()
-
-
-def _wait_for_fields(run: RunRecord) -> dict[str, tuple[str, ...]]:
-    """Step id -> the fields its signal must hold, for the `wait_for` steps of the run's flow."""
-    found: dict[str, tuple[str, ...]] = {}
-    for step in run.flow.get("steps", []):
-        wait_for = step.get("wait_for")
-        if isinstance(wait_for, dict):
-            found[str(step["id"])] = tuple(wait_for.get("fields", ()))
-    return found
 
 
 def _step_metrics(step: StepRecord) -> StepMetrics:

@@ -9,9 +9,12 @@
     │   └── WorkerUnavailable   no worker answers
     ├── StoreError         the store cannot be opened, read or written
     │   ├── RunNotFound    no run has that id
-    │   └── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
+    │   ├── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
+    │   └── RunLost        the run vanished from the store while it was driven (a Redis without
+    │                      persistence restarted)
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
-    │                      step that does not wait for one); `.run_id` names the run
+    │                      step that does not wait for one, or that has a signal with other values);
+    │                      `.run_id` names the run
     └── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
                            or it was closed); the run can be resumed
 
@@ -114,8 +117,20 @@ class LeaseLost(StoreError):
         )
 
 
+class RunLost(StoreError):
+    """The store no longer has a run this process was driving; the run cannot be resumed."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(
+            f"run {run_id!r} is gone: the store lost it while it was driven "
+            "(a Redis without persistence loses its runs when it restarts)"
+        )
+
+
 class ControlError(DagrunError):
-    """A control command that does not fit the run's state; nothing was sent."""
+    """A control command that does not fit the run's state; nothing was sent (or, for a signal that lost
+    a race to another client's, what was sent has no effect: the first signal to a step counts)."""
 
     def __init__(self, run_id: str, message: str) -> None:
         self.run_id = run_id

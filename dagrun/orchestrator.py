@@ -28,7 +28,7 @@ from dagrun.control import (
     new_run_record,
 )
 from dagrun.driver import RunDriver, StepListener, Stop, StoredRun
-from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack
+from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.executor import Executor, ExecutorOptions, HostFunction, find_transport, open_executor
 from dagrun.flow import Flow, resolve_flow_inputs
 from dagrun.flow_parser import parse_flow
@@ -157,7 +157,8 @@ class Orchestrator:
         """Run `flow` here to its end and return the outcome (`max_parallel` and `fail_fast` default to
         the orchestrator's). Before anything is persisted: FlowError for unknown inputs or executor names,
         ExecutorError for an executor that cannot be opened. A failing step never raises, it fails the
-        run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it."""
+        run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it; RunLost
+        when the store loses the run meanwhile."""
         driver = await self._begin(flow, inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
         return await self._drive(driver, RunStatus.PENDING)
 
@@ -185,7 +186,8 @@ class Orchestrator:
         """Drive a recorded run here to its end: one submitted, or one whose driver died (completed steps
         keep their outputs; steps that were running run again). None when the run has ended or another
         live orchestrator holds its lease; with `wait_for_lease`, a lease that lapses unrenewed is waited
-        for and taken. FlowError when the run needs an executor this orchestrator does not have."""
+        for and taken. FlowError when the run needs an executor this orchestrator does not have; RunLost
+        when the store loses the run while it is driven."""
         if not await self._claim(run_id, wait=wait_for_lease):
             return None
         try:
@@ -272,6 +274,11 @@ class Orchestrator:
         except RunHandedBack:
             handed_back = True
             raise
+        except RunNotFound as exc:
+            if exc.run_id != run_id:
+                raise
+            # It was there when the driver started: the store lost it (not a caller's unknown id).
+            raise RunLost(run_id) from exc
         finally:
             del self._drivers[run_id]
             await asyncio.shield(self._watcher.done_with(run_id, handed_back=handed_back))

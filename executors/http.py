@@ -11,13 +11,16 @@ unauthorized, 413 too_large, 400 malformed (bad JSON, wrong protocol version; no
 probes /health once (token and reachability fail early and clearly; the limits it reads cap its
 requests in flight and their size) and gives each request the deadline `Window.deadline_s`. A call that
 is cancelled (or gives up) closes its connection, and the worker stops the step: closing the connection
-cancels its handler, whose cancelled step has its sandbox process killed and replaced.
-URL: ``http[s]://HOST:PORT[/prefix]?connections=64&ca_file=/path/ca.pem``.
+cancels its handler, whose cancelled step has its sandbox process killed and replaced. A worker that
+answered and then refuses connections or says it is stopping is likely restarting: a call tries again
+with backoff for `reconnect_s` (the WebSocket client's window, `executors.reconnection`) before it fails.
+URL: ``http[s]://HOST:PORT[/prefix]?connections=64&reconnect_s=5&ca_file=/path/ca.pem``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -61,6 +64,7 @@ from executors.auth import (
     server_ssl_context,
     status_from_health,
 )
+from executors.reconnection import RECONNECT_S, Reconnection
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +83,13 @@ class HttpExecutor:
     """Sends steps to one worker, one POST each, over a pooled session: ``http://HOST:PORT`` or ``https://``."""
 
     def __init__(self, url: str, options: ExecutorOptions) -> None:
-        self._target = parse_target(url, options, known={"connections": CONNECTIONS})
+        self._target = parse_target(url, options, known={"connections": CONNECTIONS, "reconnect_s": RECONNECT_S})
         base = self._target.url.rstrip("/")
         self._execute_url, self._health_url = f"{base}/execute", f"{base}/health"
         self._session: aiohttp.ClientSession | None = None
         self._probe: asyncio.Task[None] | None = None
         self._window: Window | None = None  # the worker's limits, read from /health
+        self._reconnection = Reconnection(self._target.options["reconnect_s"])
         self._is_closed = False
 
     async def __aenter__(self) -> HttpExecutor:
@@ -107,11 +112,13 @@ class HttpExecutor:
             return await self._post(request, body, self._timeout(window.deadline_s(request.timeout_s)))
 
     async def _post(self, request: StepRequest, body: bytes, timeout: aiohttp.ClientTimeout) -> StepResult:
-        """POST until a result or a refusal: again after a dropped connection (MAX_RESENDS) or when busy."""
+        """POST until a result or a refusal: again after a dropped connection (MAX_RESENDS), when busy, and
+        while the worker is away within the reconnect window."""
         resends, busy_delay_s = 0, BUSY_FIRST_DELAY_S
+        post = functools.partial(self._send_to_running_worker, self._execute_url, body, timeout)
         while True:
             try:
-                status, payload = await self._send(self._execute_url, body, timeout)
+                status, payload = await self._reconnection.connect(post)
             except _Dropped as exc:
                 resends += 1
                 if resends > MAX_RESENDS:
@@ -127,6 +134,17 @@ class HttpExecutor:
                 raise self._refusal(f"{self._target.safe_url}: {describe(request)}", status, code, message)
             await asyncio.sleep(busy_delay_s)  # back off while the worker is saturated, not a poll
             busy_delay_s = min(busy_delay_s * 2, BUSY_MAX_DELAY_S)
+
+    async def _send_to_running_worker(
+        self, url: str, body: bytes | None, timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, bytes]:
+        """`_send`, and WorkerUnavailable when the worker answers that it is stopping (it may be restarting)."""
+        status, payload = await self._send(url, body, timeout)
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            code, message = _error_of(payload)
+            if code == "stopping":
+                raise WorkerUnavailable(f"{self._target.safe_url}: {message}")
+        return status, payload
 
     async def _send(self, url: str, body: bytes | None, timeout: aiohttp.ClientTimeout) -> tuple[int, bytes]:
         """One exchange; WorkerUnavailable when the worker cannot be reached, ExecutorError past the deadline."""
@@ -169,7 +187,8 @@ class HttpExecutor:
             task.exception()  # retrieved here too: every caller may have been cancelled meanwhile
 
     async def _check_health(self) -> None:
-        status, payload = await self._send(self._health_url, None, self._timeout(CONNECT_TIMEOUT_S))
+        probe = functools.partial(self._send, self._health_url, None, self._timeout(CONNECT_TIMEOUT_S))
+        status, payload = await self._reconnection.connect(probe)
         if status != HTTPStatus.OK:
             raise self._refusal(self._target.safe_url, status, *_error_of(payload))
         try:

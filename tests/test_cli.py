@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import RedisServers
+
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
 
@@ -285,6 +287,40 @@ def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -
     assert "interrupted" in err and "Traceback" not in err
     [run] = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
     assert run["status"] == "cancelled"
+
+
+@pytest.mark.slow
+def test_a_run_its_redis_store_loses_exits_3_naming_the_store_and_still_prints_its_document(
+    tmp_path: Path, redis_servers: RedisServers
+) -> None:
+    server = redis_servers("--requirepass", "pw-secret")  # no persistence: a restart loses every run
+    url = f"redis://:pw-secret@127.0.0.1:{server.port}/0"
+    spin = "import datetime\nend = datetime.datetime.now() + datetime.timedelta(seconds=3)\n"
+    spin += "while datetime.datetime.now() < end:\n    pass\noutputs['v'] = 1"
+    steps = [{"id": "a", "script": spin}, {"id": "b", "script": spin, "depends_on": ["a"]}]
+    path = write_flow(tmp_path, {"name": "slow", "steps": steps})
+    with run_in_background(path, "--json", "--store", url, "--processes", "1", cwd=tmp_path) as runner:
+        deadline = time.monotonic() + 30
+        runs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not (runs and runs[0]["status"] == "running"):
+            runs = json.loads(dagrun("runs", "--json", "--store", url, cwd=tmp_path).stdout or "[]")
+        assert runs and runs[0]["status"] == "running", runs
+        server.restart()  # while step a runs
+        out, err = runner.communicate(timeout=60)
+
+    assert runner.returncode == 3, err
+    assert "Traceback" not in err and "pw-secret" not in err + out
+    run_id = runs[0]["run_id"]
+    assert err.splitlines()[-1] == (
+        f"dagrun: store redis://***@127.0.0.1:{server.port}/0: run {run_id!r} is gone: the store lost it "
+        "while it was driven (a Redis without persistence loses its runs when it restarts)"
+    )
+    document = json.loads(out)
+    assert (document["run_id"], document["status"]) == (run_id, "failed")
+    assert document["error"] == err.splitlines()[-1].removeprefix("dagrun: ")
+    # as this process last wrote them: the store may have failed the write of a's end, or the next one
+    assert document["steps"]["a"]["status"] in ("running", "succeeded") and document["steps"]["a"]["attempts"] == 1
+    assert document["steps"]["b"]["status"] in ("pending", "running")
 
 
 def test_a_worker_that_cannot_connect_says_so_in_one_line(tmp_path: Path) -> None:

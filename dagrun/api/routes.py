@@ -73,7 +73,9 @@ class RunHandlers:
             "retry after Retry-After seconds"
         }
         wrong_signal: dict[int, str] = {
-            HTTPStatus.CONFLICT: "the step does not wait for a signal, has ended, or the values are not its fields"
+            HTTPStatus.CONFLICT: "the step does not wait for a signal, has ended, already has a signal with other "
+            "values (the error names it: its command seq, when it was sent, its values), or the values are not "
+            "its fields"
         }
         return [
             Route("GET", "/health", self.health, "Liveness; needs no token", {200: models.HealthBody}, public=True),
@@ -106,7 +108,9 @@ class RunHandlers:
                   refusals=conflict),
             Route("POST", f"{run}/steps/{{step_id}}/signal", self.signal_step,
                   "Complete a wait_for step with its fields", {202: models.CommandBody}, body=models.SignalRequest,
-                  refusals=wrong_signal),
+                  refusals=wrong_signal,
+                  description="The first signal to a step is the one that counts. Sending it again with the same "
+                  "values is harmless: 202 with that first command, and nothing new is sent."),
         ]  # fmt: skip
 
     async def health(self, request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ Invariant: `_pending` maps the id of every request still waiting to the connecti
 future its reply resolves; a reply counts only on that connection, and a connection that closes fails its
 waiting requests, which are sent again (MAX_RESENDS) on the next connection. New requests go to
 `_connection` only; a retired connection (dropped, or its worker going away) still delivers the replies
-in flight on it. After a drop, connecting is retried with backoff for `reconnect_s`.
+in flight on it. After a drop, connecting is retried with backoff for `reconnect_s` (`executors.reconnection`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from executors.auth import (
     describe,
     parse_target,
 )
+from executors.reconnection import RECONNECT_S, Reconnection
 from executors.websocket.frames import (
     BUSY,
     CANCEL,
@@ -51,10 +52,6 @@ from executors.websocket.frames import (
 )
 
 logger = logging.getLogger(__name__)
-
-RECONNECT_S = 5.0  # how long a client tries to reconnect after a connection dropped
-RECONNECT_FIRST_DELAY_S = 0.05
-RECONNECT_MAX_DELAY_S = 1.0
 
 
 class _ConnectionLost(Exception):
@@ -74,7 +71,7 @@ class WebSocketExecutor:
         self._tasks: set[asyncio.Task[None]] = set()  # a reader per open connection, cancel notices
         self._window: Window | None = None  # the worker's limits, learned at the first connect
         self._ids = itertools.count(1)
-        self._reconnect_until = 0.0  # after a drop, connecting is retried with backoff until then
+        self._reconnection = Reconnection(self._target.options["reconnect_s"])
         self._is_closed = False
 
     async def __aenter__(self) -> WebSocketExecutor:
@@ -175,28 +172,7 @@ class WebSocketExecutor:
             task.exception()  # retrieved here too: every caller may have been cancelled meanwhile
 
     async def _connect(self) -> ClientConnection:
-        loop = asyncio.get_running_loop()
-        delay_s = RECONNECT_FIRST_DELAY_S
-        while True:
-            try:
-                connection = await self._open()
-                break
-            except OSError as exc:
-                reason = os_reason(exc)
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                reason = (
-                    "the worker is stopping (HTTP 503)"
-                    if status == HTTPStatus.SERVICE_UNAVAILABLE
-                    else f"HTTP {status}"
-                )
-            except (WebSocketException, TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-            if loop.time() + delay_s > self._reconnect_until:
-                raise WorkerUnavailable(f"{self._target.safe_url}: cannot connect: {reason}")
-            await asyncio.sleep(delay_s)  # reconnect backoff, not a poll
-            delay_s = min(delay_s * 2, RECONNECT_MAX_DELAY_S)
-        self._reconnect_until = 0.0
+        connection = await self._reconnection.connect(self._open)
         if self._window is None:
             assert connection.response is not None  # the handshake succeeded
             try:
@@ -211,6 +187,8 @@ class WebSocketExecutor:
         return connection
 
     async def _open(self) -> ClientConnection:
+        """A new connection. WorkerUnavailable when the worker cannot be reached or is stopping (the
+        reconnect window may try again), ExecutorError when it refuses the token."""
         try:
             return await connect(
                 self._target.url,
@@ -224,13 +202,20 @@ class WebSocketExecutor:
                 proxy=None,  # like aiohttp's default (trust_env=False): no proxy from the environment
                 logger=wire_logger,
             )
+        except OSError as exc:
+            reason = os_reason(exc)
         except InvalidStatus as exc:
-            if exc.response.status_code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            status = exc.response.status_code
+            if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
                 raise ExecutorError(
-                    f"{self._target.safe_url}: the worker refused the token (HTTP {exc.response.status_code}); "
+                    f"{self._target.safe_url}: the worker refused the token (HTTP {status}); "
                     "give both sides the same --token-file"
                 ) from None
-            raise
+            stopping = status == HTTPStatus.SERVICE_UNAVAILABLE
+            reason = "the worker is stopping (HTTP 503)" if stopping else f"HTTP {status}"
+        except (WebSocketException, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+        raise WorkerUnavailable(f"{self._target.safe_url}: cannot connect: {reason}")
 
     async def _read(self, connection: ClientConnection) -> None:
         """Hand each reply to the request waiting for it; fail the rest when the connection closes."""
@@ -256,7 +241,7 @@ class WebSocketExecutor:
         """Send no new request on `connection`; requests in flight on it still get their replies."""
         if self._connection is connection:
             self._connection = None
-            self._reconnect_until = asyncio.get_running_loop().time() + self._target.options["reconnect_s"]
+            self._reconnection.lost()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coroutine)

@@ -204,6 +204,20 @@ async def test_commands_that_do_not_fit_the_run_are_409(api: Api) -> None:
     assert_error(status, body, 409, "already ended cancelled")
 
 
+async def test_a_second_signal_with_other_values_is_409_naming_the_first_and_a_repeat_is_202(
+    make_api: MakeApi,
+) -> None:
+    api = await make_api(orchestrate=False)  # nobody drives the run: the step never ends under the test
+    run_id = await api.submit(GATED)
+    signal = f"/v1/runs/{run_id}/steps/approve/signal"
+    status, first = await api.call("POST", signal, json={"values": {"ok": 1}})
+    assert status == 202
+    status, body = await api.call("POST", signal, json={"values": {"ok": 2}})
+    assert_error(status, body, 409, "already has a signal", f"command {first['seq']}, sent", 'with {"ok":1}')
+    status, again = await api.call("POST", signal, json={"values": {"ok": 1}})
+    assert (status, again) == (202, first)
+
+
 async def test_a_failing_store_is_503_and_a_bug_is_500_without_a_traceback(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -120,6 +120,25 @@ async def step_events(store: Store, run_id: str) -> Counter[tuple[str, str, int]
     return Counter((e.step_id or "", e.status, e.attempt) for e in await store.get_events(run_id) if e.step_id)
 
 
+def test_a_second_signal_with_other_values_exits_2_naming_the_first_and_a_repeat_exits_0(dagrun: Processes) -> None:
+    run_id = dagrun.submit(GATED)  # nobody drives it: the step waits for its signal all along
+    first = dagrun.run("signal", run_id, "approve", "approved=true")
+    assert first.returncode == 0, first.stderr
+    assert "(command 1)" in first.stdout
+
+    other = dagrun.run("signal", run_id, "approve", "approved=false")
+
+    assert other.returncode == 2
+    assert other.stdout == "" and len(other.stderr.splitlines()) == 1, other.stderr
+    assert other.stderr.startswith(f"dagrun: run {run_id!r}: step 'approve' already has a signal, and the first")
+    assert "command 1, sent " in other.stderr and 'with {"approved":true}' in other.stderr
+    again = dagrun.run("signal", run_id, "approve", "approved=true")
+    assert again.returncode == 0, again.stderr
+    assert "(command 1)" in again.stdout
+    checkpoint = json.loads(dagrun.run("checkpoint", run_id).stdout)
+    assert [(c["kind"], c["values"]) for c in checkpoint["commands"]] == [("signal", {"approved": True})]
+
+
 async def test_a_run_whose_process_was_killed_is_resumed_without_rerunning_completed_steps(
     dagrun: Processes, store: Store
 ) -> None:

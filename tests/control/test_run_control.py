@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any, cast
 
 import pytest
 
@@ -305,3 +306,68 @@ async def test_list_runs_filters_by_status_and_flow(stores: StoreFactory) -> Non
         assert [r.run_id for r in await orchestrator.list_runs(flow_name="quick")] == [done]
         assert [r.run_id for r in await orchestrator.list_runs(limit=1)] == [waiting]
         await orchestrator.cancel(waiting)
+
+
+async def test_a_second_signal_with_other_values_is_refused_naming_the_first(stores: StoreFactory) -> None:
+    store = stores()
+    control = RunControl(await _other(stores, store))
+    run_id = await RunControl(store).submit(gated_flow())
+    first = await RunControl(store).signal(run_id, "gate", {"ok": True})
+
+    for other in ({"ok": False}, {"ok": 1}):  # 1 is not true: the step's output would differ
+        with pytest.raises(ControlError) as refused:
+            await control.signal(run_id, "gate", other)
+        message = str(refused.value)
+        assert f"run {run_id!r}: step 'gate' already has a signal, and the first one counts" in message
+        assert f"command {first.seq}, sent " in message and 'with {"ok":true}' in message
+
+    assert await store.get_commands(run_id) == [first]
+
+
+async def test_repeating_a_signal_with_the_same_values_returns_the_first_and_sends_nothing(
+    stores: StoreFactory,
+) -> None:
+    store = stores()
+    control = RunControl(store)
+    run_id = await control.submit(gated_flow())
+    first = await control.signal(run_id, "gate", {"ok": {"a": 1, "b": [2]}})
+    again = await RunControl(await _other(stores, store)).signal(run_id, "gate", {"ok": {"b": [2], "a": 1}})
+    assert again == first
+    assert await store.get_commands(run_id) == [first]
+
+
+class _Outraced:
+    """A store on which another client's signal to the same step lands just before each one sent here."""
+
+    def __init__(self, store: Store, values: dict[str, Any]) -> None:
+        self._store = store
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def send_command(self, run_id: str, kind: CommandKind, **fields: Any) -> Command:
+        await self._store.send_command(run_id, kind, at=time.time(), step_id=fields["step_id"], values=self._values)
+        return await self._store.send_command(run_id, kind, **fields)
+
+
+async def test_a_signal_that_loses_a_race_to_one_with_other_values_is_refused(stores: StoreFactory) -> None:
+    store = stores()
+    run_id = await RunControl(store).submit(gated_flow())
+    outraced = RunControl(cast(Store, _Outraced(store, {"ok": "theirs"})))
+
+    with pytest.raises(ControlError, match=r'command 1, sent .* with \{"ok":"theirs"\}'):
+        await outraced.signal(run_id, "gate", {"ok": "mine"})
+    assert [command.values for command in await store.get_commands(run_id)] == [{"ok": "theirs"}, {"ok": "mine"}]
+    assert (await outraced.signal(run_id, "gate", {"ok": "theirs"})).seq == 1  # the one that counts
+
+
+async def test_the_driver_completes_a_step_with_the_signal_that_counts(stores: StoreFactory) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow())
+        await orchestrator.signal(run_id, "gate", {"ok": "first"})
+        with pytest.raises(ControlError, match="already has a signal"):
+            await orchestrator.signal(run_id, "gate", {"ok": "second"})
+        assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.SUCCEEDED
+    assert (await store.get_steps(run_id))[1].outputs == {"ok": "first"}

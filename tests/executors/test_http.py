@@ -283,6 +283,32 @@ async def test_a_worker_that_is_down_fails_steps_after_their_retries(run_remote:
 
 
 @pytest.mark.slow
+async def test_a_worker_restarted_on_the_same_port_within_its_reconnect_window_serves_the_run(
+    workers: WorkerFactory, servers: ServerFactory, run_remote: RunRemote
+) -> None:
+    first_gate, second_gate = Gate(), Gate()
+    second_gate.release.set()
+    first = await workers(functions=first_gate.functions(), grace_s=0.2)
+    server = await servers("http", first)
+    second = await workers(functions=second_gate.functions(), port=server.port)
+    retries = {"max_attempts": 3, "backoff_s": 0.01, "max_backoff_s": 0.05}  # all spent in well under a second
+    steps = [{"id": "a", "script": "outputs['v'] = wait_release()"}, {"id": "b", "script": DOUBLE, "inputs": {"x": 2}}]
+    steps[1]["depends_on"] = ["a"]
+    run = asyncio.ensure_future(run_remote(server.url, remote_flow(steps, retries=retries)))
+    await first_gate.started.wait()
+
+    await server.aclose()  # the grace period ends: the step is cancelled, the connection closed
+    await asyncio.sleep(1.5)  # the worker is down: its port refuses connections
+    await servers("http", second)
+    result = await asyncio.wait_for(run, 20)
+
+    assert result.status == RunStatus.SUCCEEDED, result.steps
+    assert result.steps["a"].outputs == {"v": "released"} and result.steps["b"].outputs == {"v": 4}
+    assert all(outcome.attempts == 1 for outcome in result.steps.values())  # waited for, not retried
+    assert second.status().steps_done == 2
+
+
+@pytest.mark.slow
 async def test_a_graceful_stop_drains_the_step_in_flight_and_refuses_new_ones(
     workers: WorkerFactory, options: ExecutorOptions
 ) -> None:
@@ -292,7 +318,8 @@ async def test_a_graceful_stop_drains_the_step_in_flight_and_refuses_new_ones(
     serving = asyncio.ensure_future(transport.serve_worker(worker, stop))
     try:
         await wait_listening(worker.settings.port)
-        async with HttpExecutor(f"http://127.0.0.1:{worker.settings.port}", options) as executor:
+        url = f"http://127.0.0.1:{worker.settings.port}?reconnect_s=0.3"
+        async with HttpExecutor(url, options) as executor:
             in_flight = asyncio.ensure_future(executor.call(make_request("outputs['v'] = wait_release()")))
             await gate.started.wait()
             stop.set()
@@ -317,7 +344,7 @@ async def test_a_step_still_running_after_the_grace_period_is_cancelled(
     gate = Gate()
     worker = await workers(functions=gate.functions(), grace_s=0.3)
     server = await servers("http", worker)
-    async with HttpExecutor(server.url, options) as executor:
+    async with HttpExecutor(f"{server.url}?reconnect_s=0.3", options) as executor:
         call = asyncio.ensure_future(executor.call(make_request("outputs['v'] = wait_release()")))
         await gate.started.wait()
         started = time.monotonic()
