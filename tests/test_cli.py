@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import resource
 import signal
 import socket
 import subprocess
@@ -332,3 +334,31 @@ def test_a_worker_that_cannot_connect_says_so_in_one_line(tmp_path: Path) -> Non
     assert result.stderr.startswith("dagrun: cannot connect to redis at redis://***@127.0.0.1")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # nothing after it, no asyncio noise
     assert "secret" not in result.stderr
+
+
+def test_a_store_that_fills_up_mid_run_reports_only_the_steps_it_persisted(tmp_path: Path) -> None:
+    flow = {"name": "big", "steps": [{"id": f"s{i}", "script": "outputs['blob'] = 'x' * 20000"} for i in range(40)]}
+    path = write_flow(tmp_path, flow)
+
+    def full_disk_at_300_kb() -> None:  # in the child: a write past the limit fails (EFBIG), as on a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    env = {**os.environ, "DAGRUN_STORE": str(tmp_path / "store")}
+    result = subprocess.run(
+        [sys.executable, "-m", "dagrun", "run", str(path), "--processes", "1"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60, preexec_fn=full_disk_at_300_kb,
+    )  # fmt: skip
+
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    reported = re.findall(r"step (s\d+) succeeded", result.stdout)
+    lost = re.search(r"not persisted, so not reported: (.*)", result.stderr)
+    assert lost is not None, result.stderr
+    (run,) = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
+    status = json.loads(dagrun("status", run["run_id"], "--json", cwd=tmp_path).stdout)
+    persisted = {step_id for step_id, step in status["steps"].items() if step["status"] == "succeeded"}
+    assert set(reported) == persisted, (reported, persisted)
+    for item in lost.group(1).split(", "):
+        step_id, _ = item.split(" ")
+        assert step_id not in persisted

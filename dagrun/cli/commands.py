@@ -20,6 +20,7 @@ import orjson
 from rich.console import Console
 
 from dagrun.cli import render
+from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.control import RunControl, event_json, run_json
 from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
@@ -28,11 +29,10 @@ from dagrun.flow import Flow
 from dagrun.flow_schema import flow_json_schema
 from dagrun.graph import to_dot, to_mermaid
 from dagrun.loader import load_flow
-from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
-from dagrun.outcome import StepOutcome
-from dagrun.states import RunStatus, StepStatus
+from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
+from dagrun.states import RunStatus
 from dagrun.store import open_store
-from dagrun.store.base import Event, StepRecord, Store
+from dagrun.store.base import Event, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -119,48 +119,30 @@ async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> 
         orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
     ):
         progress = render.RunProgress(console, flow.name, len(flow.steps))
-        seen = StepsSeen(None if args.json else progress.on_step)
+        durable = DurableSteps(store, None if args.json else progress.on_step)
+        seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
         try:
             with shown:
-                result = await orchestrator.run(flow, inputs=inputs, listener=seen.on_step)
+                try:
+                    result = await orchestrator.run(flow, inputs=inputs, listener=seen.on_step)
+                finally:
+                    unconfirmed = await durable.drain()
         except RunLost as exc:
             error = StoreError(f"store {redact(args.store)}: {exc}")
             if args.json:  # the promised document: the run as this process last knew it
                 print_json(seen.result(flow, exc.run_id).to_json() | {"error": str(error)})
             raise error from exc
+        except StoreError:
+            if unconfirmed:
+                sys.stderr.write(f"dagrun: {not_persisted(unconfirmed)}\n")
+            raise
         if args.json:
             print_json(result.to_json())
         else:
             records = await store.get_steps(result.run_id)
             render.run_summary(console, result, records, time.monotonic() - started)
     return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
-
-
-class StepsSeen:
-    """The last record of each step `dagrun run` wrote, passed on to `then`: what it can still tell of
-    its run when the store loses it."""
-
-    def __init__(self, then: StepListener | None) -> None:
-        self._records: dict[str, StepRecord] = {}
-        self._then = then
-
-    def on_step(self, record: StepRecord) -> None:
-        self._records[record.step_id] = record
-        if self._then is not None:
-            self._then(record)
-
-    def result(self, flow: Flow, run_id: str) -> RunResult:
-        """The run as failed, each step as last seen (pending when never seen); its context is unknown."""
-        steps = {}
-        for step in flow.steps:
-            record = self._records.get(step.id)
-            steps[step.id] = (
-                StepOutcome(StepStatus.PENDING, 0, {}, None)
-                if record is None
-                else StepOutcome(record.status, record.attempt, record.outputs, record.error)
-            )
-        return RunResult(run_id, RunStatus.FAILED, {}, steps)
 
 
 def runs(args: argparse.Namespace) -> int:
