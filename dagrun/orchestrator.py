@@ -271,8 +271,9 @@ class Orchestrator:
         handed_back = False
         try:
             return await driver.drive(stored_status=stored_status)
-        except RunHandedBack:
+        except RunHandedBack as exc:
             handed_back = True
+            await self._raise_if_lost(run_id, exc)
             raise
         except RunNotFound as exc:
             if exc.run_id != run_id:
@@ -282,6 +283,16 @@ class Orchestrator:
         finally:
             del self._drivers[run_id]
             await asyncio.shield(self._watcher.done_with(run_id, handed_back=handed_back))
+
+    async def _raise_if_lost(self, run_id: str, handed_back: RunHandedBack) -> None:
+        """RunLost when a run handed back is gone from the store (its lease went with it: a Redis without
+        persistence restarted), rather than resumable."""
+        try:
+            await self.store.get_run(run_id)
+        except RunNotFound:
+            raise RunLost(run_id) from handed_back
+        except Exception as exc:  # the store cannot say: the hand-back stands
+            logger.warning("run %s: could not check that it still exists: %s", run_id, exc)
 
     async def _drive_or_none(self, driver: RunDriver, stored_status: RunStatus) -> RunResult | None:
         """`_drive` for runs driven in the background: a hand-back is logged there, not raised."""
