@@ -3,8 +3,9 @@
 Writes never wait for I/O: each call builds its rows on the event loop and queues them for the writer
 thread (`sqlite_writer`), which commits them in groups, in call order, numbering events in the database
 so that every process writing to a run continues one gap-free sequence. Each run this process drives
-has a small cache (step positions, context) so that context operations are merged atomically: one
-process drives a run, the holder of its lease. Commands and leases are answered by the writer once
+(holds the live lease of) has a small cache (step positions, context), exact because only the lease
+holder writes a run; a run driven elsewhere, or whose lease lapsed, is read from the file, and its
+context merged in the writer's transaction. Commands and leases are answered by the writer once
 committed. Every read first awaits `flush()`, then queries through its own connection on a reader
 thread, so it sees every write made before it; other processes read the committed state of the file.
 SQLite cannot wake another process, so one watcher per store (`sqlite_waiter`) checks ``PRAGMA
@@ -50,8 +51,9 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _RunState:
-    """What the driving side knows of a run it writes to; exact because one process drives a run, and
-    dropped when the run ends or its lease changes hands (another process may have driven it since)."""
+    """What the driving side knows of a run it writes to; exact because one process drives a run, kept
+    only while this process holds the run's live lease, and dropped when the run ends or the lease lapses
+    or changes hands (another process may have driven it since)."""
 
     positions: dict[str, int]  # step id -> place in the flow
     context: str  # the context's JSON text after every operation applied so far
@@ -121,7 +123,7 @@ class SqliteStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- writes: queued, never waiting for I/O ------------------------------------------------------
+    # --- writes: queued; the driver's never wait for I/O --------------------------------------------
 
     async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
         self._check_usable()
@@ -143,7 +145,10 @@ class SqliteStore:
             if run_id in self._states or run_id in self._evicted or await self._read(schema.run_exists, run_id):
                 raise StoreError(f"run {run_id!r} already exists")
             self._check_usable()  # closed while we read?
-            self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            if self._drives(run_id):  # an orchestrator claims the lease first; a submitted run is driven elsewhere
+                self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            else:
+                self._remember_queued(run_id)
             self._writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
@@ -164,11 +169,15 @@ class SqliteStore:
         if self._closed or self._writer.failure is not None:
             self._check_usable()
         run_id = step.run_id
-        state = self._states.get(run_id) or await self._load_state(run_id)
+        if self._drives(run_id):
+            positions = (self._states.get(run_id) or await self._load_state(run_id)).positions
+        else:  # another process may have added steps since: the file knows
+            positions, _ = await self._query(schema.read_run_state, run_id)
+            self._check_usable()  # rows are queued next: not if the store closed while we read
         step_id = step.step_id
-        position = state.positions.get(step_id)
+        position = positions.get(step_id)
         if position is None:  # a step the run was not created with: it goes last
-            position = state.positions[step_id] = len(state.positions)
+            position = positions[step_id] = len(positions)
         outputs = step.outputs
         try:
             outputs_json = orjson.dumps(outputs).decode() if outputs else EMPTY_OBJECT
@@ -186,8 +195,14 @@ class SqliteStore:
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
-        """Merged into the cached context with no await in between, so concurrent callers never lose updates."""
+        """Merged into the cached context with no await in between when this process drives the run, else
+        into the file's in the writer's transaction: either way concurrent callers never lose updates."""
         self._check_usable()
+        if not self._drives(run_id):
+            merged = await self._write_now(functools.partial(schema.apply_context, run_id=run_id, ops=ops))
+            if merged is None:
+                raise RunNotFound(run_id)
+            return merged
         state = self._states.get(run_id) or await self._load_state(run_id)
         state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
         self._writer.add_context((run_id, state.context))
@@ -207,9 +222,10 @@ class SqliteStore:
         return await self._query(schema.read_steps, run_id)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
-        """From the cache when this process writes the run (the same value, without a flush)."""
+        """From the cache when this process drives the run (the same value, without a flush); else what
+        the file holds, which other processes may have written."""
         self._check_usable()
-        state = self._states.get(run_id)
+        state = self._states.get(run_id) if self._drives(run_id) else None
         if state is not None:
             value: dict[str, Any] = decode_json(state.context)
             return value
@@ -364,11 +380,23 @@ class SqliteStore:
         self._check_usable()  # the caller queues rows next: not if the store closed while we waited
         return state
 
+    def _drives(self, run_id: str) -> bool:
+        """Whether this process holds the run's live lease: then no other process writes the run, and its
+        cache is exact. A cache kept from a lease that lapsed since is dropped: others may have written."""
+        if self._leases.get(run_id, 0.0) > time.time():
+            return True
+        if run_id in self._states:
+            self._forget(run_id)
+        return False
+
     def _forget(self, run_id: str) -> None:
         """Drop what this process knows of the run; it is read from the file if the run is written to again."""
         self._leases.pop(run_id, None)
-        if self._states.pop(run_id, None) is None:
-            return
+        if self._states.pop(run_id, None) is not None:
+            self._remember_queued(run_id)
+
+    def _remember_queued(self, run_id: str) -> None:
+        """Note that the run exists, for as long as rows of it queued so far may be uncommitted."""
         self._evicted[run_id] = self._writer.batches_queued
         if len(self._evicted) >= _EVICTED_PRUNE_AT:
             committed = self._writer.batches_committed

@@ -27,10 +27,11 @@ from typing import Any
 
 import orjson
 
+from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
+from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, merge_context
 
 MAX_NOTICES = 10_000  # the notice log keeps the newest; readers rescan rather than rely on every notice
 
@@ -188,6 +189,20 @@ def claim_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, now: float
 
 def claim_leases(conn: sqlite3.Connection, run_ids: list[str], owner: str, *, now: float, ttl_s: float) -> list[bool]:
     return [claim_lease(conn, run_id, owner, now=now, ttl_s=ttl_s) for run_id in run_ids]
+
+
+def apply_context(
+    conn: sqlite3.Connection, run_id: str, ops: tuple[ContextOp, ...]
+) -> tuple[dict[str, Any], list[str]] | None:
+    """Merge `ops` into the run's context as the file holds it; no other process writes in between, as
+    the transaction holds the write lock. The new value and the rejected operations' messages, or None
+    when there is no such run (not an exception: that would undo the whole transaction)."""
+    row = conn.execute("SELECT value FROM context WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None and not run_exists(conn, run_id):
+        return None
+    text, value, rejected = merge_context(EMPTY_OBJECT if row is None else row[0], ops, run_id=run_id)
+    conn.execute(UPSERT_CONTEXT, (run_id, text))
+    return value, rejected
 
 
 def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: bool) -> None:

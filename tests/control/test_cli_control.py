@@ -4,10 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from dagrun.states import RunStatus
 from dagrun.store import Store, open_store
-from tests.control_support import wait_for_event
+from tests.control_support import Processes, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -63,46 +60,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url) as opened:
         yield opened
-
-
-class Processes:
-    """`dagrun` child processes of one test, all killed when it ends."""
-
-    def __init__(self, store_url: str, directory: Path) -> None:
-        self.env = {**os.environ, "DAGRUN_STORE": store_url}
-        self.env.pop("DAGRUN_DEBUG", None)
-        self.directory = directory
-        self.started: list[subprocess.Popen[str]] = []
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.started.append(process)
-        return process
-
-    def flow(self, document: dict[str, Any], name: str = "flow.json") -> str:
-        path = self.directory / name
-        path.write_text(json.dumps(document))
-        return str(path)
-
-    def submit(self, document: dict[str, Any]) -> str:
-        result = self.run("submit", self.flow(document))
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,20 @@ from dagrun.context import ContextOp, ContextOpKind
 from dagrun.errors import StoreError
 from dagrun.executor import ErrorKind, StepError
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store import SqliteStore, StepRecord
+from dagrun.store import SqliteStore, StepRecord, Store
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import CommandKind, NoticeKind
 from tests.store.conftest import StoreFactory, create
 
 INCR = ContextOpKind.INCR
+
+
+async def create_driven(s: Store, run_ids: Sequence[str], steps: Sequence[str]) -> None:
+    """Create runs as an orchestrator does, under their leases: this store drives them, so it caches
+    them and queues its writes to them without waiting for I/O."""
+    assert all(await s.claim_leases(run_ids, "orch-test", ttl_s=600))
+    for run_id in run_ids:
+        await create(s, run_id, steps)
 
 
 async def test_data_survives_close_and_reopen(sqlite_store: StoreFactory) -> None:
@@ -143,6 +151,43 @@ async def test_a_driver_rereads_a_run_that_another_process_drove_meanwhile(sqlit
     assert await b.get_context("r1") == {"n": 111}
 
 
+async def test_a_process_that_does_not_drive_a_run_reads_what_its_driver_committed(
+    sqlite_store: StoreFactory,
+) -> None:
+    api, driver = sqlite_store(), sqlite_store()  # two processes on one file
+    await create(api, "r1", ["a"])  # submitted, as the API does, for an orchestrator elsewhere to drive
+    await api.flush()
+    assert await driver.claim_lease("r1", "orch-a", ttl_s=0.5)
+    await driver.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await driver.flush()
+    assert await api.get_context("r1") == {"n": 1}
+
+    await asyncio.sleep(0.6)  # the driver's lease lapses; another one takes the run over
+    assert await api.claim_lease("r1", "orch-b", ttl_s=30)
+    await api.apply_context("r1", (ContextOp(INCR, "n", 10),))
+    await api.flush()
+    assert await driver.get_context("r1") == {"n": 11}  # not what it cached while it drove the run
+
+
+async def test_writes_without_the_lease_build_on_what_the_file_holds(sqlite_store: StoreFactory) -> None:
+    control, driver = sqlite_store(), sqlite_store()
+    await create(control, "r1", ["a"])
+    await control.flush()
+    assert await driver.claim_lease("r1", "orch-a", ttl_s=30)
+    await driver.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await driver.record_step(StepRecord("r1", "late", StepStatus.SKIPPED))  # not created with the run: goes last
+    await driver.release_lease("r1", "orch-a")
+
+    value, _ = await control.apply_context("r1", (ContextOp(INCR, "n", 10),))
+    assert value == {"n": 11}
+    await control.record_step(StepRecord("r1", "later", StepStatus.SKIPPED))
+    await control.flush()
+    with sqlite3.connect(control.path) as conn:
+        positions = conn.execute("SELECT step_id, position FROM steps ORDER BY position").fetchall()
+    assert positions == [("a", 0), ("late", 1), ("later", 2)]
+    assert await driver.get_context("r1") == {"n": 11}
+
+
 def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "dagrun.db"
     with sqlite3.connect(path) as conn:
@@ -152,9 +197,9 @@ def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
-async def test_writes_return_without_suspending(sqlite_store: StoreFactory) -> None:
+async def test_writes_of_the_driver_return_without_suspending(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
-    await create(s, "r1", ["a"])
+    await create_driven(s, ["r1"], ["a"])
     write = s.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
     with pytest.raises(StopIteration):  # the coroutine finished at its first step: it never awaited I/O
         write.send(None)
@@ -162,7 +207,7 @@ async def test_writes_return_without_suspending(sqlite_store: StoreFactory) -> N
 
 async def test_commits_wait_for_the_interval_unless_flushed(tmp_path: Path) -> None:
     async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:
-        await create(s, "r1", ["a"])
+        await create_driven(s, ["r1"], ["a"])
         await s.flush()
         commits = s.commits
         for attempt in range(1, 101):
@@ -188,7 +233,7 @@ async def test_writes_are_committed_in_groups(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(schema, "connect", traced_connect)
     calls = 2000
     async with SqliteStore.open(tmp_path) as s:
-        await create(s, "r1", [f"s{i}" for i in range(calls // 2)])
+        await create_driven(s, ["r1"], [f"s{i}" for i in range(calls // 2)])
         await s.flush()
         statements.clear()
         for i in range(calls // 2):
@@ -231,7 +276,7 @@ asyncio.run(main())
 
 async def test_another_process_reads_while_a_run_writes(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
-    await create(s, "r1", [f"s{i}" for i in range(50)])
+    await create_driven(s, ["r1"], [f"s{i}" for i in range(50)])
     await s.flush()
     stop = asyncio.Event()
 
@@ -385,8 +430,7 @@ async def test_waiters_share_one_watcher_that_wakes_them_all_on_one_commit(
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:  # commits only when flushed
-        for run_id in run_ids:
-            await create(s, run_id, ["a"])
+        await create_driven(s, run_ids, ["a"])
 
         async def checks_per_tick(waiting: list[str]) -> float:
             """data_version checks per 20 ms while one wait_events per run in `waiting` times out."""
@@ -426,8 +470,7 @@ async def test_a_commit_wakes_only_the_waiters_of_the_runs_it_wrote_to(
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path) as s:
-        for run_id in run_ids:
-            await create(s, run_id, ["a"])
+        await create_driven(s, run_ids, ["a"])
         waits = {run_id: asyncio.create_task(s.wait_events(run_id, after_seq=0, timeout_s=10)) for run_id in run_ids}
         await asyncio.sleep(0.2)
         assert calls["read_events"] == len(run_ids)  # each waiter queried once, found nothing, and waits
