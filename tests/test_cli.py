@@ -179,6 +179,20 @@ def test_a_store_path_that_cannot_be_written_exits_3(tmp_path: Path) -> None:
     assert_no_traceback(result)
 
 
+def test_an_empty_store_file_is_refused_as_damaged_with_exit_3(tmp_path: Path) -> None:
+    path = tmp_path / "store" / "dagrun.db"
+    path.parent.mkdir()
+    path.touch()
+    for command in (["run", str(FLOWS / "hello.json")], ["runs"]):
+        result = dagrun(*command, cwd=tmp_path)
+        assert result.returncode == 3, command
+        assert result.stderr == (
+            f"dagrun: {path}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it"
+            " from a backup, or remove it to start an empty store\n"
+        )
+    assert path.stat().st_size == 0
+
+
 def test_graph_exports_dot_and_mermaid(tmp_path: Path) -> None:
     dot = dagrun("graph", str(FLOWS / "etl.json"), cwd=tmp_path)
     assert dot.returncode == 0

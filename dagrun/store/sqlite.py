@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import orjson
@@ -32,6 +31,7 @@ import orjson
 from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError, redact
 from dagrun.states import RunStatus, StepStatus
+from dagrun.store import sqlite_file
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
@@ -40,7 +40,6 @@ from dagrun.store.sqlite_writer import Writer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FILENAME = "dagrun.db"
 _EVICTED_PRUNE_AT = 1024
 _CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
 _NOTICES = "notices"  # the notices' waiting channel, its mark the last cursor
@@ -70,15 +69,18 @@ class SqliteStore:
         busy_timeout_s: float = 10.0,
     ) -> None:
         """Open (creating if needed) the store at `path`: a ``.db`` file, or a directory that holds
-        ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written.
+        ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written, or when
+        the file is not a store (an empty file is a damaged store, not a new one).
 
         `commit_interval_s` is the shortest time between two commits unless a flush waits; `busy_timeout_s`
         is how long a statement waits for another process's lock before the store reports an error.
         """
-        self.path = _database_path(path)
-        write_conn = _open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=True)
+        self.path = sqlite_file.database_path(path)
+        sqlite_file.create_if_missing(self.path, busy_timeout_s=busy_timeout_s)
+        sqlite_file.check_not_empty(self.path)
+        write_conn = sqlite_file.open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=True)
         try:
-            self._reader_conn = _open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=False)
+            self._reader_conn = sqlite_file.open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=False)
         except BaseException:
             write_conn.close()
             raise
@@ -417,35 +419,3 @@ class SqliteStore:
         if self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
-
-
-def _database_path(path: str | os.PathLike[str]) -> Path:
-    """The database file for `path`, its directory created: an existing directory, a path ending in a
-    separator or one without a suffix names a directory that holds ``dagrun.db``."""
-    text = os.fspath(path)
-    given = Path(text).expanduser()
-    is_directory = given.is_dir() or (not given.exists() and (text.endswith(("/", os.sep)) or not given.suffix))
-    file = given / DEFAULT_FILENAME if is_directory else given
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{file.parent}: cannot create the store directory: {exc.strerror or exc}") from exc
-    return file.absolute()
-
-
-def _open_connection(path: Path, *, busy_timeout_s: float, prepare: bool) -> sqlite3.Connection:
-    try:
-        conn = schema.connect(path, busy_timeout_s=busy_timeout_s)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from exc
-    try:
-        if prepare:
-            schema.prepare(conn, path)
-        else:
-            conn.execute("PRAGMA query_only = ON")  # the reader never writes
-    except BaseException as exc:
-        conn.close()
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from exc
-        raise
-    return conn

@@ -111,8 +111,11 @@ _STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, err
 
 
 def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), usable from the thread that owns it."""
-    return sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+    """A connection to the existing file at `path` (never creating one) in autocommit mode (transactions
+    are explicit), usable from the thread that owns it."""
+    return sqlite3.connect(
+        f"{path.as_uri()}?mode=rw", uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:

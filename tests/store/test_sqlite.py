@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -344,7 +347,14 @@ def _not_a_database(tmp_path: Path) -> Path:
     return tmp_path / "notes.db"
 
 
-@pytest.mark.parametrize("make_path", [_path_under_a_file, _file_in_place_of_the_directory, _not_a_database])
+def _empty_file(tmp_path: Path) -> Path:
+    (tmp_path / "dagrun.db").touch()
+    return tmp_path / "dagrun.db"
+
+
+@pytest.mark.parametrize(
+    "make_path", [_path_under_a_file, _file_in_place_of_the_directory, _not_a_database, _empty_file]
+)
 def test_an_unusable_path_raises_store_error_naming_it(tmp_path: Path, make_path: object) -> None:
     path: Path = make_path(tmp_path)  # type: ignore[operator]
     with pytest.raises(StoreError) as caught:
@@ -352,6 +362,54 @@ def test_an_unusable_path_raises_store_error_naming_it(tmp_path: Path, make_path
     message = str(caught.value)
     assert str(path.parent) in message
     assert "\n" not in message
+
+
+def test_an_empty_file_is_refused_as_a_damaged_store_and_left_alone(tmp_path: Path) -> None:
+    path = _empty_file(tmp_path)
+    with pytest.raises(StoreError) as caught:
+        SqliteStore.open(tmp_path)
+    assert str(caught.value) == (
+        f"{path}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it from a"
+        " backup, or remove it to start an empty store"
+    )
+    assert path.stat().st_size == 0 and os.listdir(tmp_path) == ["dagrun.db"]
+    with pytest.raises(StoreError, match="not a SQLite database, so not a dagrun store"):
+        SqliteStore.open(_not_a_database(tmp_path))
+
+
+def test_stores_opened_at_once_on_a_new_path_all_open_one_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dagrun.db"
+    count = 6
+    barrier = threading.Barrier(count)
+
+    def open_store(_: int) -> SqliteStore:
+        barrier.wait()  # all at once: none may find a store still being made (an empty file) and refuse it
+        return SqliteStore.open(path)
+
+    with ThreadPoolExecutor(count) as pool:
+        opened = [pool.submit(open_store, i) for i in range(count)]
+    stores = [future.result() for future in opened if future.exception() is None]
+
+    async def use_and_close() -> None:
+        await create(stores[0], "r1")
+        await stores[0].flush()
+        for store in stores:
+            assert (await store.get_run("r1")).run_id == "r1"
+            await store.aclose()
+
+    asyncio.run(use_and_close())
+    assert [future.exception() for future in opened] == [None] * count
+    assert os.listdir(path.parent) == ["dagrun.db"]  # no draft left behind
+
+
+def test_a_new_store_is_made_where_files_cannot_be_hard_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_hard_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    store = SqliteStore.open(tmp_path)
+    asyncio.run(store.aclose())
+    assert os.listdir(tmp_path) == ["dagrun.db"]
 
 
 def test_a_read_only_directory_raises_store_error_naming_it(tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""The SQLite store's file: where it is, how a new one is made, and how it is opened.
+
+A new store is built beside its path and linked into place whole, so a file at the path is always a
+store that was made complete: one of zero bytes is damage, and is refused rather than taken for a new,
+empty store (which SQLite would do). Connections open the file at the path and never create it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from dagrun.errors import StoreError
+from dagrun.store import sqlite_schema as schema
+
+DEFAULT_FILENAME = "dagrun.db"
+
+
+def database_path(path: str | os.PathLike[str]) -> Path:
+    """The database file for `path`, its directory created: an existing directory, a path ending in a
+    separator or one without a suffix names a directory that holds ``dagrun.db``."""
+    text = os.fspath(path)
+    given = Path(text).expanduser()
+    is_directory = given.is_dir() or (not given.exists() and (text.endswith(("/", os.sep)) or not given.suffix))
+    file = given / DEFAULT_FILENAME if is_directory else given
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"{file.parent}: cannot create the store directory: {exc.strerror or exc}") from exc
+    return file.absolute()
+
+
+def create_if_missing(file: Path, *, busy_timeout_s: float) -> None:
+    """Make a new store at `file` unless a file is there: prepared under a temporary name in the same
+    directory, then hard-linked into place, which fails if another process made one first (theirs is
+    used then). StoreError, with the path, when it cannot be made."""
+    if file.exists():
+        return
+    try:
+        handle, name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".new", dir=file.parent)
+    except OSError as exc:
+        raise StoreError(f"{file.parent}: cannot create the store: {exc.strerror or exc}") from exc
+    os.close(handle)
+    draft = Path(name)
+    try:
+        conn = open_connection(draft, busy_timeout_s=busy_timeout_s, prepare=True)
+        conn.close()  # the last connection: SQLite checkpoints the WAL into the file and removes it
+        try:
+            os.link(draft, file)
+        except FileExistsError:
+            pass  # another process made the store meanwhile
+        except OSError:  # a file system without hard links: a rename is whole too, but replaces
+            if not file.exists():
+                os.replace(draft, file)
+    except OSError as exc:
+        raise StoreError(f"{file}: cannot create the store: {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (draft, Path(f"{draft}-wal"), Path(f"{draft}-shm")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def check_not_empty(file: Path) -> None:
+    """StoreError when the file has no bytes: dagrun never leaves an empty file at a store's path."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise StoreError(f"{file}: cannot open the SQLite store: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise StoreError(
+            f"{file}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it from"
+            " a backup, or remove it to start an empty store"
+        )
+
+
+def open_connection(file: Path, *, busy_timeout_s: float, prepare: bool) -> sqlite3.Connection:
+    """A connection to the existing `file`; with `prepare`, the file is switched to WAL and its schema
+    created or migrated, else the connection only reads. StoreError, with the path, when it cannot be used."""
+    try:
+        conn = schema.connect(file, busy_timeout_s=busy_timeout_s)
+    except sqlite3.Error as exc:
+        raise _open_error(file, exc) from exc
+    try:
+        if prepare:
+            schema.prepare(conn, file)
+        else:
+            conn.execute("PRAGMA query_only = ON")  # the reader never writes
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise _open_error(file, exc) from exc
+        raise
+    return conn
+
+
+def _open_error(file: Path, exc: sqlite3.Error) -> StoreError:
+    if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+        return StoreError(f"{file}: not a SQLite database, so not a dagrun store; check the store's path")
+    return StoreError(f"{file}: cannot open the SQLite store: {exc}")
