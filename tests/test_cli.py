@@ -193,6 +193,31 @@ def test_an_empty_store_file_is_refused_as_damaged_with_exit_3(tmp_path: Path) -
     assert path.stat().st_size == 0
 
 
+@pytest.mark.slow
+def test_a_store_deleted_while_a_run_writes_fails_the_run_with_exit_3(tmp_path: Path) -> None:
+    busy = "n = 0\nfor _ in range(100000):\n    n += 1"
+    steps = [{"id": "s0", "script": busy}] + [
+        {"id": f"s{i}", "script": busy, "depends_on": [f"s{i - 1}"]} for i in range(1, 100)
+    ]
+    path = write_flow(tmp_path, {"name": "long", "steps": steps})
+    store = tmp_path / "store"
+    with run_in_background(path, "--processes", "1", cwd=tmp_path) as runner:
+        assert runner.stdout is not None
+        for line in runner.stdout:  # one line per step that ends
+            if "step s5 succeeded" in line:
+                break
+        for name in ("dagrun.db", "dagrun.db-wal", "dagrun.db-shm"):
+            (store / name).unlink()
+        _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 3, err
+    assert err.endswith(
+        f"dagrun: {store / 'dagrun.db'}: the store file was deleted while in use; what was written to it is lost,"
+        " and no more writes are accepted\n"
+    ), err
+    assert "Traceback" not in err
+    assert not (store / "dagrun.db").exists()  # nothing made a new, empty store in its place
+
+
 def test_graph_exports_dot_and_mermaid(tmp_path: Path) -> None:
     dot = dagrun("graph", str(FLOWS / "etl.json"), cwd=tmp_path)
     assert dot.returncode == 0

@@ -1,8 +1,10 @@
-"""The SQLite store's file: where it is, how a new one is made, and how it is opened.
+"""The SQLite store's file: where it is, how a new one is made, how it is opened, and whether it is still there.
 
 A new store is built beside its path and linked into place whole, so a file at the path is always a
 store that was made complete: one of zero bytes is damage, and is refused rather than taken for a new,
-empty store (which SQLite would do). Connections open the file at the path and never create it.
+empty store (which SQLite would do). Connections open the file at the path and never create it. An open
+connection in WAL mode goes on writing to its file after the file was deleted or replaced, so the writer
+compares the file at the path with the one it opened (device and inode) after each commit.
 """
 
 from __future__ import annotations
@@ -74,6 +76,33 @@ def check_not_empty(file: Path) -> None:
             f"{file}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it from"
             " a backup, or remove it to start an empty store"
         )
+
+
+FileId = tuple[int, int]  # (st_dev, st_ino): which file a path names
+
+
+def file_id(file: Path) -> FileId | None:
+    """Which file `file` names now; None when there is none."""
+    try:
+        found = file.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
+
+
+def check_same_file(file: Path, opened: FileId | None) -> None:
+    """StoreError when `file` no longer names the file that was opened: it was deleted or replaced.
+    Another error of stat (a directory made unreadable) tells nothing, and is left to SQLite to report."""
+    try:
+        now = file_id(file)
+    except OSError:
+        return
+    if now is not None and now == opened:
+        return
+    what = "was deleted" if now is None else "was replaced by another file"
+    raise StoreError(
+        f"{file}: the store file {what} while in use; what was written to it is lost, and no more writes are accepted"
+    )
 
 
 def open_connection(file: Path, *, busy_timeout_s: float, prepare: bool) -> sqlite3.Connection:

@@ -460,6 +460,28 @@ async def test_a_writer_failure_surfaces_as_store_error(tmp_path: Path, monkeypa
     await store.aclose()
 
 
+@pytest.mark.parametrize("what", ["was deleted", "was replaced by another file"])
+async def test_a_store_file_deleted_or_replaced_while_open_fails_the_next_commit(tmp_path: Path, what: str) -> None:
+    store = SqliteStore.open(tmp_path)
+    await create_driven(store, ["r1"], ["a"])
+    await store.flush()
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(store.path) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+    for name in ("dagrun.db", "dagrun.db-wal", "dagrun.db-shm"):
+        (tmp_path / name).unlink()
+    if what.startswith("was replaced"):
+        backup.rename(store.path)  # restored from a backup under the running store
+    await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+    message = f"{store.path}: the store file {what} while in use; what was written to it is lost, and no more writes"
+    with pytest.raises(StoreError) as caught:
+        await store.flush()
+    assert str(caught.value) == message + " are accepted"
+    with pytest.raises(StoreError, match=what):  # and every later call says so too
+        await store.get_run("r1")
+    await store.aclose()
+
+
 async def test_closing_reports_a_writer_failure_nobody_saw(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tiny_disk(monkeypatch)
     store = SqliteStore.open(tmp_path)
