@@ -18,6 +18,7 @@ from dagrun.errors import (
     RunNotFound,
     ScriptError,
     StoreError,
+    StoreNotFound,
     UnresolvedInput,
     WorkerUnavailable,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "StepStatus",
     "Store",
     "StoreError",
+    "StoreNotFound",
     "UnresolvedInput",
     "WorkerUnavailable",
     "arun_flow",

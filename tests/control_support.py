@@ -1,5 +1,5 @@
 """Helpers for tests that control runs: wait, through the store's events, until a run gets somewhere;
-start `dagrun` commands as child processes on a store."""
+start `dagrun` commands as child processes on a store, also where the store cannot be written."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from dagrun.control import RunControl
 from dagrun.orchestrator import Orchestrator
 from dagrun.store.base import Event, Store
+from tests.conftest import require_program
 
 WAIT_S = 30.0
+_READ_ONLY_BIND = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
 
 
 async def wait_for_event(store: Store, run_id: str, wanted: str, step_id: str | None = None) -> Event:
@@ -31,6 +34,13 @@ async def wait_until_waiting(orchestrator: Orchestrator, run_id: str, step_id: s
     return await wait_for_event(orchestrator.store, run_id, "waiting", step_id)
 
 
+def read_only_mount(directory: Path) -> list[str]:
+    """A command prefix: run the rest in a mount namespace of its own, where `directory` is a read-only
+    bind mount, which nobody can write, root included (the tests run as root, whom file modes do not stop)."""
+    require_program("unshare")
+    return ["unshare", "--mount", "sh", "-c", _READ_ONLY_BIND, str(directory)]
+
+
 class Processes:
     """`dagrun` child processes of one test, all killed when it ends."""
 
@@ -40,15 +50,16 @@ class Processes:
         self.directory = directory
         self.started: list[subprocess.Popen[str]] = []
 
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 60, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """`dagrun ARGS`, run to its end; `prefix` (such as `read_only_mount`) goes before the command."""
         return subprocess.run(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            [*prefix, sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            [*prefix, sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.started.append(process)

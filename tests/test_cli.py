@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.control_support import Processes, read_only_mount
+
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
 
@@ -151,8 +153,7 @@ def test_invalid_flow_creates_no_run(tmp_path: Path) -> None:
     result = dagrun("run", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "steps[0].depends_on[0]" in result.stderr
-    runs = dagrun("runs", "--json", cwd=tmp_path)
-    assert json.loads(runs.stdout) == []
+    assert not (tmp_path / "store").exists()  # not even a store
 
 
 def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
@@ -163,6 +164,7 @@ def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
 
 
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
+    assert dagrun("submit", str(FLOWS / "hello.json"), cwd=tmp_path).returncode == 0  # a store, without that run
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
         result = dagrun(*command, cwd=tmp_path)
         assert result.returncode == 2, command
@@ -216,6 +218,36 @@ def test_a_store_deleted_while_a_run_writes_fails_the_run_with_exit_3(tmp_path: 
     ), err
     assert "Traceback" not in err
     assert not (store / "dagrun.db").exists()  # nothing made a new, empty store in its place
+
+
+def test_read_commands_on_a_path_without_a_store_exit_2_and_create_nothing(tmp_path: Path) -> None:
+    for command in (["runs"], ["status", "r1"], ["wait", "r1"]):
+        result = dagrun(*command, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert result.stderr == (
+            f"dagrun: {tmp_path / 'store' / 'dagrun.db'}: there is no store here (reading never creates one); check"
+            " the path\n"
+        )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_read_commands_work_on_a_store_that_cannot_be_written(tmp_path: Path) -> None:
+    processes = Processes(str(tmp_path / "store"), tmp_path)
+    run_id = json.loads(processes.run("run", str(FLOWS / "hello.json"), "--json").stdout)["run_id"]
+    store = tmp_path / "store"
+    read_only = read_only_mount(store)
+    written = processes.run("run", str(FLOWS / "hello.json"), prefix=read_only)
+    assert written.returncode == 3
+    assert written.stderr == (
+        f"dagrun: {store / 'dagrun.db'}: the store cannot be written here, it is read-only; reading it still works\n"
+    )
+    commands = [["runs"], ["status", run_id, "--json"], ["outputs", run_id], ["events", run_id], ["wait", run_id]]
+    commands += [["errors", run_id], ["metrics", run_id], ["pending", run_id], ["checkpoint", run_id]]
+    results = {command[0]: processes.run(*command, prefix=read_only) for command in commands}
+    assert {name: (r.returncode, r.stderr) for name, r in results.items()} == {name: (0, "") for name in results}
+    assert json.loads(results["status"].stdout)["steps"]["shout"]["outputs"] == {"shouted": "HELLO, WORLD!"}
+    assert os.listdir(store) == ["dagrun.db"]
 
 
 def test_graph_exports_dot_and_mermaid(tmp_path: Path) -> None:

@@ -44,8 +44,9 @@ def print_json(document: Any) -> None:
 
 
 @asynccontextmanager
-async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
-    store = open_store(args.store)
+async def opened_store(args: argparse.Namespace, *, read_only: bool = False) -> AsyncIterator[Store]:
+    """The --store, closed on exit; `read_only` for commands that only read (they create no store)."""
+    store = open_store(args.store, read_only=read_only)
     try:
         yield store
     finally:
@@ -131,7 +132,7 @@ async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> 
 
 def runs(args: argparse.Namespace) -> int:
     async def list_runs() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             status = RunStatus(args.status) if args.status else None
             found = await store.list_runs(status=status, flow_name=args.flow, limit=args.limit)
         if args.json:
@@ -147,7 +148,7 @@ def runs(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             view = await RunControl(store).status(args.run)
         if args.json:
             print_json(view.to_json())
@@ -161,7 +162,7 @@ def status(args: argparse.Namespace) -> int:
 
 def outputs(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             steps = await store.get_steps(args.run)
         if args.step is None:
             print_json({step.step_id: step.outputs for step in steps})
@@ -180,7 +181,7 @@ def outputs(args: argparse.Namespace) -> int:
 
 def events(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             if args.follow:
                 async for event in RunControl(store).follow_events(args.run, after_seq=args.after):
                     _print_event(event, as_json=args.json)

@@ -11,6 +11,7 @@ thread, so it sees every write made before it; other processes read the committe
 SQLite cannot wake another process, so one watcher per store (`sqlite_waiter`) checks ``PRAGMA
 data_version`` every 20 ms while anyone waits; when it changed, it reads the marks of the channels waited on
 (a run's last event seq, the last notice cursor) and wakes only the waiters whose channel moved.
+A store opened `read_only` has no writer: it creates nothing, and its writes raise StoreError.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class SqliteStore:
         self,
         path: str | os.PathLike[str],
         *,
+        read_only: bool = False,
         commit_interval_s: float = 0.002,
         busy_timeout_s: float = 10.0,
     ) -> None:
@@ -72,19 +74,20 @@ class SqliteStore:
         ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written, or when
         the file is not a store (an empty file is a damaged store, not a new one).
 
-        `commit_interval_s` is the shortest time between two commits unless a flush waits; `busy_timeout_s`
-        is how long a statement waits for another process's lock before the store reports an error.
+        With `read_only`, an existing store is opened to be read, also where nothing can be written;
+        StoreNotFound when there is none, as nothing is created. `commit_interval_s` is the shortest time
+        between two commits unless a flush waits; `busy_timeout_s` is how long a statement waits for
+        another process's lock before the store reports an error.
         """
-        self.path = sqlite_file.database_path(path)
-        sqlite_file.create_if_missing(self.path, busy_timeout_s=busy_timeout_s)
-        sqlite_file.check_not_empty(self.path)
-        write_conn = sqlite_file.open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=True)
-        try:
-            self._reader_conn = sqlite_file.open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=False)
-        except BaseException:
-            write_conn.close()
-            raise
-        self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s)
+        self._writer: Writer | None = None
+        self._made_wal_files = False  # by reading: removed at close, so that reading leaves no file behind
+        if read_only:
+            self.path, self._reader_conn, self._made_wal_files = sqlite_file.open_for_reading(
+                path, busy_timeout_s=busy_timeout_s
+            )
+        else:
+            self.path, write_conn, self._reader_conn = sqlite_file.open_for_writing(path, busy_timeout_s=busy_timeout_s)
+            self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
         self._states: dict[str, _RunState] = {}
         # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
@@ -100,23 +103,30 @@ class SqliteStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        commit_interval_s: float = 0.002,
+        busy_timeout_s: float = 10.0,
     ) -> Self:
         """Same as the constructor; reads well in ``async with SqliteStore.open(path) as store``."""
-        return cls(path, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+        return cls(path, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
 
     @classmethod
-    def from_url(cls, url: str, *, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0) -> Self:
+    def from_url(
+        cls, url: str, *, read_only: bool = False, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0
+    ) -> Self:
         """``sqlite:///abs/path/dagrun.db`` or ``sqlite:///abs/dir``; ``sqlite://rel/path`` is relative."""
         scheme, sep, rest = url.partition("://")
         if scheme.lower() != "sqlite" or not sep or not rest:
             raise StoreError(f"{redact(url)!r} is not a SQLite store URL; expected sqlite:///path/to/dagrun.db")
-        return cls(rest, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+        return cls(rest, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
 
     @property
     def commits(self) -> int:
         """Transactions committed so far by the writer thread."""
-        return self._writer.commits
+        return 0 if self._writer is None else self._writer.commits
 
     async def __aenter__(self) -> Self:
         self._check_usable()
@@ -128,7 +138,7 @@ class SqliteStore:
     # --- writes: queued; the driver's never wait for I/O --------------------------------------------
 
     async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
-        self._check_usable()
+        writer = self._writable()
         run_id = run.run_id
         where = f"run {run_id!r}"
         run_row = (
@@ -151,16 +161,16 @@ class SqliteStore:
                 self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
             else:
                 self._remember_queued(run_id)
-            self._writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
+            writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Needs no cache: a process that only controls a run (a cancel) does not load one."""
-        self._check_usable()
+        writer = self._writable()
         if run_id not in self._states:
             await self._query(schema.require_run, run_id)
             self._check_usable()  # rows are queued next: not if the store closed while we read
         is_terminal = status.is_terminal
-        self._writer.add_run_update(
+        writer.add_run_update(
             (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
             (run_id, at, "run", status, None, 0, error or ""),
         )
@@ -168,8 +178,9 @@ class SqliteStore:
             self._forget(run_id)
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        if self._closed or self._writer.failure is not None:
-            self._check_usable()
+        writer = self._writer
+        if writer is None or self._closed or writer.failure is not None:
+            writer = self._writable()
         run_id = step.run_id
         if self._drives(run_id):
             positions = (self._states.get(run_id) or await self._load_state(run_id)).positions
@@ -188,7 +199,7 @@ class SqliteStore:
         error = step.error
         status = step.status
         attempt = step.attempt
-        self._writer.add_step(
+        writer.add_step(
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
                 None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
@@ -199,7 +210,7 @@ class SqliteStore:
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged into the cached context with no await in between when this process drives the run, else
         into the file's in the writer's transaction: either way concurrent callers never lose updates."""
-        self._check_usable()
+        writer = self._writable()
         if not self._drives(run_id):
             merged = await self._write_now(functools.partial(schema.apply_context, run_id=run_id, ops=ops))
             if merged is None:
@@ -207,7 +218,7 @@ class SqliteStore:
             return merged
         state = self._states.get(run_id) or await self._load_state(run_id)
         state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
-        self._writer.add_context((run_id, state.context))
+        writer.add_context((run_id, state.context))
         return value, rejected
 
     # --- reads: flush, then query committed data ----------------------------------------------------
@@ -298,7 +309,8 @@ class SqliteStore:
     async def flush(self) -> None:
         """Return once every write made before the call is committed; StoreError if a commit failed."""
         self._check_usable()
-        await self._reporting(self._writer.flush())
+        if self._writer is not None:
+            await self._reporting(self._writer.flush())
 
     async def aclose(self) -> None:
         """Flush, stop the writer and close the connections; StoreError if writes were lost and no call
@@ -309,14 +321,18 @@ class SqliteStore:
         already_reported = self._failure_reported
         try:
             await self._watcher.aclose()  # its waiters wake and find the store closed
-            await self._reporting(self._writer.flush())
+            if self._writer is not None:
+                await self._reporting(self._writer.flush())
         except StoreError:
             if not already_reported:
                 raise
         finally:
-            await self._writer.stop()
+            if self._writer is not None:
+                await self._writer.stop()
             await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
             self._reader.shutdown(wait=True)
+            if self._made_wal_files:
+                await asyncio.to_thread(sqlite_file.remove_wal_files, self.path)
             self._states.clear()
 
     # --- internals ----------------------------------------------------------------------------------
@@ -331,8 +347,7 @@ class SqliteStore:
 
     async def _write_now(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """`function`'s result on the writer thread, committed together with every write made before."""
-        self._check_usable()
-        return await self._reporting(self._writer.call(function))
+        return await self._reporting(self._writable().call(function))
 
     async def _query(self, query: Callable[..., T], *args: Any) -> T:
         """`query` on the reader thread after a flush, so that it sees every write made before the call."""
@@ -399,6 +414,8 @@ class SqliteStore:
 
     def _remember_queued(self, run_id: str) -> None:
         """Note that the run exists, for as long as rows of it queued so far may be uncommitted."""
+        if self._writer is None:  # nothing is queued
+            return
         self._evicted[run_id] = self._writer.batches_queued
         if len(self._evicted) >= _EVICTED_PRUNE_AT:
             committed = self._writer.batches_committed
@@ -416,6 +433,13 @@ class SqliteStore:
     def _check_usable(self) -> None:
         if self._closed:
             raise RuntimeError("SqliteStore is closed")
-        if self._writer.failure is not None:
+        if self._writer is not None and self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
+
+    def _writable(self) -> Writer:
+        """The writer, once the store is found usable; StoreError when it was opened read-only."""
+        self._check_usable()
+        if self._writer is None:
+            raise StoreError(f"{self.path}: the store was opened read-only, so it cannot be written")
+        return self._writer

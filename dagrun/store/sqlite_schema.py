@@ -110,11 +110,11 @@ _RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at,
 _STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms"
 
 
-def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection to the existing file at `path` (never creating one) in autocommit mode (transactions
-    are explicit), usable from the thread that owns it."""
+def connect(path: Path, *, busy_timeout_s: float, options: str = "mode=rw") -> sqlite3.Connection:
+    """A connection to the existing file at `path` (the default `options`, SQLite's URI parameters, never
+    create one) in autocommit mode (transactions are explicit), usable from the thread that owns it."""
     return sqlite3.connect(
-        f"{path.as_uri()}?mode=rw", uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        f"{path.as_uri()}?{options}", uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
     )
 
 
@@ -137,6 +137,15 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def is_current(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file has this dagrun's schema (else an older one's); StoreError when a newer dagrun
+    wrote it, or when it is a SQLite database of something else."""
+    version = _version(conn, path)
+    if version == 0:  # dagrun writes its schema version in the transaction that makes a store
+        raise StoreError(f"{path}: a SQLite database without dagrun's tables, so not a dagrun store; check the path")
+    return version == SCHEMA_VERSION
 
 
 def _version(conn: sqlite3.Connection, path: Path) -> int:

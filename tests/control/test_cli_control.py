@@ -14,7 +14,7 @@ import pytest
 
 from dagrun.states import RunStatus
 from dagrun.store import Store, open_store
-from tests.control_support import Processes, wait_for_event
+from tests.control_support import Processes, read_only_mount, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -173,3 +173,25 @@ async def test_operators_control_a_submitted_run_from_the_command_line(dagrun: P
     assert dagrun.run("cancel", second).returncode == 0
     assert dagrun.run("wait", second, "--timeout", "60").returncode == 1
     assert (await store.get_run(second)).status == RunStatus.CANCELLED
+
+
+async def test_a_read_only_view_of_a_sqlite_store_follows_a_run_driven_elsewhere(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    processes = Processes(str(directory), tmp_path)
+    try:
+        async with open_store(str(directory)) as store:
+            processes.start("orchestrator", "--processes", "1")
+            run_id = processes.submit(GATED)
+            await wait_for_event(store, run_id, "waiting", "approve")
+            follower = processes.start("events", run_id, "--follow", prefix=read_only_mount(directory))
+            assert follower.stdout is not None
+            for line in follower.stdout:  # what was written before it started
+                if "step approve waiting" in line:
+                    break
+            signalled = processes.run("signal", run_id, "approve", "approved=true")
+            assert signalled.returncode == 0, signalled.stderr
+            out, err = follower.communicate(timeout=60)  # and what was written since, to the run's end
+        assert follower.returncode == 0, err
+        assert "step ship succeeded" in out and "run succeeded" in out, out
+    finally:
+        processes.kill_all()

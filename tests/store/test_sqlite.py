@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from dagrun.context import ContextOp, ContextOpKind
-from dagrun.errors import StoreError
+from dagrun.errors import StoreError, StoreNotFound
 from dagrun.executor import ErrorKind, StepError
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store import SqliteStore, StepRecord, Store
+from dagrun.store import SqliteStore, StepRecord, Store, open_store
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import CommandKind, NoticeKind
-from tests.store.conftest import StoreFactory, create
+from tests.store.conftest import StoreFactory, create, make_run
 
 INCR = ContextOpKind.INCR
 
@@ -228,8 +228,8 @@ async def test_writes_are_committed_in_groups(tmp_path: Path, monkeypatch: pytes
     statements: list[str] = []  # every statement SQLite executes, as its trace callback reports them
     real_connect = schema.connect
 
-    def traced_connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-        conn = real_connect(path, busy_timeout_s=busy_timeout_s)
+    def traced_connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
+        conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.set_trace_callback(statements.append)
         return conn
 
@@ -320,6 +320,67 @@ def test_a_directory_path_holds_dagrun_db(tmp_path: Path) -> None:
         assert store.path.is_file()
     finally:
         asyncio.run(store.aclose())
+
+
+async def test_reading_a_path_without_a_store_creates_nothing_and_says_so(tmp_path: Path) -> None:
+    for path in (tmp_path / "nothing" / "here", tmp_path / "runs.db"):
+        with pytest.raises(StoreNotFound) as caught:
+            SqliteStore.open(path, read_only=True)
+        assert str(caught.value).startswith(f"{path if path.suffix else path / 'dagrun.db'}: there is no store here")
+    with pytest.raises(StoreNotFound):
+        open_store(str(tmp_path / "nothing"), read_only=True)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_store_opened_read_only_reads_what_others_write_and_leaves_no_file(sqlite_store: StoreFactory) -> None:
+    writer = sqlite_store()
+    await create(writer, "r1", ["a"])
+    await writer.aclose()  # the last connection: SQLite removes the WAL's files
+    assert os.listdir(sqlite_store.path.parent) == ["dagrun.db"]
+
+    async with SqliteStore.open(sqlite_store.path, read_only=True) as reader:
+        assert [run.run_id for run in await reader.list_runs()] == ["r1"]
+        waiting = asyncio.create_task(reader.wait_events("r1", after_seq=0, timeout_s=10))
+        async with SqliteStore.open(sqlite_store.path) as other:  # a writer starts while it reads
+            await other.apply_context("r1", (ContextOp(INCR, "n", 1),))
+            await other.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+            await other.flush()
+            assert [event.step_id for event in await asyncio.wait_for(waiting, 5)] == ["a"]
+            assert await reader.get_context("r1") == {"n": 1}
+        writes = [
+            reader.create_run(make_run("r2"), ["a"]),
+            reader.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED)),
+            reader.apply_context("r1", (ContextOp(INCR, "n", 1),)),
+            reader.set_run_status("r1", RunStatus.FAILED, at=1.0),
+            reader.send_command("r1", CommandKind.CANCEL, at=1.0),
+            reader.claim_lease("r1", "orch-a", ttl_s=30),
+        ]
+        for write in writes:
+            with pytest.raises(StoreError, match="opened read-only, so it cannot be written"):
+                await write
+        await reader.flush()  # nothing to flush
+    assert os.listdir(sqlite_store.path.parent) == ["dagrun.db"]
+
+
+async def test_reading_a_store_of_an_older_dagrun_upgrades_it_first(tmp_path: Path) -> None:
+    path = tmp_path / "dagrun.db"
+    with sqlite3.connect(path) as conn:
+        for statement in _SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO runs VALUES ('r1', 'etl', 'running', '{}', '{}', 1.0, 1.0, NULL, NULL)")
+        conn.execute("INSERT INTO steps VALUES ('r1', 'a', 0, 'succeeded', 1, 1.0, 2.0, '{}', NULL, '', 'w1')")
+    async with SqliteStore.open(path, read_only=True) as reader:
+        assert [step.elapsed_ms for step in await reader.get_steps("r1")] == [0.0]
+        assert await reader.get_commands("r1") == []
+
+
+def test_reading_a_sqlite_database_of_something_else_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreError, match="without dagrun's tables, so not a dagrun store") as caught:
+        SqliteStore.open(path, read_only=True)
+    assert str(path) in str(caught.value)
 
 
 def test_from_url_takes_an_absolute_path(tmp_path: Path) -> None:
@@ -434,8 +495,8 @@ def _tiny_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every connection gets a file size limit of 64 pages, so a big write fails as on a full disk."""
     real_connect = schema.connect
 
-    def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-        conn = real_connect(path, busy_timeout_s=busy_timeout_s)
+    def connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
+        conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.execute("PRAGMA max_page_count = 64")
         return conn
 
