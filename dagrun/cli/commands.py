@@ -1,8 +1,8 @@
 """What each `dagrun` sub-command does; parsing and error handling are in `dagrun.cli`.
 
 Each command takes the parsed arguments and returns the process exit code. Exit codes: 0 success,
-1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run), 3 the environment failed
-(store or executor).
+1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run, no store to read), 3 the
+environment failed (store or executor). Commands that only read open the store read-only.
 """
 
 from __future__ import annotations
