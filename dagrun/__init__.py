@@ -19,6 +19,7 @@ from dagrun.errors import (
     RunNotFound,
     ScriptError,
     StoreError,
+    StoreNotFound,
     UnresolvedInput,
     WorkerUnavailable,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "StepStatus",
     "Store",
     "StoreError",
+    "StoreNotFound",
     "UnresolvedInput",
     "WorkerUnavailable",
     "arun_flow",

@@ -8,6 +8,7 @@
     ├── ExecutorError      an executor could not be opened or could not deliver a step
     │   └── WorkerUnavailable   no worker answers
     ├── StoreError         the store cannot be opened, read or written
+    │   ├── StoreNotFound  there is no store to read at that path (reading never creates one)
     │   ├── RunNotFound    no run has that id
     │   ├── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
     │   └── RunLost        the run vanished from the store while it was driven (a Redis without
@@ -93,6 +94,14 @@ class WorkerUnavailable(ExecutorError):
 
 class StoreError(DagrunError):
     """The store cannot be opened, read or written."""
+
+
+class StoreNotFound(StoreError):
+    """There is no store to read at the path; `path` is the database file looked for."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: there is no store here (reading never creates one); check the path")
 
 
 class RunNotFound(StoreError):

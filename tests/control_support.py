@@ -1,14 +1,24 @@
-"""Helpers for tests that control runs: wait, through the store's events, until a run gets somewhere."""
+"""Helpers for tests that control runs: wait, through the store's events, until a run gets somewhere;
+start `dagrun` commands as child processes on a store, also where the store cannot be written."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from dagrun.control import RunControl
 from dagrun.orchestrator import Orchestrator
 from dagrun.store.base import Event, Store
+from tests.conftest import require_program
 
 WAIT_S = 30.0
+_READ_ONLY_BIND = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
 
 
 async def wait_for_event(store: Store, run_id: str, wanted: str, step_id: str | None = None) -> Event:
@@ -22,3 +32,51 @@ async def wait_for_event(store: Store, run_id: str, wanted: str, step_id: str | 
 
 async def wait_until_waiting(orchestrator: Orchestrator, run_id: str, step_id: str) -> Event:
     return await wait_for_event(orchestrator.store, run_id, "waiting", step_id)
+
+
+def read_only_mount(directory: Path) -> list[str]:
+    """A command prefix: run the rest in a mount namespace of its own, where `directory` is a read-only
+    bind mount, which nobody can write, root included (the tests run as root, whom file modes do not stop)."""
+    require_program("unshare")
+    return ["unshare", "--mount", "sh", "-c", _READ_ONLY_BIND, str(directory)]
+
+
+class Processes:
+    """`dagrun` child processes of one test, all killed when it ends."""
+
+    def __init__(self, store_url: str, directory: Path) -> None:
+        self.env = {**os.environ, "DAGRUN_STORE": store_url}
+        self.env.pop("DAGRUN_DEBUG", None)
+        self.directory = directory
+        self.started: list[subprocess.Popen[str]] = []
+
+    def run(self, *args: str, timeout: float = 60, prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        """`dagrun ARGS`, run to its end; `prefix` (such as `read_only_mount`) goes before the command."""
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def start(self, *args: str, prefix: Sequence[str] = ()) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.started.append(process)
+        return process
+
+    def flow(self, document: dict[str, Any], name: str = "flow.json") -> str:
+        path = self.directory / name
+        path.write_text(json.dumps(document))
+        return str(path)
+
+    def submit(self, document: dict[str, Any]) -> str:
+        result = self.run("submit", self.flow(document))
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip().splitlines()[-1]
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RedisServers
+from tests.control_support import Processes, read_only_mount
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
@@ -155,8 +156,7 @@ def test_invalid_flow_creates_no_run(tmp_path: Path) -> None:
     result = dagrun("run", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert "steps[0].depends_on[0]" in result.stderr
-    runs = dagrun("runs", "--json", cwd=tmp_path)
-    assert json.loads(runs.stdout) == []
+    assert not (tmp_path / "store").exists()  # not even a store
 
 
 def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
@@ -167,6 +167,7 @@ def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
 
 
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
+    assert dagrun("submit", str(FLOWS / "hello.json"), cwd=tmp_path).returncode == 0  # a store, without that run
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
         result = dagrun(*command, cwd=tmp_path)
         assert result.returncode == 2, command
@@ -181,6 +182,75 @@ def test_a_store_path_that_cannot_be_written_exits_3(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert str(blocker) in result.stderr
     assert_no_traceback(result)
+
+
+def test_an_empty_store_file_is_refused_as_damaged_with_exit_3(tmp_path: Path) -> None:
+    path = tmp_path / "store" / "dagrun.db"
+    path.parent.mkdir()
+    path.touch()
+    for command in (["run", str(FLOWS / "hello.json")], ["runs"]):
+        result = dagrun(*command, cwd=tmp_path)
+        assert result.returncode == 3, command
+        assert result.stderr == (
+            f"dagrun: {path}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it"
+            " from a backup, or remove it to start an empty store\n"
+        )
+    assert path.stat().st_size == 0
+
+
+@pytest.mark.slow
+def test_a_store_deleted_while_a_run_writes_fails_the_run_with_exit_3(tmp_path: Path) -> None:
+    busy = "n = 0\nfor _ in range(100000):\n    n += 1"
+    steps = [{"id": "s0", "script": busy}] + [
+        {"id": f"s{i}", "script": busy, "depends_on": [f"s{i - 1}"]} for i in range(1, 100)
+    ]
+    path = write_flow(tmp_path, {"name": "long", "steps": steps})
+    store = tmp_path / "store"
+    with run_in_background(path, "--processes", "1", cwd=tmp_path) as runner:
+        assert runner.stdout is not None
+        for line in runner.stdout:  # one line per step that ends
+            if "step s5 succeeded" in line:
+                break
+        for name in ("dagrun.db", "dagrun.db-wal", "dagrun.db-shm"):
+            (store / name).unlink()
+        _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 3, err
+    assert err.endswith(
+        f"dagrun: {store / 'dagrun.db'}: the store file was deleted while in use; what was written to it is lost,"
+        " and no more writes are accepted\n"
+    ), err
+    assert "Traceback" not in err
+    assert not (store / "dagrun.db").exists()  # nothing made a new, empty store in its place
+
+
+def test_read_commands_on_a_path_without_a_store_exit_2_and_create_nothing(tmp_path: Path) -> None:
+    for command in (["runs"], ["status", "r1"], ["wait", "r1"]):
+        result = dagrun(*command, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert result.stderr == (
+            f"dagrun: {tmp_path / 'store' / 'dagrun.db'}: there is no store here (reading never creates one); check"
+            " the path\n"
+        )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_read_commands_work_on_a_store_that_cannot_be_written(tmp_path: Path) -> None:
+    processes = Processes(str(tmp_path / "store"), tmp_path)
+    run_id = json.loads(processes.run("run", str(FLOWS / "hello.json"), "--json").stdout)["run_id"]
+    store = tmp_path / "store"
+    read_only = read_only_mount(store)
+    written = processes.run("run", str(FLOWS / "hello.json"), prefix=read_only)
+    assert written.returncode == 3
+    assert written.stderr == (
+        f"dagrun: {store / 'dagrun.db'}: the store cannot be written here, it is read-only; reading it still works\n"
+    )
+    commands = [["runs"], ["status", run_id, "--json"], ["outputs", run_id], ["events", run_id], ["wait", run_id]]
+    commands += [["errors", run_id], ["metrics", run_id], ["pending", run_id], ["checkpoint", run_id]]
+    results = {command[0]: processes.run(*command, prefix=read_only) for command in commands}
+    assert {name: (r.returncode, r.stderr) for name, r in results.items()} == {name: (0, "") for name in results}
+    assert json.loads(results["status"].stdout)["steps"]["shout"]["outputs"] == {"shouted": "HELLO, WORLD!"}
+    assert os.listdir(store) == ["dagrun.db"]
 
 
 def test_graph_exports_dot_and_mermaid(tmp_path: Path) -> None:

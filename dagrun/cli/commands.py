@@ -1,8 +1,9 @@
 """What each `dagrun` sub-command does; parsing and error handling are in `dagrun.cli`.
 
 Each command takes the parsed arguments and returns the process exit code. Exit codes: 0 success,
-1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run), 3 the environment failed
-(store or executor, or a store that lost the run being driven).
+1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run, no store to read), 3 the
+environment failed (store or executor, or a store that lost the run being driven). Commands that only
+read open the store read-only.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def print_json(document: Any) -> None:
 
 
 @asynccontextmanager
-async def opened_store(args: argparse.Namespace) -> AsyncIterator[Store]:
-    store = open_store(args.store)
+async def opened_store(args: argparse.Namespace, *, read_only: bool = False) -> AsyncIterator[Store]:
+    """The --store, closed on exit; `read_only` for commands that only read (they create no store)."""
+    store = open_store(args.store, read_only=read_only)
     try:
         yield store
     finally:
@@ -147,7 +149,7 @@ async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> 
 
 def runs(args: argparse.Namespace) -> int:
     async def list_runs() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             status = RunStatus(args.status) if args.status else None
             found = await store.list_runs(status=status, flow_name=args.flow, limit=args.limit)
         if args.json:
@@ -163,7 +165,7 @@ def runs(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             view = await RunControl(store).status(args.run)
         if args.json:
             print_json(view.to_json())
@@ -177,7 +179,7 @@ def status(args: argparse.Namespace) -> int:
 
 def outputs(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             steps = await store.get_steps(args.run)
         if args.step is None:
             print_json({step.step_id: step.outputs for step in steps})
@@ -196,7 +198,7 @@ def outputs(args: argparse.Namespace) -> int:
 
 def events(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             if args.follow:
                 async for event in RunControl(store).follow_events(args.run, after_seq=args.after):
                     _print_event(event, as_json=args.json)

@@ -126,7 +126,7 @@ def signal_step(args: argparse.Namespace) -> int:
 
 def wait(args: argparse.Namespace) -> int:
     async def wait_here() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             run = await RunControl(store).wait_for_completion(args.run, timeout_s=args.timeout)
         if not run.status.is_terminal:
             stdout.print(f"run {args.run} is still {run.status} after {args.timeout:g} s")
@@ -139,7 +139,7 @@ def wait(args: argparse.Namespace) -> int:
 
 def errors(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             found = await RunControl(store).errors(args.run)
         if args.json:
             print_json([failure.to_json() for failure in found])
@@ -159,7 +159,7 @@ def errors(args: argparse.Namespace) -> int:
 
 def metrics(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             found = await RunControl(store).metrics(args.run)
         if args.json:
             print_json(found.to_json())
@@ -184,7 +184,7 @@ def metrics(args: argparse.Namespace) -> int:
 
 def pending(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             found = await RunControl(store).pending_work(args.run)
         if args.json:
             print_json([step.to_json() for step in found])
@@ -205,7 +205,7 @@ def pending(args: argparse.Namespace) -> int:
 
 def checkpoint(args: argparse.Namespace) -> int:
     async def show() -> int:
-        async with opened_store(args) as store:
+        async with opened_store(args, read_only=True) as store:
             found = await RunControl(store).checkpoint(args.run)
         print_json(found.to_json())
         return EXIT_OK

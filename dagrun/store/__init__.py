@@ -7,7 +7,7 @@ by many machines.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 from dagrun.errors import StoreError, redact
 from dagrun.store.base import Event, RunRecord, StepRecord, Store
@@ -18,29 +18,43 @@ from dagrun.store.sqlite import SqliteStore
 __all__ = ["Event", "MemoryStore", "RedisStore", "RunRecord", "SqliteStore", "StepRecord", "Store", "open_store"]
 
 
-def _open_memory(url: str) -> Store:
+def _open_memory(url: str, *, read_only: bool) -> Store:
     return MemoryStore()
 
 
+def _open_sqlite(url: str, *, read_only: bool) -> Store:
+    return SqliteStore.from_url(url, read_only=read_only)
+
+
+def _open_redis(url: str, *, read_only: bool) -> Store:
+    return RedisStore.from_url(url)  # reading creates nothing there
+
+
+class _Opener(Protocol):
+    def __call__(self, url: str, *, read_only: bool) -> Store: ...
+
+
 # URL scheme -> opener; a new store kind registers here.
-_OPENERS: dict[str, Callable[[str], Store]] = {
+_OPENERS: dict[str, _Opener] = {
     "memory": _open_memory,
-    "sqlite": SqliteStore.from_url,
-    "redis": RedisStore.from_url,
-    "rediss": RedisStore.from_url,
+    "sqlite": _open_sqlite,
+    "redis": _open_redis,
+    "rediss": _open_redis,
 }
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, read_only: bool = False) -> Store:
     """The store a URL names: ``memory://``, ``sqlite:///abs/path/dagrun.db``, a directory or ``.db`` path
     (a directory holds ``dagrun.db``), or ``redis[s]://[[user]:password@]host[:port][/db][?prefix=p]``.
-    StoreError for an unknown scheme or a path that cannot be used.
+    StoreError for an unknown scheme or a path that cannot be used. With `read_only`, the store is only
+    to be read: a SQLite store is then opened without creating anything (StoreNotFound when there is
+    none) and works where nothing can be written.
     """
     scheme, sep, _ = url.partition("://")
     if not sep:
-        return SqliteStore.open(url)
+        return SqliteStore.open(url, read_only=read_only)
     opener = _OPENERS.get(scheme.lower())
     if opener is None:
         supported = ", ".join(f"{name}://" for name in _OPENERS)
         raise StoreError(f"{redact(url)!r}: unsupported store URL scheme {scheme!r}; supported: {supported}, or a path")
-    return opener(url)
+    return opener(url, read_only=read_only)

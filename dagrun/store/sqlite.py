@@ -3,13 +3,15 @@
 Writes never wait for I/O: each call builds its rows on the event loop and queues them for the writer
 thread (`sqlite_writer`), which commits them in groups, in call order, numbering events in the database
 so that every process writing to a run continues one gap-free sequence. Each run this process drives
-has a small cache (step positions, context) so that context operations are merged atomically: one
-process drives a run, the holder of its lease. Commands and leases are answered by the writer once
+(holds the live lease of) has a small cache (step positions, context), exact because only the lease
+holder writes a run; a run driven elsewhere, or whose lease lapsed, is read from the file, and its
+context merged in the writer's transaction. Commands and leases are answered by the writer once
 committed. Every read first awaits `flush()`, then queries through its own connection on a reader
 thread, so it sees every write made before it; other processes read the committed state of the file.
 SQLite cannot wake another process, so one watcher per store (`sqlite_waiter`) checks ``PRAGMA
 data_version`` every 20 ms while anyone waits; when it changed, it reads the marks of the channels waited on
 (a run's last event seq, the last notice cursor) and wakes only the waiters whose channel moved.
+A store opened `read_only` has no writer: it creates nothing, and its writes raise StoreError.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import orjson
 
 from dagrun.context import ContextOp
-from dagrun.errors import RunNotFound, StoreError, redact
+from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
 from dagrun.states import RunStatus, StepStatus
+from dagrun.store import sqlite_file
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
@@ -40,7 +42,6 @@ from dagrun.store.sqlite_writer import Writer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FILENAME = "dagrun.db"
 _EVICTED_PRUNE_AT = 1024
 _CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
 _NOTICES = "notices"  # the notices' waiting channel, its mark the last cursor
@@ -51,8 +52,9 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _RunState:
-    """What the driving side knows of a run it writes to; exact because one process drives a run, and
-    dropped when the run ends or its lease changes hands (another process may have driven it since)."""
+    """What the driving side knows of a run it writes to; exact because one process drives a run, kept
+    only while this process holds the run's live lease, and dropped when the run ends or the lease lapses
+    or changes hands (another process may have driven it since)."""
 
     positions: dict[str, int]  # step id -> place in the flow
     context: str  # the context's JSON text after every operation applied so far
@@ -65,24 +67,29 @@ class SqliteStore:
         self,
         path: str | os.PathLike[str],
         *,
+        read_only: bool = False,
         commit_interval_s: float = 0.002,
         busy_timeout_s: float = 10.0,
     ) -> None:
         """Open (creating if needed) the store at `path`: a ``.db`` file, or a directory that holds
-        ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written.
+        ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written, or when
+        the file is not a store (an empty file is a damaged store, not a new one).
 
-        `commit_interval_s` is the shortest time between two commits unless a flush waits; `busy_timeout_s`
-        is how long a statement waits for another process's lock before the store reports an error.
+        With `read_only`, an existing store is opened to be read, also where nothing can be written;
+        StoreNotFound when there is none, as nothing is created. `commit_interval_s` is the shortest time
+        between two commits unless a flush waits; `busy_timeout_s` is how long a statement waits for
+        another process's lock before the store reports an error.
         """
-        self.path = _database_path(path)
-        write_conn = _open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=True)
-        try:
-            self._reader_conn = _open_connection(self.path, busy_timeout_s=busy_timeout_s, prepare=False)
-        except BaseException:
-            write_conn.close()
-            raise
         self._fences = Fences()
-        self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s, on_refused=self._refused)
+        self._writer: Writer | None = None
+        self._made_wal_files = False  # by reading: removed at close, so that reading leaves no file behind
+        if read_only:
+            self.path, self._reader_conn, self._made_wal_files = sqlite_file.open_for_reading(
+                path, busy_timeout_s=busy_timeout_s
+            )
+        else:
+            self.path, write_conn, self._reader_conn = sqlite_file.open_for_writing(path, busy_timeout_s=busy_timeout_s)
+            self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s, on_refused=self._refused)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
         self._states: dict[str, _RunState] = {}
         # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
@@ -98,23 +105,30 @@ class SqliteStore:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        commit_interval_s: float = 0.002,
+        busy_timeout_s: float = 10.0,
     ) -> Self:
         """Same as the constructor; reads well in ``async with SqliteStore.open(path) as store``."""
-        return cls(path, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+        return cls(path, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
 
     @classmethod
-    def from_url(cls, url: str, *, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0) -> Self:
+    def from_url(
+        cls, url: str, *, read_only: bool = False, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0
+    ) -> Self:
         """``sqlite:///abs/path/dagrun.db`` or ``sqlite:///abs/dir``; ``sqlite://rel/path`` is relative."""
         scheme, sep, rest = url.partition("://")
         if scheme.lower() != "sqlite" or not sep or not rest:
             raise StoreError(f"{redact(url)!r} is not a SQLite store URL; expected sqlite:///path/to/dagrun.db")
-        return cls(rest, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+        return cls(rest, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
 
     @property
     def commits(self) -> int:
         """Transactions committed so far by the writer thread."""
-        return self._writer.commits
+        return 0 if self._writer is None else self._writer.commits
 
     async def __aenter__(self) -> Self:
         self._check_usable()
@@ -123,10 +137,10 @@ class SqliteStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    # --- writes: queued, never waiting for I/O ------------------------------------------------------
+    # --- writes: queued; the driver's never wait for I/O --------------------------------------------
 
     async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
-        self._check_usable()
+        writer = self._writable()
         run_id = run.run_id
         where = f"run {run_id!r}"
         run_row = (
@@ -145,17 +159,20 @@ class SqliteStore:
             if run_id in self._states or run_id in self._evicted or await self._read(schema.run_exists, run_id):
                 raise StoreError(f"run {run_id!r} already exists")
             self._check_usable()  # closed while we read?
-            self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
-            self._writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
+            if self._drives(run_id):  # an orchestrator claims the lease first; a submitted run is driven elsewhere
+                self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            else:
+                self._remember_queued(run_id)
+            writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Needs no cache: a process that only controls a run (a cancel) does not load one."""
-        self._check_usable(run_id)
+        writer = self._writable(run_id)
         if run_id not in self._states:
             await self._query(schema.require_run, run_id)
             self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
         is_terminal = status.is_terminal
-        self._writer.add_run_update(
+        writer.add_run_update(
             (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
             (run_id, at, "run", status, None, 0, error or ""),
             self._fences.epoch(run_id),
@@ -167,13 +184,18 @@ class SqliteStore:
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
         run_id = step.run_id
-        if self._closed or self._writer.failure is not None or run_id in self._fences.refused:
-            self._check_usable(run_id)
-        state = self._states.get(run_id) or await self._load_state(run_id)
+        writer = self._writer
+        if writer is None or self._closed or writer.failure is not None or run_id in self._fences.refused:
+            writer = self._writable(run_id)
+        if self._drives(run_id):
+            positions = (self._states.get(run_id) or await self._load_state(run_id)).positions
+        else:  # another process may have added steps since: the file knows
+            positions, _ = await self._query(schema.read_run_state, run_id)
+            self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
         step_id = step.step_id
-        position = state.positions.get(step_id)
+        position = positions.get(step_id)
         if position is None:  # a step the run was not created with: it goes last
-            position = state.positions[step_id] = len(state.positions)
+            position = positions[step_id] = len(positions)
         outputs = step.outputs
         try:
             outputs_json = orjson.dumps(outputs).decode() if outputs else EMPTY_OBJECT
@@ -182,7 +204,7 @@ class SqliteStore:
         error = step.error
         status = step.status
         attempt = step.attempt
-        self._writer.add_step(
+        writer.add_step(
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
                 None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
@@ -192,11 +214,22 @@ class SqliteStore:
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
-        """Merged into the cached context with no await in between, so concurrent callers never lose updates."""
-        self._check_usable(run_id)
+        """Merged into the cached context with no await in between when this process drives the run, else
+        into the file's in the writer's transaction: either way concurrent callers never lose updates."""
+        writer = self._writable(run_id)
+        fence = self._fences.epoch(run_id)
+        if not self._drives(run_id):
+            apply = functools.partial(schema.apply_context, run_id=run_id, ops=ops, fence=fence)
+            merged = await self._write_now(apply)
+            if merged is None:
+                raise RunNotFound(run_id)
+            if isinstance(merged, int):
+                self._refused(run_id, merged)
+                raise LeaseLost(run_id, epoch=merged, held=fence)
+            return merged
         state = self._states.get(run_id) or await self._load_state(run_id)
         state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
-        self._writer.add_context((run_id, state.context), self._fences.epoch(run_id))
+        writer.add_context((run_id, state.context), fence)
         return value, rejected
 
     # --- reads: flush, then query committed data ----------------------------------------------------
@@ -213,9 +246,10 @@ class SqliteStore:
         return await self._query(schema.read_steps, run_id)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
-        """From the cache when this process writes the run (the same value, without a flush)."""
+        """From the cache when this process drives the run (the same value, without a flush); else what
+        the file holds, which other processes may have written."""
         self._check_usable()
-        state = self._states.get(run_id)
+        state = self._states.get(run_id) if self._drives(run_id) else None
         if state is not None:
             value: dict[str, Any] = decode_json(state.context)
             return value
@@ -290,7 +324,8 @@ class SqliteStore:
     async def flush(self) -> None:
         """Return once every write made before the call is committed; StoreError if a commit failed."""
         self._check_usable()
-        await self._reporting(self._writer.flush())
+        if self._writer is not None:
+            await self._reporting(self._writer.flush())
 
     async def aclose(self) -> None:
         """Flush, stop the writer and close the connections; StoreError if writes were lost and no call
@@ -301,14 +336,18 @@ class SqliteStore:
         already_reported = self._failure_reported
         try:
             await self._watcher.aclose()  # its waiters wake and find the store closed
-            await self._reporting(self._writer.flush())
+            if self._writer is not None:
+                await self._reporting(self._writer.flush())
         except StoreError:
             if not already_reported:
                 raise
         finally:
-            await self._writer.stop()
+            if self._writer is not None:
+                await self._writer.stop()
             await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
             self._reader.shutdown(wait=True)
+            if self._made_wal_files:
+                await asyncio.to_thread(sqlite_file.remove_wal_files, self.path)
             self._states.clear()
 
     # --- internals ----------------------------------------------------------------------------------
@@ -323,8 +362,7 @@ class SqliteStore:
 
     async def _write_now(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """`function`'s result on the writer thread, committed together with every write made before."""
-        self._check_usable()
-        return await self._reporting(self._writer.call(function))
+        return await self._reporting(self._writable().call(function))
 
     async def _query(self, query: Callable[..., T], *args: Any) -> T:
         """`query` on the reader thread after a flush, so that it sees every write made before the call."""
@@ -374,10 +412,24 @@ class SqliteStore:
         self._check_usable()  # the caller queues rows next: not if the store closed while we waited
         return state
 
+    def _drives(self, run_id: str) -> bool:
+        """Whether this process holds the run's live lease: then no other process writes the run, and its
+        cache is exact. A cache kept from a lease that lapsed since is dropped: others may have written."""
+        if self._leases.get(run_id, 0.0) > time.time():
+            return True
+        if run_id in self._states:
+            self._forget(run_id)
+        return False
+
     def _forget(self, run_id: str) -> None:
         """Drop what this process knows of the run; it is read from the file if the run is written to again."""
         self._leases.pop(run_id, None)
-        if self._states.pop(run_id, None) is None:
+        if self._states.pop(run_id, None) is not None:
+            self._remember_queued(run_id)
+
+    def _remember_queued(self, run_id: str) -> None:
+        """Note that the run exists, for as long as rows of it queued so far may be uncommitted."""
+        if self._writer is None:  # nothing is queued
             return
         self._evicted[run_id] = self._writer.batches_queued
         if len(self._evicted) >= _EVICTED_PRUNE_AT:
@@ -402,40 +454,16 @@ class SqliteStore:
         whose writes were refused."""
         if self._closed:
             raise RuntimeError("SqliteStore is closed")
-        if self._writer.failure is not None:
+        if self._writer is not None and self._writer.failure is not None:
             self._failure_reported = True
             raise self._writer.failure_error()
         if run_id is not None:
             self._fences.check(run_id)
 
-
-def _database_path(path: str | os.PathLike[str]) -> Path:
-    """The database file for `path`, its directory created: an existing directory, a path ending in a
-    separator or one without a suffix names a directory that holds ``dagrun.db``."""
-    text = os.fspath(path)
-    given = Path(text).expanduser()
-    is_directory = given.is_dir() or (not given.exists() and (text.endswith(("/", os.sep)) or not given.suffix))
-    file = given / DEFAULT_FILENAME if is_directory else given
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StoreError(f"{file.parent}: cannot create the store directory: {exc.strerror or exc}") from exc
-    return file.absolute()
-
-
-def _open_connection(path: Path, *, busy_timeout_s: float, prepare: bool) -> sqlite3.Connection:
-    try:
-        conn = schema.connect(path, busy_timeout_s=busy_timeout_s)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from exc
-    try:
-        if prepare:
-            schema.prepare(conn, path)
-        else:
-            conn.execute("PRAGMA query_only = ON")  # the reader never writes
-    except BaseException as exc:
-        conn.close()
-        if isinstance(exc, sqlite3.Error):
-            raise StoreError(f"{path}: cannot open the SQLite store: {exc}") from exc
-        raise
-    return conn
+    def _writable(self, run_id: str | None = None) -> Writer:
+        """The writer, once the store is found usable (for writes of `run_id`: see `_check_usable`);
+        StoreError when it was opened read-only."""
+        self._check_usable(run_id)
+        if self._writer is None:
+            raise StoreError(f"{self.path}: the store was opened read-only, so it cannot be written")
+        return self._writer

@@ -28,10 +28,11 @@ from typing import Any
 
 import orjson
 
+from dagrun.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
+from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, merge_context
 
 MAX_NOTICES = 10_000  # the notice log keeps the newest; readers rescan rather than rely on every notice
 
@@ -113,9 +114,12 @@ _RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at,
 _STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms"
 
 
-def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), usable from the thread that owns it."""
-    return sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+def connect(path: Path, *, busy_timeout_s: float, options: str = "mode=rw") -> sqlite3.Connection:
+    """A connection to the existing file at `path` (the default `options`, SQLite's URI parameters, never
+    create one) in autocommit mode (transactions are explicit), usable from the thread that owns it."""
+    return sqlite3.connect(
+        f"{path.as_uri()}?{options}", uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
 
 
 def prepare(conn: sqlite3.Connection, path: Path) -> None:
@@ -137,6 +141,15 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def is_current(conn: sqlite3.Connection, path: Path) -> bool:
+    """Whether the file has this dagrun's schema (else an older one's); StoreError when a newer dagrun
+    wrote it, or when it is a SQLite database of something else."""
+    version = _version(conn, path)
+    if version == 0:  # dagrun writes its schema version in the transaction that makes a store
+        raise StoreError(f"{path}: a SQLite database without dagrun's tables, so not a dagrun store; check the path")
+    return version == SCHEMA_VERSION
 
 
 def _version(conn: sqlite3.Connection, path: Path) -> int:
@@ -201,6 +214,24 @@ def _claim_lease(conn: sqlite3.Connection, run_id: str, held: int, owner: str, *
         {"run_id": run_id, "owner": owner, "expires_at": now + ttl_s, "now": now, "held": held},
     ).fetchone()
     return 0 if claimed is None else int(claimed[0])
+
+
+def apply_context(
+    conn: sqlite3.Connection, run_id: str, ops: tuple[ContextOp, ...], fence: int
+) -> tuple[dict[str, Any], list[str]] | int | None:
+    """Merge `ops` into the run's context as the file holds it; no other process writes in between, as
+    the transaction holds the write lock. The new value and the rejected operations' messages; the run's
+    lease epoch when it has passed `fence` (the write is refused: see `fencing`); None when there is no
+    such run. (Not exceptions: those would undo the whole transaction.)"""
+    refused = refused_runs(conn, {run_id: fence})
+    if refused:
+        return refused[run_id]
+    row = conn.execute("SELECT value FROM context WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None and not run_exists(conn, run_id):
+        return None
+    text, value, rejected = merge_context(EMPTY_OBJECT if row is None else row[0], ops, run_id=run_id)
+    conn.execute(UPSERT_CONTEXT, (run_id, text))
+    return value, rejected
 
 
 def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: bool) -> None:

@@ -6,8 +6,10 @@ commits everything pending, at most every `interval_s`, at once when a flush or 
 seqs are assigned in that transaction, which holds the file's write lock, so writers in other processes
 continue the same sequence. Batches are committed in the order they were queued, so writes are applied
 in the order they were made. A failed commit is kept and turned into a StoreError for every later call:
-writes are never lost silently. Run writes are fenced (`fencing`): each carries the lease epoch its store
-holds, and the transaction drops those of runs whose epoch has passed it, telling `on_refused`.
+writes are never lost silently. So is a commit to a file that has since been deleted or replaced, which
+SQLite does not notice: each commit is followed by one stat of the path (`sqlite_file.check_same_file`).
+Run writes are fenced (`fencing`): each carries the lease epoch its store holds, and the transaction drops
+those of runs whose epoch has passed it, telling `on_refused`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dagrun.errors import StoreError
+from dagrun.store import sqlite_file
 from dagrun.store import sqlite_schema as schema
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ class Writer:
         self.batches_committed = 0
         self._conn = conn
         self._path = path
+        self._file_id = sqlite_file.file_id(path)  # the file `conn` opened, as the path named it just now
         self._interval_s = interval_s
         self._on_refused = on_refused
         # The lock guards _batch and _idle: the loop appends, the writer swaps the batch out.
@@ -185,10 +189,13 @@ class Writer:
             raise RuntimeError("SqliteStore is closed")
 
     def failure_error(self) -> StoreError:
-        error = StoreError(
-            f"{self._path}: writing to the store failed ({self.failure}); writes since the last commit are lost"
-            " and no more are accepted: reopen the store once the cause is fixed"
-        )
+        if isinstance(self.failure, StoreError):  # found by the writer, not SQLite: its message says it all
+            error = StoreError(str(self.failure))
+        else:
+            error = StoreError(
+                f"{self._path}: writing to the store failed ({self.failure}); writes since the last commit are lost"
+                " and no more are accepted: reopen the store once the cause is fixed"
+            )
         error.__cause__ = self.failure
         return error
 
@@ -225,6 +232,7 @@ class Writer:
         if self.failure is None and batch.size():  # a batch of flush waiters only needs no transaction
             try:
                 self._write(batch)
+                sqlite_file.check_same_file(self._path, self._file_id)
             except Exception as exc:  # becomes the StoreError of every later call
                 logger.error("sqlite store %s: commit of %d rows failed: %s", self._path, batch.size(), exc)
                 self.failure = exc

@@ -9,16 +9,24 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.api.conftest import HELLO, WAIT_S
+from tests.control_support import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r"api: listening on (http://127\.0\.0\.1:\d+)")
+TALLY = {
+    "name": "tally",
+    "steps": [
+        {"id": "count", "script": "context.incr('n', 2)\ncontext.append('seen', 'count')"},
+        {"id": "more", "depends_on": ["count"], "script": "context.incr('n', 3)"},
+    ],
+}
 
 
 async def start(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
@@ -44,31 +52,45 @@ def token_file(tmp_path: Path) -> Path:
     return path
 
 
+Served = tuple[asyncio.subprocess.Process, str, list[str]]  # the process, its URL, the lines it logged
+
+
 @pytest.fixture
-async def served(tmp_path: Path, token_file: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, list[str]]]:
-    """`serve api --orchestrate` on a sqlite store and port 0: the process, its URL, the lines it logged."""
-    process = await start(
-        tmp_path, "--store", str(tmp_path / "store"), "--token-file", str(token_file), "--port", "0",
-        "--orchestrate", "--processes", "1",
-    )  # fmt: skip
-    lines: list[str] = []
-    try:
+async def serve(tmp_path: Path, token_file: Path) -> AsyncIterator[Callable[..., Awaitable[Served]]]:
+    """Starts `serve api` on the sqlite store `tmp_path/store` and port 0, with more arguments, and waits
+    until it listens; kills every process it started at teardown."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def serve_with(*args: str) -> Served:
+        process = await start(
+            tmp_path, "--store", str(tmp_path / "store"), "--token-file", str(token_file), "--port", "0", *args
+        )
+        started.append(process)
+        lines: list[str] = []
         async with asyncio.timeout(WAIT_S):
             assert process.stderr is not None
             while not (found := LISTENING.search(lines[-1] if lines else "")):
                 line = await process.stderr.readline()
                 assert line, "the server exited:\n" + "".join(lines)
                 lines.append(line.decode())
-        yield process, found.group(1), lines
+        return process, found.group(1), lines
+
+    try:
+        yield serve_with
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        for process in started:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
 
 
-async def test_it_serves_drives_runs_and_stops_cleanly_on_sigterm(
-    served: tuple[asyncio.subprocess.Process, str, list[str]], token_file: Path
-) -> None:
+@pytest.fixture
+async def served(serve: Callable[..., Awaitable[Served]]) -> Served:
+    """`serve api --orchestrate`: it drives the runs it is sent."""
+    return await serve("--orchestrate", "--processes", "1")
+
+
+async def test_it_serves_drives_runs_and_stops_cleanly_on_sigterm(served: Served, token_file: Path) -> None:
     process, url, lines = served
     token = token_file.read_text().strip()
     headers = {"Authorization": f"Bearer {token}"}
@@ -85,6 +107,30 @@ async def test_it_serves_drives_runs_and_stops_cleanly_on_sigterm(
     assert code == 0, log
     assert "SIGTERM received" in log and "api: stopped" in log
     assert token not in log and "Traceback" not in log
+
+
+async def test_it_shows_the_context_of_a_run_that_an_orchestrator_process_drives(
+    serve: Callable[..., Awaitable[Served]], tmp_path: Path, token_file: Path
+) -> None:
+    orchestrators = Processes(str(tmp_path / "store"), tmp_path)  # the same store, another process
+    try:
+        orchestrators.start("orchestrator", "--processes", "1")
+        _, url, _ = await serve()
+        headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        async with aiohttp.ClientSession(url, headers=headers) as client:
+            async with client.post("/v1/runs", json={"flow": TALLY}) as response:
+                assert response.status == 201
+                run_id = (await response.json())["run_id"]
+            async with asyncio.timeout(WAIT_S), client.get(f"/v1/runs/{run_id}/events/stream") as response:
+                await response.text()  # the stream ends with the run
+            async with client.get(f"/v1/runs/{run_id}") as response:
+                detail = await response.json()
+            async with client.get(f"/v1/runs/{run_id}/checkpoint") as response:
+                checkpoint = await response.json()
+    finally:
+        orchestrators.kill_all()
+    assert detail["status"] == "succeeded", detail
+    assert detail["context"] == checkpoint["context"] == {"n": 5, "seen": ["count"]}
 
 
 async def test_it_exits_with_one_line_when_it_cannot_bind(tmp_path: Path, token_file: Path) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +15,7 @@ import pytest
 
 from dagrun.states import RunStatus
 from dagrun.store import Store, open_store
-from tests.control_support import wait_for_event
+from tests.control_support import Processes, read_only_mount, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -64,46 +61,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def store(store_url: str) -> AsyncIterator[Store]:
     async with open_store(store_url) as opened:
         yield opened
-
-
-class Processes:
-    """`dagrun` child processes of one test, all killed when it ends."""
-
-    def __init__(self, store_url: str, directory: Path) -> None:
-        self.env = {**os.environ, "DAGRUN_STORE": store_url}
-        self.env.pop("DAGRUN_DEBUG", None)
-        self.directory = directory
-        self.started: list[subprocess.Popen[str]] = []
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "dagrun", *args], cwd=self.directory, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.started.append(process)
-        return process
-
-    def flow(self, document: dict[str, Any], name: str = "flow.json") -> str:
-        path = self.directory / name
-        path.write_text(json.dumps(document))
-        return str(path)
-
-    def submit(self, document: dict[str, Any]) -> str:
-        result = self.run("submit", self.flow(document))
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip().splitlines()[-1]
-
-    def kill_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
 
 
 @pytest.fixture
@@ -282,5 +239,27 @@ def test_quiet_waits_and_follows_outlast_a_short_redis_socket_timeout(redis_url:
 
         assert waited.returncode == 124, waited.stderr
         assert follow.poll() is None, follow.communicate()  # still following, not failed
+    finally:
+        processes.kill_all()
+
+
+async def test_a_read_only_view_of_a_sqlite_store_follows_a_run_driven_elsewhere(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    processes = Processes(str(directory), tmp_path)
+    try:
+        async with open_store(str(directory)) as store:
+            processes.start("orchestrator", "--processes", "1")
+            run_id = processes.submit(GATED)
+            await wait_for_event(store, run_id, "waiting", "approve")
+            follower = processes.start("events", run_id, "--follow", prefix=read_only_mount(directory))
+            assert follower.stdout is not None
+            for line in follower.stdout:  # what was written before it started
+                if "step approve waiting" in line:
+                    break
+            signalled = processes.run("signal", run_id, "approve", "approved=true")
+            assert signalled.returncode == 0, signalled.stderr
+            out, err = follower.communicate(timeout=60)  # and what was written since, to the run's end
+        assert follower.returncode == 0, err
+        assert "step ship succeeded" in out and "run succeeded" in out, out
     finally:
         processes.kill_all()

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import sqlite3
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dagrun.context import ContextOp, ContextOpKind
-from dagrun.errors import StoreError
+from dagrun.errors import StoreError, StoreNotFound
 from dagrun.executor import ErrorKind, StepError
 from dagrun.states import RunStatus, StepStatus
-from dagrun.store import SqliteStore, StepRecord
+from dagrun.store import SqliteStore, StepRecord, Store, open_store
 from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import CommandKind, NoticeKind
-from tests.store.conftest import StoreFactory, create
+from tests.store.conftest import StoreFactory, create, make_run
 
 INCR = ContextOpKind.INCR
+
+
+async def create_driven(s: Store, run_ids: Sequence[str], steps: Sequence[str]) -> None:
+    """Create runs as an orchestrator does, under their leases: this store drives them, so it caches
+    them and queues its writes to them without waiting for I/O."""
+    assert all(await s.claim_leases(run_ids, "orch-test", ttl_s=600))
+    for run_id in run_ids:
+        await create(s, run_id, steps)
 
 
 async def test_data_survives_close_and_reopen(sqlite_store: StoreFactory) -> None:
@@ -145,6 +156,44 @@ async def test_a_driver_rereads_a_run_that_another_process_drove_meanwhile(sqlit
     assert await b.get_context("r1") == {"n": 111}
 
 
+async def test_a_process_that_does_not_drive_a_run_reads_what_its_driver_committed(
+    sqlite_store: StoreFactory,
+) -> None:
+    api, driver = sqlite_store(), sqlite_store()  # two processes on one file
+    await create(api, "r1", ["a"])  # submitted, as the API does, for an orchestrator elsewhere to drive
+    await api.flush()
+    assert await driver.claim_lease("r1", "orch-a", ttl_s=0.5)
+    await driver.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await driver.flush()
+    assert await api.get_context("r1") == {"n": 1}
+
+    await asyncio.sleep(0.6)  # the driver's lease lapses; another one takes the run over
+    assert await api.claim_lease("r1", "orch-b", ttl_s=30)
+    await api.apply_context("r1", (ContextOp(INCR, "n", 10),))
+    await api.flush()
+    assert await driver.get_context("r1") == {"n": 11}  # not what it cached while it drove the run
+
+
+async def test_writes_of_a_later_lease_holder_build_on_what_the_file_holds(sqlite_store: StoreFactory) -> None:
+    control, driver = sqlite_store(), sqlite_store()
+    await create(control, "r1", ["a"])
+    await control.flush()
+    assert await driver.claim_lease("r1", "orch-a", ttl_s=30)
+    await driver.apply_context("r1", (ContextOp(INCR, "n", 1),))
+    await driver.record_step(StepRecord("r1", "late", StepStatus.SKIPPED))  # not created with the run: goes last
+    await driver.release_lease("r1", "orch-a")
+    assert await control.claim_lease("r1", "control", ttl_s=30)  # as a cancel of an undriven run does
+
+    value, _ = await control.apply_context("r1", (ContextOp(INCR, "n", 10),))
+    assert value == {"n": 11}
+    await control.record_step(StepRecord("r1", "later", StepStatus.SKIPPED))
+    await control.flush()
+    with sqlite3.connect(control.path) as conn:
+        positions = conn.execute("SELECT step_id, position FROM steps ORDER BY position").fetchall()
+    assert positions == [("a", 0), ("late", 1), ("later", 2)]
+    assert await driver.get_context("r1") == {"n": 11}
+
+
 def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "dagrun.db"
     with sqlite3.connect(path) as conn:
@@ -154,9 +203,9 @@ def test_a_file_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
-async def test_writes_return_without_suspending(sqlite_store: StoreFactory) -> None:
+async def test_writes_of_the_driver_return_without_suspending(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
-    await create(s, "r1", ["a"])
+    await create_driven(s, ["r1"], ["a"])
     write = s.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
     with pytest.raises(StopIteration):  # the coroutine finished at its first step: it never awaited I/O
         write.send(None)
@@ -164,7 +213,7 @@ async def test_writes_return_without_suspending(sqlite_store: StoreFactory) -> N
 
 async def test_commits_wait_for_the_interval_unless_flushed(tmp_path: Path) -> None:
     async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:
-        await create(s, "r1", ["a"])
+        await create_driven(s, ["r1"], ["a"])
         await s.flush()
         commits = s.commits
         for attempt in range(1, 101):
@@ -182,15 +231,15 @@ async def test_writes_are_committed_in_groups(tmp_path: Path, monkeypatch: pytes
     statements: list[str] = []  # every statement SQLite executes, as its trace callback reports them
     real_connect = schema.connect
 
-    def traced_connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-        conn = real_connect(path, busy_timeout_s=busy_timeout_s)
+    def traced_connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
+        conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.set_trace_callback(statements.append)
         return conn
 
     monkeypatch.setattr(schema, "connect", traced_connect)
     calls = 2000
     async with SqliteStore.open(tmp_path) as s:
-        await create(s, "r1", [f"s{i}" for i in range(calls // 2)])
+        await create_driven(s, ["r1"], [f"s{i}" for i in range(calls // 2)])
         await s.flush()
         statements.clear()
         for i in range(calls // 2):
@@ -233,7 +282,7 @@ asyncio.run(main())
 
 async def test_another_process_reads_while_a_run_writes(sqlite_store: StoreFactory) -> None:
     s = sqlite_store()
-    await create(s, "r1", [f"s{i}" for i in range(50)])
+    await create_driven(s, ["r1"], [f"s{i}" for i in range(50)])
     await s.flush()
     stop = asyncio.Event()
 
@@ -276,6 +325,67 @@ def test_a_directory_path_holds_dagrun_db(tmp_path: Path) -> None:
         asyncio.run(store.aclose())
 
 
+async def test_reading_a_path_without_a_store_creates_nothing_and_says_so(tmp_path: Path) -> None:
+    for path in (tmp_path / "nothing" / "here", tmp_path / "runs.db"):
+        with pytest.raises(StoreNotFound) as caught:
+            SqliteStore.open(path, read_only=True)
+        assert str(caught.value).startswith(f"{path if path.suffix else path / 'dagrun.db'}: there is no store here")
+    with pytest.raises(StoreNotFound):
+        open_store(str(tmp_path / "nothing"), read_only=True)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_store_opened_read_only_reads_what_others_write_and_leaves_no_file(sqlite_store: StoreFactory) -> None:
+    writer = sqlite_store()
+    await create(writer, "r1", ["a"])
+    await writer.aclose()  # the last connection: SQLite removes the WAL's files
+    assert os.listdir(sqlite_store.path.parent) == ["dagrun.db"]
+
+    async with SqliteStore.open(sqlite_store.path, read_only=True) as reader:
+        assert [run.run_id for run in await reader.list_runs()] == ["r1"]
+        waiting = asyncio.create_task(reader.wait_events("r1", after_seq=0, timeout_s=10))
+        async with SqliteStore.open(sqlite_store.path) as other:  # a writer starts while it reads
+            await other.apply_context("r1", (ContextOp(INCR, "n", 1),))
+            await other.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+            await other.flush()
+            assert [event.step_id for event in await asyncio.wait_for(waiting, 5)] == ["a"]
+            assert await reader.get_context("r1") == {"n": 1}
+        writes = [
+            reader.create_run(make_run("r2"), ["a"]),
+            reader.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED)),
+            reader.apply_context("r1", (ContextOp(INCR, "n", 1),)),
+            reader.set_run_status("r1", RunStatus.FAILED, at=1.0),
+            reader.send_command("r1", CommandKind.CANCEL, at=1.0),
+            reader.claim_lease("r1", "orch-a", ttl_s=30),
+        ]
+        for write in writes:
+            with pytest.raises(StoreError, match="opened read-only, so it cannot be written"):
+                await write
+        await reader.flush()  # nothing to flush
+    assert os.listdir(sqlite_store.path.parent) == ["dagrun.db"]
+
+
+async def test_reading_a_store_of_an_older_dagrun_upgrades_it_first(tmp_path: Path) -> None:
+    path = tmp_path / "dagrun.db"
+    with sqlite3.connect(path) as conn:
+        for statement in _SCHEMA_V1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO runs VALUES ('r1', 'etl', 'running', '{}', '{}', 1.0, 1.0, NULL, NULL)")
+        conn.execute("INSERT INTO steps VALUES ('r1', 'a', 0, 'succeeded', 1, 1.0, 2.0, '{}', NULL, '', 'w1')")
+    async with SqliteStore.open(path, read_only=True) as reader:
+        assert [step.elapsed_ms for step in await reader.get_steps("r1")] == [0.0]
+        assert await reader.get_commands("r1") == []
+
+
+def test_reading_a_sqlite_database_of_something_else_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreError, match="without dagrun's tables, so not a dagrun store") as caught:
+        SqliteStore.open(path, read_only=True)
+    assert str(path) in str(caught.value)
+
+
 def test_from_url_takes_an_absolute_path(tmp_path: Path) -> None:
     store = SqliteStore.from_url(f"sqlite://{tmp_path}/runs.db")
     try:
@@ -301,7 +411,14 @@ def _not_a_database(tmp_path: Path) -> Path:
     return tmp_path / "notes.db"
 
 
-@pytest.mark.parametrize("make_path", [_path_under_a_file, _file_in_place_of_the_directory, _not_a_database])
+def _empty_file(tmp_path: Path) -> Path:
+    (tmp_path / "dagrun.db").touch()
+    return tmp_path / "dagrun.db"
+
+
+@pytest.mark.parametrize(
+    "make_path", [_path_under_a_file, _file_in_place_of_the_directory, _not_a_database, _empty_file]
+)
 def test_an_unusable_path_raises_store_error_naming_it(tmp_path: Path, make_path: object) -> None:
     path: Path = make_path(tmp_path)  # type: ignore[operator]
     with pytest.raises(StoreError) as caught:
@@ -309,6 +426,54 @@ def test_an_unusable_path_raises_store_error_naming_it(tmp_path: Path, make_path
     message = str(caught.value)
     assert str(path.parent) in message
     assert "\n" not in message
+
+
+def test_an_empty_file_is_refused_as_a_damaged_store_and_left_alone(tmp_path: Path) -> None:
+    path = _empty_file(tmp_path)
+    with pytest.raises(StoreError) as caught:
+        SqliteStore.open(tmp_path)
+    assert str(caught.value) == (
+        f"{path}: the store file is empty (0 bytes), so it is a damaged store, not a new one; restore it from a"
+        " backup, or remove it to start an empty store"
+    )
+    assert path.stat().st_size == 0 and os.listdir(tmp_path) == ["dagrun.db"]
+    with pytest.raises(StoreError, match="not a SQLite database, so not a dagrun store"):
+        SqliteStore.open(_not_a_database(tmp_path))
+
+
+def test_stores_opened_at_once_on_a_new_path_all_open_one_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dagrun.db"
+    count = 6
+    barrier = threading.Barrier(count)
+
+    def open_store(_: int) -> SqliteStore:
+        barrier.wait()  # all at once: none may find a store still being made (an empty file) and refuse it
+        return SqliteStore.open(path)
+
+    with ThreadPoolExecutor(count) as pool:
+        opened = [pool.submit(open_store, i) for i in range(count)]
+    stores = [future.result() for future in opened if future.exception() is None]
+
+    async def use_and_close() -> None:
+        await create(stores[0], "r1")
+        await stores[0].flush()
+        for store in stores:
+            assert (await store.get_run("r1")).run_id == "r1"
+            await store.aclose()
+
+    asyncio.run(use_and_close())
+    assert [future.exception() for future in opened] == [None] * count
+    assert os.listdir(path.parent) == ["dagrun.db"]  # no draft left behind
+
+
+def test_a_new_store_is_made_where_files_cannot_be_hard_linked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_hard_links(source: object, target: object) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    store = SqliteStore.open(tmp_path)
+    asyncio.run(store.aclose())
+    assert os.listdir(tmp_path) == ["dagrun.db"]
 
 
 def test_a_read_only_directory_raises_store_error_naming_it(tmp_path: Path) -> None:
@@ -333,8 +498,8 @@ def _tiny_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every connection gets a file size limit of 64 pages, so a big write fails as on a full disk."""
     real_connect = schema.connect
 
-    def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
-        conn = real_connect(path, busy_timeout_s=busy_timeout_s)
+    def connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
+        conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.execute("PRAGMA max_page_count = 64")
         return conn
 
@@ -356,6 +521,28 @@ async def test_a_writer_failure_surfaces_as_store_error(tmp_path: Path, monkeypa
     with pytest.raises(StoreError, match="full"):
         await store.get_run("r1")
     await store.aclose()  # already reported: closing releases quietly
+    await store.aclose()
+
+
+@pytest.mark.parametrize("what", ["was deleted", "was replaced by another file"])
+async def test_a_store_file_deleted_or_replaced_while_open_fails_the_next_commit(tmp_path: Path, what: str) -> None:
+    store = SqliteStore.open(tmp_path)
+    await create_driven(store, ["r1"], ["a"])
+    await store.flush()
+    backup = tmp_path / "backup.db"
+    with sqlite3.connect(store.path) as source, sqlite3.connect(backup) as copy:
+        source.backup(copy)
+    for name in ("dagrun.db", "dagrun.db-wal", "dagrun.db-shm"):
+        (tmp_path / name).unlink()
+    if what.startswith("was replaced"):
+        backup.rename(store.path)  # restored from a backup under the running store
+    await store.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+    message = f"{store.path}: the store file {what} while in use; what was written to it is lost, and no more writes"
+    with pytest.raises(StoreError) as caught:
+        await store.flush()
+    assert str(caught.value) == message + " are accepted"
+    with pytest.raises(StoreError, match=what):  # and every later call says so too
+        await store.get_run("r1")
     await store.aclose()
 
 
@@ -387,8 +574,7 @@ async def test_waiters_share_one_watcher_that_wakes_them_all_on_one_commit(
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:  # commits only when flushed
-        for run_id in run_ids:
-            await create(s, run_id, ["a"])
+        await create_driven(s, run_ids, ["a"])
 
         async def checks_per_tick(waiting: list[str]) -> float:
             """data_version checks per 20 ms while one wait_events per run in `waiting` times out."""
@@ -428,8 +614,7 @@ async def test_a_commit_wakes_only_the_waiters_of_the_runs_it_wrote_to(
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path) as s:
-        for run_id in run_ids:
-            await create(s, run_id, ["a"])
+        await create_driven(s, run_ids, ["a"])
         waits = {run_id: asyncio.create_task(s.wait_events(run_id, after_seq=0, timeout_s=10)) for run_id in run_ids}
         await asyncio.sleep(0.2)
         assert calls["read_events"] == len(run_ids)  # each waiter queried once, found nothing, and waits
