@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from dagrun.sandbox import confinement
 from dagrun.sandbox.runner import CPU_LIFETIME_S, StepRunner
 from dagrun.sandbox.scope import JSON_OPTIONS, HostFunctionError, LimitExceeded, StepScope
 from dagrun.sandbox.settings import SandboxSettings
@@ -31,7 +32,7 @@ from dagrun.sandbox.settings import SandboxSettings
 #                     {"t": "run", "id": n, "req": {...}}            requests, up to pipeline_depth queued
 #                     {"t": "reply", "ok": true, "value": v}         the answer to a host function call
 #                     {"t": "reply", "ok": false, "error": "..."}
-#   child -> parent   {"t": "ready", "pid": n}                       or {"t": "fatal", "message": "..."}
+#   child -> parent   {"t": "ready", "pid": n, "layers": [names]}    or {"t": "fatal", "message": "..."}
 #                     {"t": "result", "id": n, "ok": ..., "outputs": {...}, "ops": [...], "error": ...,
 #                      "logs": "...", "elapsed_ms": ..., "exit": false}
 #                     {"t": "call", "fn": name, "args": [...], "kwargs": {...}}   during a step
@@ -114,12 +115,13 @@ def make_host_function(
     return host_function
 
 
-def confine(settings: SandboxSettings, parent_pid: int) -> None:
-    """Apply the rlimits, drop root privileges for good (RLIMIT_NPROC does not bind root), stop imports."""
+def confine(settings: SandboxSettings, parent_pid: int, seccomp: Any) -> list[str]:
+    """Apply the rlimits, leave the network, drop root privileges for good (RLIMIT_NPROC does not bind
+    root), apply Landlock and seccomp (see `confinement`), stop imports. The OS layers applied."""
+    layers = [confinement.NETWORK_NAMESPACE] if confinement.enter_network_namespace() else []
     _lower_limit(resource.RLIMIT_AS, settings.memory_mb * 1024 * 1024)
     _lower_limit(resource.RLIMIT_FSIZE, 0)
     _lower_limit(resource.RLIMIT_CORE, 0)
-    _lower_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)
     _lower_limit(resource.RLIMIT_NPROC, 0)
     # SIGXCPU (the soft limit) raises in Python code only; the hard limit kills even a loop in C
     used_s = math.ceil(time.process_time())
@@ -135,12 +137,18 @@ def confine(settings: SandboxSettings, parent_pid: int) -> None:
         if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
             raise RuntimeError("could not drop privileges")
     _die_with(parent_pid)
+    if confinement.restrict_filesystem():
+        layers.append(confinement.LANDLOCK)
+    if confinement.filter_syscalls(seccomp):
+        layers.append(confinement.SECCOMP)
+    _lower_limit(resource.RLIMIT_NOFILE, MAX_OPEN_FILES)  # last: Landlock and seccomp needed an fd each
     # Everything is loaded: from now on any import (a codec looked up by name ...) fails cleanly with
     # ImportError, instead of reaching the file system with an error that names host paths.
     sys.meta_path.clear()
     sys.path_hooks.clear()
     sys.path_importer_cache.clear()
     sys.path.clear()
+    return layers
 
 
 def _die_with(parent_pid: int) -> None:
@@ -188,8 +196,9 @@ def serve(channel: Channel, runner: StepRunner) -> None:
             return
 
 
-def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> StepRunner:
-    """Read the configuration, load everything, confine this process; the runner is ready to serve."""
+def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunner, list[str]]:
+    """Read the configuration, load everything, confine this process; the runner, ready to serve, and the
+    OS confinement layers applied."""
     config = orjson.loads(reader.readline())
     settings = SandboxSettings(**config["settings"])
     holder: list[StepRunner] = []
@@ -201,12 +210,12 @@ def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> StepRunner:
     }
     runner = StepRunner(settings, functions)  # loads every module a script can reach (facades.preload_modules)
     holder.append(runner)
-    confine(settings, parent_pid)
+    layers = confine(settings, parent_pid, confinement.load_seccomp())
     signal.signal(signal.SIGXCPU, lambda signum, frame: runner.on_cpu_limit())
     sys.setrecursionlimit(settings.recursion_limit)
     gc.collect()
     gc.freeze()  # the base objects are never garbage: keep them out of every later collection
-    return runner
+    return runner, layers
 
 
 def main() -> None:
@@ -216,11 +225,11 @@ def main() -> None:
     sys.stdout = sys.stderr
     channel = Channel(reader, 1)
     try:
-        runner = start(reader, channel, parent_pid)
+        runner, layers = start(reader, channel, parent_pid)
     except Exception as exc:  # stderr is /dev/null: tell the parent why, for its log
         channel.send(orjson.dumps({"t": "fatal", "message": f"{type(exc).__name__}: {exc}"[:1000]}) + b"\n")
         os._exit(1)
-    channel.send(orjson.dumps({"t": "ready", "pid": os.getpid()}) + b"\n")
+    channel.send(orjson.dumps({"t": "ready", "pid": os.getpid(), "layers": layers}) + b"\n")
     try:
         serve(channel, runner)
     except (OSError, ProtocolError, orjson.JSONDecodeError):

@@ -26,6 +26,7 @@ import orjson
 
 from dagrun.errors import ExecutorError
 from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult, encode_request
+from dagrun.sandbox import confinement
 from dagrun.sandbox.policy import check_function_names
 from dagrun.sandbox.process import ChildProcess, Job, parse_result, spawn_child
 from dagrun.sandbox.runner import cap_text
@@ -52,6 +53,7 @@ class SandboxPool:
         self._spawning: set[asyncio.Task[Exception | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # host function calls, reaping of retired children
         self._spawn_error: Exception | None = None
+        self._unconfined: set[str] = set()  # OS confinement layers a child lacked, already warned about
         self._is_closed = False
         self._is_flush_due = False
 
@@ -337,7 +339,11 @@ class SandboxPool:
             child.kill()
             await child.wait_closed()
             return None
-        logger.info("sandbox child %s started", child.worker_id)
+        logger.info("sandbox child %s started, confined by %s", child.worker_id, ", ".join(child.layers) or "rlimits")
+        for layer in confinement.missing(child.layers):
+            if layer not in self._unconfined:  # said once per pool, never silently
+                self._unconfined.add(layer)
+                logger.warning("sandbox: no %s: %s", layer, confinement.WITHOUT[layer])
         self._children.append(child)
         self._dispatch()
         return None

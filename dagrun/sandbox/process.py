@@ -55,10 +55,11 @@ class ChildEvents(Protocol):
     def child_lost(self, child: ChildProcess, reason: str) -> None: ...
 
 
-def child_command() -> list[str]:
+def child_command(entry: str = "dagrun.sandbox.child") -> list[str]:
     """The argv of a child: a fresh interpreter (never a fork of the host) that imports only the
-    child's modules. The `dagrun` and `dagrun.sandbox` packages are stubbed so that their `__init__`
-    (the embedding API, asyncio, pydantic ...) is not imported: less to load, less to reach."""
+    child's modules and runs `entry`'s `main` (the tests of the OS confinement name one of theirs). The
+    `dagrun` and `dagrun.sandbox` packages are stubbed so that their `__init__` (the embedding API,
+    asyncio, pydantic ...) is not imported: less to load, less to reach."""
     package = Path(dagrun.__file__).resolve().parent
     root = str(package.parent)
     paths = [root, *(p for p in sys.path if p and p != root and os.path.exists(p))]
@@ -70,7 +71,7 @@ def child_command() -> list[str]:
         "    module = types.ModuleType(name)\n"
         "    module.__path__ = [path]\n"
         "    sys.modules[name] = module\n"
-        "from dagrun.sandbox.child import main\n"
+        f"from {entry} import main\n"
         "main()\n"
     )
     return [sys.executable, "-I", "-S", "-B", "-c", bootstrap]
@@ -99,6 +100,7 @@ class ChildProcess(asyncio.SubprocessProtocol):
         self.outbox: list[bytes] = []  # requests handed to this child, not written yet
         self.next_id = 0
         self.is_retired = False  # killed or exiting: no more jobs, its lines are ignored
+        self.layers: tuple[str, ...] = ()  # the OS confinement layers it applied, as it said when ready
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[None] = loop.create_future()
         self.deadline = 0.0  # of the head job, in loop time
@@ -198,6 +200,8 @@ class ChildProcess(asyncio.SubprocessProtocol):
             self._lose("sent a message that is not a JSON object")
         elif not self.ready.done():
             if message.get("t") == "ready":
+                layers = message.get("layers")
+                self.layers = tuple(layer for layer in layers if type(layer) is str) if type(layers) is list else ()
                 self.ready.set_result(None)
             elif message.get("t") == "fatal":
                 self._lose(f"failed to start ({str(message.get('message'))[:1000]})")
