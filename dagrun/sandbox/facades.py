@@ -65,6 +65,7 @@ ALLOWED_MEMBERS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
     ),
     "functools": (functools, ("reduce", "partial", "cmp_to_key", "lru_cache", "cache")),
     "collections": (collections, ("Counter", "OrderedDict", "defaultdict", "deque", "namedtuple", "ChainMap")),
+    # deque and OrderedDict are served as SafeDeque and SafeOrderedDict (see SAFE_MEMBERS)
     "string": (
         string,
         (
@@ -74,6 +75,49 @@ ALLOWED_MEMBERS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
     ),
 }  # fmt: skip
 
+
+class SafeDeque(collections.deque):  # type: ignore[type-arg]
+    """deque, whose comparing members compare against a snapshot: in CPython 3.11 `index`, `count`,
+    `remove` and `in` keep using items that a script's `__eq__` may free by mutating the deque meanwhile
+    (a use-after-free reachable from allowed code)."""
+
+    __slots__ = ()
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        return list(self).index(value, start, stop)
+
+    def count(self, value: Any) -> int:
+        return list(self).count(value)
+
+    def remove(self, value: Any) -> None:
+        snapshot = list(self)
+        if value not in snapshot:
+            raise ValueError(f"{type(self).__name__}.remove(x): x not in deque")
+        del self[snapshot.index(value)]
+
+    def __contains__(self, value: Any) -> bool:
+        return value in list(self)
+
+
+class SafeOrderedDict(collections.OrderedDict):  # type: ignore[type-arg]
+    """OrderedDict, whose `==` compares snapshots: CPython 3.11's walks the linked order while a key's
+    `__eq__` may change it (gh-119004)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, collections.OrderedDict):
+            return list(self.items()) == list(other.items())
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+# Members replaced by a subclass without the interpreter bug they expose (the real class stays its base).
+SAFE_MEMBERS: dict[tuple[str, str], type] = {
+    ("collections", "deque"): SafeDeque,
+    ("collections", "OrderedDict"): SafeOrderedDict,
+}
 
 # Modules the members above import lazily (or through codecs) at call time. A child loads them before
 # it drops its privileges, after which nothing new can be imported (the interpreter's files are
@@ -133,7 +177,7 @@ def build_facades(refuse: Refuse) -> dict[str, Facade]:
     facades: dict[str, Facade] = {}
     for module_name, (module, names) in ALLOWED_MEMBERS.items():
         allowed = public_names(module) if names == _ALL_PUBLIC else list(names)
-        members = {name: getattr(module, name) for name in allowed}
+        members = {name: SAFE_MEMBERS.get((module_name, name), getattr(module, name)) for name in allowed}
         facades[module_name] = Facade(module_name, members, refuse)
     return facades
 

@@ -17,10 +17,20 @@ import operator
 import re
 import sys
 import weakref
+from abc import ABCMeta
 from collections import ChainMap, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from types import CodeType, FrameType, MappingProxyType, TracebackType
+from types import (
+    BuiltinMethodType,
+    CodeType,
+    FrameType,
+    FunctionType,
+    GenericAlias,
+    MappingProxyType,
+    MethodType,
+    TracebackType,
+)
 from typing import Any
 
 from RestrictedPython.compile import compile_restricted_exec
@@ -44,6 +54,8 @@ DENIED_ATTRIBUTES = INSPECT_ATTRIBUTES | {
 }  # fmt: skip
 _OPAQUE_TYPES = (FrameType, TracebackType, CodeType)
 _STR_FORMATTERS = frozenset({"format", "format_map"})  # '{0.__class__}'.format(x) walks attributes unguarded
+_STR_FORMAT, _STR_FORMAT_MAP = str.format, str.format_map
+_ABC_REGISTER = ABCMeta.register  # registering makes isinstance() say yes for any class, in every later step
 _VALUE_TYPES = (str, bytes, int, float, complex, tuple, frozenset)
 _IDENTITY_OPS = ("__eq__", "__ne__", "__hash__")
 _WRITABLE_TYPES = (dict, list, deque, ChainMap)  # and their subclasses (Counter, OrderedDict, defaultdict)
@@ -187,18 +199,44 @@ class Guards:
         self.script_classes: weakref.WeakSet[type] = weakref.WeakSet()  # only these may be written to
 
     def getattr(self, obj: Any, name: str, default: Any = _MISSING) -> Any:
-        """`_getattr_` and `getattr`: safer_getattr plus the frame/traceback/generator deny-list."""
+        """`_getattr_` and `getattr`: safer_getattr plus the frame/traceback/generator deny-list, then the
+        value found is judged by what it is, not by the object it came from (which can forward or lie)."""
         if type(name) is not str:
             raise TypeError("attribute name must be a str")
         if name[:1] == "_" or name in DENIED_ATTRIBUTES or isinstance(obj, _OPAQUE_TYPES):
             raise self.violations.refuse(f"access to attribute {name!r} is not allowed in the sandbox")
-        if name in _STR_FORMATTERS and (isinstance(obj, str) or (isinstance(obj, type) and issubclass(obj, str))):
-            raise self.violations.refuse(f"str.{name} is not available in the sandbox; use f-strings or %")
         if name == "obj" and isinstance(obj, AttributeError):
             raise self.violations.refuse("AttributeError.obj is not available in the sandbox")  # a host object
-        if default is _MISSING:
-            return getattr(obj, name)
-        return getattr(obj, name, default)
+        value = getattr(obj, name) if default is _MISSING else getattr(obj, name, default)
+        return self._judged(obj, name, value)
+
+    def _judged(self, obj: Any, name: str, value: Any) -> Any:
+        """The value of an attribute read, or a refusal. A GenericAlias forwards reads to its origin
+        (``S[int].format`` is ``str.format``), and an ABC can be told any class is its subclass, so the
+        object read from proves nothing; the value does."""
+        if _is_str_formatter(value):  # '{0.__class__}'.format(x) walks attributes unguarded
+            raise self.violations.refuse(f"str.{name} is not available in the sandbox; use f-strings or %")
+        if type(value) is MethodType and value.__func__ is _ABC_REGISTER:
+            raise self.violations.refuse("registering a class with an ABC is not allowed in the sandbox")
+        if type(value) is FunctionType and value.__code__.co_filename != SCRIPT_FILENAME:
+            owner = _defining_class(obj, name, value)
+            if owner is not None:
+                return self._bound_to_instances(owner, value)
+        return value
+
+    def _bound_to_instances(self, owner: type, function: FunctionType) -> Callable[..., Any]:
+        """A host class's method read from the class: callable only with a real instance as `self`, as
+        the method was written for (a crafted `self` runs host code on the script's terms, e.g.
+        ``Counter.copy(int)`` returns `type`)."""
+        refuse = self.violations.refuse
+        where = f"{owner.__name__}.{function.__name__}"
+
+        def method_of_instances(*args: Any, **kwargs: Any) -> Any:
+            if not args or owner not in type(args[0]).__mro__:  # type() and __mro__ cannot be faked
+                raise refuse(f"{where} can only be called with a {owner.__name__} as its first argument")
+            return function(*args, **kwargs)
+
+        return method_of_instances
 
     def hasattr(self, obj: Any, name: str) -> bool:
         try:
@@ -209,8 +247,9 @@ class Guards:
 
     def write(self, obj: Any) -> Any:
         """`_write_`: the target of an attribute or item assignment, if the script may change it."""
-        if type(obj) in self.script_classes or isinstance(obj, _WRITABLE_TYPES):
-            return obj
+        kind = type(obj)
+        if kind in self.script_classes or any(base in _WRITABLE_TYPES for base in kind.__mro__):
+            return obj  # by the real MRO: isinstance() would also count classes registered with an ABC
         if isinstance(obj, type) and obj in self.script_classes:
             return obj
         if isinstance(obj, MappingProxyType):
@@ -245,6 +284,25 @@ class Guards:
             raise self.violations.refuse(f"{name}() is not available in the sandbox")
 
         return refused_builtin
+
+
+def _is_str_formatter(value: Any) -> bool:
+    """`str.format`/`format_map`, unbound or bound to any str (subclasses inherit the same descriptor)."""
+    if value is _STR_FORMAT or value is _STR_FORMAT_MAP:
+        return True
+    return type(value) is BuiltinMethodType and value.__name__ in _STR_FORMATTERS and isinstance(value.__self__, str)
+
+
+def _defining_class(obj: Any, name: str, function: FunctionType) -> type | None:
+    """The class whose own namespace holds `function` as a method `name`, when it was read from a class
+    (or a GenericAlias of one); None for a function that takes no `self` (a staticmethod, a facade member)."""
+    cls = obj.__origin__ if isinstance(obj, GenericAlias) else obj
+    if not isinstance(cls, type):
+        return None
+    for klass in cls.__mro__:
+        if klass.__dict__.get(name) is function:
+            return klass
+    return None
 
 
 def _inplacevar(op: str, target: Any, value: Any) -> Any:

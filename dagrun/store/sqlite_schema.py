@@ -247,6 +247,10 @@ def release_lease(conn: sqlite3.Connection, run_id: str, owner: str, *, notify: 
 def refused_runs(conn: sqlite3.Connection, fences: dict[str, int]) -> dict[str, int]:
     """The runs among `fences` (run id -> the epoch its writes carry) whose lease epoch has passed it, with
     that epoch: their writes are refused. One statement, each run an index seek."""
+    if len(fences) == 1:  # the common case (one run per commit), without a JSON document to parse
+        ((run_id, fence),) = fences.items()
+        row = conn.execute("SELECT epoch FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+        return {run_id: row[0]} if row is not None and row[0] > fence else {}
     rows = conn.execute(
         "SELECT key, value, (SELECT epoch FROM leases WHERE run_id = key) FROM json_each(?)",
         (orjson.dumps(fences).decode(),),
