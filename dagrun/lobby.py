@@ -8,13 +8,15 @@ connection that has waited longest for its headers is closed to make room; a new
 when every connection in the lobby is being answered. So idle or trickling sockets cost a bounded
 lobby and cannot lock out a client that sends its request at once; authenticated connections,
 keep-alive ones included, are not counted. Plain asyncio: each server reports its connections' events
-(`dagrun.lobby_site` for the aiohttp servers; the WebSocket worker's connection class).
+(`dagrun.lobby_site` for the aiohttp servers; the WebSocket worker's connection class), and decides
+with `is_authorized`, the one token check of every server, when a connection leaves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import math
 import time
@@ -26,6 +28,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEADER_TIMEOUT_S = 5.0
 DEFAULT_MAX_UNAUTHENTICATED = 128
 WARN_EVERY_S = 60.0  # a full lobby is logged once per this, not once per connection of a flood
+AUTHORIZATION = "Authorization"
+
+
+def is_authorized(values: list[str], token: str) -> bool:
+    """True when `values` (every Authorization header of a request) is exactly one ``Bearer <token>``;
+    the comparison takes the same time wherever the presented token first differs."""
+    if len(values) != 1:
+        return False
+    scheme, _, presented = values[0].partition(" ")
+    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no
+    matches = hmac.compare_digest(presented.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and matches
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -41,11 +41,10 @@ from dagrun.executor import (
     encode_result,
 )
 from dagrun.listening import os_reason
-from dagrun.lobby import Lobby
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
 from dagrun.lobby_site import LobbySite
 from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
-    AUTHORIZATION,
     BUSY_FIRST_DELAY_S,
     BUSY_MAX_DELAY_S,
     MAX_QUEUE_WAIT_S,
@@ -59,7 +58,6 @@ from executors.auth import (
     bearer_header,
     describe,
     health_document,
-    is_authorized,
     listen_error,
     parse_target,
     require_server_token,

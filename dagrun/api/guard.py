@@ -8,7 +8,6 @@ request that carries it takes its connection out of the lobby (`dagrun.lobby`).
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -20,7 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
-from dagrun.lobby import Lobby
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 PUBLIC_PATHS = frozenset({"/health"})  # the only paths served without the token
-AUTHORIZATION = "Authorization"
 
 
 class ApiError(Exception):
@@ -55,26 +53,14 @@ def error_response(status: int, message: str, *, close: bool = False, **extra: A
     return response
 
 
-def is_authorized(values: list[str], token: bytes) -> bool:
-    """True when `values` (every Authorization header of a request) is exactly one ``Bearer <token>``;
-    the comparison takes the same time wherever the presented token first differs."""
-    if len(values) != 1:
-        return False
-    scheme, _, presented = values[0].partition(" ")
-    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no
-    matches = hmac.compare_digest(presented.strip().encode(), token)
-    return scheme.lower() == "bearer" and matches
-
-
 def guard(token: str, *, max_body_bytes: int, lobby: Lobby) -> Middleware:
     """The middleware: 401 without the token, 413 for a declared body over the limit, then the handler
     with its errors rendered as JSON. A request with the token takes its connection out of `lobby`."""
-    expected = token.encode()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         with lobby.serving(request.transport):
-            if is_authorized(request.headers.getall(AUTHORIZATION, []), expected):
+            if is_authorized(request.headers.getall(AUTHORIZATION, []), token):
                 lobby.leave(request.transport)
             elif request.path not in PUBLIC_PATHS:
                 logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)

@@ -24,17 +24,15 @@ from websockets.http11 import Request, Response
 
 from dagrun.errors import ExecutorError
 from dagrun.executor import StepRequest, encode_result
-from dagrun.lobby import Lobby
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
 from dagrun.worker import ScriptWorker
 from executors.auth import (
-    AUTHORIZATION,
     MAX_QUEUE_WAIT_S,
     Admission,
     Busy,
     Stopping,
     describe,
     health_document,
-    is_authorized,
     listen_error,
     require_server_token,
     server_ssl_context,
