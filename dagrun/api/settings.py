@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dagrun.lobby import LobbySettings
+
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -20,6 +22,8 @@ class ApiSettings:
     # Live event streams at once: each holds a client connection and a store wait.
     max_streams: int = 64
     shutdown_timeout_s: float = 5.0  # how long requests in flight may finish when the server stops
+    # connections without the token: how long their request headers may take, how many at once
+    lobby: LobbySettings = dataclasses.field(default_factory=LobbySettings)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_streams < 1 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:

@@ -155,8 +155,9 @@ async def test_it_exits_with_one_line_when_it_cannot_bind(tmp_path: Path, token_
         (["--token-file", "{token}", "--processes", "2"], 2, "--processes: only applies with --orchestrate"),
         (["--token-file", "{token}", "--orchestrate", "--executor", "remote"], 2, "'remote' is not NAME=URL"),
         (["--token-file", "{token}", "--store", "ftp://x"], 3, "unsupported store URL scheme 'ftp'"),
+        (["--token-file", "{token}", "--max-unauthenticated", "0"], 2, "--max-unauthenticated: must be at least 1"),
     ],
-    ids=["no-token-file", "orchestrator-option-alone", "bad-executor", "bad-store"],
+    ids=["no-token-file", "orchestrator-option-alone", "bad-executor", "bad-store", "bad-lobby"],
 )
 async def test_unusable_options_are_one_clear_line(
     tmp_path: Path, token_file: Path, args: list[str], code: int, message: str
