@@ -21,12 +21,12 @@ from dagrun.flow_problems import (
     file_position,
     json_problem,
     json_type,
-    not_json,
     pydantic_findings,
     raw_step_id,
     salvage,
     step_label,
     utf8_problem,
+    value_findings,
 )
 from dagrun.flow_schema import (
     SCRIPT_ONLY_FIELDS,
@@ -155,8 +155,8 @@ class _FlowParser:
         else:
             bad = set()
         flow_inputs = None if "inputs" in bad else dict(self.raw.get("inputs", {}))
-        if flow_inputs is not None and self.check_json:
-            self.found.extend((loc, message, "") for loc, message in not_json(flow_inputs, ("inputs",)))
+        for name, value in (flow_inputs or {}).items():  # text documents too: a value may nest too deep
+            self.found.extend((loc, message, "") for loc, message in value_findings(value, ("inputs", name)))
         raw_defaults = self.raw.get("defaults", {})
         try:
             defaults = DefaultsModel.model_validate(raw_defaults)
@@ -203,13 +203,11 @@ class _FlowParser:
         if body == "wait_for":
             return self._waiting_step(index, model, written, label)
         script = "" if body is None or body in dropped else self._script(model, body, where, label)
-        if self.check_json:
-            self.found.extend((loc, message, label) for loc, message in not_json(model.inputs, (*where, "inputs")))
         if "retries" in given:
             retries = RetryPolicy(
                 **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
             )
-        return Step(
+        step = Step(
             id=step_id,
             index=index,
             script=script,
@@ -225,6 +223,14 @@ class _FlowParser:
             script_file=model.script_file if "script_file" in given else None,
             description=model.description,
         )
+        # Compiling its inputs walks them once, no deeper than MAX_NESTING: the reference check reports
+        # those nested deeper, and a mapping document's inputs are then checked for what JSON cannot say.
+        if self.check_json and not step.compiled_inputs.too_deep:
+            for name, value in model.inputs.items():
+                self.found.extend(
+                    (loc, message, label) for loc, message in value_findings(value, (*where, "inputs", name))
+                )
+        return step
 
     def _body(self, written: frozenset[str], where: Loc, label: str) -> str | None:
         """Which of 'script', 'script_file' and 'wait_for' the step has; None (reported) unless exactly one."""

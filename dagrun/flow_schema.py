@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
 
+from dagrun.references import MAX_NESTING
 from dagrun.states import RunIf
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -136,7 +137,7 @@ class StepModel(_Model):
         default={},
         description="JSON values given to the script as `inputs`. A string may hold '${steps.ID.KEY}' (an output of "
         "an ancestor step) or '${flow.KEY}' (a flow input); exactly one reference keeps the value's type. "
-        "'$${' is a literal '${'.",
+        f"'$${{' is a literal '${{'. A value nests at most {MAX_NESTING} arrays and objects deep.",
     )
     outputs: list[str] = _unset([], "Output keys the step promises; a missing one fails it; references are checked.")
     run_if: RunIf = Field(
@@ -158,7 +159,9 @@ class FlowFields(_Model):
     name: str = Field(min_length=1, description="The flow's name; runs are listed by it.")
     description: str = Field(default="", description="What the flow does, for people.")
     inputs: dict[str, Any] = Field(
-        default={}, description="Flow inputs and their defaults (JSON), overridable per run; steps read '${flow.KEY}'."
+        default={},
+        description="Flow inputs and their defaults (JSON, nested at most "
+        f"{MAX_NESTING} arrays and objects deep), overridable per run; steps read '${{flow.KEY}}'.",
     )
     defaults: DefaultsModel = Field(default=DefaultsModel(), description="Values steps inherit.")
 

@@ -166,6 +166,24 @@ def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
     assert_no_traceback(result)
 
 
+def test_values_nested_too_deep_are_one_problem_each_never_a_traceback(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_flow(
+        tmp_path, '{"name": "x", "steps": [{"id": "a", "script": "pass", "inputs": {"n": ' + deep + "}}]}"
+    )
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{path}: steps[0].inputs.n: nested more than 64 levels deep (arrays and objects); flatten it\n"
+        "dagrun: 1 problem found\n",
+    )
+
+    result = dagrun("run", str(FLOWS / "hello.json"), "--input", "who=" + "[" * 1000 + "]" * 1000, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "hello.json: inputs.who: nested more than 64 levels deep" in result.stderr
+    assert_no_traceback(result)
+
+
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
         result = dagrun(*command, cwd=tmp_path)

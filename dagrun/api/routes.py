@@ -19,8 +19,11 @@ from dagrun.api import models
 from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
 from dagrun.control import RunControl, command_json, event_json, run_json
+from dagrun.errors import FlowError, Problem
 from dagrun.flow_parser import parse_flow
+from dagrun.flow_problems import nesting_place
 from dagrun.orchestrator import Orchestrator
+from dagrun.references import TOO_DEEP, Loc, format_location
 from dagrun.store.base import Command
 
 PREFIX = "/v1"
@@ -120,7 +123,7 @@ class RunHandlers:
         return web.Response(body=self.openapi_body, content_type="application/json")
 
     async def submit_run(self, request: web.Request) -> web.Response:
-        body = await read_model(request, models.SubmitRequest)
+        body = await read_model(request, models.SubmitRequest, too_deep=_submitted_too_deep)
         # In a thread: compiling the scripts of a large flow would stall every other request (and the
         # lease renewals of an orchestrator sharing the loop).
         flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE)
@@ -178,6 +181,12 @@ class RunHandlers:
         body = await read_model(request, models.SignalRequest)
         command = await self._commands.signal(_run_id(request), request.match_info["step_id"], body.values)
         return _accepted(command)
+
+
+def _submitted_too_deep(loc: Loc) -> FlowError:
+    """A submitted flow (or run input) nested too deep to parse, as the problem `dagrun validate` reports."""
+    place = nesting_place(loc[1:] if loc[:1] == ("flow",) else loc)  # "inputs" are the run's, at the same place
+    return FlowError([Problem(format_location(place), TOO_DEEP)], source=SUBMITTED_SOURCE)
 
 
 def _run_id(request: web.Request) -> str:

@@ -162,6 +162,31 @@ async def test_what_the_server_cannot_run_is_422(
     assert problem["path"].startswith(path) and fragment in problem["message"]
 
 
+@pytest.mark.parametrize(
+    ("flow_input", "run_input", "path"),
+    [
+        ("[" * 100 + "]" * 100, "null", "steps[0].inputs.x"),
+        ("[" * 100_000 + "]" * 100_000, "null", "steps[0].inputs.x"),
+        ("null", '{"a":' * 1000 + "1" + "}" * 1000, "inputs.y"),
+        ("null", "[" * 100_000 + "]" * 100_000, "inputs.y"),
+    ],
+    ids=["flow-100", "flow-100000", "run-input-1000", "run-input-100000"],
+)
+async def test_values_nested_too_deep_are_422_at_their_place(
+    api: Api, flow_input: str, run_input: str, path: str
+) -> None:
+    flow = (
+        '{"name": "f", "inputs": {"y": 0}, "steps": [{"id": "a", "script": "", "inputs": {"x": ' + flow_input + "}}]}"
+    )
+    body = '{"flow": ' + flow + ', "inputs": {"y": ' + run_input + "}}"
+    status, answer = await api.call("POST", "/v1/runs", data=body, headers={"Content-Type": "application/json"})
+    assert status == 422, answer
+    assert answer["problems"] == [
+        {"path": path, "message": "nested more than 64 levels deep (arrays and objects); flatten it"}
+    ]
+    assert (await api.call("GET", "/v1/runs"))[1] == {"runs": []}
+
+
 def _run_routes() -> list[tuple[str, str]]:
     routes = route_table()
     return [(route.method, route.path) for route in routes if "{run_id}" in route.path]
