@@ -14,6 +14,13 @@ from dagrun.references import MAX_NESTING
 from dagrun.states import RunIf
 
 DEFAULT_TIMEOUT_S = 30.0
+# The default limits (`FlowLimits`): the largest numbers a flow may ask for unless whoever runs dagrun sets
+# others. Generous for real work, yet one flow from any client holds a sandbox process a day per attempt
+# at most, and an attempt count past a hundred is a loop, not a retry policy.
+LIMIT_TIMEOUT_S = 24 * 3600.0  # the longest batch job people run as one step
+LIMIT_ATTEMPTS = 100
+LIMIT_BACKOFF_S = 3600.0  # a wait between attempts holds no process, but it holds the step (and its run)
+LIMIT_WAIT_S = 30 * 24 * 3600.0  # a person's approval can take weeks; waiting holds no process
 DEFAULT_EXECUTOR = "local"
 DEFAULT_CONTEXT_ID = "default"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -42,14 +49,24 @@ STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
 
 
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)  # absent means "inherited" or "not given", not this value
-
-
-def _unset(default: Any, description: str, **constraints: Any) -> Any:
+def _unset(default: Any, description: str, *, maximum: float | None = None, **constraints: Any) -> Any:
     """A field whose absence matters (inherited from `defaults`, or no contract): the parser asks
-    `model_fields_set`, and the schema shows no default."""
-    return Field(default=default, description=description, json_schema_extra=_drop_default, **constraints)
+    `model_fields_set`, and the schema shows no default (and the default `maximum`, if any)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)  # absent means "inherited" or "not given", not this value
+        schema.update(_limited(maximum) if maximum is not None else {})
+
+    return Field(default=default, description=description, json_schema_extra=extra, **constraints)
+
+
+def _limited(maximum: float) -> dict[str, Any]:
+    """Schema keywords for a number bounded by a default limit: an editor warns past it (a server may allow
+    more, or less: the limits are its to set, see `FlowLimits`). Not a model constraint, for that reason."""
+    return {"maximum": maximum}
+
+
+_LIMIT_NOTE = " Whoever runs dagrun sets its maximum (default: %.15g)."
 
 
 class _Model(BaseModel):
@@ -62,9 +79,26 @@ class RetriesModel(_Model):
 
     model_config = ConfigDict(title="Retries")
 
-    max_attempts: int = Field(default=1, ge=1, description="Attempts in all, the first included (1: no retry).")
-    backoff_s: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Wait before attempt 2; doubles.")
-    max_backoff_s: float = Field(default=60.0, ge=0, allow_inf_nan=False, description="The longest wait, in seconds.")
+    max_attempts: int = Field(
+        default=1,
+        ge=1,
+        json_schema_extra=_limited(LIMIT_ATTEMPTS),
+        description="Attempts in all, the first included (1: no retry)." + _LIMIT_NOTE % LIMIT_ATTEMPTS,
+    )
+    backoff_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="Wait before attempt 2; doubles." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
+    max_backoff_s: float = Field(
+        default=60.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="The longest wait, in seconds." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
     jitter: bool = Field(default=False, description="Wait a random time between half and all of the backoff.")
 
 
@@ -79,7 +113,9 @@ class WaitForModel(_Model):
         description="Output keys a signal must provide, each once; steps downstream read '${steps.ID.KEY}'.",
     )
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Seconds to wait for the signal; absent or null: no limit."
+        default=None,
+        json_schema_extra=_limited(LIMIT_WAIT_S),
+        description="Seconds to wait for the signal; absent or null: no limit." + _LIMIT_NOTE % LIMIT_WAIT_S,
     )
 
     @field_validator("fields")
@@ -100,7 +136,11 @@ class DefaultsModel(_Model):
 
     executor: str = Field(default=DEFAULT_EXECUTOR, min_length=1, description="Executor name ('local', ...).")
     timeout_s: float = Field(
-        default=DEFAULT_TIMEOUT_S, gt=0, allow_inf_nan=False, description="Seconds a step may run."
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_TIMEOUT_S),
+        description="Seconds a step may run." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
     )
     retries: RetriesModel = Field(
         default=RetriesModel(), description="A step's own retries override it field by field."
@@ -149,7 +189,11 @@ class StepModel(_Model):
     executor: str = _unset(DEFAULT_EXECUTOR, "Executor name; default from 'defaults'.", min_length=1)
     context_id: str = _unset(DEFAULT_CONTEXT_ID, "Worker context; default from 'defaults'.", min_length=1)
     timeout_s: float = _unset(
-        DEFAULT_TIMEOUT_S, "Seconds it may run; default from 'defaults'.", gt=0, allow_inf_nan=False
+        DEFAULT_TIMEOUT_S,
+        "Seconds it may run; default from 'defaults'." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
+        maximum=LIMIT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
     )
     retries: RetriesModel = _unset(RetriesModel(), "Retry policy; fields not set come from 'defaults.retries'.")
 

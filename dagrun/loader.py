@@ -12,14 +12,15 @@ from pathlib import Path
 
 from dagrun.errors import FlowError, Problem
 from dagrun.flow import Flow
+from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow_parser import parse_flow
 
 logger = logging.getLogger(__name__)
 
 
-def load_flow(path: str | os.PathLike[str]) -> Flow:
-    """Read and validate the flow file at `path`; FlowError (source = the path as given) lists every
-    problem, including a flow file that cannot be read."""
+def load_flow(path: str | os.PathLike[str], *, limits: FlowLimits = DEFAULT_LIMITS) -> Flow:
+    """Read and validate the flow file at `path` (see `parse_flow` for `limits`); FlowError (source = the
+    path as given) lists every problem, including a flow file that cannot be read."""
     source = os.fspath(path)
     flow_path = Path(path)
     try:
@@ -33,6 +34,6 @@ def load_flow(path: str | os.PathLike[str]) -> Flow:
         # text mode: universal newlines, so a script hashes alike whatever line endings it was saved with
         return (base / script_file).read_text(encoding="utf-8")
 
-    flow = parse_flow(data, source=source, read_script=read_script)
+    flow = parse_flow(data, source=source, read_script=read_script, limits=limits)
     logger.debug("flow %s loaded from %s: %d steps", flow.name, source, len(flow.steps))
     return flow

@@ -184,6 +184,22 @@ def test_values_nested_too_deep_are_one_problem_each_never_a_traceback(tmp_path:
     assert_no_traceback(result)
 
 
+def test_the_flow_limits_are_options_of_the_commands_that_take_flows(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, {"name": "x", "steps": [{"id": "a", "script": "pass", "timeout_s": 100_000}]})
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr.splitlines()[0]) == (
+        2,
+        f"{path}: steps[0].timeout_s (step 'a'): 100000 is over the maximum of 86400 seconds (--max-timeout-s); "
+        "lower it",
+    )
+
+    assert dagrun("validate", str(path), "--max-timeout-s", "1e5", cwd=tmp_path).returncode == 0
+    result = dagrun("run", str(path), "--max-timeout-s", "inf", "--max-attempts", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "argument --max-attempts: must be at least 1, not 0" in result.stderr
+    assert_no_traceback(result)
+
+
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
         result = dagrun(*command, cwd=tmp_path)

@@ -20,6 +20,7 @@ from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
 from dagrun.control import RunControl, command_json, event_json, run_json
 from dagrun.errors import FlowError, Problem
+from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow_parser import parse_flow
 from dagrun.flow_problems import nesting_place
 from dagrun.orchestrator import Orchestrator
@@ -60,8 +61,16 @@ class Route:
 class RunHandlers:
     """The handlers, bound to the control object (and orchestrator) the app serves."""
 
-    def __init__(self, control: RunControl, orchestrator: Orchestrator | None, streams: EventStreams) -> None:
+    def __init__(
+        self,
+        control: RunControl,
+        orchestrator: Orchestrator | None,
+        streams: EventStreams,
+        *,
+        flow_limits: FlowLimits = DEFAULT_LIMITS,
+    ) -> None:
         self._control = control
+        self._flow_limits = flow_limits
         self._orchestrator = orchestrator
         self._commands: Commands = orchestrator if orchestrator is not None else control
         self._streams = streams
@@ -70,7 +79,10 @@ class RunHandlers:
     def routes(self) -> list[Route]:
         run = f"{PREFIX}/runs/{{run_id}}"
         conflict: dict[int, str] = {HTTPStatus.CONFLICT: "the command does not fit the run's state"}
-        invalid: dict[int, str] = {HTTPStatus.UNPROCESSABLE_ENTITY: "an invalid flow, or inputs it does not declare"}
+        invalid: dict[int, str] = {
+            HTTPStatus.UNPROCESSABLE_ENTITY: "an invalid flow (a timeout, attempts or a wait over the server's limits "
+            "included), or inputs it does not declare"
+        }
         busy: dict[int, str] = {
             HTTPStatus.SERVICE_UNAVAILABLE: "the server follows as many streams as it may; "
             "retry after Retry-After seconds"
@@ -126,7 +138,7 @@ class RunHandlers:
         body = await read_model(request, models.SubmitRequest, too_deep=_submitted_too_deep)
         # In a thread: compiling the scripts of a large flow would stall every other request (and the
         # lease renewals of an orchestrator sharing the loop).
-        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE)
+        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE, limits=self._flow_limits)
         if self._orchestrator is not None:
             self._orchestrator.check_executors(flow)  # refuse now what it could not drive
         run_id = await self._control.submit(flow, inputs=body.inputs)

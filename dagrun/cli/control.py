@@ -26,6 +26,7 @@ from dagrun.cli.commands import (
     print_json,
     stdout,
 )
+from dagrun.cli.flow_options import flow_limits
 from dagrun.cli.worker import stop_on_signals
 from dagrun.control import RunControl
 from dagrun.errors import redact
@@ -51,7 +52,7 @@ def orchestrator(args: argparse.Namespace) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow)
+    flow = load_flow(args.flow, limits=flow_limits(args))
     inputs = parse_inputs(args.input)
 
     async def record() -> int:
