@@ -168,7 +168,9 @@ class StepModel(_Model):
     id: StepId
     description: str = Field(default="", description="What the step does, for people.")
     script: str = _unset("", "Python source run in the sandbox; it reads `inputs` and fills `outputs`.")
-    script_file: str = _unset("", "Path of the script, relative to the flow file.", min_length=1)
+    script_file: str = _unset(
+        "", "Path of the script, relative to the flow file and under its directory.", min_length=1
+    )
     # None when absent: defaults are not validated, so null is refused while absence is not; the parser
     # asks `model_fields_set`, like for the other fields whose absence matters
     wait_for: WaitForModel = _unset(None, "Instead of a script: wait for a signal that provides these fields.")

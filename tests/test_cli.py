@@ -200,6 +200,21 @@ def test_the_flow_limits_are_options_of_the_commands_that_take_flows(tmp_path: P
     assert_no_traceback(result)
 
 
+def test_a_script_file_outside_the_flow_files_directory_needs_allow_outside_scripts(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "shared.py").write_text("outputs['n'] = 1\n")
+    path = write_flow(tmp_path / "flows", {"name": "x", "steps": [{"id": "a", "script_file": "../shared.py"}]})
+
+    for command in ("validate", "run", "submit", "graph"):
+        result = dagrun(command, str(path), cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert "steps[0].script_file (step 'a'): cannot read '../shared.py': it resolves to" in result.stderr
+        assert "(or pass --allow-outside-scripts)" in result.stderr
+        assert_no_traceback(result)
+    assert dagrun("validate", str(path), "--allow-outside-scripts", cwd=tmp_path).returncode == 0
+    assert dagrun("graph", str(path), "--allow-outside-scripts", cwd=tmp_path).returncode == 0
+
+
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
         result = dagrun(*command, cwd=tmp_path)

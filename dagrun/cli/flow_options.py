@@ -1,4 +1,5 @@
-"""The options of the commands that take flows: the limits a flow's numbers must keep.
+"""The options of the commands that take flows: the limits a flow's numbers must keep, and whether its
+scripts may live outside the flow file's directory.
 
 The defaults are `FlowLimits`' own; a value below a limit's floor is a usage error (exit 2).
 """
@@ -9,7 +10,27 @@ import argparse
 from collections.abc import Callable
 from dataclasses import fields
 
+from dagrun.flow import Flow
 from dagrun.flow_limits import DEFAULT_LIMITS, FLOORS, FlowLimits, bounded_fields, option_name
+from dagrun.loader import load_flow
+
+
+def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) -> None:
+    """The flow file, --allow-outside-scripts and, with `limits`, the limit options."""
+    parser.add_argument("flow", help="flow JSON file")
+    parser.add_argument(
+        "--allow-outside-scripts",
+        action="store_true",
+        help="read a step's script_file even from outside the flow file's directory "
+        "(an absolute path, '..', or a symbolic link out of it)",
+    )
+    if limits:
+        add_limit_arguments(parser)
+
+
+def read_flow(args: argparse.Namespace) -> Flow:
+    """The flow file the options name, validated against the limits they set."""
+    return load_flow(args.flow, limits=flow_limits(args), allow_outside_scripts=args.allow_outside_scripts)
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
