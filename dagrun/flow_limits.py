@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, fields
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -33,14 +32,21 @@ FLOORS = {
     "max_wait_s": 1.0,
 }
 
-# Where each limit applies, inside a step or inside `defaults`, and what its values count.
-_BOUNDED: tuple[tuple[Loc, str, str], ...] = (
-    (("timeout_s",), "max_timeout_s", "seconds"),
-    (("retries", "max_attempts"), "max_attempts", "attempts"),
-    (("retries", "backoff_s"), "max_backoff_s", "seconds"),
-    (("retries", "max_backoff_s"), "max_backoff_s", "seconds"),
-    (("wait_for", "timeout_s"), "max_wait_s", "seconds"),
+# Where each limit applies, inside a step or inside `defaults` (a field, or a field of it), and what its
+# values count; grouped by field, so that a step that writes none of these costs one set test.
+_BOUNDED: tuple[tuple[str, tuple[tuple[str | None, str, str], ...]], ...] = (
+    ("timeout_s", ((None, "max_timeout_s", "seconds"),)),
+    (
+        "retries",
+        (
+            ("max_attempts", "max_attempts", "attempts"),
+            ("backoff_s", "max_backoff_s", "seconds"),
+            ("max_backoff_s", "max_backoff_s", "seconds"),
+        ),
+    ),
+    ("wait_for", (("timeout_s", "max_wait_s", "seconds"),)),
 )
+_BOUNDING = frozenset(field for field, _ in _BOUNDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +74,12 @@ NO_LIMITS = FlowLimits(math.inf, sys.maxsize, math.inf, math.inf)
 
 def bounded_fields(limit: str) -> list[str]:
     """The fields of a step (or of `defaults`) that `limit` bounds: ``["retries.backoff_s", ...]``."""
-    return [format_location(loc) for loc, name, _ in _BOUNDED if name == limit]
+    return [
+        format_location(_place(field, inner))
+        for field, bounded in _BOUNDED
+        for inner, name, _ in bounded
+        if name == limit
+    ]
 
 
 def option_name(limit: str) -> str:
@@ -79,26 +90,26 @@ def option_name(limit: str) -> str:
 def over_limits(model: BaseModel, limits: FlowLimits) -> list[tuple[Loc, str]]:
     """The values written in a step or in `defaults` (`model`) that are over `limits`, each with its place
     inside `model`. Values not written are not checked: they are defaults, never over a limit."""
+    given = model.model_fields_set
+    if given.isdisjoint(_BOUNDING):
+        return []
     found: list[tuple[Loc, str]] = []
-    for loc, limit, unit in _BOUNDED:
-        value = _written(model, loc)
-        maximum = getattr(limits, limit)
-        if isinstance(value, int | float) and value > maximum:
-            message = (
-                f"{_number(value)} is over the maximum of {_number(maximum)} {unit} ({option_name(limit)}); lower it"
-            )
-            found.append((loc, message))
+    for field, bounded in _BOUNDED:
+        if field not in given:
+            continue
+        node = getattr(model, field)
+        for inner, limit, unit in bounded:
+            if inner is not None and inner not in node.model_fields_set:
+                continue
+            value, maximum = node if inner is None else getattr(node, inner), getattr(limits, limit)
+            if value is not None and value > maximum:  # None: a wait_for without a timeout
+                message = f"{_number(value)} is over the maximum of {_number(maximum)} {unit} ({option_name(limit)})"
+                found.append((_place(field, inner), message + "; lower it"))
     return found
 
 
-def _written(model: BaseModel, loc: Loc) -> Any:
-    """The value at `loc` inside `model` when each field on the way was written; None otherwise."""
-    node: Any = model
-    for part in loc:
-        if not isinstance(node, BaseModel) or part not in node.model_fields_set:
-            return None
-        node = getattr(node, str(part))
-    return node
+def _place(field: str, inner: str | None) -> Loc:
+    return (field,) if inner is None else (field, inner)
 
 
 def _number(value: float) -> str:
