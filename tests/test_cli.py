@@ -166,6 +166,55 @@ def test_unknown_input_is_refused_before_running(tmp_path: Path) -> None:
     assert_no_traceback(result)
 
 
+def test_values_nested_too_deep_are_one_problem_each_never_a_traceback(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    path = write_flow(
+        tmp_path, '{"name": "x", "steps": [{"id": "a", "script": "pass", "inputs": {"n": ' + deep + "}}]}"
+    )
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{path}: steps[0].inputs.n: nested more than 64 levels deep (arrays and objects); flatten it\n"
+        "dagrun: 1 problem found\n",
+    )
+
+    result = dagrun("run", str(FLOWS / "hello.json"), "--input", "who=" + "[" * 1000 + "]" * 1000, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "hello.json: inputs.who: nested more than 64 levels deep" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_the_flow_limits_are_options_of_the_commands_that_take_flows(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, {"name": "x", "steps": [{"id": "a", "script": "pass", "timeout_s": 100_000}]})
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr.splitlines()[0]) == (
+        2,
+        f"{path}: steps[0].timeout_s (step 'a'): 100000 is over the maximum of 86400 seconds (--max-timeout-s); "
+        "lower it",
+    )
+
+    assert dagrun("validate", str(path), "--max-timeout-s", "1e5", cwd=tmp_path).returncode == 0
+    result = dagrun("run", str(path), "--max-timeout-s", "inf", "--max-attempts", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "argument --max-attempts: must be at least 1, not 0" in result.stderr
+    assert_no_traceback(result)
+
+
+def test_a_script_file_outside_the_flow_files_directory_needs_allow_outside_scripts(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "shared.py").write_text("outputs['n'] = 1\n")
+    path = write_flow(tmp_path / "flows", {"name": "x", "steps": [{"id": "a", "script_file": "../shared.py"}]})
+
+    for command in ("validate", "run", "submit", "graph"):
+        result = dagrun(command, str(path), cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert "steps[0].script_file (step 'a'): cannot read '../shared.py': it resolves to" in result.stderr
+        assert "(or pass --allow-outside-scripts)" in result.stderr
+        assert_no_traceback(result)
+    assert dagrun("validate", str(path), "--allow-outside-scripts", cwd=tmp_path).returncode == 0
+    assert dagrun("graph", str(path), "--allow-outside-scripts", cwd=tmp_path).returncode == 0
+
+
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
     assert dagrun("submit", str(FLOWS / "hello.json"), cwd=tmp_path).returncode == 0  # a store, without that run
     for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):

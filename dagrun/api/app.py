@@ -39,7 +39,7 @@ def create_app(
         raise ValueError("the API needs a token")
     settings = settings or ApiSettings()
     streams = EventStreams(keepalive_s=settings.keepalive_s, max_streams=settings.max_streams)
-    handlers = RunHandlers(control, orchestrator, streams)
+    handlers = RunHandlers(control, orchestrator, streams, flow_limits=settings.flow_limits)
     lobby = Lobby(settings.lobby, name="api")
     app = web.Application(
         middlewares=[guard(token, max_body_bytes=settings.max_body_bytes, lobby=lobby)],

@@ -19,12 +19,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
+from dagrun.flow_problems import is_too_deep, nesting_path
 from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
+from dagrun.references import Loc
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
+TooDeep = Callable[[Loc], DagrunError]  # where a request body nests too deep -> the error to answer with
 
 PUBLIC_PATHS = frozenset({"/health"})  # the only paths served without the token
 
@@ -122,9 +125,10 @@ def _dagrun_error(request: web.Request, exc: DagrunError) -> web.Response:
     return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
-async def read_model(request: web.Request, model: type[M]) -> M:
+async def read_model(request: web.Request, model: type[M], *, too_deep: TooDeep | None = None) -> M:
     """The request's JSON body as `model`; ApiError 413 past the size limit (a chunked body), 400 for
-    malformed JSON or a body the model refuses."""
+    malformed JSON or a body the model refuses. A body nested too deep for the JSON parser is malformed,
+    unless `too_deep` turns the place where it is (a JSON path in the body) into an error to raise."""
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -133,6 +137,8 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     try:
         document = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
+        if too_deep is not None and is_too_deep(exc):
+            raise too_deep(nesting_path(body.decode(errors="replace"), exc.pos)) from exc
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: malformed JSON: {exc}") from exc
     if document is None:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: expected a JSON object ({model.__name__})")

@@ -15,6 +15,7 @@ import os
 
 from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
 from dagrun.cli.commands import orchestrator_from_args, parse_executors
+from dagrun.cli.flow_options import add_limit_arguments, flow_limits
 from dagrun.cli.worker import add_lobby_arguments, lobby_problems, lobby_settings, read_token_file, stop_on_signals
 from dagrun.control import RunControl
 from dagrun.errors import FlowError, Problem, redact
@@ -50,6 +51,7 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"refuse larger request bodies with 413 (default {DEFAULT_MAX_BODY_BYTES})",
     )
     add_lobby_arguments(parser)
+    add_limit_arguments(parser)
     group = parser.add_argument_group("driving the runs here (--orchestrate)")
     group.add_argument("--orchestrate", action="store_true", help="also drive the submitted runs in this process")
     group.add_argument(
@@ -74,7 +76,11 @@ def serve_api(args: argparse.Namespace) -> int:
     check_options(args)
     token = read_token_file(args.token_file)
     settings = ApiSettings(
-        host=args.host, port=args.port, max_body_bytes=args.max_body_bytes, lobby=lobby_settings(args)
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        lobby=lobby_settings(args),
+        flow_limits=flow_limits(args),
     )
     return asyncio.run(_serve(args, token, settings))
 
