@@ -57,6 +57,12 @@ HOSTILE = [
         id="traceback-getattr",
     ),
     pytest.param("try:\n    {}.x\nexcept AttributeError as e:\n    o = e.obj", SECURITY, id="attribute-error-obj"),
+    # refused at compile time since RestrictedPython 8.3 (guard names as positional-only parameters: the
+    # refused str.format below would run) and 8.0 (except*: CVE-2025-22153 on CPython 3.11 to 3.13.1)
+    pytest.param(
+        "def f(_getattr_, /):\n    return '{0}'.format\nx = f(lambda o, name: 1)", SECURITY, id="guard-shadowed"
+    ),
+    pytest.param("try:\n    1 / 0\nexcept* ZeroDivisionError:\n    pass", SECURITY, id="except-star"),
     # imports: anything but a facade, and whatever a facade does not hold
     pytest.param("import os", SECURITY, id="import-os"),
     pytest.param("import sys", SECURITY, id="import-sys"),
