@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RedisServers
+from tests.conftest import RedisServers, write_token_file
 from tests.control_support import Processes, read_only_mount
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
@@ -338,6 +338,21 @@ def test_worker_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert local.returncode == 3
     assert "the local executor has no worker server" in local.stderr
     assert_no_traceback(local)
+
+
+def test_a_token_file_other_users_can_read_or_write_is_refused_with_exit_2(tmp_path: Path) -> None:
+    token = write_token_file(tmp_path / "token", "t" * 32)
+    token.chmod(0o640)
+    commands = [
+        ["worker", "ws", "--token-file", str(token)],
+        ["workers", "ws://127.0.0.1:9", "--token-file", str(token)],
+        ["serve", "api", "--token-file", str(token), "--port", "0"],
+        ["run", str(FLOWS / "hello.json"), "--token-file", str(token)],
+    ]
+    refusal = f"dagrun: token file {str(token)!r}: other users can read or write it (mode 0640); run: chmod 600 {token}"
+    for command in commands:
+        result = dagrun(*command, cwd=tmp_path)
+        assert (result.returncode, result.stderr) == (2, refusal + "\n"), command
 
 
 def test_interrupting_a_run_records_it_cancelled_and_exits_130(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Private files: directories made 0700, files other users can read or write found, the chmod that fixes them."""
+"""Private files: directories made 0700, and a token file that other users can read or write refused
+with the chmod that fixes it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.private_files import chmod_command, make_private_directories, shared_files
+from dagrun.errors import InsecureFile
+from dagrun.private_files import chmod_command, make_private_directories, read_private_text, shared_files
 
 
 @pytest.fixture
@@ -50,6 +52,31 @@ def test_shared_files_are_those_others_can_read_or_write(tmp_path: Path) -> None
     found = shared_files([tmp_path / name for name in ("private", "runnable", "readable", "writable", "missing")])
 
     assert found == [tmp_path / "readable", tmp_path / "writable"]
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700, 0o611])
+def test_a_file_only_its_owner_can_read_or_write_is_read(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+
+    assert read_private_text(str(path), what="token file") == "s3cret\n"
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o620, 0o604, 0o602, 0o666])
+def test_a_file_others_can_read_or_write_is_refused_with_the_chmod_to_run(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "a token"
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+
+    with pytest.raises(InsecureFile) as caught:
+        read_private_text(str(path), what="token file")
+
+    assert (caught.value.path, caught.value.mode) == (str(path), mode)
+    assert str(caught.value) == (
+        f"token file {str(path)!r}: other users can read or write it (mode {mode:04o}); run: chmod 600 '{path}'"
+    )
+    assert "s3cret" not in str(caught.value)
 
 
 def test_chmod_command_quotes_each_path_for_the_shell(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import signal
 from dagrun.cli import render
 from dagrun.errors import ExecutorError
 from dagrun.executor import ExecutorOptions, Transport, find_transport
+from dagrun.private_files import read_private_text
 from dagrun.worker import ScriptWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_token_file(path: str) -> str:
-    """The shared token in a file (surrounding whitespace ignored); ExecutorError when unusable."""
+    """The shared token in a file (surrounding whitespace ignored); InsecureFile when other users can read
+    or write the file, ExecutorError when it is unusable otherwise."""
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = read_private_text(path, what="token file").strip()
     except OSError as exc:
         raise ExecutorError(f"cannot read token file {path!r}: {exc.strerror}") from exc
     if len(token) < MIN_TOKEN_CHARS:
