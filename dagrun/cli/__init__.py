@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound, StoreNotFound, redact
+from dagrun.errors import ControlError, DagrunError, FlowError, InsecureFile, RunNotFound, StoreNotFound, redact
 from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.states import RunStatus
 
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         count = len(exc.problems)
         sys.stderr.write(f"dagrun: {count} problem{'s' if count != 1 else ''} found\n")
         return EXIT_BAD_INPUT
-    except (RunNotFound, StoreNotFound, ControlError) as exc:
+    except (RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
         _complain(str(exc))
         return EXIT_BAD_INPUT
     except DagrunError as exc:

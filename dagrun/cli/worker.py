@@ -17,6 +17,7 @@ from dagrun.cli import render
 from dagrun.errors import ExecutorError, FlowError, Problem
 from dagrun.executor import ExecutorOptions, Transport, find_transport
 from dagrun.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
+from dagrun.private_files import read_private_text
 from dagrun.worker import ScriptWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -83,10 +84,10 @@ def lobby_settings(args: argparse.Namespace) -> LobbySettings:
 
 
 def read_token_file(path: str) -> str:
-    """The shared token in a file (surrounding whitespace ignored); ExecutorError when unusable."""
+    """The shared token in a file (surrounding whitespace ignored); InsecureFile when other users can read
+    or write the file, ExecutorError when it is unusable otherwise."""
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = read_private_text(path, what="token file").strip()
     except OSError as exc:
         raise ExecutorError(f"cannot read token file {path!r}: {exc.strerror}") from exc
     if len(token) < MIN_TOKEN_CHARS:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.api.conftest import HELLO, WAIT_S
+from tests.conftest import write_token_file
 from tests.control_support import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +48,7 @@ async def finish(process: asyncio.subprocess.Process) -> tuple[int, str]:
 
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("serve-test-token-0123456789\n")
-    return path
+    return write_token_file(tmp_path / "token", "serve-test-token-0123456789")
 
 
 Served = tuple[asyncio.subprocess.Process, str, list[str]]  # the process, its URL, the lines it logged
