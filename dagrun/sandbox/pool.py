@@ -201,14 +201,13 @@ class SandboxPool:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _make_room(self) -> None:
-        """Replace idle children of domains that wait for nothing by fresh ones (forked from the zygote:
-        nothing of the old domain's steps is in them) for the domains that wait."""
-        needed = len(self._waiting) - sum(1 for child in self._children if child.domain is None)
+        """Replace every idle child of a domain that waits for nothing by a fresh one (forked from the
+        zygote: nothing of the old domain's steps is in it) for the domains that wait, which then spread
+        over all of them. None while a child that serves nobody yet is there to take a domain."""
+        if any(child.domain is None for child in self._children):
+            return
         for child in list(self._children):
-            if needed <= 0:
-                return
-            if not child.jobs and child.domain is not None and child.domain not in self._waiting:
-                needed -= 1
+            if not child.jobs and child.domain not in self._waiting:
                 self._recycle(child)
 
     def _domain_of(self, request: StepRequest) -> str:

@@ -263,3 +263,28 @@ async def test_a_read_only_view_of_a_sqlite_store_follows_a_run_driven_elsewhere
         assert "step ship succeeded" in out and "run succeeded" in out, out
     finally:
         processes.kill_all()
+
+
+async def test_a_driver_stopped_past_its_lease_writes_nothing_once_another_took_the_run_over(
+    dagrun: Processes, store: Store
+) -> None:
+    runner = dagrun.start("run", dagrun.flow(chain_document(steps=6)), "--lease-s", LEASE_S, "--processes", "1")
+    runs = []
+    while not runs:
+        runs = await store.list_runs()
+    run_id = runs[0].run_id
+    await wait_for_event(store, run_id, "succeeded", "s2")
+    runner.send_signal(signal.SIGSTOP)  # paused mid-run, past its lease: its deadline timer cannot fire either
+    try:
+        taken_over = dagrun.run("resume", run_id, "--lease-s", LEASE_S, "--processes", "1", timeout=120)
+        assert taken_over.returncode == 0, taken_over.stdout + taken_over.stderr
+        after_takeover = await step_events(store, run_id)
+    finally:
+        runner.send_signal(signal.SIGCONT)  # it wakes with whatever it was about to write
+    _out, err = runner.communicate(timeout=60)
+
+    assert runner.returncode != 0 and "Traceback" not in err, err
+    assert await step_events(store, run_id) == after_takeover  # the woken driver wrote nothing
+    assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
+    outputs = {step.step_id: step.outputs for step in await store.get_steps(run_id)}
+    assert outputs == {f"s{i}": {"v": i} for i in range(1, 7)}
