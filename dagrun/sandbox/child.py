@@ -115,7 +115,7 @@ def make_host_function(
     return host_function
 
 
-def confine(settings: SandboxSettings, parent_pid: int, seccomp: Any) -> list[str]:
+def confine(settings: SandboxSettings, parent_pid: int, seccomp: bytes | None) -> list[str]:
     """Apply the rlimits, leave the network, drop root privileges for good (RLIMIT_NPROC does not bind
     root), apply Landlock and seccomp (see `confinement`), stop imports. The OS layers applied."""
     layers = [confinement.NETWORK_NAMESPACE] if confinement.enter_network_namespace() else []
@@ -200,13 +200,15 @@ def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunn
     """Read the configuration, load everything, confine this process; the runner, ready to serve, and the
     OS confinement layers applied."""
     config = orjson.loads(reader.readline())
-    return prepare(config, channel, parent_pid, confinement.load_seccomp())
+    return prepare(config, channel, parent_pid, confinement.compile_seccomp())
 
 
-def prepare(config: dict[str, Any], channel: Channel, parent_pid: int, seccomp: Any) -> tuple[StepRunner, list[str]]:
+def prepare(
+    config: dict[str, Any], channel: Channel, parent_pid: int, seccomp: bytes | None
+) -> tuple[StepRunner, list[str]]:
     """Build the runner for `config` ({"settings", "functions"}), its host functions calling the parent over
-    `channel`, and confine this process (`seccomp` from `confinement.load_seccomp`, loaded while that was
-    still possible); the runner and the OS layers applied."""
+    `channel`, and confine this process (`seccomp` is the program from `confinement.compile_seccomp`,
+    compiled while that was still possible); the runner and the OS layers applied."""
     settings = SandboxSettings(**config["settings"])
     holder: list[StepRunner] = []
     functions = {

@@ -8,7 +8,7 @@ Applied by the child to itself once everything scripts can reach is loaded, befo
   ABI 4 no TCP bind or connect, from ABI 6 no signal to a process outside the child;
 - **seccomp** (libseccomp, through pyseccomp): syscalls a script never needs fail with EPERM — every
   socket, process and thread creation, exec, ptrace and reading other processes' memory, mounts and
-  namespaces, kernel modules, kexec, bpf, io_uring, keyrings, signals to other processes, and every way
+  namespaces, kernel modules, kexec, bpf, io_uring, keyrings, every signal, and every way
   to create, modify, rename or delete a file (an `open` for writing included);
 - the rlimits and the switch to an unprivileged uid done by `child.confine`.
 
@@ -23,7 +23,6 @@ import ctypes
 import errno
 import os
 from collections.abc import Sequence
-from typing import Any
 
 NETWORK_NAMESPACE = "network namespace"
 LANDLOCK = "landlock"
@@ -41,6 +40,7 @@ WITHOUT = {
 
 _CLONE_NEWNET = 0x40000000
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _SYS_LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture
 _SYS_LANDLOCK_RESTRICT_SELF = 446
 _LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -58,7 +58,7 @@ DENIED_SYSCALLS = (
     "fork", "vfork", "clone", "clone3", "execve", "execveat",
     # other processes: tracing, memory, signals
     "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
-    "pidfd_send_signal", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "pidfd_send_signal", "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     # the machine: mounts, namespaces, modules, kexec, bpf, perf, keys, io_uring (which bypasses seccomp)
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "move_mount", "open_tree", "fsopen",
     "fsmount", "fsconfig", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
@@ -122,20 +122,14 @@ def landlock_abi() -> int:
     return max(int(version), 0)
 
 
-def load_seccomp() -> Any:
-    """pyseccomp, with libseccomp loaded; None when this machine lacks it. Called before the rlimits: finding
-    the library runs ldconfig, a process."""
+def compile_seccomp() -> bytes | None:
+    """The seccomp filter as a BPF program, compiled once (by the zygote, or a child before its rlimits:
+    finding libseccomp runs ldconfig, a process); None when this machine has no libseccomp. It names no
+    pid, so every child forked loads the same program."""
     try:
-        import pyseccomp  # here, not at the top: the parent, which only reads LAYERS, need not load it
+        import pyseccomp as seccomp  # here, not at the top: the parent, which only reads LAYERS, need not load it
     except (ImportError, OSError):
         return None
-    return pyseccomp
-
-
-def filter_syscalls(seccomp: Any) -> bool:
-    """Load the seccomp filter with `seccomp` (from `load_seccomp`); False when that is None."""
-    if seccomp is None:
-        return False
     denied = seccomp.ERRNO(errno.EPERM)
     syscall_filter = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     for name in DENIED_SYSCALLS:
@@ -143,14 +137,41 @@ def filter_syscalls(seccomp: Any) -> bool:
     for flag in _WRITE_FLAGS:  # open(2) and openat(2) for writing; reading is Landlock's to refuse
         syscall_filter.add_rule(denied, "open", seccomp.Arg(1, seccomp.MASKED_EQ, flag, flag))
         syscall_filter.add_rule(denied, "openat", seccomp.Arg(2, seccomp.MASKED_EQ, flag, flag))
-    for name in ("kill", "tgkill"):  # signals to itself only (CPython raises some)
-        syscall_filter.add_rule(denied, name, seccomp.Arg(0, seccomp.NE, os.getpid()))
-    _no_new_privileges()
+    read_end, write_end = os.pipe()  # the program is a few KB: it fits in the pipe's buffer
     try:
-        syscall_filter.load()
-    except OSError as exc:
-        raise ConfinementError(f"loading the seccomp filter failed: {exc}") from exc
+        with os.fdopen(write_end, "wb") as exported:
+            syscall_filter.export_bpf(exported)
+        return _read_all(read_end)
+    finally:
+        os.close(read_end)
+
+
+def filter_syscalls(program: bytes | None) -> bool:
+    """Load the seccomp `program` (from `compile_seccomp`) into this process; False when there is none."""
+    if program is None:
+        return False
+    _no_new_privileges()
+    instructions = len(program) // ctypes.sizeof(_SockFilter)
+    filters = (_SockFilter * instructions).from_buffer_copy(program)
+    fprog = _SockFprog(instructions, filters)
+    if _libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise ConfinementError(f"loading the seccomp filter failed: {os.strerror(ctypes.get_errno())}")
     return True
+
+
+class _SockFilter(ctypes.Structure):  # struct sock_filter, one BPF instruction
+    _fields_ = (("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32))
+
+
+class _SockFprog(ctypes.Structure):  # struct sock_fprog
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _no_new_privileges() -> None:

@@ -90,7 +90,11 @@ class SandboxPool:
         except TypeError as exc:
             return StepResult.failure(ErrorKind.INPUT, "InputError", f"inputs or context are not JSON values: {exc}")
         job = Job(request, payload, asyncio.get_running_loop().create_future())
-        self._waiting.setdefault(self._domain_of(request), deque()).append(job)
+        domain = self._domain_of(request)
+        waiting = self._waiting.get(domain)
+        if waiting is None:
+            waiting = self._waiting[domain] = deque()
+        waiting.append(job)
         if len(self._children) + len(self._spawning) < self._settings.processes:
             self._spawn_missing()
         self._dispatch()
@@ -176,16 +180,22 @@ class SandboxPool:
 
     def _child_for(self, domain: str) -> ChildProcess | None:
         """An idle child of `domain`, else one that serves nobody yet (bound to it now: steps run side by
-        side before they queue behind each other), else the child of `domain` with the fewest in flight."""
-        depth = self._settings.pipeline_depth
-        ours = [child for child in self._children if child.domain == domain and len(child.jobs) < depth]
-        least = min(ours, key=_in_flight, default=None)
-        if least is not None and not least.jobs:
-            return least
+        side before they queue behind each other), else the child of `domain` with the fewest in flight.
+        One pass over the children: this runs for every job."""
+        least: ChildProcess | None = None
+        spare: ChildProcess | None = None
         for child in self._children:
-            if child.domain is None:
-                child.domain = domain
-                return child
+            if child.domain == domain:
+                in_flight = len(child.jobs)
+                if not in_flight:
+                    return child
+                if in_flight < self._settings.pipeline_depth and (least is None or in_flight < len(least.jobs)):
+                    least = child
+            elif child.domain is None and spare is None:
+                spare = child
+        if spare is not None:
+            spare.domain = domain
+            return spare
         return least
 
     def _hand(self, job: Job, child: ChildProcess, idle: list[ChildProcess]) -> None:
@@ -408,10 +418,6 @@ def _check_privileges(settings: SandboxSettings) -> None:
         logger.warning("sandbox children will run as root (drop_to_uid=None): rlimits alone do not confine root")
     elif drop_to is not None and os.geteuid() != 0 and drop_to != (os.geteuid(), os.getegid()):
         raise ValueError(f"drop_to_uid={drop_to[0]} and drop_to_gid={drop_to[1]} need a parent running as root")
-
-
-def _in_flight(child: ChildProcess) -> int:
-    return len(child.jobs)
 
 
 def _write_outbox(child: ChildProcess) -> None:

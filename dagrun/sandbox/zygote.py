@@ -43,7 +43,7 @@ def main() -> NoReturn:
     config: dict[str, Any] = orjson.loads(control.recv(MAX_MESSAGE_BYTES))
     die_with(os.getppid())
     StepRunner(SandboxSettings(**config["settings"]), {})  # loads every module a script can reach, once
-    seccomp = confinement.load_seccomp()  # finding libseccomp runs ldconfig: not possible in a child
+    seccomp = confinement.compile_seccomp()  # once for every child; finding libseccomp runs ldconfig
     wakeup_read, wakeup_write = os.pipe()
     os.set_blocking(wakeup_write, False)
     signal.set_wakeup_fd(wakeup_write)
@@ -59,7 +59,7 @@ def main() -> NoReturn:
             _fork_one(control, config, seccomp)
 
 
-def _fork_one(control: socket.socket, config: dict[str, Any], seccomp: Any) -> None:
+def _fork_one(control: socket.socket, config: dict[str, Any], seccomp: bytes | None) -> None:
     message, fds, _flags, _address = socket.recv_fds(control, MAX_MESSAGE_BYTES, _CHILD_FDS)
     if not message:  # the parent closed the socket: the pool is gone, and so must its children be
         _end_children()
@@ -81,7 +81,7 @@ def _fork_one(control: socket.socket, config: dict[str, Any], seccomp: Any) -> N
         os.close(pidfd)
 
 
-def _become_child(fds: list[int], config: dict[str, Any], seccomp: Any, zygote_pid: int) -> NoReturn:
+def _become_child(fds: list[int], config: dict[str, Any], seccomp: bytes | None, zygote_pid: int) -> NoReturn:
     """In the forked child: the pipes on fds 0 and 1, /dev/null on 2, nothing else open, a session of its
     own; then prepare (load, confine) and serve like any child."""
     try:

@@ -18,6 +18,8 @@ from dagrun.errors import LeaseLost
 class Fences:
     def __init__(self) -> None:
         self._held: dict[str, tuple[str, int]] = {}  # run id -> (owner, epoch) of the lease claimed here
+        # run id -> the epoch this store's writes of it carry (`epochs.get(run_id, 0)`: read per write)
+        self.epochs: dict[str, int] = {}
         self.refused: dict[str, int] = {}  # run id -> the epoch that refused a write of it (the writer adds)
 
     def held_by(self, run_id: str, owner: str) -> int:
@@ -25,23 +27,19 @@ class Fences:
         held = self._held.get(run_id)
         return held[1] if held is not None and held[0] == owner else 0
 
-    def epoch(self, run_id: str) -> int:
-        """The epoch this store's writes of the run carry."""
-        held = self._held.get(run_id)
-        return 0 if held is None else held[1]
-
     def claimed(self, run_id: str, owner: str, epoch: int) -> None:
         """`owner` holds the run's lease at `epoch` (0: the claim failed, nothing changes)."""
         if epoch:
             self._held[run_id] = (owner, epoch)
+            self.epochs[run_id] = epoch
             self.refused.pop(run_id, None)
 
     def released(self, run_id: str, owner: str) -> None:
         if self._held.get(run_id, ("", 0))[0] == owner:
-            del self._held[run_id]
+            del self._held[run_id], self.epochs[run_id]
 
     def check(self, run_id: str) -> None:
         """LeaseLost when a write of the run was refused: this store's writes of it go nowhere."""
         epoch = self.refused.get(run_id)
         if epoch is not None:
-            raise LeaseLost(run_id, epoch=epoch, held=self.epoch(run_id))
+            raise LeaseLost(run_id, epoch=epoch, held=self.epochs.get(run_id, 0))

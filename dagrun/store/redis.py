@@ -160,7 +160,7 @@ class RedisStore:
         started_at = number_arg(at) if status == RunStatus.RUNNING else ""
         finished_at = number_arg(at) if is_terminal else ""
         has_error = "0" if error is None else "1"
-        fence = self._fences.epoch(run_id)
+        fence = self._fences.epochs.get(run_id, 0)
         self._writer.add(run_id, pack("R", status, started_at, finished_at, has_error, error or "", event), 7, fence)
         if is_terminal:  # the run is done: drop its cache, it is reloaded if written to again
             self._states.pop(run_id, None)
@@ -186,7 +186,9 @@ class RedisStore:
         except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
             raise StoreError(f"run {run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
         event = _dumps((time.time(), "step", status, step.step_id, attempt, message))
-        self._writer.add(run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS, self._fences.epoch(run_id))
+        self._writer.add(
+            run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS, self._fences.epochs.get(run_id, 0)
+        )
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged here, written by compare-and-set; merged again on the server's value when another client
@@ -198,7 +200,9 @@ class RedisStore:
             token = self._new_token()
             expected, state.context, state.token = state.token, text, token
             try:
-                applied = await self._writer.compare_and_set(run_id, expected, token, text, self._fences.epoch(run_id))
+                applied = await self._writer.compare_and_set(
+                    run_id, expected, token, text, self._fences.epochs.get(run_id, 0)
+                )
             except StoreError:
                 self._failure_reported = True
                 raise

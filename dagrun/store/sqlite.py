@@ -175,7 +175,7 @@ class SqliteStore:
         writer.add_run_update(
             (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
             (run_id, at, "run", status, None, 0, error or ""),
-            self._fences.epoch(run_id),
+            self._fences.epochs.get(run_id, 0),
         )
         if is_terminal:
             self._forget(run_id)
@@ -210,14 +210,14 @@ class SqliteStore:
                 None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
             ),
             (run_id, time.time(), "step", status, step_id, attempt, message),
-            self._fences.epoch(run_id),
+            self._fences.epochs.get(run_id, 0),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged into the cached context with no await in between when this process drives the run, else
         into the file's in the writer's transaction: either way concurrent callers never lose updates."""
         writer = self._writable(run_id)
-        fence = self._fences.epoch(run_id)
+        fence = self._fences.epochs.get(run_id, 0)
         if not self._drives(run_id):
             apply = functools.partial(schema.apply_context, run_id=run_id, ops=ops, fence=fence)
             merged = await self._write_now(apply)

@@ -234,8 +234,6 @@ def test_a_child_cannot_touch_the_machine(child: UnrestrictedChild, name: str, n
 
 
 def test_what_a_child_still_does_works(child: UnrestrictedChild) -> None:
-    """The filter denies what reaches out, not what a script computes: memory, time, its own signals."""
-    answer = child.run(
-        "import time\nx = bytearray(10_000_000)\nos.kill(os.getpid(), 0)\nresult = (len(x), time.time() > 0)"
-    )
+    """The filter denies what reaches out, not what a script computes: memory, time, its pipes."""
+    answer = child.run("import time\nx = bytearray(10_000_000)\nresult = (len(x), time.time() > 0)")
     assert answer == {"ok": True, "result": "(10000000, True)"}
