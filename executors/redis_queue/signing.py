@@ -13,6 +13,8 @@ first result), a result or a notice again changes nothing.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 import struct
 from collections.abc import Mapping
@@ -28,10 +30,11 @@ SIGNATURE_FIELD = b"sig"  # of a request entry and of a cancel notice; a result 
 class Signer:
     """Signs and checks the entries of one shared token: `Signer.from_token(token, who=...)`."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("_keyed",)
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        # Copied per signature: keying an HMAC, or hmac.digest() naming its hash, costs 2-4 µs with OpenSSL 3.
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)
 
     @classmethod
     def from_token(cls, token: str | None, *, who: str) -> Signer:
@@ -45,8 +48,9 @@ class Signer:
 
     def sign(self, kind: bytes, *parts: bytes) -> bytes:
         """The MAC of `parts` signed as `kind`."""
-        lengths = struct.pack(f">{len(parts)}I", *map(len, parts))
-        return hmac.digest(self._key, b"".join((kind, lengths, *parts)), "sha256")
+        mac = self._keyed.copy()
+        mac.update(b"".join((kind, _lengths(len(parts)).pack(*map(len, parts)), *parts)))
+        return mac.digest()
 
     def is_signed(self, signature: bytes | None, kind: bytes, *parts: bytes) -> bool:
         """True when `signature` is the MAC of `parts` signed as `kind` (compared in constant time)."""
@@ -80,3 +84,9 @@ class Signer:
         """The envelope of a sealed result for `request_id` on `reply_stream`; None when it is not signed so."""
         signature, envelope = sealed[:MAC_BYTES], sealed[MAC_BYTES:]
         return envelope if self.is_signed(signature, RESULT, reply_stream, request_id, envelope) else None
+
+
+@functools.cache
+def _lengths(count: int) -> struct.Struct:
+    """How the lengths of `count` parts are packed in front of them (4 bytes each, big-endian)."""
+    return struct.Struct(f">{count}I")
