@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.exceptions
 
-from dagrun import ExecutorError, StepRequest
+from dagrun import ExecutorError, RunStatus, StepRequest
 from dagrun.executor import ExecutorOptions, StepResult, encode_request, encode_result, open_executor, script_hash
 from dagrun.worker import ScriptWorker, WorkerSettings
-from executors.redis_queue import QueueSettings, RedisExecutor, transport
+from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
 from executors.redis_queue.cancellation import ENTRY_FIELD
 from executors.redis_queue.connection import GROUP
 from executors.redis_queue.signing import KEY_LABEL, NOTICE, REQUEST, SIGNATURE_FIELD, Signer
-from tests.conftest import free_port
+from tests.conftest import RedisServers, free_port
 from tests.executors.conftest import Gate, dagrun_command
 from tests.executors.redis_support import (
     OPTIONS,
@@ -32,6 +33,11 @@ from tests.executors.redis_support import (
     run_remote,
 )
 
+# The README's Redis user for workers and callers: dagrun's keys only, the transport's commands only.
+ACL_RULES = (
+    "resetkeys ~dagrun:* resetchannels -@all +@stream +@connection +@transaction"
+    " +eval +evalsha +set +mget +exists +expire +del +scan"
+)
 OTHER = Signer.from_token("another-token-0123456789", who="the tests")
 SECRET = "FORGED-SECRET-PAYLOAD"  # in every forged entry: must never reach a log line or a result
 WAIT = "outputs['v'] = wait_release()"  # a step that runs until the test releases it
@@ -215,3 +221,24 @@ async def test_a_caller_with_another_token_fails_its_step_clearly(
     assert f"worker {handle.worker_id}: refusing entry" in caplog.text
     assert "its signature does not match (signed with another token" in caplog.text
     assert handle.worker.status().steps_done == 0
+
+
+async def test_a_redis_user_limited_to_the_prefix_and_the_transport_commands_is_enough(
+    redis_servers: RedisServers, tmp_path: Path
+) -> None:
+    server = redis_servers("--user", "default", "off", "--user", "dagrun", "on", ">dagrun-pass", *ACL_RULES.split())
+    url = f"redis://dagrun:dagrun-pass@127.0.0.1:{server.port}/0"
+    factory = RedisWorkers(url, tmp_path)
+    client = redis_client(url)
+    try:
+        await factory.start(worker_id="acl-worker")
+        result, _ = await run_remote(url, remote_flow({"id": "a", "script": "outputs['v'] = 1"}))
+        assert result.status == RunStatus.SUCCEEDED and result.steps["a"].outputs == {"v": 1}
+        assert [status.worker_id for status in await list_workers(url)] == ["acl-worker"]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.set("elsewhere:key", "x")  # outside the prefix
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            await client.flushall()
+    finally:
+        await client.aclose()
+        await factory.close_all()
