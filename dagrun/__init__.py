@@ -25,6 +25,7 @@ from dagrun.errors import (
 )
 from dagrun.executor import ErrorKind, Executor, ExecutorOptions, StepError, StepRequest, StepResult, open_executor
 from dagrun.flow import Flow, RetryPolicy, Step
+from dagrun.flow_limits import FlowLimits
 from dagrun.flow_parser import parse_flow
 from dagrun.loader import load_flow
 from dagrun.orchestrator import Orchestrator, RunResult, StepOutcome
@@ -45,6 +46,7 @@ __all__ = [
     "ExecutorOptions",
     "Flow",
     "FlowError",
+    "FlowLimits",
     "MemoryStore",
     "Orchestrator",
     "Problem",

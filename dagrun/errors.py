@@ -13,6 +13,8 @@
     │   ├── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
     │   └── RunLost        the run vanished from the store while it was driven (a Redis without
     │                      persistence restarted)
+    ├── InsecureFile       a file holding a secret (a token) that other users can read or write;
+    │                      `.path` names it, `.fix` is the chmod that makes it private
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
     │                      step that does not wait for one, or that has a signal with other values);
     │                      `.run_id` names the run
@@ -135,6 +137,17 @@ class RunLost(StoreError):
             f"run {run_id!r} is gone: the store lost it while it was driven "
             "(a Redis without persistence loses its runs when it restarts)"
         )
+
+
+class InsecureFile(DagrunError):
+    """A file holding a secret can be read or written by other users than its owner, so it is not used.
+    `path` is the file, `mode` its permission bits, `fix` the command that makes it private."""
+
+    def __init__(self, path: str, mode: int, *, what: str, fix: str) -> None:
+        self.path = path
+        self.mode = mode
+        self.fix = fix
+        super().__init__(f"{what} {path!r}: other users can read or write it (mode {mode:04o}); run: {fix}")
 
 
 class ControlError(DagrunError):

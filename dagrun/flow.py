@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagrun.errors import FlowError, Problem
-from dagrun.flow_problems import not_json
+from dagrun.flow_problems import value_findings
 from dagrun.flow_schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S
 from dagrun.references import CompiledInputs, Outputs, format_location
 from dagrun.states import RunIf
@@ -161,7 +161,7 @@ def resolve_flow_inputs(flow: Flow, overrides: Mapping[str, Any]) -> dict[str, A
             )
         else:
             problems.extend(
-                Problem(format_location(loc), message) for loc, message in not_json(value, ("inputs", name))
+                Problem(format_location(loc), message) for loc, message in value_findings(value, ("inputs", name))
             )
     if problems:
         raise FlowError(problems, source=flow.source)

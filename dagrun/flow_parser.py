@@ -16,17 +16,18 @@ import pydantic
 from dagrun.errors import FlowError, Problem
 from dagrun.executor import script_hash
 from dagrun.flow import Flow, RetryPolicy, Step, WaitFor
+from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits, over_limits
 from dagrun.flow_problems import (
     Found,
     file_position,
     json_problem,
     json_type,
-    not_json,
     pydantic_findings,
     raw_step_id,
     salvage,
     step_label,
     utf8_problem,
+    value_findings,
 )
 from dagrun.flow_schema import (
     SCRIPT_ONLY_FIELDS,
@@ -45,17 +46,23 @@ ScriptChecker = Callable[[str], list[tuple[int | None, str]]]
 
 
 def parse_flow(
-    document: str | bytes | Mapping[str, Any], *, source: str = "<flow>", read_script: ScriptReader | None = None
+    document: str | bytes | Mapping[str, Any],
+    *,
+    source: str = "<flow>",
+    read_script: ScriptReader | None = None,
+    limits: FlowLimits = DEFAULT_LIMITS,
 ) -> Flow:
     """Validate a flow document (JSON text or an already parsed mapping) into a Flow.
 
     `read_script` reads a step's script_file (relative paths are its business); without one, script_file
-    is a problem. Raises FlowError listing every problem, in file order, each with its place.
+    is a problem. A timeout, attempt count or wait written over `limits` is a problem. Raises FlowError
+    listing every problem, in file order, each with its place.
     """
     raw, problems = _load_document(document)
     if raw is None:
         raise FlowError(problems, source=source)
-    parser = _FlowParser(raw, read_script=read_script, check_json=not isinstance(document, str | bytes))
+    check_json = not isinstance(document, str | bytes)
+    parser = _FlowParser(raw, read_script=read_script, check_json=check_json, limits=limits)
     flow = parser.parse(source)
     if flow is None or parser.found:
         raise FlowError(parser.problems(), source=source)
@@ -107,9 +114,12 @@ def _check_syntax(source: str) -> list[tuple[int | None, str]]:
 class _FlowParser:
     """One parse: collects findings while building the steps, so that every problem is reported."""
 
-    def __init__(self, raw: dict[str, Any], *, read_script: ScriptReader | None, check_json: bool) -> None:
+    def __init__(
+        self, raw: dict[str, Any], *, read_script: ScriptReader | None, check_json: bool, limits: FlowLimits
+    ) -> None:
         self.raw = raw
         self.read_script = read_script
+        self.limits = limits
         self.check_json = check_json  # documents parsed from text hold JSON values by construction
         self.found: list[Found] = []
         self._files: dict[str, tuple[str | None, str]] = {}  # script_file -> (source, why not)
@@ -155,13 +165,14 @@ class _FlowParser:
         else:
             bad = set()
         flow_inputs = None if "inputs" in bad else dict(self.raw.get("inputs", {}))
-        if flow_inputs is not None and self.check_json:
-            self.found.extend((loc, message, "") for loc, message in not_json(flow_inputs, ("inputs",)))
+        for name, value in (flow_inputs or {}).items():  # text documents too: a value may nest too deep
+            self.found.extend((loc, message, "") for loc, message in value_findings(value, ("inputs", name)))
         raw_defaults = self.raw.get("defaults", {})
         try:
             defaults = DefaultsModel.model_validate(raw_defaults)
         except pydantic.ValidationError as exc:  # already reported by the header
             defaults = salvage(DefaultsModel, raw_defaults, exc)[0] or DefaultsModel()
+        self.found.extend((("defaults", *loc), message, "") for loc, message in over_limits(defaults, self.limits))
         return header, flow_inputs, defaults
 
     def _step_models(self) -> list[tuple[StepModel | None, Step | None, frozenset[str]]]:
@@ -196,6 +207,7 @@ class _FlowParser:
         given = model.model_fields_set
         written = dropped | given  # an invalid field is left out of the model, but it was written
         body = self._body(written, where, label)
+        self._check_limits(model, body, where, label)
         if dropped and ("depends_on" in dropped or dropped - _STEP_FIELDS):
             # its real depends_on is invalid, or maybe misspelled as an unknown field: without it, references
             # to steps upstream of it would look like races
@@ -203,13 +215,11 @@ class _FlowParser:
         if body == "wait_for":
             return self._waiting_step(index, model, written, label)
         script = "" if body is None or body in dropped else self._script(model, body, where, label)
-        if self.check_json:
-            self.found.extend((loc, message, label) for loc, message in not_json(model.inputs, (*where, "inputs")))
         if "retries" in given:
             retries = RetryPolicy(
                 **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
             )
-        return Step(
+        step = Step(
             id=step_id,
             index=index,
             script=script,
@@ -225,6 +235,22 @@ class _FlowParser:
             script_file=model.script_file if "script_file" in given else None,
             description=model.description,
         )
+        self._check_inputs(step, where, label)
+        return step
+
+    def _check_limits(self, model: StepModel, body: str | None, where: Loc, label: str) -> None:
+        for loc, message in over_limits(model, self.limits):
+            if body != "wait_for" or loc[0] == "wait_for":  # its other fields are problems of their own
+                self.found.append(((*where, *loc), message, label))
+
+    def _check_inputs(self, step: Step, where: Loc, label: str) -> None:
+        """In a mapping document, inputs JSON cannot say. Compiling the inputs walked them once, no deeper
+        than MAX_NESTING: inputs nested deeper are left to the reference check, which reports them."""
+        if self.check_json and not step.compiled_inputs.too_deep:
+            for name, value in step.inputs.items():
+                self.found.extend(
+                    (loc, message, label) for loc, message in value_findings(value, (*where, "inputs", name))
+                )
 
     def _body(self, written: frozenset[str], where: Loc, label: str) -> str | None:
         """Which of 'script', 'script_file' and 'wait_for' the step has; None (reported) unless exactly one."""

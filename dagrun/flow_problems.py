@@ -8,6 +8,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
+import reprlib
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -19,11 +21,13 @@ from pydantic_core import ErrorDetails
 
 from dagrun.errors import Problem
 from dagrun.flow_schema import ID_RULE, ID_UNION_TAGS, STEP_ID_RE
-from dagrun.references import Loc
+from dagrun.references import MAX_NESTING, TOO_DEEP, Loc, format_location
 
 Found = tuple[Loc, str, str]  # where, what, and a label for the path: " (step 'load')" or ""
 _NO_GOT = frozenset({"missing", "extra_forbidden", "value_error", "too_short"})
 _OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
+# Enough of JSON's tokens to follow its structure: strings (with their escapes), punctuation, the rest.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]|[^\s\[\]{},:"]+')
 
 
 def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> Problem:
@@ -33,6 +37,8 @@ def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> Problem:
 
 
 def json_problem(text: str, error: json.JSONDecodeError) -> Problem:
+    if is_too_deep(error):
+        return Problem(format_location(nesting_place(nesting_path(text, error.pos))), TOO_DEEP)
     try:  # orjson parses; the standard library words the errors people know
         json.loads(text)
     except json.JSONDecodeError as standard:
@@ -40,6 +46,41 @@ def json_problem(text: str, error: json.JSONDecodeError) -> Problem:
     except RecursionError:
         pass
     return Problem(f"line {error.lineno}, column {error.colno}", _lower_first(error.msg))
+
+
+def is_too_deep(error: json.JSONDecodeError) -> bool:
+    """Whether orjson refused the text for nesting past its own limit (1024 levels, far past MAX_NESTING)."""
+    message = error.msg.lower()
+    return "depth" in message or "recursion" in message
+
+
+def nesting_path(text: str, offset: int) -> Loc:
+    """The place of the innermost array or object open at `offset` in `text`, which is JSON up to there
+    (where a parser stopped): followed token by token, so that no depth is too deep to follow."""
+    path: list[str | int] = []  # per open container: the index or key of its current element
+    key = ""
+    for match in _JSON_TOKEN.finditer(text, 0, offset):
+        token = match.group()
+        if token in ("[", "{"):
+            path.append(0 if token == "[" else "")
+        elif token in ("]", "}"):
+            path.pop()
+        elif token == "," and isinstance(path[-1], int):
+            path[-1] += 1
+        elif token == ":":
+            path[-1] = key
+        elif token.startswith('"'):
+            key = orjson.loads(token)
+    return tuple(path[:-1])
+
+
+def nesting_place(loc: Loc) -> Loc:
+    """Where a value nested too deep is reported: the step input or flow input holding it, or else the
+    field of the flow, of its defaults or of its step."""
+    if not loc or not isinstance(loc[0], str):
+        return ()  # the document itself: not a flow (an object) anyway
+    kept = {"steps": 4 if loc[2:3] == ("inputs",) else 3, "inputs": 2, "defaults": 2}.get(loc[0], 1)
+    return loc[:kept]
 
 
 def json_type(value: Any) -> str:
@@ -56,8 +97,8 @@ def _short(value: Any) -> str:
         return repr(value)  # orjson would write null
     try:
         text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
+    except TypeError:  # not JSON, or nested past orjson's limit: reprlib stops a few levels down
+        text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -155,24 +196,31 @@ def salvage(
 _M = typing.TypeVar("_M", bound=BaseModel)
 
 
-def not_json(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
-    """Places in `value` that hold something JSON cannot say (only possible for mapping documents)."""
+def value_findings(value: Any, loc: Loc) -> list[tuple[Loc, str]]:
+    """What a flow cannot hold in `value` (at `loc`): things JSON cannot say (only possible in mapping
+    documents), and `loc` itself when `value` nests deeper than MAX_NESTING (not walked below that, so
+    that even a value that contains itself is reported)."""
     found: list[tuple[Loc, str]] = []
-    stack: list[tuple[Any, Loc]] = [(value, loc)]
+    stack: list[tuple[Any, Loc, int]] = [(value, loc, 1)]
+    too_deep = False
     while stack:
-        item, where = stack.pop()
-        if isinstance(item, dict):
+        item, where, depth = stack.pop()
+        if isinstance(item, dict | list) and depth > MAX_NESTING:
+            too_deep = True
+        elif isinstance(item, dict):
             for key, element in item.items():
                 if isinstance(key, str):
-                    stack.append((element, (*where, key)))
+                    stack.append((element, (*where, key), depth + 1))
                 else:
                     found.append((where, f"object keys must be strings (got {key!r})"))
         elif isinstance(item, list):
-            stack.extend((element, (*where, index)) for index, element in enumerate(item))
+            stack.extend((element, (*where, index), depth + 1) for index, element in enumerate(item))
         elif isinstance(item, float) and not math.isfinite(item):
             found.append((where, f"not a JSON value (got {item!r})"))
         elif not (item is None or isinstance(item, str | int | float)):
             found.append((where, f"not a JSON value (got {type(item).__name__})"))
+    if too_deep:
+        found.append((loc, TOO_DEEP))
     return sorted(found)
 
 

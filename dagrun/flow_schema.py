@@ -10,9 +10,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
 
+from dagrun.references import MAX_NESTING
 from dagrun.states import RunIf
 
 DEFAULT_TIMEOUT_S = 30.0
+# The default limits (`FlowLimits`): the largest numbers a flow may ask for unless whoever runs dagrun sets
+# others. Generous for real work, yet one flow from any client holds a sandbox process a day per attempt
+# at most, and an attempt count past a hundred is a loop, not a retry policy.
+LIMIT_TIMEOUT_S = 24 * 3600.0  # the longest batch job people run as one step
+LIMIT_ATTEMPTS = 100
+LIMIT_BACKOFF_S = 3600.0  # a wait between attempts holds no process, but it holds the step (and its run)
+LIMIT_WAIT_S = 30 * 24 * 3600.0  # a person's approval can take weeks; waiting holds no process
 DEFAULT_EXECUTOR = "local"
 DEFAULT_CONTEXT_ID = "default"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -41,14 +49,24 @@ STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
 
 
-def _drop_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)  # absent means "inherited" or "not given", not this value
-
-
-def _unset(default: Any, description: str, **constraints: Any) -> Any:
+def _unset(default: Any, description: str, *, maximum: float | None = None, **constraints: Any) -> Any:
     """A field whose absence matters (inherited from `defaults`, or no contract): the parser asks
-    `model_fields_set`, and the schema shows no default."""
-    return Field(default=default, description=description, json_schema_extra=_drop_default, **constraints)
+    `model_fields_set`, and the schema shows no default (and the default `maximum`, if any)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)  # absent means "inherited" or "not given", not this value
+        schema.update(_limited(maximum) if maximum is not None else {})
+
+    return Field(default=default, description=description, json_schema_extra=extra, **constraints)
+
+
+def _limited(maximum: float) -> dict[str, Any]:
+    """Schema keywords for a number bounded by a default limit: an editor warns past it (a server may allow
+    more, or less: the limits are its to set, see `FlowLimits`). Not a model constraint, for that reason."""
+    return {"maximum": maximum}
+
+
+_LIMIT_NOTE = " Whoever runs dagrun sets its maximum (default: %.15g)."
 
 
 class _Model(BaseModel):
@@ -61,9 +79,26 @@ class RetriesModel(_Model):
 
     model_config = ConfigDict(title="Retries")
 
-    max_attempts: int = Field(default=1, ge=1, description="Attempts in all, the first included (1: no retry).")
-    backoff_s: float = Field(default=0.0, ge=0, allow_inf_nan=False, description="Wait before attempt 2; doubles.")
-    max_backoff_s: float = Field(default=60.0, ge=0, allow_inf_nan=False, description="The longest wait, in seconds.")
+    max_attempts: int = Field(
+        default=1,
+        ge=1,
+        json_schema_extra=_limited(LIMIT_ATTEMPTS),
+        description="Attempts in all, the first included (1: no retry)." + _LIMIT_NOTE % LIMIT_ATTEMPTS,
+    )
+    backoff_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="Wait before attempt 2; doubles." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
+    max_backoff_s: float = Field(
+        default=60.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="The longest wait, in seconds." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
     jitter: bool = Field(default=False, description="Wait a random time between half and all of the backoff.")
 
 
@@ -78,7 +113,9 @@ class WaitForModel(_Model):
         description="Output keys a signal must provide, each once; steps downstream read '${steps.ID.KEY}'.",
     )
     timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        default=None, description="Seconds to wait for the signal; absent or null: no limit."
+        default=None,
+        json_schema_extra=_limited(LIMIT_WAIT_S),
+        description="Seconds to wait for the signal; absent or null: no limit." + _LIMIT_NOTE % LIMIT_WAIT_S,
     )
 
     @field_validator("fields")
@@ -99,7 +136,11 @@ class DefaultsModel(_Model):
 
     executor: str = Field(default=DEFAULT_EXECUTOR, min_length=1, description="Executor name ('local', ...).")
     timeout_s: float = Field(
-        default=DEFAULT_TIMEOUT_S, gt=0, allow_inf_nan=False, description="Seconds a step may run."
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_TIMEOUT_S),
+        description="Seconds a step may run." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
     )
     retries: RetriesModel = Field(
         default=RetriesModel(), description="A step's own retries override it field by field."
@@ -127,7 +168,9 @@ class StepModel(_Model):
     id: StepId
     description: str = Field(default="", description="What the step does, for people.")
     script: str = _unset("", "Python source run in the sandbox; it reads `inputs` and fills `outputs`.")
-    script_file: str = _unset("", "Path of the script, relative to the flow file.", min_length=1)
+    script_file: str = _unset(
+        "", "Path of the script, relative to the flow file and under its directory.", min_length=1
+    )
     # None when absent: defaults are not validated, so null is refused while absence is not; the parser
     # asks `model_fields_set`, like for the other fields whose absence matters
     wait_for: WaitForModel = _unset(None, "Instead of a script: wait for a signal that provides these fields.")
@@ -136,7 +179,7 @@ class StepModel(_Model):
         default={},
         description="JSON values given to the script as `inputs`. A string may hold '${steps.ID.KEY}' (an output of "
         "an ancestor step) or '${flow.KEY}' (a flow input); exactly one reference keeps the value's type. "
-        "'$${' is a literal '${'.",
+        f"'$${{' is a literal '${{'. A value nests at most {MAX_NESTING} arrays and objects deep.",
     )
     outputs: list[str] = _unset([], "Output keys the step promises; a missing one fails it; references are checked.")
     run_if: RunIf = Field(
@@ -148,7 +191,11 @@ class StepModel(_Model):
     executor: str = _unset(DEFAULT_EXECUTOR, "Executor name; default from 'defaults'.", min_length=1)
     context_id: str = _unset(DEFAULT_CONTEXT_ID, "Worker context; default from 'defaults'.", min_length=1)
     timeout_s: float = _unset(
-        DEFAULT_TIMEOUT_S, "Seconds it may run; default from 'defaults'.", gt=0, allow_inf_nan=False
+        DEFAULT_TIMEOUT_S,
+        "Seconds it may run; default from 'defaults'." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
+        maximum=LIMIT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
     )
     retries: RetriesModel = _unset(RetriesModel(), "Retry policy; fields not set come from 'defaults.retries'.")
 
@@ -158,7 +205,9 @@ class FlowFields(_Model):
     name: str = Field(min_length=1, description="The flow's name; runs are listed by it.")
     description: str = Field(default="", description="What the flow does, for people.")
     inputs: dict[str, Any] = Field(
-        default={}, description="Flow inputs and their defaults (JSON), overridable per run; steps read '${flow.KEY}'."
+        default={},
+        description="Flow inputs and their defaults (JSON, nested at most "
+        f"{MAX_NESTING} arrays and objects deep), overridable per run; steps read '${{flow.KEY}}'.",
     )
     defaults: DefaultsModel = Field(default=DefaultsModel(), description="Values steps inherit.")
 

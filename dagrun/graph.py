@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from dagrun.errors import CycleError
-from dagrun.references import Loc, Reference
+from dagrun.references import TOO_DEEP, Loc, Reference
 
 if TYPE_CHECKING:
     from dagrun.flow import Flow, Step
@@ -197,9 +197,9 @@ def _ancestors(step: Step, by_id: Mapping[str, Step]) -> set[str]:
 def check_references(
     steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool = True
 ) -> list[Finding]:
-    """Malformed references, references to unknown steps, to steps that are not ancestors (a race; not
-    checked without `check_ancestry`), to undeclared outputs, and to undeclared flow inputs (not checked
-    when `flow_inputs` is None: unknown).
+    """Inputs nested too deep, malformed references, references to unknown steps, to steps that are not
+    ancestors (a race; not checked without `check_ancestry`), to undeclared outputs, and to undeclared flow
+    inputs (not checked when `flow_inputs` is None: unknown).
     A reference to a direct dependency costs O(1); only references to other steps explore ancestors,
     once per step and no further than the referenced step's topological rank."""
     return _check_references(steps, flow_inputs, check_ancestry=check_ancestry, order=None)
@@ -217,6 +217,7 @@ def _check_references(
         for bad in compiled.malformed:
             message = f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}"
             findings.append(((*where, *bad.loc), message))
+        findings.extend(((*where, *loc), TOO_DEEP) for loc in compiled.too_deep)
         upstream: _Upstream | None = None
         # a join step may reference thousands of direct dependencies: test membership in a set
         direct = step.depends_on if len(step.depends_on) < 8 else frozenset(step.depends_on)

@@ -31,6 +31,7 @@ from dagrun.driver import RunDriver, StepListener, Stop, StoredRun
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.executor import Executor, ExecutorOptions, HostFunction, find_transport, open_executor
 from dagrun.flow import Flow, resolve_flow_inputs
+from dagrun.flow_limits import NO_LIMITS
 from dagrun.flow_parser import parse_flow
 from dagrun.flow_schema import DEFAULT_EXECUTOR
 from dagrun.outcome import RunResult, StepOutcome
@@ -387,5 +388,6 @@ class Orchestrator:
 @functools.lru_cache(maxsize=64)
 def _stored_flow(document: bytes) -> Flow:
     """The Flow of a stored run's document: an orchestrator that adopts many runs of one flow parses it
-    once (parsing compiles every script). Flows are immutable, so runs may share one."""
-    return parse_flow(orjson.loads(document), source="stored run")
+    once (parsing compiles every script). Flows are immutable, so runs may share one. Without limits: they
+    applied when the run was submitted, and a run once accepted stays runnable by any orchestrator."""
+    return parse_flow(orjson.loads(document), source="stored run", limits=NO_LIMITS)

@@ -3,7 +3,8 @@
 A string that is exactly one reference becomes the referenced value, with its type; references inside a
 longer string are interpolated as text (non-strings JSON-encoded); lists and dicts are walked (their keys
 are never templated); `$${` stands for a literal `${`. Inputs are compiled once (`compile_inputs`) so that
-resolving them per step costs nearly nothing when they hold no reference. Pure: no I/O.
+resolving them per step costs nearly nothing when they hold no reference. An input value nests at most
+MAX_NESTING arrays and objects: the compiler walks no deeper, and validation refuses what it left. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ _EXACT = re.compile(r"\$\{(?:steps\.([^.{}]+)\.([^{}]+)|flow\.([^{}]+))\}")
 _BODY = re.compile(r"steps\.([^.]+)\.(.+)|flow\.(.+)", re.DOTALL)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MAX_LISTED_KEYS = 10
+# Arrays and objects in one input value, the value itself counting as 1. Far more than any real input
+# needs, and far below what walking it by recursion (here) or encoding a whole run record with it (the
+# stores' orjson stops at 255 levels) can take: a deeper value is a validation problem, not a crash.
+MAX_NESTING = 64
+TOO_DEEP = f"nested more than {MAX_NESTING} levels deep (arrays and objects); flatten it"
 
 
 class Reference(NamedTuple):
@@ -114,20 +120,22 @@ def find_references(value: Any, *, malformed: list[MalformedReference] | None = 
     """Every well-formed reference in a JSON value, in document order; malformed ones are appended to
     `malformed` when given (and otherwise ignored)."""
     found = _Found()
-    _compile_value(value, loc, "", found)
+    _compile_value(value, loc, "", found, 1)
     if malformed is not None:
         malformed.extend(found.malformed)
     return found.references
 
 
 class _Found:
-    """What compiling a value met: the references, for validation, and the malformed ones."""
+    """What compiling a value met: the references, for validation, the malformed ones, and where values
+    nest too deep (left unwalked)."""
 
-    __slots__ = ("malformed", "references")
+    __slots__ = ("malformed", "references", "too_deep")
 
     def __init__(self) -> None:
         self.references: list[Reference] = []
         self.malformed: list[MalformedReference] = []
+        self.too_deep: list[Loc] = []
 
 
 def _as_text(value: Any) -> str:
@@ -216,19 +224,27 @@ def _compile_string(text: str, loc: Loc, prefix: str, found: _Found) -> tuple[bo
     return True, interpolate
 
 
-def _compile_value(value: Any, loc: Loc, prefix: str, found: _Found) -> tuple[bool, Any]:
-    """(False, constant) or (True, resolver); the references met are added to `found`."""
+def _compile_value(value: Any, loc: Loc, prefix: str, found: _Found, depth: int) -> tuple[bool, Any]:
+    """(False, constant) or (True, resolver); the references met are added to `found`. `depth` counts the
+    arrays and objects `value` is in, itself included; past MAX_NESTING, `value` is a constant, not walked."""
     if isinstance(value, str):
         return _compile_string(value, loc, prefix, found)
+    if depth > MAX_NESTING and isinstance(value, list | dict):
+        found.too_deep.append(loc)
+        return False, value
     if isinstance(value, list):
-        items = [_compile_value(element, (*loc, index), prefix, found) for index, element in enumerate(value)]
+        items = [
+            _compile_value(element, (*loc, index), prefix, found, depth + 1) for index, element in enumerate(value)
+        ]
         if not any(dynamic for dynamic, _ in items):
             return False, [item for _, item in items]
         return True, lambda flow_inputs, outputs_of: [
             item(flow_inputs, outputs_of) if dynamic else item for dynamic, item in items
         ]
     if isinstance(value, dict):
-        entries = [(key, *_compile_value(element, (*loc, key), prefix, found)) for key, element in value.items()]
+        entries = [
+            (key, *_compile_value(element, (*loc, key), prefix, found, depth + 1)) for key, element in value.items()
+        ]
         if not any(dynamic for _, dynamic, _ in entries):
             return False, {key: item for key, _, item in entries}
         return True, lambda flow_inputs, outputs_of: {
@@ -241,10 +257,11 @@ class CompiledInputs:
     """A step's inputs, ready to resolve. Constants are shared between resolutions: treat the result as
     read-only below its top level."""
 
-    __slots__ = ("_dynamic", "_exact_flow", "_exact_steps", "_template", "malformed", "references")
+    __slots__ = ("_dynamic", "_exact_flow", "_exact_steps", "_template", "malformed", "references", "too_deep")
 
     def __init__(self, inputs: Mapping[str, Any], *, step_id: str | None = None) -> None:
-        """Never raises: malformed references are listed in `malformed` (and resolve as text)."""
+        """Never raises: malformed references are listed in `malformed` (and resolve as text), inputs
+        nested deeper than MAX_NESTING in `too_deep` (their references are not looked for)."""
         prefix = f"step {step_id!r} " if step_id is not None else ""
         found = _Found()
         self._template: dict[str, Any] = {}
@@ -252,7 +269,7 @@ class CompiledInputs:
         exact_flow: list[tuple[str, str, _Where]] = []
         dynamic: list[tuple[str, Resolver]] = []
         for name, value in inputs.items():
-            is_dynamic, item = _compile_value(value, (name,), prefix, found)
+            is_dynamic, item = _compile_value(value, (name,), prefix, found, 1)
             self._template[name] = None if is_dynamic else item
             if not is_dynamic:
                 continue
@@ -266,6 +283,7 @@ class CompiledInputs:
         # every reference with its place inside the inputs, in document order: what validation checks
         self.references = tuple(found.references)
         self.malformed = tuple(found.malformed)
+        self.too_deep = tuple(dict.fromkeys(loc[:1] for loc in found.too_deep))  # the inputs, once each
         self._exact_steps = tuple(exact_steps)
         self._exact_flow = tuple(exact_flow)
         self._dynamic = tuple(dynamic)
@@ -299,14 +317,14 @@ class CompiledInputs:
 
 def compile_inputs(inputs: Mapping[str, Any], *, step_id: str | None = None) -> CompiledInputs:
     """Compile a step's raw inputs; `step_id` names the step in UnresolvedInput messages. Raises
-    FlowError for a malformed reference (validated flows have none)."""
+    FlowError for a malformed reference or an input nested too deep (validated flows have neither)."""
     compiled = CompiledInputs(inputs, step_id=step_id)
-    if compiled.malformed:
-        prefix = f"step {step_id!r} " if step_id is not None else ""
-        raise FlowError(
-            [
-                Problem(format_location(bad.loc), f"{prefix}malformed reference {bad.text!r}: {bad.reason}")
-                for bad in compiled.malformed
-            ]
-        )
+    prefix = f"step {step_id!r} " if step_id is not None else ""
+    problems = [
+        Problem(format_location(bad.loc), f"{prefix}malformed reference {bad.text!r}: {bad.reason}")
+        for bad in compiled.malformed
+    ]
+    problems += [Problem(format_location(loc), f"{prefix}input {TOO_DEEP}") for loc in compiled.too_deep]
+    if problems:
+        raise FlowError(problems)
     return compiled

@@ -26,6 +26,7 @@ from dagrun.executor import (
     decode_request,
     encode_result,
 )
+from dagrun.lobby import LobbySettings
 from dagrun.sandbox import SandboxPool, SandboxSettings
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class WorkerSettings:
     token: str | None = None  # required by the WebSocket and HTTP servers
     tls_cert_file: str | None = None  # servers: serve TLS (wss://, https://) with this certificate chain
     tls_key_file: str | None = None
+    lobby: LobbySettings = field(default_factory=LobbySettings)  # servers: connections without the token
     contexts: tuple[str, ...] = ("default",)
     concurrency: int = field(default_factory=lambda: os.cpu_count() or 1)  # steps running at once
     grace_s: float = 30.0  # on shutdown, how long in-flight steps may take to finish

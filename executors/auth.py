@@ -1,7 +1,7 @@
 """What the WebSocket and HTTP transports share: the token, TLS, client URLs, limits and admission.
 
 The shared token travels as ``Authorization: Bearer <token>``; servers compare it in constant time
-(`hmac.compare_digest`) before they read anything else of a request, and it never reaches a log line
+(`dagrun.lobby.is_authorized`) before they read anything else of a request, and it never reaches a log line
 or an error message (`hide_authorization` masks it in the wire libraries' debug logs).
 Both worker servers answer ``GET /health`` (token required) with `health_document`: the worker's
 status, its Limits and whether it is stopping.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import ssl
 from collections.abc import Mapping
@@ -27,13 +26,13 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from dagrun.errors import ExecutorError, redact
 from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
 from dagrun.listening import cannot_listen, is_loopback
+from dagrun.lobby import AUTHORIZATION
 from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings, WorkerStatus
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-AUTHORIZATION = "Authorization"
 LIMITS_HEADER_PREFIX = "Dagrun-"  # handshake response headers announcing a worker's Limits
 
 QUEUE_FACTOR = 2  # a worker admits QUEUE_FACTOR x what its pool holds: the rest wait for a pool slot
@@ -46,18 +45,6 @@ BUSY_MAX_DELAY_S = 1.0
 
 def bearer_header(token: str) -> dict[str, str]:
     return {AUTHORIZATION: f"Bearer {token}"}
-
-
-def is_authorized(values: list[str], token: str) -> bool:
-    """True when `values` (every Authorization header of a request) is exactly one ``Bearer <token>``.
-
-    The comparison takes the same time wherever the presented token first differs."""
-    if len(values) != 1:
-        return False
-    scheme, _, presented = values[0].partition(" ")
-    # compare_digest on bytes: on str it refuses non-ASCII input with TypeError instead of saying no
-    matches = hmac.compare_digest(presented.strip().encode(), token.encode())
-    return scheme.lower() == "bearer" and matches
 
 
 def require_server_token(settings: WorkerSettings, kind: str) -> str:

@@ -41,9 +41,10 @@ from dagrun.executor import (
     encode_result,
 )
 from dagrun.listening import os_reason
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
+from dagrun.lobby_site import LobbySite
 from dagrun.worker import ScriptWorker, WorkerStatus
 from executors.auth import (
-    AUTHORIZATION,
     BUSY_FIRST_DELAY_S,
     BUSY_MAX_DELAY_S,
     MAX_QUEUE_WAIT_S,
@@ -57,7 +58,6 @@ from executors.auth import (
     bearer_header,
     describe,
     health_document,
-    is_authorized,
     listen_error,
     parse_target,
     require_server_token,
@@ -271,6 +271,7 @@ class HttpWorkerServer:
         self._token = require_server_token(settings, "http")
         self._ssl = server_ssl_context(settings)
         self._admission = Admission(worker, max_queue_wait_s=max_queue_wait_s)
+        self._lobby = Lobby(settings.lobby, name=f"worker {settings.worker_id}")
         self._runner: web.AppRunner | None = None
         self._port = 0
         self._is_closed = False
@@ -304,7 +305,7 @@ class HttpWorkerServer:
         # handler, which stops the step's script; aiohttp >= 3.9 lets handlers run on by default
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S, handler_cancellation=True)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port, ssl_context=self._ssl)
+        site = LobbySite(runner, settings.host, settings.port, lobby=self._lobby, ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as exc:
@@ -327,7 +328,8 @@ class HttpWorkerServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Refuse before the body is read: no valid token, or a declared body over the limit."""
+        """Refuse before the body is read: no valid token (the connection closes), or a declared body over
+        the limit. A request with the token takes its connection out of the lobby."""
         if not is_authorized(request.headers.getall(AUTHORIZATION, []), self._token):
             logger.warning(
                 "worker %s: refused %s %s from %s: missing or wrong token",
@@ -337,6 +339,7 @@ class HttpWorkerServer:
                 request.remote,
             )
             return _refuse(HTTPStatus.UNAUTHORIZED, "unauthorized", "missing or wrong token", close=True)
+        self._lobby.leave(request.transport)
         limit = self._worker.settings.max_message_bytes
         if request.content_length is not None and request.content_length > limit:
             message = f"request body of {request.content_length} bytes is over the {limit}-byte limit"

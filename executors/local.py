@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dagrun.errors import ExecutorError
@@ -41,10 +42,15 @@ def settings_from_url(url: str, options: ExecutorOptions) -> SandboxSettings:
     if options.processes is not None:
         settings = dataclasses.replace(settings, processes=options.processes)
     integer_fields = {f.name for f in dataclasses.fields(SandboxSettings) if f.type in ("int", int)}
-    changes: dict[str, int] = {}
+    text_fields = {"trust_domain"}
+    changes: dict[str, Any] = {}
     for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name in text_fields:
+            changes[name] = value or None
+            continue
         if name not in integer_fields:
-            raise ExecutorError(f"{url!r}: unknown setting {name!r}; known: {', '.join(sorted(integer_fields))}")
+            known = ", ".join(sorted(integer_fields | text_fields))
+            raise ExecutorError(f"{url!r}: unknown setting {name!r}; known: {known}")
         try:
             changes[name] = int(value)
         except ValueError:

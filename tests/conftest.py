@@ -147,6 +147,13 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def write_token_file(path: Path, token: str) -> Path:
+    """A token file as dagrun accepts one: readable and writable by its owner only."""
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path
+
+
 def require_program(name: str) -> None:
     """Fail (not skip) when a program the test command installs is missing: a skip would hide it."""
     if shutil.which(name) is None:

@@ -4,6 +4,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dagrun.flow_parser
 from dagrun.errors import FlowError, Problem
@@ -11,6 +13,7 @@ from dagrun.executor import script_hash
 from dagrun.flow import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
 from dagrun.flow_parser import parse_flow
 from dagrun.flow_schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
+from dagrun.references import MAX_NESTING, TOO_DEEP
 from dagrun.states import RunIf
 
 ETL = {
@@ -803,6 +806,117 @@ SCRIPT_FIELDS = {
     "timeout_s": 30,
     "retries": {},
 }
+
+
+# --- values nested deep: problems at their place, never a crash ------------------------------------
+
+# Where a value goes in a flow document (as JSON text), and the place a problem about it names.
+PLACES = {
+    "step input": ('{"name": "t", "steps": [{"id": "a", "script": "", "inputs": {"x": %s}}]}', "steps[0].inputs.x"),
+    "flow input": ('{"name": "t", "inputs": {"x": %s}, "steps": [{"id": "a", "script": ""}]}', "inputs.x"),
+    "description": ('{"name": "t", "description": %s, "steps": [{"id": "a", "script": ""}]}', "description"),
+}
+FREE_VALUES = ["step input", "flow input"]  # where any JSON value belongs
+
+
+def document_with(place: str, value: Any) -> dict[str, Any]:
+    """The mapping document of PLACES[place] holding `value`, built without a parser."""
+    if place == "step input":
+        return flow_of({"id": "a", "script": "", "inputs": {"x": value}})
+    if place == "flow input":
+        return flow_of({"id": "a", "script": ""}, inputs={"x": value})
+    return flow_of({"id": "a", "script": ""}, description=value)
+
+
+def nested_text(depth: int, opener: str) -> str:
+    """JSON text of arrays (opener '[') or objects ('{') nested `depth` deep: `[[]]` and `{"a": {}}` are 2."""
+    if opener == "[":
+        return "[" * depth + "]" * depth
+    return '{"a": ' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+def nested_value(depth: int, opener: str) -> Any:
+    """The value of `nested_text`, built without a parser (which stops at 1024 levels)."""
+    value: Any = [] if opener == "[" else {}
+    for _ in range(depth - 1):
+        value = [value] if opener == "[" else {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("opener", ["[", "{"])
+@pytest.mark.parametrize("place", FREE_VALUES)
+def test_a_value_nested_as_deep_as_the_maximum_is_accepted(place, opener):
+    text = PLACES[place][0] % nested_text(MAX_NESTING, opener)
+
+    assert parse_flow(text).to_json() == json.loads(text)
+    assert parse_flow(document_with(place, nested_value(MAX_NESTING, opener))) == parse_flow(text)
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 1000, 100_000])
+@pytest.mark.parametrize("opener", ["[", "{"])
+@pytest.mark.parametrize("place", FREE_VALUES)
+def test_a_value_nested_deeper_than_the_maximum_is_one_problem_at_its_place(place, opener, depth):
+    template, where = PLACES[place]
+
+    assert problems(template % nested_text(depth, opener)) == [f"{where}: {TOO_DEEP}"]
+    assert problems(document_with(place, nested_value(depth, opener))) == [f"{where}: {TOO_DEEP}"]
+
+
+def test_a_value_that_contains_itself_is_nested_too_deep_not_walked_forever():
+    loop: list[Any] = []
+    loop.append(loop)
+
+    assert problems(flow_of({"id": "a", "script": "", "inputs": {"x": loop}}, inputs={"y": loop})) == [
+        f"inputs.y: {TOO_DEEP}",
+        f"steps[0].inputs.x: {TOO_DEEP}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ('"description": %s', "description: input should be a valid string (got [[[[[[[...]]]]]]])"),
+        ('"extra": %s', "unknown field 'extra'; known fields: $schema, name, description, inputs, defaults, steps"),
+        ('"defaults": {"retries": %s}', "defaults.retries: expected a JSON object (got [[[[[[[...]]]]]]])"),
+    ],
+)
+def test_deep_nesting_where_no_free_value_belongs_is_reported_where_it_is(field, expected):
+    document = '{"name": "t", "steps": [{"id": "a", "script": ""}], ' + field + "}"
+
+    assert problems(document % nested_text(1000, "[")) == [expected]
+    # too deep for the JSON parser itself: the field that holds it, from where the parser stopped
+    where = expected.split(":")[0] if expected.startswith(("description", "defaults")) else "extra"
+    assert problems(document % nested_text(100_000, "[")) == [f"{where}: {TOO_DEEP}"]
+
+
+def test_a_document_nested_too_deep_to_parse_is_one_problem():
+    assert problems(nested_text(100_000, "[")) == [TOO_DEEP]
+
+
+def test_resolve_flow_inputs_rejects_a_value_nested_too_deep():
+    flow = parse_flow(flow_of({"id": "a", "script": ""}, inputs={"x": None}))
+
+    assert resolve_flow_inputs(flow, {"x": nested_value(MAX_NESTING, "[")})["x"] == nested_value(MAX_NESTING, "[")
+    with pytest.raises(FlowError) as caught:
+        resolve_flow_inputs(flow, {"x": nested_value(100_000, "{")})
+    assert [str(problem) for problem in caught.value.problems] == [f"inputs.x: {TOO_DEEP}"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    depth=st.integers(1, 1500), opener=st.sampled_from("[{"), place=st.sampled_from(list(PLACES)), as_text=st.booleans()
+)
+def test_any_nesting_depth_is_either_a_valid_flow_or_a_flow_error(depth, opener, place, as_text):
+    document = (
+        PLACES[place][0] % nested_text(depth, opener) if as_text else document_with(place, nested_value(depth, opener))
+    )
+
+    try:
+        parse_flow(document)
+    except FlowError as exc:
+        assert place == "description" or depth > MAX_NESTING, exc
+    else:
+        assert place in FREE_VALUES and depth <= MAX_NESTING
 
 
 # --- scale ---------------------------------------------------------------------------------------

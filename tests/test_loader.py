@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,59 @@ def test_every_problem_of_a_flow_file_names_the_file(tmp_path):
     lines = str(caught.value).splitlines()
     assert len(lines) == 3
     assert all(line.startswith(f"{path}: steps[") for line in lines)
+
+
+def script_problems(path: Path, **options) -> list[str]:
+    with pytest.raises(FlowError) as caught:
+        load_flow(path, **options)
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_a_script_file_outside_the_flow_files_directory_is_refused_unless_allowed(tmp_path):
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "secret.py").write_text("outputs['x'] = 'secret'\n", encoding="utf-8")
+    os.symlink(tmp_path / "secret.py", tmp_path / "flows" / "link.py")
+    steps = [
+        {"id": "up", "script_file": "../secret.py"},
+        {"id": "abs", "script_file": str(tmp_path / "secret.py")},
+        {"id": "link", "script_file": "link.py"},
+        {"id": "etc", "script_file": "../../../../../../../../etc/passwd"},
+    ]
+    path = write_flow(tmp_path / "flows", {"name": "x", "steps": steps})
+    flows, secret = str(tmp_path / "flows"), str(tmp_path / "secret.py")
+    allow = "(or pass --allow-outside-scripts)"
+
+    assert script_problems(path) == [
+        f"steps[0].script_file (step 'up'): cannot read '../secret.py': it resolves to {secret!r}, outside the "
+        f"flow file's directory {flows!r}; move it under that directory {allow}",
+        f"steps[1].script_file (step 'abs'): cannot read {secret!r}: an absolute path; give it relative to the "
+        f"flow file {allow}",
+        f"steps[2].script_file (step 'link'): cannot read 'link.py': it resolves to {secret!r}, outside the "
+        f"flow file's directory {flows!r}; move it under that directory {allow}",
+        "steps[3].script_file (step 'etc'): cannot read '../../../../../../../../etc/passwd': it resolves to "
+        f"'/etc/passwd', outside the flow file's directory {flows!r}; move it under that directory {allow}",
+    ]
+    path = write_flow(tmp_path / "flows", {"name": "x", "steps": steps[:3]})
+    allowed = load_flow(path, allow_outside_scripts=True)
+    assert {allowed.step(step_id).script for step_id in ("up", "abs", "link")} == {"outputs['x'] = 'secret'\n"}
+
+
+def test_scripts_under_the_flow_files_directory_load_through_links_and_dot_dots_that_stay_inside(tmp_path):
+    (tmp_path / "flows" / "scripts" / "lib").mkdir(parents=True)
+    (tmp_path / "flows" / "scripts" / "a.py").write_text("outputs['a'] = 1\n", encoding="utf-8")
+    os.symlink("scripts/a.py", tmp_path / "flows" / "alias.py")
+    os.symlink(tmp_path / "flows", tmp_path / "via")  # the flow file reached through a link to its directory
+    steps = [{"id": "a", "script_file": "scripts/lib/../a.py"}, {"id": "b", "script_file": "alias.py"}]
+    write_flow(tmp_path / "flows", {"name": "x", "steps": steps})
+
+    flow = load_flow(tmp_path / "via" / "flow.json")
+
+    assert [step.script for step in flow.steps] == ["outputs['a'] = 1\n"] * 2
+
+
+def test_a_symbolic_link_loop_is_a_problem_not_a_crash(tmp_path):
+    os.symlink("loop.py", tmp_path / "loop.py")
+    path = write_flow(tmp_path, {"name": "x", "steps": [{"id": "a", "script_file": "loop.py"}]})
+
+    (problem,) = script_problems(path)
+    assert problem.startswith("steps[0].script_file (step 'a'): cannot read 'loop.py': ")

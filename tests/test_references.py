@@ -1,3 +1,4 @@
+import re
 import time
 
 import pytest
@@ -6,6 +7,9 @@ from hypothesis import strategies as st
 
 from dagrun.errors import FlowError, UnresolvedInput
 from dagrun.references import (
+    MAX_NESTING,
+    TOO_DEEP,
+    CompiledInputs,
     MalformedReference,
     Reference,
     compile_inputs,
@@ -159,6 +163,25 @@ def test_malformed_references_are_reported_with_a_reason(text, reason):
 def test_compiling_a_malformed_reference_raises_flow_error():
     with pytest.raises(FlowError, match=r"n: step 'a' malformed reference '\$\{steps\.x\}'"):
         compile_inputs({"n": "${steps.x}"}, step_id="a")
+
+
+def nested(depth, leaf):
+    value = leaf
+    for _ in range(depth - 1):
+        value = [value]
+    return [value]
+
+
+def test_inputs_nested_past_the_maximum_are_listed_once_each_and_not_walked():
+    inputs = {"ok": nested(MAX_NESTING, "${flow.a}"), "deep": [nested(100_000, "${steps.b.c}"), nested(70, 1)]}
+
+    compiled = compile_inputs({"ok": inputs["ok"]})
+    assert compiled.too_deep == () and [r.text for r in compiled.references] == ["${flow.a}"]
+    compiled = CompiledInputs(inputs)
+    assert compiled.too_deep == (("deep",),)
+    assert [r.text for r in compiled.references] == ["${flow.a}"]  # nothing is looked for below the maximum
+    with pytest.raises(FlowError, match=rf"^<flow>: deep: step 'a' input {re.escape(TOO_DEEP)}$"):
+        compile_inputs(inputs, step_id="a")
 
 
 def test_format_location_writes_json_paths():

@@ -2,7 +2,8 @@
 
 `create_app` serves one `RunControl` (so one store). With an Orchestrator in the same process, commands
 go through it, so that a run it drives applies them at once, and a submitted flow that names an
-executor it lacks is refused (422) instead of failing when it is driven.
+executor it lacks is refused (422) instead of failing when it is driven. The app holds the `Lobby` of
+its connections under LOBBY: its guard reports requests to it, and `ApiServer` admits connections to it.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from dagrun.api.routes import RunHandlers
 from dagrun.api.settings import ApiSettings
 from dagrun.api.stream import EventStreams
 from dagrun.control import RunControl
+from dagrun.lobby import Lobby
 from dagrun.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
+
+LOBBY = web.AppKey("lobby", Lobby)
 
 
 def create_app(
@@ -35,11 +39,13 @@ def create_app(
         raise ValueError("the API needs a token")
     settings = settings or ApiSettings()
     streams = EventStreams(keepalive_s=settings.keepalive_s, max_streams=settings.max_streams)
-    handlers = RunHandlers(control, orchestrator, streams)
+    handlers = RunHandlers(control, orchestrator, streams, flow_limits=settings.flow_limits)
+    lobby = Lobby(settings.lobby, name="api")
     app = web.Application(
-        middlewares=[guard(token, max_body_bytes=settings.max_body_bytes)],
+        middlewares=[guard(token, max_body_bytes=settings.max_body_bytes, lobby=lobby)],
         client_max_size=settings.max_body_bytes,  # the backstop for chunked bodies, which declare no length
     )
+    app[LOBBY] = lobby
     routes = handlers.routes()
     for route in routes:
         app.router.add_route(route.method, route.path, route.handler)

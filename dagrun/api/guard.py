@@ -2,12 +2,12 @@
 
 Every response that is not a success is ``{"error": message}`` (plus ``problems`` for an invalid flow):
 the router's 404/405, refusals, dagrun errors mapped to their status, and a bug as a bare 500 whose
-traceback goes to the log only. The token is compared in constant time and never logged.
+traceback goes to the log only. The token is compared in constant time and never logged; the first
+request that carries it takes its connection out of the lobby (`dagrun.lobby`).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -19,14 +19,17 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
+from dagrun.flow_problems import is_too_deep, nesting_path
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
+from dagrun.references import Loc
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
+TooDeep = Callable[[Loc], DagrunError]  # where a request body nests too deep -> the error to answer with
 
 PUBLIC_PATHS = frozenset({"/health"})  # the only paths served without the token
-AUTHORIZATION = "Authorization"
 
 
 class ApiError(Exception):
@@ -53,47 +56,43 @@ def error_response(status: int, message: str, *, close: bool = False, **extra: A
     return response
 
 
-def is_authorized(values: list[str], token: bytes) -> bool:
-    """True when `values` (every Authorization header of a request) is exactly one ``Bearer <token>``;
-    the comparison takes the same time wherever the presented token first differs."""
-    if len(values) != 1:
-        return False
-    scheme, _, presented = values[0].partition(" ")
-    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no
-    matches = hmac.compare_digest(presented.strip().encode(), token)
-    return scheme.lower() == "bearer" and matches
-
-
-def guard(token: str, *, max_body_bytes: int) -> Middleware:
+def guard(token: str, *, max_body_bytes: int, lobby: Lobby) -> Middleware:
     """The middleware: 401 without the token, 413 for a declared body over the limit, then the handler
-    with its errors rendered as JSON."""
-    expected = token.encode()
+    with its errors rendered as JSON. A request with the token takes its connection out of `lobby`."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in PUBLIC_PATHS and not is_authorized(request.headers.getall(AUTHORIZATION, []), expected):
-            logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
-            response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        if request.content_length is not None and request.content_length > max_body_bytes:
-            message = f"request body of {request.content_length} bytes is over the {max_body_bytes}-byte limit"
-            return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, close=True)
-        try:
-            return await handler(request)
-        except ApiError as exc:
-            response = error_response(exc.status, exc.message, close=exc.close)
-            response.headers.update(exc.headers)
-            return response
-        except web.HTTPException as exc:
-            return _http_error(request, exc)
-        except DagrunError as exc:
-            return _dagrun_error(request, exc)
-        except Exception:  # a bug: the client gets one line, the log gets the traceback
-            logger.exception("%s %s failed", request.method, request.path)
-            return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server's log")
+        with lobby.serving(request.transport):
+            if is_authorized(request.headers.getall(AUTHORIZATION, []), token):
+                lobby.leave(request.transport)
+            elif request.path not in PUBLIC_PATHS:
+                logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
+                response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+            if request.content_length is not None and request.content_length > max_body_bytes:
+                message = f"request body of {request.content_length} bytes is over the {max_body_bytes}-byte limit"
+                return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, close=True)
+            return await _handle(request, handler)
 
     return middleware
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer, with its refusals and errors as JSON."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = error_response(exc.status, exc.message, close=exc.close)
+        response.headers.update(exc.headers)
+        return response
+    except web.HTTPException as exc:
+        return _http_error(request, exc)
+    except DagrunError as exc:
+        return _dagrun_error(request, exc)
+    except Exception:  # a bug: the client gets one line, the log gets the traceback
+        logger.exception("%s %s failed", request.method, request.path)
+        return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; see the server's log")
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -126,9 +125,10 @@ def _dagrun_error(request: web.Request, exc: DagrunError) -> web.Response:
     return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
-async def read_model(request: web.Request, model: type[M]) -> M:
+async def read_model(request: web.Request, model: type[M], *, too_deep: TooDeep | None = None) -> M:
     """The request's JSON body as `model`; ApiError 413 past the size limit (a chunked body), 400 for
-    malformed JSON or a body the model refuses."""
+    malformed JSON or a body the model refuses. A body nested too deep for the JSON parser is malformed,
+    unless `too_deep` turns the place where it is (a JSON path in the body) into an error to raise."""
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -137,6 +137,8 @@ async def read_model(request: web.Request, model: type[M]) -> M:
     try:
         document = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
+        if too_deep is not None and is_too_deep(exc):
+            raise too_deep(nesting_path(body.decode(errors="replace"), exc.pos)) from exc
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: malformed JSON: {exc}") from exc
     if document is None:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: expected a JSON object ({model.__name__})")

@@ -19,8 +19,12 @@ from dagrun.api import models
 from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
 from dagrun.control import RunControl, command_json, event_json, run_json
+from dagrun.errors import FlowError, Problem
+from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow_parser import parse_flow
+from dagrun.flow_problems import nesting_place
 from dagrun.orchestrator import Orchestrator
+from dagrun.references import TOO_DEEP, Loc, format_location
 from dagrun.store.base import Command
 
 PREFIX = "/v1"
@@ -57,8 +61,16 @@ class Route:
 class RunHandlers:
     """The handlers, bound to the control object (and orchestrator) the app serves."""
 
-    def __init__(self, control: RunControl, orchestrator: Orchestrator | None, streams: EventStreams) -> None:
+    def __init__(
+        self,
+        control: RunControl,
+        orchestrator: Orchestrator | None,
+        streams: EventStreams,
+        *,
+        flow_limits: FlowLimits = DEFAULT_LIMITS,
+    ) -> None:
         self._control = control
+        self._flow_limits = flow_limits
         self._orchestrator = orchestrator
         self._commands: Commands = orchestrator if orchestrator is not None else control
         self._streams = streams
@@ -67,7 +79,10 @@ class RunHandlers:
     def routes(self) -> list[Route]:
         run = f"{PREFIX}/runs/{{run_id}}"
         conflict: dict[int, str] = {HTTPStatus.CONFLICT: "the command does not fit the run's state"}
-        invalid: dict[int, str] = {HTTPStatus.UNPROCESSABLE_ENTITY: "an invalid flow, or inputs it does not declare"}
+        invalid: dict[int, str] = {
+            HTTPStatus.UNPROCESSABLE_ENTITY: "an invalid flow (a timeout, attempts or a wait over the server's limits "
+            "included), or inputs it does not declare"
+        }
         busy: dict[int, str] = {
             HTTPStatus.SERVICE_UNAVAILABLE: "the server follows as many streams as it may; "
             "retry after Retry-After seconds"
@@ -120,10 +135,10 @@ class RunHandlers:
         return web.Response(body=self.openapi_body, content_type="application/json")
 
     async def submit_run(self, request: web.Request) -> web.Response:
-        body = await read_model(request, models.SubmitRequest)
+        body = await read_model(request, models.SubmitRequest, too_deep=_submitted_too_deep)
         # In a thread: compiling the scripts of a large flow would stall every other request (and the
         # lease renewals of an orchestrator sharing the loop).
-        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE)
+        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE, limits=self._flow_limits)
         if self._orchestrator is not None:
             self._orchestrator.check_executors(flow)  # refuse now what it could not drive
         run_id = await self._control.submit(flow, inputs=body.inputs)
@@ -178,6 +193,12 @@ class RunHandlers:
         body = await read_model(request, models.SignalRequest)
         command = await self._commands.signal(_run_id(request), request.match_info["step_id"], body.values)
         return _accepted(command)
+
+
+def _submitted_too_deep(loc: Loc) -> FlowError:
+    """A submitted flow (or run input) nested too deep to parse, as the problem `dagrun validate` reports."""
+    place = nesting_place(loc[1:] if loc[:1] == ("flow",) else loc)  # "inputs" are the run's, at the same place
+    return FlowError([Problem(format_location(place), TOO_DEEP)], source=SUBMITTED_SOURCE)
 
 
 def _run_id(request: web.Request) -> str:

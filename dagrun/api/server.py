@@ -4,7 +4,8 @@
         print(server.url)
 
 `aclose` stops accepting, ends the event streams (clients resume them by Last-Event-ID), lets other
-requests finish within `shutdown_timeout_s`, then closes.
+requests finish within `shutdown_timeout_s`, then closes. Connections pass through the app's lobby
+(`dagrun.lobby`): those without the token are capped and must send their headers in time.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import logging
 
 from aiohttp import web
 
-from dagrun.api.app import create_app
+from dagrun.api.app import LOBBY, create_app
 from dagrun.api.settings import ApiSettings
 from dagrun.control import RunControl
 from dagrun.errors import DagrunError
 from dagrun.listening import cannot_listen, is_loopback
+from dagrun.lobby_site import LobbySite
 from dagrun.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class ApiServer:
             raise RuntimeError("ApiServer is closed")
         runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout_s)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        site = LobbySite(runner, self.settings.host, self.settings.port, lobby=self._app[LOBBY])
         try:
             await site.start()
         except OSError as exc:

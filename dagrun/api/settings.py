@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
+from dagrun.lobby import LobbySettings
+
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
@@ -20,6 +23,9 @@ class ApiSettings:
     # Live event streams at once: each holds a client connection and a store wait.
     max_streams: int = 64
     shutdown_timeout_s: float = 5.0  # how long requests in flight may finish when the server stops
+    # connections without the token: how long their request headers may take, how many at once
+    lobby: LobbySettings = dataclasses.field(default_factory=LobbySettings)
+    flow_limits: FlowLimits = DEFAULT_LIMITS  # what a submitted flow may ask for: one token holds no process for days
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1 or self.max_streams < 1 or self.keepalive_s <= 0 or self.shutdown_timeout_s < 0:

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound, StoreNotFound, redact
+from dagrun.errors import ControlError, DagrunError, FlowError, InsecureFile, RunNotFound, StoreNotFound, redact
 from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.states import RunStatus
 
@@ -24,6 +24,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     from dagrun.cli import commands, control, serve, worker
+    from dagrun.cli.flow_options import add_flow_arguments
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -41,16 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("validate", commands.validate, "check a flow file and print every problem")
-    p.add_argument("flow", help="flow JSON file")
+    add_flow_arguments(p)
 
     p = command("run", commands.run, "run a flow and wait for it to end", store=True)
-    p.add_argument("flow", help="flow JSON file")
+    add_flow_arguments(p)
     _add_input_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document with the outcome, nothing else")
     _add_orchestrator_arguments(p)
 
     p = command("submit", control.submit, "record a run for an orchestrator; print its id last", store=True)
-    p.add_argument("flow", help="flow JSON file")
+    add_flow_arguments(p)
     _add_input_arguments(p)
 
     p = command("orchestrator", control.orchestrator, "drive the runs submitted to a store, until SIGTERM", store=True)
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = command("graph", commands.graph, "export a flow's DAG", store=False)
-    p.add_argument("flow", help="flow JSON file")
+    add_flow_arguments(p, limits=False)  # a flow's shape can be drawn whatever it asks for
     p.add_argument("--format", choices=["dot", "mermaid"], default="dot")
 
     command("schema", commands.schema, "print the JSON Schema of flow files")
@@ -193,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         count = len(exc.problems)
         sys.stderr.write(f"dagrun: {count} problem{'s' if count != 1 else ''} found\n")
         return EXIT_BAD_INPUT
-    except (RunNotFound, StoreNotFound, ControlError) as exc:
+    except (RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
         _complain(str(exc))
         return EXIT_BAD_INPUT
     except DagrunError as exc:

@@ -21,12 +21,14 @@ import orjson
 from rich.console import Console
 
 from dagrun.cli import render
+from dagrun.cli.flow_options import read_flow
 from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.control import RunControl, event_json, run_json
 from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
 from dagrun.executor import Executor
 from dagrun.flow import Flow
+from dagrun.flow_limits import NO_LIMITS
 from dagrun.flow_schema import flow_json_schema
 from dagrun.graph import to_dot, to_mermaid
 from dagrun.loader import load_flow
@@ -99,13 +101,13 @@ def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file
 
 
 def validate(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow)
+    flow = read_flow(args)
     stdout.print(f"{args.flow}: valid flow {flow.name!r} with {len(flow.steps)} steps")
     return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow)
+    flow = read_flow(args)
     inputs = parse_inputs(args.input)
     # The flow lives as long as the process: keep its objects out of the cyclic GC's full passes, which
     # otherwise rescan them over and over (measured on a 100k-step flow: about a fifth of its time).
@@ -211,7 +213,7 @@ def events(args: argparse.Namespace) -> int:
 
 
 def graph(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow)
+    flow = load_flow(args.flow, limits=NO_LIMITS, allow_outside_scripts=args.allow_outside_scripts)
     sys.stdout.write((to_dot(flow) if args.format == "dot" else to_mermaid(flow)) + "\n")
     return EXIT_OK
 

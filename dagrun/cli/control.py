@@ -26,10 +26,10 @@ from dagrun.cli.commands import (
     print_json,
     stdout,
 )
+from dagrun.cli.flow_options import read_flow
 from dagrun.cli.worker import stop_on_signals
 from dagrun.control import RunControl
 from dagrun.errors import redact
-from dagrun.loader import load_flow
 from dagrun.states import RunStatus
 from dagrun.store.base import Command
 
@@ -51,7 +51,7 @@ def orchestrator(args: argparse.Namespace) -> int:
 
 
 def submit(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow)
+    flow = read_flow(args)
     inputs = parse_inputs(args.input)
 
     async def record() -> int:

@@ -15,7 +15,8 @@ import os
 
 from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
 from dagrun.cli.commands import orchestrator_from_args, parse_executors
-from dagrun.cli.worker import read_token_file, stop_on_signals
+from dagrun.cli.flow_options import add_limit_arguments, flow_limits
+from dagrun.cli.worker import add_lobby_arguments, lobby_problems, lobby_settings, read_token_file, stop_on_signals
 from dagrun.control import RunControl
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
@@ -49,6 +50,8 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"refuse larger request bodies with 413 (default {DEFAULT_MAX_BODY_BYTES})",
     )
+    add_lobby_arguments(parser)
+    add_limit_arguments(parser)
     group = parser.add_argument_group("driving the runs here (--orchestrate)")
     group.add_argument("--orchestrate", action="store_true", help="also drive the submitted runs in this process")
     group.add_argument(
@@ -72,7 +75,13 @@ def serve_api(args: argparse.Namespace) -> int:
     address; FlowError for orchestrator options without --orchestrate, or bad values."""
     check_options(args)
     token = read_token_file(args.token_file)
-    settings = ApiSettings(host=args.host, port=args.port, max_body_bytes=args.max_body_bytes)
+    settings = ApiSettings(
+        host=args.host,
+        port=args.port,
+        max_body_bytes=args.max_body_bytes,
+        lobby=lobby_settings(args),
+        flow_limits=flow_limits(args),
+    )
     return asyncio.run(_serve(args, token, settings))
 
 
@@ -96,6 +105,7 @@ def check_options(args: argparse.Namespace) -> None:
         problems.append(Problem("--lease-s", f"must be positive, not {args.lease_s:g}"))
     if args.max_body_bytes < 1:
         problems.append(Problem("--max-body-bytes", f"must be at least 1, not {args.max_body_bytes}"))
+    problems += lobby_problems(args)
     if problems:
         raise FlowError(problems, source="command line")
     parse_executors(args.executor)  # FlowError for a malformed one, before anything starts

@@ -14,8 +14,10 @@ import logging
 import signal
 
 from dagrun.cli import render
-from dagrun.errors import ExecutorError
+from dagrun.errors import ExecutorError, FlowError, Problem
 from dagrun.executor import ExecutorOptions, Transport, find_transport
+from dagrun.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
+from dagrun.private_files import read_private_text
 from dagrun.worker import ScriptWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=None, metavar="N", help="steps at once (default: cores)")
     parser.add_argument("--grace", type=float, default=30.0, metavar="S", help="drain time on shutdown (default 30)")
     parser.add_argument("--id", dest="worker_id", default=None, help="worker id (default HOST:PID)")
+    add_lobby_arguments(parser, kinds="ws, http; ")
+
+
+def add_lobby_arguments(parser: argparse.ArgumentParser, *, kinds: str = "") -> None:
+    """The options of a server's lobby (`dagrun.lobby`), shared by `dagrun worker` and `dagrun serve api`."""
+    parser.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        metavar="S",
+        help=f"close a connection without the token whose request headers take longer ({kinds}"
+        f"default {DEFAULT_HEADER_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        default=DEFAULT_MAX_UNAUTHENTICATED,
+        metavar="N",
+        help=f"connections without the token held at once; the longest idle one makes room for a new one "
+        f"({kinds}default {DEFAULT_MAX_UNAUTHENTICATED})",
+    )
+
+
+def lobby_problems(args: argparse.Namespace) -> list[Problem]:
+    problems = []
+    if not args.header_timeout_s > 0:
+        problems.append(Problem("--header-timeout-s", f"must be positive, not {args.header_timeout_s:g}"))
+    if args.max_unauthenticated < 1:
+        problems.append(Problem("--max-unauthenticated", f"must be at least 1, not {args.max_unauthenticated}"))
+    return problems
+
+
+def lobby_settings(args: argparse.Namespace) -> LobbySettings:
+    """The lobby options as settings; FlowError naming each unusable one."""
+    problems = lobby_problems(args)
+    if problems:
+        raise FlowError(problems, source="command line")
+    return LobbySettings(header_timeout_s=args.header_timeout_s, max_unauthenticated=args.max_unauthenticated)
 
 
 def read_token_file(path: str) -> str:
-    """The shared token in a file (surrounding whitespace ignored); ExecutorError when unusable."""
+    """The shared token in a file (surrounding whitespace ignored); InsecureFile when other users can read
+    or write the file, ExecutorError when it is unusable otherwise."""
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.read().strip()
+        token = read_private_text(path, what="token file").strip()
     except OSError as exc:
         raise ExecutorError(f"cannot read token file {path!r}: {exc.strerror}") from exc
     if len(token) < MIN_TOKEN_CHARS:
@@ -65,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         grace_s=args.grace,
         tls_cert_file=args.tls_cert,
         tls_key_file=args.tls_key,
+        lobby=lobby_settings(args),
     )
     if args.concurrency is not None:
         if args.concurrency < 1:

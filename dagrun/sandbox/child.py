@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import orjson
 
@@ -136,7 +136,7 @@ def confine(settings: SandboxSettings, parent_pid: int, seccomp: Any) -> list[st
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
             raise RuntimeError("could not drop privileges")
-    _die_with(parent_pid)
+    die_with(parent_pid)
     if confinement.restrict_filesystem():
         layers.append(confinement.LANDLOCK)
     if confinement.filter_syscalls(seccomp):
@@ -151,7 +151,7 @@ def confine(settings: SandboxSettings, parent_pid: int, seccomp: Any) -> list[st
     return layers
 
 
-def _die_with(parent_pid: int) -> None:
+def die_with(parent_pid: int) -> None:
     """Have the kernel SIGKILL this child when its parent dies, even while a script spins in C code and
     never reads stdin. Set after dropping privileges, which clears it."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -200,6 +200,13 @@ def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunn
     """Read the configuration, load everything, confine this process; the runner, ready to serve, and the
     OS confinement layers applied."""
     config = orjson.loads(reader.readline())
+    return prepare(config, channel, parent_pid, confinement.load_seccomp())
+
+
+def prepare(config: dict[str, Any], channel: Channel, parent_pid: int, seccomp: Any) -> tuple[StepRunner, list[str]]:
+    """Build the runner for `config` ({"settings", "functions"}), its host functions calling the parent over
+    `channel`, and confine this process (`seccomp` from `confinement.load_seccomp`, loaded while that was
+    still possible); the runner and the OS layers applied."""
     settings = SandboxSettings(**config["settings"])
     holder: list[StepRunner] = []
     functions = {
@@ -210,7 +217,7 @@ def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunn
     }
     runner = StepRunner(settings, functions)  # loads every module a script can reach (facades.preload_modules)
     holder.append(runner)
-    layers = confine(settings, parent_pid, confinement.load_seccomp())
+    layers = confine(settings, parent_pid, seccomp)
     signal.signal(signal.SIGXCPU, lambda signum, frame: runner.on_cpu_limit())
     sys.setrecursionlimit(settings.recursion_limit)
     gc.collect()
@@ -218,14 +225,10 @@ def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunn
     return runner, layers
 
 
-def main() -> None:
-    parent_pid = os.getppid()
-    reader: BinaryIO = sys.stdin.buffer
-    # fd 1 carries the protocol alone: anything printed by accident goes to stderr, i.e. /dev/null
-    sys.stdout = sys.stderr
-    channel = Channel(reader, 1)
+def run_child(reader: BinaryIO, channel: Channel, ready: Callable[[], tuple[StepRunner, list[str]]]) -> NoReturn:
+    """Get ready (`ready()` loads and confines), say so, and serve until the parent is gone; never returns."""
     try:
-        runner, layers = start(reader, channel, parent_pid)
+        runner, layers = ready()
     except Exception as exc:  # stderr is /dev/null: tell the parent why, for its log
         channel.send(orjson.dumps({"t": "fatal", "message": f"{type(exc).__name__}: {exc}"[:1000]}) + b"\n")
         os._exit(1)
@@ -236,6 +239,16 @@ def main() -> None:
         pass  # the parent went away or is not speaking the protocol: nothing left to answer
     finally:
         os._exit(0)  # no atexit, no finalizers: script objects with __del__ get no last word
+
+
+def main() -> NoReturn:
+    """A child exec'd on its own (the zygote forks the pool's: see `zygote`): configuration on stdin."""
+    parent_pid = os.getppid()
+    reader: BinaryIO = sys.stdin.buffer
+    # fd 1 carries the protocol alone: anything printed by accident goes to stderr, i.e. /dev/null
+    sys.stdout = sys.stderr
+    channel = Channel(reader, 1)
+    run_child(reader, channel, lambda: start(reader, channel, parent_pid))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
+from dagrun.sandbox.step_random import GENERATOR_FUNCTIONS, StepRandom
+
 Refuse = Callable[[str], Exception]
 
 _ALL_PUBLIC = ("*",)  # every public name of a C module whose members are plain functions
@@ -45,16 +47,8 @@ ALLOWED_MEMBERS: dict[str, tuple[ModuleType, tuple[str, ...]]] = {
         datetime,
         ("date", "time", "datetime", "timedelta", "timezone", "tzinfo", "MINYEAR", "MAXYEAR", "UTC"),
     ),
-    "random": (
-        # no seed/getstate/setstate: the module-level generator is shared by every step of a child;
-        # random.Random(seed) gives a script its own reproducible generator
-        random,
-        (
-            "Random", "random", "randint", "randrange", "choice", "choices", "sample", "shuffle", "uniform",
-            "gauss", "normalvariate", "lognormvariate", "expovariate", "vonmisesvariate", "gammavariate",
-            "triangular", "betavariate", "paretovariate", "weibullvariate", "getrandbits", "randbytes",
-        ),
-    ),
+    # the module's functions are served by RandomFacade, from a generator of the running step's own
+    "random": (random, ("Random",)),
     "statistics": (
         statistics,
         (
@@ -167,18 +161,41 @@ class Facade:
         return f"<sandbox module {self._facade_module!r}>"
 
 
+class RandomFacade(Facade):
+    """The `random` facade: its module functions are the methods of the running step's generator, looked
+    up at each read, so a step never draws from (or seeds) the generator of another."""
+
+    __slots__ = ("_facade_step_random",)
+
+    def __init__(self, members: Mapping[str, Any], refuse: Refuse, step_random: StepRandom) -> None:
+        super().__init__("random", members, refuse)
+        object.__setattr__(self, "_facade_step_random", step_random)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in GENERATOR_FUNCTIONS:
+            return getattr(self._facade_step_random.generator(), name)
+        return super().__getattr__(name)
+
+    def __dir__(self) -> list[str]:
+        return sorted([*self._facade_members, *GENERATOR_FUNCTIONS])
+
+
 def public_names(module: ModuleType) -> list[str]:
     return [name for name in dir(module) if not name.startswith("_")]
 
 
-def build_facades(refuse: Refuse) -> dict[str, Facade]:
-    """One facade per allowed module; asking one for any other public name is refused (SECURITY)."""
+def build_facades(refuse: Refuse, step_random: StepRandom) -> dict[str, Facade]:
+    """One facade per allowed module; asking one for any other public name is refused (SECURITY).
+    The `random` functions act on `step_random`'s generator, never on the module's shared one."""
     preload_modules()
     facades: dict[str, Facade] = {}
     for module_name, (module, names) in ALLOWED_MEMBERS.items():
         allowed = public_names(module) if names == _ALL_PUBLIC else list(names)
         members = {name: SAFE_MEMBERS.get((module_name, name), getattr(module, name)) for name in allowed}
-        facades[module_name] = Facade(module_name, members, refuse)
+        if module_name == "random":
+            facades[module_name] = RandomFacade(members, refuse, step_random)
+        else:
+            facades[module_name] = Facade(module_name, members, refuse)
     return facades
 
 

@@ -41,6 +41,7 @@ from dagrun.errors import ScriptError
 from dagrun.sandbox.facades import ALLOWED_MEMBERS, Facade, build_facades, make_import
 from dagrun.sandbox.scope import SCRIPT_FILENAME, StepScope, Violations
 from dagrun.sandbox.settings import DEFAULT_MAX_SOURCE_BYTES
+from dagrun.sandbox.step_random import StepRandom
 
 _COMPILE_CACHE_SIZE = 256
 COMPILE_RECURSION_LIMIT = 10_000
@@ -329,12 +330,17 @@ def build_builtins(guards: Guards, guarded_import: Callable[..., Facade | None])
 
 
 def build_base_globals(
-    violations: Violations, functions: Mapping[str, Callable[..., Any]] | None = None, *, guards: Guards | None = None
+    violations: Violations,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    guards: Guards | None = None,
+    step_random: StepRandom | None = None,
 ) -> dict[str, Any]:
     """The globals every step starts from (copied per step): guards, builtins, module facades and the
-    host functions. Step names (inputs, outputs, context ...) come from `step_globals`."""
+    host functions. Step names (inputs, outputs, context ...) come from `step_globals`; the `random`
+    functions act on `step_random`'s generator, which the runner renews per step."""
     guards = guards or Guards(violations)
-    facades = build_facades(violations.refuse)
+    facades = build_facades(violations.refuse, step_random or StepRandom())
     guarded_import = make_import(facades, violations.refuse)
     base: dict[str, Any] = {
         "__builtins__": build_builtins(guards, guarded_import),

@@ -13,7 +13,6 @@ replaced. `run` never raises for anything a script does.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import os
@@ -22,16 +21,13 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import orjson
-
 from dagrun.errors import ExecutorError
 from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult, encode_request
 from dagrun.sandbox import confinement
-from dagrun.sandbox.policy import check_function_names
+from dagrun.sandbox.host_calls import HostCalls
 from dagrun.sandbox.process import ChildProcess, Job, parse_result, spawn_child
-from dagrun.sandbox.runner import cap_text
-from dagrun.sandbox.scope import JSON_OPTIONS
 from dagrun.sandbox.settings import SandboxSettings
+from dagrun.sandbox.spawner import Spawner
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +39,17 @@ class SandboxPool:
         self, settings: SandboxSettings | None = None, *, functions: Mapping[str, HostFunction] | None = None
     ) -> None:
         self._settings = settings or SandboxSettings()
-        self._functions = dict(functions or {})
-        check_function_names(self._functions)
+        self._calls = HostCalls(functions or {}, max_error_bytes=self._settings.max_error_bytes)
         _check_privileges(self._settings)
-        self._is_async = {name: inspect.iscoroutinefunction(fn) for name, fn in self._functions.items()}
-        self._queue: deque[Job] = deque()
+        # Jobs no child has taken, per trust domain, the domains in the order of their oldest job.
+        self._waiting: dict[str, deque[Job]] = {}
         self._children: list[ChildProcess] = []  # ready and not retired
         self._dying: set[ChildProcess] = set()  # killed or exiting, not reaped yet
         self._spawning: set[asyncio.Task[Exception | None]] = set()
-        self._tasks: set[asyncio.Task[None]] = set()  # host function calls, reaping of retired children
+        self._tasks: set[asyncio.Task[None]] = set()  # reaping of retired children
         self._spawn_error: Exception | None = None
         self._unconfined: set[str] = set()  # OS confinement layers a child lacked, already warned about
+        self._spawner = Spawner(self._settings, list(self._calls.functions))
         self._is_closed = False
         self._is_flush_due = False
 
@@ -94,7 +90,7 @@ class SandboxPool:
         except TypeError as exc:
             return StepResult.failure(ErrorKind.INPUT, "InputError", f"inputs or context are not JSON values: {exc}")
         job = Job(request, payload, asyncio.get_running_loop().create_future())
-        self._queue.append(job)
+        self._waiting.setdefault(self._domain_of(request), deque()).append(job)
         if len(self._children) + len(self._spawning) < self._settings.processes:
             self._spawn_missing()
         self._dispatch()
@@ -112,19 +108,21 @@ class SandboxPool:
         for task in self._spawning:
             task.cancel()
         closed = RuntimeError("SandboxPool is closed")
+        jobs = [job for waiting in self._waiting.values() for job in waiting]
+        self._waiting.clear()
         for child in self._children:
-            self._queue.extend(child.jobs)
+            jobs += child.jobs
             child.jobs.clear()
             child.kill()
             self._dying.add(child)
         self._children.clear()
-        while self._queue:
-            job = self._queue.popleft()
+        for job in jobs:
             if not job.future.done():
                 job.future.set_exception(closed)
-        await asyncio.gather(*self._spawning, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._spawning, *self._tasks, *self._calls.tasks, return_exceptions=True)
         await asyncio.gather(*(child.wait_closed() for child in list(self._dying)))
         self._dying.clear()
+        await self._spawner.aclose()
 
     # --- ChildEvents ---
 
@@ -133,7 +131,9 @@ class SandboxPool:
         if kind == "result":
             self._on_result(child, message)
         elif kind == "call":
-            self._on_call(child, message)
+            breach = self._calls.on_call(child, message)
+            if breach is not None:
+                self._fail_head(child, ErrorKind.WORKER, "WorkerError", breach)
         else:
             self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent an unknown message {kind!r}")
 
@@ -155,32 +155,65 @@ class SandboxPool:
     # --- scheduling ---
 
     def _dispatch(self) -> None:
-        """Hand queued jobs to the children with the fewest in flight.
+        """Hand waiting jobs to children of their trust domain with the fewest in flight, binding a child
+        that serves nobody yet to a domain that needs one; then make room for the domains still waiting.
 
         A write wakes the child, which costs more than the write: an idle child is written to at once
         (it waits), a busy one once per loop iteration by `_flush` (it reads when its step is done)."""
-        queue, children = self._queue, self._children
-        if not queue or not children:
+        if not self._waiting or not self._children:
             return
-        depth = self._settings.pipeline_depth
         idle: list[ChildProcess] = []
-        while queue:
-            child = min(children, key=_in_flight)
-            if len(child.jobs) >= depth:
-                break
-            job = queue.popleft()
-            child.next_id += 1
-            job.id, job.child = child.next_id, child
-            child.jobs.append(job)
-            child.outbox.append(b'{"t":"run","id":%d,"req":%b}\n' % (job.id, job.payload))
-            if len(child.jobs) == 1:
-                self._start_head(child)
-                idle.append(child)
-            elif not self._is_flush_due:
-                self._is_flush_due = True
-                asyncio.get_running_loop().call_soon(self._flush)
+        for domain in list(self._waiting):
+            jobs = self._waiting[domain]
+            while jobs and (child := self._child_for(domain)) is not None:
+                self._hand(jobs.popleft(), child, idle)
+            if not jobs:
+                del self._waiting[domain]
         for child in idle:
             _write_outbox(child)
+        if self._waiting:
+            self._make_room()
+
+    def _child_for(self, domain: str) -> ChildProcess | None:
+        """An idle child of `domain`, else one that serves nobody yet (bound to it now: steps run side by
+        side before they queue behind each other), else the child of `domain` with the fewest in flight."""
+        depth = self._settings.pipeline_depth
+        ours = [child for child in self._children if child.domain == domain and len(child.jobs) < depth]
+        least = min(ours, key=_in_flight, default=None)
+        if least is not None and not least.jobs:
+            return least
+        for child in self._children:
+            if child.domain is None:
+                child.domain = domain
+                return child
+        return least
+
+    def _hand(self, job: Job, child: ChildProcess, idle: list[ChildProcess]) -> None:
+        child.next_id += 1
+        job.id, job.child = child.next_id, child
+        child.jobs.append(job)
+        child.outbox.append(b'{"t":"run","id":%d,"req":%b}\n' % (job.id, job.payload))
+        if len(child.jobs) == 1:
+            self._start_head(child)
+            idle.append(child)
+        elif not self._is_flush_due:
+            self._is_flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _make_room(self) -> None:
+        """Replace idle children of domains that wait for nothing by fresh ones (forked from the zygote:
+        nothing of the old domain's steps is in them) for the domains that wait."""
+        needed = len(self._waiting) - sum(1 for child in self._children if child.domain is None)
+        for child in list(self._children):
+            if needed <= 0:
+                return
+            if not child.jobs and child.domain is not None and child.domain not in self._waiting:
+                needed -= 1
+                self._recycle(child)
+
+    def _domain_of(self, request: StepRequest) -> str:
+        """Whose steps may share a child: the settings' named domain, else each run alone."""
+        return self._settings.trust_domain or request.run_id
 
     def _flush(self) -> None:
         self._is_flush_due = False
@@ -272,14 +305,20 @@ class SandboxPool:
 
     def _retire(self, child: ChildProcess) -> None:
         """Kill a child, put the jobs that had not started back at the front of the queue, replace it."""
-        if child in self._children:
-            self._children.remove(child)
-        child.kill()
         for job in reversed(child.jobs):
             if not job.future.done():
                 job.child = None
-                self._queue.appendleft(job)
+                waiting = self._waiting.setdefault(self._domain_of(job.request), deque())
+                waiting.appendleft(job)
         child.jobs.clear()
+        self._recycle(child)
+        self._dispatch()
+
+    def _recycle(self, child: ChildProcess) -> None:
+        """Kill a child that holds no job any more, reap it in the background and fork a replacement."""
+        if child in self._children:
+            self._children.remove(child)
+        child.kill()
         child.outbox.clear()
         self._dying.add(child)
         task = asyncio.ensure_future(self._reap(child))
@@ -287,7 +326,6 @@ class SandboxPool:
         task.add_done_callback(self._tasks.discard)
         if not self._is_closed:
             self._spawn_missing()
-        self._dispatch()
 
     async def _reap(self, child: ChildProcess) -> None:
         await child.wait_closed()
@@ -296,8 +334,9 @@ class SandboxPool:
     def _cancel(self, job: Job) -> None:
         child = job.child
         if child is None:
-            if job in self._queue:
-                self._queue.remove(job)
+            waiting = self._waiting.get(self._domain_of(job.request))
+            if waiting is not None and job in waiting:
+                waiting.remove(job)
         elif child.jobs and child.jobs[0] is job and not child.is_retired:
             # the only way to stop a running script is to kill its child
             child.jobs.popleft()
@@ -324,7 +363,7 @@ class SandboxPool:
         child: ChildProcess | None = None
         error: Exception | None = None
         try:
-            child = await spawn_child(self, self._settings, list(self._functions))
+            child = await spawn_child(self, self._settings, self._spawner)
         except Exception as exc:
             logger.error("sandbox pool: a child process could not be started: %s", exc)
             self._spawn_error = error = exc
@@ -353,50 +392,11 @@ class SandboxPool:
         if self._children or self._spawning or self._is_closed:
             return
         reason = f"no sandbox child could be started: {self._spawn_error}"
-        while self._queue:
-            job = self._queue.popleft()
+        jobs = [job for waiting in self._waiting.values() for job in waiting]
+        self._waiting.clear()
+        for job in jobs:
             if not job.future.done():
                 job.future.set_result(StepResult.failure(ErrorKind.WORKER, "WorkerUnavailable", reason))
-
-    # --- host functions ---
-
-    def _on_call(self, child: ChildProcess, message: dict[str, Any]) -> None:
-        job = child.jobs[0] if child.jobs else None
-        if job is None or child.call_task is not None:
-            self._fail_head(child, ErrorKind.WORKER, "WorkerError", "sandbox child called a host function out of turn")
-            return
-        name, args, kwargs = message.get("fn"), message.get("args"), message.get("kwargs")
-        if type(name) is not str or name not in self._functions or type(args) is not list or type(kwargs) is not dict:
-            child.write(_reply_error(f"no host function {name!r}"))
-        elif job.future.done():
-            child.write(_reply_error("the step was cancelled"))
-        else:
-            task = asyncio.ensure_future(self._serve_call(child, job, name, args, kwargs))
-            child.call_task = task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(lambda _: _clear_call(child, task))
-
-    async def _serve_call(
-        self, child: ChildProcess, job: Job, name: str, args: list[Any], kwargs: dict[str, Any]
-    ) -> None:
-        function = self._functions[name]
-        try:
-            if self._is_async[name]:
-                value = await function(*args, **kwargs)
-            else:
-                value = await asyncio.to_thread(function, *args, **kwargs)
-        except Exception as exc:  # becomes an exception in the script: message only, no host traceback
-            reply = _reply_error(
-                cap_text(f"host function {name!r} failed: {type(exc).__name__}: {exc}", self._settings.max_error_bytes)
-            )
-        else:
-            try:
-                reply = orjson.dumps({"t": "reply", "ok": True, "value": value}, option=JSON_OPTIONS) + b"\n"
-            except TypeError as exc:
-                reply = _reply_error(f"host function {name!r} returned a value that is not JSON: {exc}")
-        if child.jobs and child.jobs[0] is job:
-            child.write(reply)
 
     def _check_open(self) -> None:
         if self._is_closed:
@@ -419,12 +419,3 @@ def _write_outbox(child: ChildProcess) -> None:
     if child.outbox:
         child.write(b"".join(child.outbox))
         child.outbox.clear()
-
-
-def _reply_error(message: str) -> bytes:
-    return orjson.dumps({"t": "reply", "ok": False, "error": message}) + b"\n"
-
-
-def _clear_call(child: ChildProcess, task: asyncio.Task[None]) -> None:
-    if child.call_task is task:
-        child.call_task = None

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
-import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,7 +81,7 @@ def max_line_bytes(settings: SandboxSettings) -> int:
     return settings.max_output_bytes + settings.max_context_bytes + escaped + _LINE_SLACK_BYTES
 
 
-class ChildProcess(asyncio.SubprocessProtocol):
+class ChildProcess:
     """One child: its lines go to the pool; `jobs[0]` is the running job, the rest are queued in it."""
 
     def __init__(self, events: ChildEvents, max_line: int) -> None:
@@ -92,10 +90,12 @@ class ChildProcess(asyncio.SubprocessProtocol):
         self._max_line = max_line
         self._partial: list[bytes] = []
         self._partial_size = 0
-        self._transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
+        self._stdout: asyncio.ReadTransport | None = None
+        self._pidfd = -1  # signals and reaping go through it: a pid may be reused, a pidfd cannot
         self.pid = 0
         self.worker_id = "local:?"
+        self.domain: str | None = None  # the run (trust domain) it serves; None until its first job
         self.jobs: deque[Job] = deque()
         self.outbox: list[bytes] = []  # requests handed to this child, not written yet
         self.next_id = 0
@@ -107,19 +107,15 @@ class ChildProcess(asyncio.SubprocessProtocol):
         self.timer: asyncio.TimerHandle | None = None
         self.call_task: asyncio.Task[None] | None = None
 
-    # --- asyncio.SubprocessProtocol ---
+    async def attach(self, pid: int, pidfd: int, stdin_fd: int, stdout_fd: int) -> None:
+        """Take over a forked child: its pidfd and our ends of its pipes (all closed by `wait_closed`)."""
+        loop = asyncio.get_running_loop()
+        self.pid, self.worker_id, self._pidfd = pid, f"local:{pid}", pidfd
+        loop.add_reader(pidfd, self._on_exit)  # a pidfd is readable once its process has exited
+        self._stdin, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, os.fdopen(stdin_fd, "wb", 0))
+        self._stdout, _ = await loop.connect_read_pipe(lambda: _Output(self), os.fdopen(stdout_fd, "rb", 0))
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self._transport = transport
-        stdin = transport.get_pipe_transport(0)
-        assert isinstance(stdin, asyncio.WriteTransport)
-        self._stdin = stdin
-        self.pid = transport.get_pid()
-        self.worker_id = f"local:{self.pid}"
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        assert isinstance(data, bytes)
+    def data_received(self, data: bytes) -> None:
         start = 0
         while not self.is_retired:
             end = data.find(b"\n", start)
@@ -137,12 +133,12 @@ class ChildProcess(asyncio.SubprocessProtocol):
                 return
             self._on_line(line)
 
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if fd == 1:
-            self._lose("closed its output (it died)")
+    def output_closed(self) -> None:
+        self._lose("closed its output (it died)")
 
-    def process_exited(self) -> None:
-        # not a loss by itself: the last result may still be in the pipe; stdout's EOF comes after it
+    def _on_exit(self) -> None:
+        # not a loss by itself: the last result may still be in the pipe; its EOF comes after it
+        asyncio.get_running_loop().remove_reader(self._pidfd)
         if not self.exited.done():
             self.exited.set_result(None)
 
@@ -153,23 +149,27 @@ class ChildProcess(asyncio.SubprocessProtocol):
             self._stdin.write(data)
 
     def kill(self) -> None:
-        """SIGKILL the child's whole process group (its own session); idempotent."""
+        """SIGKILL the child (it cannot start a process of its own); idempotent."""
         self.is_retired = True
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.call_task is not None:
             self.call_task.cancel()
-        transport = self._transport
-        if transport is not None and transport.get_returncode() is None and self.pid:
-            with contextlib.suppress(ProcessLookupError):  # gone, but not reaped: its group id is not reused
-                os.killpg(self.pid, signal.SIGKILL)
+        if self._pidfd >= 0 and not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def wait_closed(self) -> None:
-        """Wait until the killed child is reaped, then release its pipes."""
-        if self._transport is not None:
-            await asyncio.shield(self.exited)
-            self._transport.close()
+        """Wait until the killed child has exited, then release its pipes and pidfd."""
+        if self._pidfd < 0:
+            return
+        await asyncio.shield(self.exited)
+        for transport in (self._stdin, self._stdout):
+            if transport is not None:
+                transport.close()
+        os.close(self._pidfd)
+        self._pidfd = -1
 
     def arm_deadline(self, deadline: float, on_deadline: Callable[[ChildProcess], None]) -> None:
         """Keep ONE timer per child: it is moved only when the new deadline is earlier than the timer."""
@@ -213,31 +213,37 @@ class ChildProcess(asyncio.SubprocessProtocol):
     def _lose(self, reason: str) -> None:
         if not self.ready.done():
             self.ready.set_exception(RuntimeError(f"sandbox child {self.worker_id} {reason} before it was ready"))
-            # Observed here: if the start was cancelled inside subprocess_exec, nobody will ever await it.
+            # Observed here: if the start was cancelled meanwhile, nobody will ever await it.
             self.ready.exception()
         elif not self.is_retired:
             self._events.child_lost(self, reason)
 
 
-async def spawn_child(events: ChildEvents, settings: SandboxSettings, functions: Sequence[str]) -> ChildProcess:
-    """Start one child, configure it and wait until it is confined and ready."""
-    loop = asyncio.get_running_loop()
-    max_line = max_line_bytes(settings)
-    _transport, child = await loop.subprocess_exec(
-        lambda: ChildProcess(events, max_line),
-        *child_command(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={},
-        close_fds=True,
-        start_new_session=True,
-        cwd="/",
-    )
-    config = {"settings": dataclasses.asdict(settings), "functions": list(functions)}
-    child.write(orjson.dumps(config) + b"\n")
+class _Output(asyncio.Protocol):
+    """The child's stdout, passed to its ChildProcess."""
+
+    def __init__(self, child: ChildProcess) -> None:
+        self._child = child
+
+    def data_received(self, data: bytes) -> None:
+        self._child.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._child.output_closed()
+
+
+class Forker(Protocol):
+    """What forks children: `zygote.Zygote`'s parent half (`spawner.Spawner`)."""
+
+    async def fork(self, child: ChildProcess) -> None: ...
+
+
+async def spawn_child(events: ChildEvents, settings: SandboxSettings, forker: Forker) -> ChildProcess:
+    """Fork one child and wait until it is confined and ready."""
+    child = ChildProcess(events, max_line_bytes(settings))
     try:
         async with asyncio.timeout(settings.startup_timeout_s):
+            await forker.fork(child)
             await child.ready
     except BaseException:
         child.kill()

@@ -30,6 +30,7 @@ from dagrun.sandbox.scope import (
     Violations,
 )
 from dagrun.sandbox.settings import SandboxSettings
+from dagrun.sandbox.step_random import StepRandom
 
 SECURITY, LIMIT, FAIL, OUTPUT, SCRIPT = "security", "limit", "fail", "output", "script"
 _CACHE_SIZE = 512
@@ -49,7 +50,8 @@ class StepRunner:
         self.settings = settings
         self.violations = Violations()
         self.guards = Guards(self.violations)
-        self.base = build_base_globals(self.violations, functions, guards=self.guards)
+        self.step_random = StepRandom()
+        self.base = build_base_globals(self.violations, functions, guards=self.guards, step_random=self.step_random)
         self.scope: StepScope | None = None  # the running step's; host functions check it is active
         self.cpu_exceeded = False
         self._cache: dict[str, tuple[str, CodeType | Rejection]] = {}
@@ -64,6 +66,7 @@ class StepRunner:
         started = time.perf_counter()
         request: dict[str, Any] = message["req"]
         self.violations.start(None)
+        self.step_random.start()
         self.cpu_exceeded = False
         self.arm_cpu(min(float(request["timeout_s"]), CPU_LIFETIME_S))
         scope = StepScope(

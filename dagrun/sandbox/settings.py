@@ -36,6 +36,11 @@ class SandboxSettings:
     drop_to_gid: int | None = None  # None: the same number as drop_to_uid (nobody/nogroup)
     recursion_limit: int = 500
     startup_timeout_s: float = 30.0  # a child that does not say ready by then is killed
+    # Whose steps may share a child. None: each run's own children, replaced for the next run, so that a
+    # script that breaks the language policy can spoil its own run at most. A name: every run of this pool
+    # is one trust domain (the embedder vouches for it) and children are shared, as before runs were kept
+    # apart.
+    trust_domain: str | None = None
 
     def __post_init__(self) -> None:
         minimums = {

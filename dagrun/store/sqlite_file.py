@@ -12,13 +12,17 @@ each commit.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import tempfile
 from pathlib import Path
 
 from dagrun.errors import StoreError, StoreNotFound
+from dagrun.private_files import chmod_command, make_private_directories, shared_files
 from dagrun.store import sqlite_schema as schema
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FILENAME = "dagrun.db"
 
@@ -31,6 +35,7 @@ def open_for_writing(
     file = database_path(path)
     create_if_missing(file, busy_timeout_s=busy_timeout_s)
     check_not_empty(file)
+    warn_if_shared(file)
     # SQLite would open a file it cannot write for reading only, and fail at the first commit.
     if not os.access(file, os.W_OK) or not (os.access(file.parent, os.W_OK) or Path(f"{file}-wal").exists()):
         raise StoreError(f"{file}: the store cannot be written here, it is read-only; reading it still works")
@@ -51,6 +56,7 @@ def open_for_reading(path: str | os.PathLike[str], *, busy_timeout_s: float) -> 
     if not file.is_file():
         raise StoreNotFound(str(file))
     check_not_empty(file)
+    warn_if_shared(file)
     # ``mode=ro`` reads through the WAL like any reader, so it sees what writers commit; it needs the -wal
     # and -shm files beside the database, and SQLite makes them if they are missing and the directory can
     # be written. Where neither holds, nobody writes the store (a writer would have made them), and
@@ -91,7 +97,8 @@ def _upgrade(file: Path, *, busy_timeout_s: float) -> None:
 
 def database_path(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     """The database file for `path`, its directory created unless not to `create`: an existing directory,
-    a path ending in a separator or one without a suffix names a directory that holds ``dagrun.db``."""
+    a path ending in a separator or one without a suffix names a directory that holds ``dagrun.db``.
+    Directories it creates are 0700: the store holds every run's inputs, outputs and logs."""
     text = os.fspath(path)
     given = Path(text).expanduser()
     is_directory = given.is_dir() or (not given.exists() and (text.endswith(("/", os.sep)) or not given.suffix))
@@ -99,7 +106,7 @@ def database_path(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     if not create:
         return file.absolute()
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
+        make_private_directories(file.parent)
     except OSError as exc:
         raise StoreError(f"{file.parent}: cannot create the store directory: {exc.strerror or exc}") from exc
     return file.absolute()
@@ -108,7 +115,8 @@ def database_path(path: str | os.PathLike[str], *, create: bool = True) -> Path:
 def create_if_missing(file: Path, *, busy_timeout_s: float) -> None:
     """Make a new store at `file` unless a file is there: prepared under a temporary name in the same
     directory, then hard-linked into place, which fails if another process made one first (theirs is
-    used then). StoreError, with the path, when it cannot be made."""
+    used then). StoreError, with the path, when it cannot be made. The file is 0600 (mkstemp's mode),
+    and SQLite gives its -wal and -shm files the mode of the database file."""
     if file.exists():
         return
     try:
@@ -133,6 +141,14 @@ def create_if_missing(file: Path, *, busy_timeout_s: float) -> None:
         for leftover in (draft, Path(f"{draft}-wal"), Path(f"{draft}-shm")):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+
+
+def warn_if_shared(file: Path) -> None:
+    """Log a warning with the chmod to run when other users can read or write the store's files (they hold
+    every run's data); the files are left as they are."""
+    shared = shared_files([file, Path(f"{file}-wal"), Path(f"{file}-shm")])
+    if shared:
+        logger.warning("%s: other users can read or write the store's files; run: %s", file, chmod_command(shared))
 
 
 def check_not_empty(file: Path) -> None:

@@ -3,6 +3,8 @@
 Invariant: each connection's handler holds the task of every request of that connection still running,
 by id; a request runs only if `Admission` has room for it (else B) and the worker is not stopping (else G),
 and when the connection closes the handler cancels what it still holds: nobody can receive those results.
+Until its handshake carries the token, a connection waits in the server's lobby (`dagrun.lobby`): capped,
+and closed if the handshake request does not come within the header timeout.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import functools
 import logging
 from http import HTTPStatus
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -21,16 +24,15 @@ from websockets.http11 import Request, Response
 
 from dagrun.errors import ExecutorError
 from dagrun.executor import StepRequest, encode_result
+from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
 from dagrun.worker import ScriptWorker
 from executors.auth import (
-    AUTHORIZATION,
     MAX_QUEUE_WAIT_S,
     Admission,
     Busy,
     Stopping,
     describe,
     health_document,
-    is_authorized,
     listen_error,
     require_server_token,
     server_ssl_context,
@@ -65,6 +67,7 @@ class WebSocketWorkerServer:
         self._token = require_server_token(settings, "ws")
         self._ssl = server_ssl_context(settings)
         self._admission = Admission(worker, max_queue_wait_s=max_queue_wait_s)
+        self._lobby = Lobby(settings.lobby, name=f"worker {settings.worker_id}")
         self._server: Server | None = None
         self._is_closed = False
 
@@ -96,6 +99,9 @@ class WebSocketWorkerServer:
         if self._is_closed:
             raise RuntimeError("WebSocketWorkerServer is closed")
         settings = self._worker.settings
+        tls: dict[str, Any] = {"ssl": self._ssl}
+        if self._ssl is not None:  # the TLS handshake ends within the header timeout too
+            tls["ssl_handshake_timeout"] = settings.lobby.header_timeout_s
         try:
             self._server = await serve(
                 self._serve_connection,
@@ -109,8 +115,9 @@ class WebSocketWorkerServer:
                 ping_timeout=PING_TIMEOUT_S,
                 open_timeout=OPEN_TIMEOUT_S,
                 server_header=None,
-                ssl=self._ssl,
                 logger=wire_logger,
+                create_connection=_lobby_connection(self._lobby),
+                **tls,
             )
         except OSError as exc:
             raise listen_error(settings, exc) from exc
@@ -137,6 +144,7 @@ class WebSocketWorkerServer:
                 _peer(connection),
             )
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
+        self._lobby.leave(connection.transport)
         if urlsplit(request.path).path == "/health":  # not an upgrade: the worker's status, as HTTP workers answer it
             document = health_document(self._worker, self._admission.limits)
             response = connection.respond(HTTPStatus.OK, orjson.dumps(document).decode())
@@ -217,6 +225,22 @@ class WebSocketWorkerServer:
             logger.info(
                 "worker %s: %s: result dropped, connection closed", self._worker.settings.worker_id, describe(request)
             )
+
+
+def _lobby_connection(lobby: Lobby) -> type[ServerConnection]:
+    """The connection class of a server whose connections wait in `lobby` until they authenticate."""
+
+    class LobbyConnection(ServerConnection):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            if not lobby.enter(cast(asyncio.Transport, transport)):  # a server's connections are streams
+                self.transport.abort()  # the handshake fails at once; websockets ends the connection's task
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lobby.leave(self.transport)
+            super().connection_lost(exc)
+
+    return LobbyConnection
 
 
 def _peer(connection: ServerConnection) -> str:

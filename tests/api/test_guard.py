@@ -16,6 +16,7 @@ import pytest
 from dagrun.api import ApiSettings, models
 from dagrun.control import RunControl
 from dagrun.errors import FlowError, StoreError
+from dagrun.flow_limits import FlowLimits
 from dagrun.loader import load_flow
 from tests.api.conftest import GATED, HELLO, Api, MakeApi, route_table
 
@@ -160,6 +161,49 @@ async def test_what_the_server_cannot_run_is_422(
     assert status == 422, body
     (problem,) = body["problems"]
     assert problem["path"].startswith(path) and fragment in problem["message"]
+
+
+@pytest.mark.parametrize(
+    ("flow_input", "run_input", "path"),
+    [
+        ("[" * 100 + "]" * 100, "null", "steps[0].inputs.x"),
+        ("[" * 100_000 + "]" * 100_000, "null", "steps[0].inputs.x"),
+        ("null", '{"a":' * 1000 + "1" + "}" * 1000, "inputs.y"),
+        ("null", "[" * 100_000 + "]" * 100_000, "inputs.y"),
+    ],
+    ids=["flow-100", "flow-100000", "run-input-1000", "run-input-100000"],
+)
+async def test_values_nested_too_deep_are_422_at_their_place(
+    api: Api, flow_input: str, run_input: str, path: str
+) -> None:
+    flow = (
+        '{"name": "f", "inputs": {"y": 0}, "steps": [{"id": "a", "script": "", "inputs": {"x": ' + flow_input + "}}]}"
+    )
+    body = '{"flow": ' + flow + ', "inputs": {"y": ' + run_input + "}}"
+    status, answer = await api.call("POST", "/v1/runs", data=body, headers={"Content-Type": "application/json"})
+    assert status == 422, answer
+    assert answer["problems"] == [
+        {"path": path, "message": "nested more than 64 levels deep (arrays and objects); flatten it"}
+    ]
+    assert (await api.call("GET", "/v1/runs"))[1] == {"runs": []}
+
+
+async def test_a_flow_over_the_servers_limits_is_422_and_the_server_sets_them(make_api: MakeApi) -> None:
+    flow = {"name": "f", "steps": [{"id": "a", "script": "", "retries": {"max_attempts": 500}}]}
+    strict: Api = await make_api(orchestrate=False)
+    status, body = await strict.call("POST", "/v1/runs", json={"flow": flow})
+    assert status == 422, body
+    assert body["problems"] == [
+        {
+            "path": "steps[0].retries.max_attempts (step 'a')",
+            "message": "500 is over the maximum of 100 attempts (--max-attempts); lower it",
+        }
+    ]
+
+    settings = ApiSettings(port=0, flow_limits=FlowLimits(max_attempts=500))
+    lenient: Api = await make_api(orchestrate=False, settings=settings)
+    status, body = await lenient.call("POST", "/v1/runs", json={"flow": flow})
+    assert status == 201, body
 
 
 def _run_routes() -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.api.conftest import HELLO, WAIT_S
+from tests.conftest import write_token_file
 from tests.control_support import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,9 +48,7 @@ async def finish(process: asyncio.subprocess.Process) -> tuple[int, str]:
 
 @pytest.fixture
 def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "token"
-    path.write_text("serve-test-token-0123456789\n")
-    return path
+    return write_token_file(tmp_path / "token", "serve-test-token-0123456789")
 
 
 Served = tuple[asyncio.subprocess.Process, str, list[str]]  # the process, its URL, the lines it logged
@@ -155,8 +154,9 @@ async def test_it_exits_with_one_line_when_it_cannot_bind(tmp_path: Path, token_
         (["--token-file", "{token}", "--processes", "2"], 2, "--processes: only applies with --orchestrate"),
         (["--token-file", "{token}", "--orchestrate", "--executor", "remote"], 2, "'remote' is not NAME=URL"),
         (["--token-file", "{token}", "--store", "ftp://x"], 3, "unsupported store URL scheme 'ftp'"),
+        (["--token-file", "{token}", "--max-unauthenticated", "0"], 2, "--max-unauthenticated: must be at least 1"),
     ],
-    ids=["no-token-file", "orchestrator-option-alone", "bad-executor", "bad-store"],
+    ids=["no-token-file", "orchestrator-option-alone", "bad-executor", "bad-store", "bad-lobby"],
 )
 async def test_unusable_options_are_one_clear_line(
     tmp_path: Path, token_file: Path, args: list[str], code: int, message: str

@@ -25,7 +25,7 @@ from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.http import HttpWorkerServer
 from executors.websocket import WebSocketWorkerServer
-from tests.conftest import self_signed_certificate
+from tests.conftest import self_signed_certificate, write_token_file
 from tests.executors.redis_support import RedisWorkers
 
 SANDBOX = SandboxSettings(processes=2, memory_mb=256, startup_timeout_s=20.0)
@@ -198,8 +198,7 @@ class WorkerProcesses:
     """Starts `dagrun worker` processes and kills every one still running at teardown."""
 
     def __init__(self, directory: Path, token: str) -> None:
-        self.token_file = directory / "token"
-        self.token_file.write_text(token + "\n")
+        self.token_file = write_token_file(directory / "token", token)
         self.started: list[WorkerProcess] = []
 
     async def __call__(self, kind: str, *args: str) -> WorkerProcess:

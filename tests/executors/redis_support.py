@@ -23,6 +23,7 @@ from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, transport
 from executors.redis_queue.signing import Signer
+from tests.conftest import write_token_file
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "redis-suite-token-0123456789"  # the workers' shared token: requests and replies are signed with it
@@ -122,8 +123,7 @@ class RedisWorkers:
     def __init__(self, url: str, directory: Path, token: str = TOKEN) -> None:
         self.url = url
         self.token = token
-        self.token_file = directory / "redis-token"
-        self.token_file.write_text(token + "\n")
+        self.token_file = write_token_file(directory / "redis-token", token)
         self._directory = directory
         self._in_process: list[InProcessWorker] = []
         self._processes: list[WorkerProcess] = []

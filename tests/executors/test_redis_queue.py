@@ -31,7 +31,7 @@ from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import GROUP, DedicatedConnection
 from executors.redis_queue.consumer import Consumer
 from executors.redis_queue.replies import HeldEntry, ReplyWriter
-from tests.conftest import RedisServers, free_port
+from tests.conftest import RedisServers, free_port, write_token_file
 from tests.executors.conftest import SPIN, Gate, dagrun_command, no_step_running
 from tests.executors.redis_support import (
     OPTIONS,
@@ -324,9 +324,8 @@ async def test_unreachable_redis_is_an_executor_error_without_credentials() -> N
 
 def test_worker_command_exits_non_zero_when_redis_is_unreachable(tmp_path: Path) -> None:
     url = f"redis://alice:hunter2@127.0.0.1:{free_port()}/0"
-    (tmp_path / "token").write_text(TOKEN)
-    args = [sys.executable, "-m", "dagrun", "worker", "redis", url, "--concurrency", "1"]
-    args += ["--token-file", str(tmp_path / "token")]
+    token = write_token_file(tmp_path / "token", TOKEN)
+    args = [sys.executable, "-m", "dagrun", "worker", "redis", url, "--concurrency", "1", "--token-file", str(token)]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "dagrun: cannot connect to redis at redis://***@127.0.0.1" in result.stderr

@@ -1,4 +1,5 @@
-"""Fixtures for the sandbox suites: `step` builds requests, `pools` starts pools and closes them all."""
+"""Fixtures for the sandbox suites: `step` builds requests, `pools` starts pools and closes them all,
+`run_in_process` runs a script under the policy without a child."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import pytest
 
 from dagrun.executor import HostFunction, StepRequest, script_hash
-from dagrun.sandbox import SandboxPool, SandboxSettings
+from dagrun.sandbox import SandboxPool, SandboxSettings, compile_script
+from dagrun.sandbox.policy import build_base_globals, step_globals
+from dagrun.sandbox.scope import StepScope, Violations
 
 # small and quick: a memory bomb fails fast, a hung step is killed after a second
 TEST_SETTINGS = SandboxSettings(processes=2, memory_mb=256, startup_timeout_s=20.0)
@@ -26,6 +29,32 @@ def make_step(script: str, **fields: Any) -> StepRequest:
     }
     values.update(fields)
     return StepRequest(script=script, script_hash=script_hash(script), **values)
+
+
+def run_in_process(
+    source: str,
+    *,
+    inputs: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
+    max_log_bytes: int = 1000,
+    max_context_bytes: int = 1000,
+) -> tuple[StepScope, Violations]:
+    """Exec a script with the sandbox's globals in this process (no limits: policy checks only)."""
+    violations = Violations()
+    scope = StepScope(
+        context=context or {}, violations=violations, max_log_bytes=max_log_bytes, max_context_bytes=max_context_bytes
+    )
+    namespace = step_globals(
+        build_base_globals(violations),
+        scope,
+        inputs=inputs or {},
+        attempt=1,
+        step_id="s",
+        run_id="r",
+        context_id="default",
+    )
+    exec(compile_script(source), namespace)
+    return scope, violations
 
 
 @pytest.fixture

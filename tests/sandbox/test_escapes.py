@@ -57,6 +57,12 @@ HOSTILE = [
         id="traceback-getattr",
     ),
     pytest.param("try:\n    {}.x\nexcept AttributeError as e:\n    o = e.obj", SECURITY, id="attribute-error-obj"),
+    # refused at compile time since RestrictedPython 8.3 (guard names as positional-only parameters: the
+    # refused str.format below would run) and 8.0 (except*: CVE-2025-22153 on CPython 3.11 to 3.13.1)
+    pytest.param(
+        "def f(_getattr_, /):\n    return '{0}'.format\nx = f(lambda o, name: 1)", SECURITY, id="guard-shadowed"
+    ),
+    pytest.param("try:\n    1 / 0\nexcept* ZeroDivisionError:\n    pass", SECURITY, id="except-star"),
     # imports: anything but a facade, and whatever a facade does not hold
     pytest.param("import os", SECURITY, id="import-os"),
     pytest.param("import sys", SECURITY, id="import-sys"),
@@ -70,6 +76,7 @@ HOSTILE = [
     pytest.param("import datetime\nx = datetime.sys.modules['os']", SECURITY, id="datetime-sys"),
     pytest.param("import statistics\nx = statistics.sys.modules", SECURITY, id="statistics-sys"),
     pytest.param("import random\nx = random._os", SECURITY, id="random-os"),
+    pytest.param("import random\nx = getattr(random.shuffle, '__self__')", SECURITY, id="random-step-generator"),
     pytest.param("import functools\nx = functools.sys", SECURITY, id="functools-sys"),
     pytest.param("x = collections._sys", SECURITY, id="prebound-facade-underscore"),
     pytest.param("import functools\nx = functools.update_wrapper", SECURITY, id="update-wrapper"),
@@ -223,6 +230,9 @@ BENIGN_SCRIPTS = [
                  "    functools.reduce(lambda a, b: a * b, [1, 2, 3, 4]), random.Random(1).randint(5, 5),\n"
                  "    string.ascii_lowercase[:3]]",
                  {"v": [2, [1, 2], 24, 5, "abc"]}, id="other-modules"),
+    pytest.param("import random\nrandom.seed(5)\nxs = list(range(20))\nrandom.shuffle(xs)\nrandom.seed(5)\n"
+                 "ys = list(range(20))\nrandom.shuffle(ys)\noutputs['v'] = xs == ys != list(range(20))",
+                 {"v": True}, id="random-seed-shuffle"),
     pytest.param("a, (b, c) = 1, (2, 3)\nfor x, y in [(1, 2)]:\n    pass\nn = 0\nn += a + b + c + x + y\n"
                  "outputs['v'] = n", {"v": 9}, id="unpacking-and-augmented-assignment"),
     pytest.param("try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    outputs['v'] = str(e)",

@@ -26,32 +26,8 @@ from dagrun.sandbox.scope import (
     StepScope,
     Violations,
 )
-
-
-def run_in_process(
-    source: str,
-    *,
-    inputs: dict[str, Any] | None = None,
-    context: dict[str, Any] | None = None,
-    max_log_bytes: int = 1000,
-    max_context_bytes: int = 1000,
-) -> tuple[StepScope, Violations]:
-    """Exec a script with the sandbox's globals in this process (no limits: policy checks only)."""
-    violations = Violations()
-    scope = StepScope(
-        context=context or {}, violations=violations, max_log_bytes=max_log_bytes, max_context_bytes=max_context_bytes
-    )
-    namespace = step_globals(
-        build_base_globals(violations),
-        scope,
-        inputs=inputs or {},
-        attempt=1,
-        step_id="s",
-        run_id="r",
-        context_id="default",
-    )
-    exec(compile_script(source), namespace)
-    return scope, violations
+from dagrun.sandbox.step_random import StepRandom
+from tests.sandbox.conftest import run_in_process
 
 
 def test_compile_script_caches_by_source() -> None:
@@ -97,7 +73,7 @@ def test_check_script_reports_every_problem_with_its_line() -> None:
 
 
 def test_facades_hold_only_their_members_and_are_not_modules() -> None:
-    facades = build_facades(SandboxViolation)
+    facades = build_facades(SandboxViolation, StepRandom())
 
     for name, facade in facades.items():
         assert not hasattr(facade, "__name__") and not hasattr(facade, "__spec__")
