@@ -282,7 +282,7 @@ class Mode:
     url: str | None = None
     workers: int = 0
     concurrency: int | None = None
-    token: str | None = None  # the ws/http workers' shared token
+    token: str | None = None  # the workers' shared token
 
     def extra(self) -> dict[str, Any]:
         return {"workers": self.workers, "concurrency": self.concurrency} if self.workers else {}
@@ -335,14 +335,14 @@ async def time_dagrun(mode: Mode, shapes: list[str], *, repeat: int, store_dir: 
 def start_workers(processes: Processes, mode: Mode, *, redis_url: str, token_file: Path) -> tuple[Mode, list[Started]]:
     """Start the mode's workers and wait until they serve; the mode with its executor URL filled in."""
     base = [sys.executable, "-m", "dagrun", "worker", mode.transport]
-    concurrency = ["--concurrency", str(mode.concurrency)]
+    options = ["--concurrency", str(mode.concurrency), "--token-file", str(token_file)]
     if mode.transport == "redis":
-        argv = [*base, redis_url, "--context", "default", *concurrency]
+        argv = [*base, redis_url, "--context", "default", *options]
         workers = [processes.start(f"{mode.name}-{i}", argv) for i in range(mode.workers)]
         for worker in workers:
             processes.wait_ready(worker, r"serving contexts")
         return dataclasses.replace(mode, url=redis_url), workers
-    argv = [*base, "--host", "127.0.0.1", "--port", "0", "--token-file", str(token_file), *concurrency]
+    argv = [*base, "--host", "127.0.0.1", "--port", "0", *options]
     worker = processes.start(mode.name, argv)
     url = processes.wait_ready(worker, r"listening on ((?:ws|http)s?://\S+)").group(1)
     return dataclasses.replace(mode, url=url), [worker]
@@ -355,7 +355,8 @@ def remote_modes(args: argparse.Namespace, *, token: str) -> list[Mode]:
         if transport == "redis":
             for concurrency in args.redis_concurrency:
                 suffix = "" if concurrency == 1 else f"-c{concurrency}"
-                modes.append(Mode(f"redis-{args.workers}-workers{suffix}", "redis", None, args.workers, concurrency))
+                name = f"redis-{args.workers}-workers{suffix}"
+                modes.append(Mode(name, "redis", None, args.workers, concurrency, token))
         else:
             modes.append(Mode(f"{transport}-1-worker", transport, None, 1, os.cpu_count() or 1, token))
     return modes

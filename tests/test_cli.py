@@ -463,7 +463,9 @@ def test_a_worker_that_cannot_connect_says_so_in_one_line(tmp_path: Path) -> Non
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = dagrun("worker", "redis", f"redis://user:secret@127.0.0.1:{port}/0", cwd=tmp_path)
+    token = write_token_file(tmp_path / "token", "a-token-of-16-chars-or-more")
+    url = f"redis://user:secret@127.0.0.1:{port}/0"
+    result = dagrun("worker", "redis", url, "--token-file", str(token), cwd=tmp_path)
     assert result.returncode == 3
     assert result.stderr.startswith("dagrun: cannot connect to redis at redis://***@127.0.0.1")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # nothing after it, no asyncio noise

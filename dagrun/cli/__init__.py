@@ -160,7 +160,7 @@ def _add_orchestrator_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=URL",
         help="an executor steps can name, e.g. remote=redis://host:6379/0 (repeatable)",
     )
-    p.add_argument("--token-file", help="file holding the shared token of ws/http workers")
+    p.add_argument("--token-file", help="file holding the shared token of remote (redis, ws, http) workers")
     p.add_argument(
         "--lease-s",
         type=float,

@@ -88,7 +88,7 @@ def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
 
 def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file: str | None) -> Orchestrator:
     """The orchestrator `run`, `resume`, `orchestrator` and `serve api --orchestrate` configure from the same
-    options; `token_file` holds the ws/http workers' token (each command names that option its own way)."""
+    options; `token_file` holds the remote workers' token (each command names that option its own way)."""
     return Orchestrator(
         store,
         executors=parse_executors(args.executor),

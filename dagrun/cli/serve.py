@@ -62,7 +62,7 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
         help="an executor steps can name, e.g. remote=redis://host:6379/0 (repeatable)",
     )
     group.add_argument("--processes", type=int, default=None, metavar="N", help="local sandbox processes")
-    group.add_argument("--worker-token-file", help="file holding the shared token of ws/http workers")
+    group.add_argument("--worker-token-file", help="file holding the shared token of remote (redis, ws, http) workers")
     group.add_argument(
         "--max-parallel", type=int, default=None, metavar="N", help=f"steps of a run at once ({DEFAULT_MAX_PARALLEL})"
     )

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("url", nargs="?", default="", help="what to connect to (redis://HOST:6379/0 for redis)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (ws, http; default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (ws, http; default: any free one)")
-    parser.add_argument("--token-file", help="file holding the shared token (required by ws and http)")
+    parser.add_argument("--token-file", help="file holding the shared token (required by redis, ws and http)")
     parser.add_argument("--tls-cert", help="certificate chain file: serve TLS (ws, http)")
     parser.add_argument("--tls-key", help="private key file of --tls-cert")
     parser.add_argument(

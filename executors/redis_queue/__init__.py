@@ -8,16 +8,18 @@ parameters and these (seconds unless said): ``prefix`` (default ``dagrun:``), ``
 Key layout (built only by `connection.Keys`), under the prefix:
 
     {prefix}q:{context_id}   request stream, group ``workers``; one entry per request:
-                             {id: request id, reply: reply stream, req: request envelope};
+                             {id: request id, reply: reply stream, req: request envelope, sig: MAC};
                              a worker deletes an entry (XACK + XDEL) after writing its reply
-    {prefix}r:{caller_id}    a caller's reply stream; one entry per worker batch: {request id: result
-                             envelope, ...} ("." marks the creation entry); trimmed by its reader,
+    {prefix}r:{caller_id}    a caller's reply stream; one entry per worker batch: {request id: MAC +
+                             result envelope, ...} ("." marks the creation entry); trimmed by its reader,
                              deleted by `aclose`, expires 10 min after its caller stopped reading
     {prefix}w:{worker_id}    a worker's heartbeat: its WorkerStatus as JSON, PX heartbeat_ttl_s
-    {prefix}c:{context_id}   a context's cancel notices: one entry {entry: request entry id} per request
-                             withdrawn by its caller; MAXLEN ~1000, read by every worker of the context
+    {prefix}c:{context_id}   a context's cancel notices: one entry {entry: request entry id, sig: MAC} per
+                             request withdrawn by its caller; MAXLEN ~1000, read by every worker of the context
 
-A request id is ``{run_id}/{step_id}#{attempt}/{n}``, n counting the caller's calls.
+A request id is ``{run_id}/{step_id}#{attempt}/{n}``, n counting the caller's calls. Each MAC is an
+HMAC-SHA256 keyed by the workers' shared token (`signing`): workers and callers need the token, and
+refuse (log, never run or deliver) an entry not signed with it. Heartbeats are not signed.
 
 Delivery is at least once: a worker that dies (its heartbeat expires) has its pending entries claimed
 and run again by a live worker; the caller keeps the first result per request id and drops the rest.
@@ -41,17 +43,20 @@ __all__ = ["Keys", "QueueSettings", "RedisExecutor", "RedisQueueTransport", "lis
 
 class RedisQueueTransport:
     def open_executor(self, url: str, options: ExecutorOptions) -> RedisExecutor:
-        """An executor for ``redis://`` URLs; ExecutorError for a bad URL. It connects on its first call."""
+        """An executor for ``redis://`` URLs; ExecutorError for a bad URL or no token. It connects on its
+        first call."""
         return RedisExecutor(QueueSettings.from_url(url), options)
 
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         """Serve `worker.settings.contexts` from the Redis at `worker.settings.url` until `stop` is set;
-        ExecutorError (credentials hidden) when Redis cannot be reached at the start."""
+        ExecutorError when the worker has no token, or (credentials hidden) when Redis cannot be reached
+        at the start."""
         settings = QueueSettings.from_url(worker.settings.url)
         client = open_redis(settings)
         try:
+            consumer = Consumer(worker, client, settings)
             await check_connection(client, settings)
-            await Consumer(worker, client, settings).serve(stop)
+            await consumer.serve(stop)
         finally:
             await client.aclose()
 

@@ -1,11 +1,13 @@
 """Cancel notices: how a caller that gave up on a request gets the worker running it to stop the step.
 
 Withdrawing a request (its call was cancelled, or failed while queued) deletes its entry (XDEL) and, in
-the same write, appends ``{entry: entry id}`` to its context's cancel stream (`Keys.cancels`, capped at
-about MAX_NOTICES entries). Each worker reads the cancel streams of its contexts with a blocking XREAD
-on a connection of its own (one task per worker, not per step), from where they ended when it started;
-the worker that holds the entry cancels its step, which kills the sandbox process running it. Only
-withdrawn requests cost a notice: a step that runs to its end sends no command for this.
+the same write, appends ``{entry: entry id, sig: signature}`` to its context's cancel stream
+(`Keys.cancels`, capped at about MAX_NOTICES entries). Each worker reads the cancel streams of its
+contexts with a blocking XREAD on a connection of its own (one task per worker, not per step), from
+where they ended when it started; the worker that holds the entry cancels its step, which kills the
+sandbox process running it. Only withdrawn requests cost a notice: a step that runs to its end sends no
+command for this. Notices are signed (`signing`) because a forged one would stop a running step: a
+worker logs and ignores one not signed with its token for that stream.
 
 Best effort: a worker that misses a notice (Redis restarted and lost it, or it was trimmed away while the
 worker could not read) runs the step to its end, and the caller drops the late result as it always has.
@@ -29,6 +31,7 @@ from executors.redis_queue.connection import (
     block_ms,
     stream_entries,
 )
+from executors.redis_queue.signing import NOTICE, SIGNATURE_FIELD, Signer
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +41,17 @@ ENTRY_FIELD = b"entry"  # a notice's one field: the withdrawn entry's id in its 
 READ_ERRORS: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
 
 
-def withdraw_commands(keys: Keys, withdrawn: Iterable[tuple[str, bytes]]) -> list[tuple[Argument, ...]]:
+def withdraw_commands(keys: Keys, signer: Signer, withdrawn: Iterable[tuple[str, bytes]]) -> list[tuple[Argument, ...]]:
     """The commands that withdraw requests, given as (context id, entry id): per request, XDEL of its
-    entry (no worker will take it) and then its cancel notice (the worker that took it stops it)."""
+    entry (no worker will take it) and then its signed cancel notice (the worker that took it stops it)."""
     commands: list[tuple[Argument, ...]] = []
     for context_id, entry_id in withdrawn:
+        stream = keys.cancels(context_id)
+        signature = signer.sign(NOTICE, stream.encode(), entry_id)
         commands.append(("XDEL", keys.requests(context_id), entry_id))
-        commands.append(("XADD", keys.cancels(context_id), "MAXLEN", "~", MAX_NOTICES, "*", ENTRY_FIELD, entry_id))
+        commands.append(
+            ("XADD", stream, "MAXLEN", "~", MAX_NOTICES, "*", ENTRY_FIELD, entry_id, SIGNATURE_FIELD, signature)
+        )
     return commands
 
 
@@ -52,8 +59,11 @@ class CancelReader:
     """A worker's reader of the cancel notices of its contexts: `await reader.start()` where the streams
     end now, then `await reader.serve(on_cancel)` calls `on_cancel(request stream, entry id)` per notice."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, contexts: Iterable[str], *, worker_id: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, signer: Signer, contexts: Iterable[str], *, worker_id: str
+    ) -> None:
         self._client = client
+        self._signer = signer
         self._requests = {keys.cancels(context_id): keys.requests(context_id) for context_id in contexts}
         self._last_ids = dict.fromkeys(self._requests, b"0-0")  # per cancel stream, in the same order
         self._connection = DedicatedConnection(client)
@@ -89,11 +99,22 @@ class CancelReader:
             backoff.reset()
             for stream, entries in stream_entries(response):
                 name = stream.decode()
-                for _, fields in entries:
-                    entry_id = fields.get(ENTRY_FIELD)
-                    if entry_id:
-                        on_cancel(self._requests[name], entry_id)
+                for notice_id, fields in entries:
+                    self._take(name, notice_id, fields, on_cancel)
                 self._last_ids[name] = entries[-1][0]
+
+    def _take(
+        self, stream: str, notice_id: bytes, fields: dict[bytes, bytes], on_cancel: Callable[[str, bytes], None]
+    ) -> None:
+        """Hand a notice signed for `stream` to `on_cancel`; log and ignore any other."""
+        entry_id = fields.get(ENTRY_FIELD, b"")
+        problem = self._signer.problem(fields.get(SIGNATURE_FIELD), NOTICE, stream.encode(), entry_id)
+        if problem is None:
+            on_cancel(self._requests[stream], entry_id)
+        else:
+            logger.warning(
+                "worker %s: ignoring cancel notice %s of %s: %s", self._worker_id, notice_id.decode(), stream, problem
+            )
 
     async def aclose(self) -> None:
         """Disconnect its connection; safe twice."""

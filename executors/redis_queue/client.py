@@ -9,6 +9,9 @@ the calls of a context that has had no live worker for `queue_timeout_s`. Once c
 outlives Redis restarts: it retries with backoff and re-submits the requests whose entries Redis lost.
 A call that is cancelled (or fails) withdraws its request: the writer deletes the entry and sends a
 cancel notice in the same write, so a worker that already took it stops the step (`cancellation`).
+Requests and notices go out signed with the shared token; a result not signed with it is refused and
+the call goes on waiting (`signing`), and a call whose entry is gone without a reply (a worker refused
+it) fails.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from executors.redis_queue.connection import (
     stream_entries,
 )
 from executors.redis_queue.liveness import consumers
+from executors.redis_queue.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +52,7 @@ READ_COUNT = 1000  # replies taken per XREAD
 REPLY_TTL_S = 600  # an abandoned reply stream (its caller died) expires after this
 MAINTAIN_EVERY_S = 1.0  # how often the reader trims what it has read and refreshes the TTL
 CLOSE_TIMEOUT_S = 2.0  # aclose gives up cleaning Redis after this
+UNANSWERED_CHECK_S = 5.0  # how often (at most) calls are checked for entries deleted with no reply
 MARKER_FIELD = b"."  # the reply stream's creation entry; never a request id
 DEFAULT_CONTEXT = "default"  # where steps without a context_id go
 
@@ -58,7 +63,7 @@ class _Call:
     request_id: bytes
     context_id: str
     stream: str
-    fields: tuple[bytes, ...]  # of its XADD: id, request id, reply, reply stream, req, request envelope
+    fields: tuple[bytes, ...]  # of its XADD: id, reply stream, envelope and signature (`Signer.request_fields`)
     future: asyncio.Future[StepResult]
     submitted_at: float  # time.monotonic()
     entry_id: bytes | None = None  # its entry in the request stream, once written
@@ -67,10 +72,12 @@ class _Call:
 class RedisExecutor:
     """Runs steps on the workers that serve their context: `await executor.call(request)`.
 
-    Nothing connects until the first call; that call raises ExecutorError when Redis is unreachable."""
+    Nothing connects until the first call; that call raises ExecutorError when Redis is unreachable.
+    ExecutorError at once when `options` has no token (see `signing`)."""
 
-    def __init__(self, settings: QueueSettings, options: ExecutorOptions | None = None) -> None:
+    def __init__(self, settings: QueueSettings, options: ExecutorOptions) -> None:
         self.settings = settings
+        self._signer = Signer.from_token(options.token, who=f"the redis executor for {settings.where}")
         self._keys = settings.keys
         self.caller_id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self.reply_stream = self._keys.replies(self.caller_id)
@@ -87,6 +94,7 @@ class RedisExecutor:
         self._last_reply_id = b"0-0"
         self._read_since_trim = 0
         self._maintain_at = 0.0
+        self._check_at = 0.0  # when `_fail_unanswered` looks next
         self._opening: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._failure: ExecutorError | None = None  # set when a task crashed: the executor is unusable
@@ -106,9 +114,9 @@ class RedisExecutor:
         await self._open()
         number = next(self._numbers)
         request_id = f"{request.run_id}/{request.step_id}#{request.attempt}/{number}".encode()
-        fields = (b"id", request_id, b"reply", self._reply, b"req", encode_request(request))
         context_id = request.context_id or DEFAULT_CONTEXT
         stream = self._keys.requests(context_id)
+        fields = self._signer.request_fields(stream, request_id, self._reply, encode_request(request))
         future = asyncio.get_running_loop().create_future()
         call = _Call(request, request_id, context_id, stream, fields, future, time.monotonic())
         self._waiting[request_id] = call
@@ -208,7 +216,7 @@ class RedisExecutor:
         """The XADDs (and the withdrawals of entries given up on) in one write, retried until `reconnect_timeout_s`."""
         deadline = time.monotonic() + self.settings.reconnect_timeout_s
         commands: list[tuple[Argument, ...]] = [("XADD", call.stream, "*", *call.fields) for call in calls]
-        commands += withdraw_commands(self._keys, withdrawn)
+        commands += withdraw_commands(self._keys, self._signer, withdrawn)
         while True:
             try:
                 entry_ids = await self._requests.execute_many(commands)  # per call: its entry id or the refusal
@@ -244,6 +252,8 @@ class RedisExecutor:
                     await self._recover()
                     logger.warning("redis caller %s: reconnected to %s", self.caller_id, self.settings.where)
                     backoff.reset()
+                if time.monotonic() >= self._check_at:
+                    await self._fail_unanswered()
                 if self._deliver(await self._read()):
                     # Let the callers just answered go on (and send their next requests) before the read
                     # is sent again: sending it first would put its CPU between a reply and the next step.
@@ -269,45 +279,80 @@ class RedisExecutor:
         """Resolve the calls that these reply entries ({request id: result, ...}) answer; the number of entries."""
         count = 0
         for _, entries in stream_entries(response):
-            for _, fields in entries:
+            for entry_id, fields in entries:
                 for request_id, data in fields.items():
-                    self._resolve(request_id, data)
+                    self._resolve(entry_id, request_id, data)
             self._last_reply_id = entries[-1][0]
             count += len(entries)
         self._read_since_trim += count
         return count
 
-    def _resolve(self, request_id: bytes, data: bytes) -> None:
+    def _resolve(self, entry_id: bytes, request_id: bytes, data: bytes) -> None:
         call = self._waiting.get(request_id)
         if call is None or call.future.done():
             if request_id != MARKER_FIELD:
                 logger.debug("redis caller %s: dropping a late or duplicate result for %s", self.caller_id, request_id)
             return
+        envelope = self._signer.open_result(self._reply, request_id, data)
+        if envelope is None:  # forged, or replayed from another request: the call waits on for its own result
+            logger.warning(
+                "redis caller %s: refusing entry %s of %s: its result for %s is not signed with this caller's token",
+                self.caller_id,
+                entry_id.decode(),
+                self.reply_stream,
+                request_id.decode(errors="replace"),
+            )
+            return
         try:
-            result = decode_result(data)
+            result = decode_result(envelope)
         except ExecutorError as exc:
             result = StepResult.failure(ErrorKind.WORKER, "ExecutorError", f"a worker sent a bad result: {exc}")
         call.future.set_result(result)
 
     async def _recover(self) -> None:
-        """After an outage: re-create the reply stream and re-submit each waiting request whose entry
-        Redis no longer has and whose reply has not come (a worker writes the reply before it deletes
-        the entry, so the replies read after the check include those of every entry found gone)."""
+        """After an outage: re-create the reply stream and re-submit each waiting request Redis lost."""
         await self._create_reply_stream()
-        sent = [call for call in self._waiting.values() if call.entry_id is not None and not call.future.done()]
-        async with self._client.pipeline(transaction=False) as pipe:
-            for call in sent:
-                assert call.entry_id is not None
-                pipe.xrange(call.stream, call.entry_id, call.entry_id, count=1)
-            found = await pipe.execute()
-        while self._deliver(await self._read(block=False)) >= READ_COUNT:
-            pass
-        lost = [call for call, entries in zip(sent, found, strict=True) if not entries and not call.future.done()]
+        lost = await self._unanswered(self._sent(len(self._waiting)))
         if lost:
             logger.warning("redis caller %s: re-submitting %d requests redis lost", self.caller_id, len(lost))
             for call in lost:
                 call.entry_id = None
                 self._queue(call)
+
+    def _sent(self, most: int) -> list[_Call]:
+        """The first `most` calls (the oldest) whose entries were written and whose results have not come."""
+        sent = (call for call in self._waiting.values() if call.entry_id is not None and not call.future.done())
+        return list(itertools.islice(sent, most))
+
+    async def _unanswered(self, calls: list[_Call]) -> list[_Call]:
+        """Those of `calls` whose entries Redis no longer has and whose replies have not come (a worker
+        writes the reply before it deletes the entry, so the replies read after the check include those
+        of every entry found gone)."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                assert call.entry_id is not None
+                pipe.xrange(call.stream, call.entry_id, call.entry_id, count=1)
+            found = await pipe.execute()
+        while self._deliver(await self._read(block=False)) >= READ_COUNT:
+            pass
+        return [call for call, entries in zip(calls, found, strict=True) if not entries and not call.future.done()]
+
+    async def _fail_unanswered(self) -> None:
+        """Fail the calls whose entries are gone with no reply: a worker refused them (their signature did
+        not match its token) or something else deleted them. Looked for among the oldest READ_COUNT calls
+        every `check_s`, in those sent at least `check_s` before."""
+        check_s = min(UNANSWERED_CHECK_S, self.settings.queue_timeout_s)
+        now = time.monotonic()
+        self._check_at = now + check_s
+        calls = [call for call in self._sent(READ_COUNT) if now - call.submitted_at >= check_s]
+        for call in await self._unanswered(calls) if calls else ():
+            request, entry_id = call.request, (call.entry_id or b"").decode()
+            message = (
+                f"run {request.run_id} step {request.step_id!r} attempt {request.attempt}: its request (entry "
+                f"{entry_id} of {call.stream}) was deleted with no reply: a worker refused it (does its --token-file "
+                "hold this caller's token? its log says) or something else deleted it"
+            )
+            call.future.set_exception(ExecutorError(message))
 
     # --- liveness ---
 
@@ -356,7 +401,7 @@ class RedisExecutor:
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.delete(self.reply_stream)
-                    for command in withdraw_commands(self._keys, withdrawn):
+                    for command in withdraw_commands(self._keys, self._signer, withdrawn):
                         pipe.execute_command(*command)
                     await pipe.execute()
         except CLEANUP_ERRORS as exc:

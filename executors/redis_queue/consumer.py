@@ -8,7 +8,9 @@ reply before the XACK+XDEL of its entry, so an entry is never gone before its re
 (`replies`). Steps run in the worker's sandbox pool (`concurrency` processes, so at most that many at
 once); while steps are quick, up to `prefetch` more wait in the pool's queue. A cancel notice for a held
 entry (`cancellation`) cancels its step, and the entry is acknowledged with no reply; one for an entry
-not held is remembered a while, in case the entry is still on its way here.
+not held is remembered a while, in case the entry is still on its way here. An entry not signed with
+the worker's token (`signing`) is refused: acknowledged and deleted unrun, with no reply, and logged
+without its contents.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from executors.redis_queue.connection import (
 )
 from executors.redis_queue.liveness import consumers, encode_status, forget_consumer
 from executors.redis_queue.replies import HeldEntry, ReplyWriter
+from executors.redis_queue.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,8 @@ SIGN_OFF_ERRORS: tuple[type[Exception], ...] = (*CLEANUP_ERRORS, redis.exception
 
 
 class Consumer:
-    """Serves `worker` from Redis until `stop`: `await Consumer(worker, client, settings).serve(stop)`."""
+    """Serves `worker` from Redis until `stop`: `await Consumer(worker, client, settings).serve(stop)`.
+    ExecutorError at once when the worker has no token."""
 
     def __init__(self, worker: ScriptWorker, client: aioredis.Redis, settings: QueueSettings) -> None:
         self._worker = worker
@@ -59,13 +63,14 @@ class Consumer:
         self._settings = settings
         self._keys = settings.keys
         self._name = worker.settings.worker_id
+        self._signer = Signer.from_token(worker.settings.token, who=f"worker {self._name}")
         self._streams = [self._keys.requests(context_id) for context_id in worker.settings.contexts]
         self._concurrency = worker.settings.concurrency
         self._block_ms = block_ms(client)
         self._requests = DedicatedConnection(client)  # the read loop's XREADGROUPs
-        self._replies = ReplyWriter(client, self._keys, worker_id=self._name)
+        self._replies = ReplyWriter(client, self._keys, self._signer, worker_id=self._name)
         self._held: dict[tuple[str, bytes], HeldEntry] = {}
-        self._cancels = CancelReader(client, self._keys, worker.settings.contexts, worker_id=self._name)
+        self._cancels = CancelReader(client, self._keys, self._signer, worker.settings.contexts, worker_id=self._name)
         self._early_notices: dict[tuple[str, bytes], None] = {}  # withdrawn entries not held, oldest first
         self._running: set[asyncio.Task[None]] = set()
         self._ended: list[HeldEntry] = []  # steps that ended, their replies not written yet
@@ -174,6 +179,11 @@ class Consumer:
                 logger.info("worker %s: entry %s of %s was withdrawn before it started", self._name, entry_id, stream)
                 self._acknowledge(entry)
                 continue
+            problem = self._signer.request_problem(stream, entry.fields)
+            if problem is not None:  # forged, or from a caller with another token: never run, never retried
+                logger.warning("worker %s: refusing entry %s of %s: %s", self._name, entry_id.decode(), stream, problem)
+                self._acknowledge(entry)
+                continue
             entry.task = task = asyncio.create_task(self._run(entry))
             self._running.add(task)
             task.add_done_callback(functools.partial(self._step_ended, entry))
@@ -199,7 +209,7 @@ class Consumer:
             entry.task.cancel()  # `_step_ended` acknowledges it
 
     def _acknowledge(self, entry: HeldEntry) -> None:
-        """Have the reply loop acknowledge and delete the entry of a withdrawn request, with no reply."""
+        """Have the reply loop acknowledge and delete the entry of a withdrawn or refused request, with no reply."""
         entry.is_withdrawn = True
         self._ended.append(entry)
         self._reply_due.set()

@@ -1,9 +1,9 @@
 """How a worker answers: the entries it holds, and a batch of their replies written as one script call.
 
-Per batch, one reply entry per caller ({request id: result, ...}; XADD NOMKSTREAM, so a gone caller's
-stream stays gone), then XACK and XDEL of the entries per request stream, all in one command, so that an
-entry is never gone before its reply is written. The entry of a withdrawn request (its caller gave up)
-is acknowledged and deleted with no reply.
+Per batch, one reply entry per caller ({request id: signed result, ...}; XADD NOMKSTREAM, so a gone
+caller's stream stays gone), then XACK and XDEL of the entries per request stream, all in one command, so
+that an entry is never gone before its reply is written. The entry of a withdrawn request (its caller
+gave up) or of a refused one (not signed with the worker's token) is acknowledged and deleted with no reply.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from executors.redis_queue.connection import GROUP, Argument, DedicatedConnection, Keys
+from executors.redis_queue.signing import Signer
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +59,17 @@ class HeldEntry:
     fields: dict[bytes, bytes]
     reply: bytes | None = None  # the encoded result, once the step has ended
     task: asyncio.Task[None] | None = None  # the step's, while it runs
-    is_withdrawn: bool = False  # its caller gave up: it is acknowledged with no reply
+    is_withdrawn: bool = False  # its caller gave up, or it was refused: it is acknowledged with no reply
 
 
 class ReplyWriter:
-    """Writes batches of ended entries over a connection of its own: `await writer.write(batch)`."""
+    """Writes batches of ended entries over a connection of its own: `await writer.write(batch)`; each result
+    is sealed with `signer` for its request id and reply stream."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, worker_id: str) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys, signer: Signer, *, worker_id: str) -> None:
         self._connection = DedicatedConnection(client)
         self._keys = keys
+        self._signer = signer
         self._worker_id = worker_id
 
     async def write(self, batch: Sequence[HeldEntry]) -> None:
@@ -91,7 +94,8 @@ class ReplyWriter:
                 fields = replies.get(reply_to)
                 if fields is None:
                     fields = replies[reply_to] = []
-                fields += (entry.fields[b"id"], entry.reply)
+                request_id = entry.fields[b"id"]
+                fields += (request_id, self._signer.seal_result(reply_to, request_id, entry.reply))
             elif not entry.is_withdrawn:  # a withdrawn one is only acknowledged: its caller gave up
                 logger.warning("worker %s: entry %s names no reply stream", self._worker_id, entry.entry_id)
             entry_ids = acked.get(entry.stream)

@@ -42,7 +42,7 @@ class Factories:
 
 @pytest.fixture
 async def factories(redis_url: str, tmp_path: Path, token: str) -> AsyncIterator[Factories]:
-    made = Factories(RedisWorkers(redis_url, tmp_path), WorkerFactory(token), ServerFactory())
+    made = Factories(RedisWorkers(redis_url, tmp_path, token), WorkerFactory(token), ServerFactory())
     try:
         yield made
     finally:

@@ -36,7 +36,7 @@ async def test_parallel_branches_on_two_workers_merge_their_context_every_time(
     flow = parse_flow(PARALLEL)
     async with (
         RedisStore.from_url(redis_url) as store,
-        Orchestrator(store, executors={"remote": redis_workers.url}) as orchestrator,
+        Orchestrator(store, executors={"remote": redis_workers.url}, token=redis_workers.token) as orchestrator,
     ):
         for _ in range(RUNS):
             result = await orchestrator.run(flow)

@@ -1,5 +1,6 @@
 """Helpers of the Redis transport suites: flows for remote steps, and a factory of workers (in-process
-tasks or `python -m dagrun worker redis` processes) that stops every worker it started."""
+tasks or `python -m dagrun worker redis` processes) that stops every worker it started. Workers and
+callers share TOKEN unless a test gives another."""
 
 from __future__ import annotations
 
@@ -17,12 +18,17 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dagrun import Flow, MemoryStore, Orchestrator, RunResult, parse_flow
-from dagrun.executor import HostFunction
+from dagrun.executor import ExecutorOptions, HostFunction
 from dagrun.sandbox import SandboxSettings
 from dagrun.worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, transport
+from executors.redis_queue.signing import Signer
+from tests.conftest import write_token_file
 
 REPO = Path(__file__).resolve().parents[2]
+TOKEN = "redis-suite-token-0123456789"  # the workers' shared token: requests and replies are signed with it
+OPTIONS = ExecutorOptions(token=TOKEN)  # a caller's, for RedisExecutor and open_executor
+SIGNER = Signer.from_token(TOKEN, who="the tests")
 
 # A step that keeps its sandbox process busy for inputs['s'] seconds and says when it ran.
 BUSY_SCRIPT = """
@@ -45,10 +51,10 @@ def busy_step(step_id: str, seconds: float, **fields: Any) -> dict[str, Any]:
     return {"id": step_id, "script": BUSY_SCRIPT, "inputs": {"s": seconds}, **fields}
 
 
-async def run_remote(url: str, flow: Flow) -> tuple[RunResult, MemoryStore]:
+async def run_remote(url: str, flow: Flow, *, token: str = TOKEN) -> tuple[RunResult, MemoryStore]:
     """Run `flow` with ``remote`` = `url` on a fresh MemoryStore (returned, still open, for its events)."""
     store = MemoryStore()
-    async with Orchestrator(store, executors={"remote": url}) as orchestrator:
+    async with Orchestrator(store, executors={"remote": url}, token=token) as orchestrator:
         result = await orchestrator.run(flow)
     return result, store
 
@@ -61,6 +67,14 @@ async def eventually(predicate: Callable[[], Awaitable[bool]], *, timeout_s: flo
             raise AssertionError(f"{what}: not within {timeout_s} s")
         await asyncio.sleep(0.05)
     return time.monotonic() - started
+
+
+def request_entry(
+    stream: str, request_id: bytes, reply_stream: str, envelope: bytes, *, signer: Signer = SIGNER
+) -> dict[bytes, bytes]:
+    """The fields of a request entry for `stream` as a caller signs them, for a raw XADD."""
+    fields = signer.request_fields(stream, request_id, reply_stream.encode(), envelope)
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -104,10 +118,12 @@ class WorkerProcess:
 
 
 class RedisWorkers:
-    """Starts workers on a queue URL and stops every one it started."""
+    """Starts workers on a queue URL, with a shared token, and stops every one it started."""
 
-    def __init__(self, url: str, directory: Path) -> None:
+    def __init__(self, url: str, directory: Path, token: str = TOKEN) -> None:
         self.url = url
+        self.token = token
+        self.token_file = write_token_file(directory / "redis-token", token)
         self._directory = directory
         self._in_process: list[InProcessWorker] = []
         self._processes: list[WorkerProcess] = []
@@ -121,9 +137,10 @@ class RedisWorkers:
         url: str | None = None,
         grace_s: float = 10.0,
         functions: Mapping[str, HostFunction] | None = None,
+        token: str | None = None,
     ) -> InProcessWorker:
-        """A worker serving in this event loop (with these host functions), ready (its heartbeat is in
-        Redis) when returned."""
+        """A worker serving in this event loop (with these host functions; `token` instead of the shared
+        one), ready (its heartbeat is in Redis) when returned."""
         worker_id = worker_id or f"w{len(self._in_process) + len(self._processes) + 1}-{os.getpid()}"
         sandbox = SandboxSettings(processes=concurrency, memory_mb=256, startup_timeout_s=20.0)
         settings = WorkerSettings(
@@ -133,6 +150,7 @@ class RedisWorkers:
             grace_s=grace_s,
             worker_id=worker_id,
             sandbox=sandbox,
+            token=token or self.token,
         )
         worker = ScriptWorker(settings, functions=functions)
         await worker.__aenter__()
@@ -155,7 +173,7 @@ class RedisWorkers:
         worker_id = worker_id or f"p{len(self._in_process) + len(self._processes) + 1}-{os.getpid()}"
         log = self._directory / f"{worker_id}.log"
         args = [sys.executable, "-m", "dagrun", "worker", "redis", self.url, "--concurrency", str(concurrency)]
-        args += ["--id", worker_id, "--grace", str(grace_s)]
+        args += ["--id", worker_id, "--grace", str(grace_s), "--token-file", str(self.token_file)]
         for context_id in contexts:
             args += ["--context", context_id]
         with log.open("wb") as out:

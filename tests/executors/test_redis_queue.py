@@ -19,7 +19,6 @@ import redis.exceptions
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
 from dagrun.executor import (
-    ExecutorOptions,
     StepResult,
     encode_request,
     encode_result,
@@ -32,15 +31,19 @@ from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import GROUP, DedicatedConnection
 from executors.redis_queue.consumer import Consumer
 from executors.redis_queue.replies import HeldEntry, ReplyWriter
-from tests.conftest import RedisServers, free_port
+from tests.conftest import RedisServers, free_port, write_token_file
 from tests.executors.conftest import SPIN, Gate, dagrun_command, no_step_running
 from tests.executors.redis_support import (
+    OPTIONS,
     REPO,
+    SIGNER,
+    TOKEN,
     RedisWorkers,
     busy_step,
     eventually,
     redis_client,
     remote_flow,
+    request_entry,
     run_remote,
 )
 
@@ -81,7 +84,7 @@ def test_bad_url_is_an_executor_error_without_the_password(url: str, complaint: 
 
 
 def test_redis_urls_open_the_redis_executor(redis_url: str) -> None:
-    assert isinstance(open_executor(redis_url, ExecutorOptions()), RedisExecutor)
+    assert isinstance(open_executor(redis_url, OPTIONS), RedisExecutor)
 
 
 # --- round trips ---
@@ -163,7 +166,7 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
     keys = settings.keys
     live, gone = keys.replies("live"), keys.replies("gone")
     client = redis_client(redis_url)
-    writer = ReplyWriter(client, keys, worker_id="w")
+    writer = ReplyWriter(client, keys, SIGNER, worker_id="w")
     try:
         for stream in ("a", "b"):
             await client.xgroup_create(keys.requests(stream), GROUP, id="0", mkstream=True)
@@ -176,7 +179,10 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
         await client.xreadgroup(GROUP, "w", {keys.requests("a"): ">", keys.requests("b"): ">"})
         await writer.write(entries)
         assert [fields for _, fields in await client.xrange(live, f"({marker.decode()}")] == [
-            {b"r1": b"result-r1", b"r2": b"result-r2"}
+            {
+                b"r1": SIGNER.seal_result(live.encode(), b"r1", b"result-r1"),
+                b"r2": SIGNER.seal_result(live.encode(), b"r2", b"result-r2"),
+            }
         ]
         assert await client.exists(gone) == 0
         for stream in ("a", "b"):
@@ -189,7 +195,7 @@ async def test_a_batch_of_replies_is_written_and_its_entries_deleted_in_one_scri
 
 async def test_aclose_deletes_the_reply_stream_and_closes(redis_workers: RedisWorkers) -> None:
     await redis_workers.start()
-    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
+    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url), OPTIONS)
     assert (await executor.call(request())).ok
     client = redis_client(redis_workers.url)
     try:
@@ -211,14 +217,14 @@ async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(
     client = redis_client(redis_workers.url)
     try:
         first_id = await client.xadd(reply_stream, {".": "test"})
-        await client.xadd(stream, {"id": "bad-1", "reply": reply_stream, "req": b'{"v": 1, "run_id": 3}'})
+        await client.xadd(stream, request_entry(stream, b"bad-1", reply_stream, b'{"v": 1, "run_id": 3}'))
         await client.xadd(stream, {"no": "fields we know"})
-        await client.xadd(stream, {"id": "bad-2", "reply": "elsewhere", "req": b"{}"})
+        await client.xadd(stream, request_entry(stream, b"bad-2", "elsewhere", b"{}"))
         replies: Any = await client.xread({reply_stream: first_id}, block=10_000)
         ((_, [(_, fields)]),) = replies
-        result = fields[b"bad-1"].decode()
-        assert '"ok":false' in result and "malformed request envelope" in result
-        executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
+        result = SIGNER.open_result(reply_stream.encode(), b"bad-1", fields[b"bad-1"])
+        assert result is not None and b'"ok":false' in result and b"malformed request envelope" in result
+        executor = RedisExecutor(QueueSettings.from_url(redis_workers.url), OPTIONS)
         try:
             assert (await executor.call(request())).ok
         finally:
@@ -232,17 +238,18 @@ async def test_late_and_duplicate_results_are_ignored(redis_url: str) -> None:
     """A fake worker answers twice and answers a request nobody made: the first answer counts."""
     keys = QueueSettings.from_url(redis_url).keys
     client = redis_client(redis_url)
-    executor = RedisExecutor(QueueSettings.from_url(redis_url))
+    executor = RedisExecutor(QueueSettings.from_url(redis_url), OPTIONS)
 
     async def fake_worker() -> None:
         await client.xgroup_create(keys.requests("default"), GROUP, id="0", mkstream=True)
         for _ in range(2):
             delivered: Any = await client.xreadgroup(GROUP, "fake", {keys.requests("default"): ">"}, block=10_000)
             ((_, [(_, fields)]),) = delivered
-            first = encode_result(StepResult(ok=True, outputs={"n": 1}))
-            second = encode_result(StepResult(ok=True, outputs={"n": 2}))
-            await client.xadd(fields[b"reply"], {fields[b"id"]: first})
-            await client.xadd(fields[b"reply"], {fields[b"id"]: second, b"unknown/x#1/99": second})
+            reply_stream, request_id = fields[b"reply"], fields[b"id"]
+            first = SIGNER.seal_result(reply_stream, request_id, encode_result(StepResult(ok=True, outputs={"n": 1})))
+            second = SIGNER.seal_result(reply_stream, request_id, encode_result(StepResult(ok=True, outputs={"n": 2})))
+            await client.xadd(reply_stream, {request_id: first})
+            await client.xadd(reply_stream, {request_id: second, b"unknown/x#1/99": second})
 
     try:
         faking = asyncio.create_task(fake_worker())
@@ -302,22 +309,23 @@ async def test_the_queue_timeout_waits_while_a_worker_is_busy(redis_workers: Red
 
 async def test_unreachable_redis_is_an_executor_error_without_credentials() -> None:
     url = f"redis://alice:hunter2@127.0.0.1:{free_port()}/0"
-    executor = open_executor(url)
+    executor = open_executor(url, OPTIONS)
     try:
         with pytest.raises(ExecutorError, match=r"cannot connect to redis at redis://\*\*\*@127\.0\.0\.1") as raised:
             await executor.call(request())
         assert "hunter2" not in str(raised.value)
     finally:
         await executor.aclose()
-    worker = ScriptWorker(WorkerSettings(url=url, concurrency=1))
+    worker = ScriptWorker(WorkerSettings(url=url, concurrency=1, token=TOKEN))
     with pytest.raises(ExecutorError, match="cannot connect to redis") as raised:
         await transport.serve_worker(worker, asyncio.Event())
     assert "hunter2" not in str(raised.value)
 
 
-def test_worker_command_exits_non_zero_when_redis_is_unreachable() -> None:
+def test_worker_command_exits_non_zero_when_redis_is_unreachable(tmp_path: Path) -> None:
     url = f"redis://alice:hunter2@127.0.0.1:{free_port()}/0"
-    args = [sys.executable, "-m", "dagrun", "worker", "redis", url, "--concurrency", "1"]
+    token = write_token_file(tmp_path / "token", TOKEN)
+    args = [sys.executable, "-m", "dagrun", "worker", "redis", url, "--concurrency", "1", "--token-file", str(token)]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "dagrun: cannot connect to redis at redis://***@127.0.0.1" in result.stderr
@@ -336,7 +344,7 @@ async def test_password_and_acl_user_urls_work(redis_servers: RedisServers, tmp_
             assert result.steps["a"].outputs == {"v": 1}
         finally:
             await factory.close_all()
-    executor = open_executor(f"redis://alice:wrong-pass@127.0.0.1:{server.port}/0")
+    executor = open_executor(f"redis://alice:wrong-pass@127.0.0.1:{server.port}/0", OPTIONS)
     try:
         with pytest.raises(ExecutorError, match="cannot connect to redis") as raised:
             await executor.call(request())
@@ -346,7 +354,7 @@ async def test_password_and_acl_user_urls_work(redis_servers: RedisServers, tmp_
 
 
 async def test_a_cancelled_call_withdraws_its_entry_and_sends_a_cancel_notice(redis_url: str) -> None:
-    executor = RedisExecutor(QueueSettings.from_url(redis_url))
+    executor = RedisExecutor(QueueSettings.from_url(redis_url), OPTIONS)
     client = redis_client(redis_url)
     keys = QueueSettings.from_url(redis_url).keys
     stream = keys.requests("default")
@@ -366,7 +374,7 @@ async def test_a_cancelled_call_withdraws_its_entry_and_sends_a_cancel_notice(re
         with pytest.raises(asyncio.CancelledError):
             await waiting
         await eventually(withdrawn, timeout_s=10, what="the request is withdrawn")
-        assert [fields for _, fields in await client.xrange(keys.cancels("default"))] == [{b"entry": first_id}]
+        assert [fields[b"entry"] for _, fields in await client.xrange(keys.cancels("default"))] == [first_id]
     finally:
         await executor.aclose()
     with pytest.raises(ExecutorError, match="closed"):
@@ -374,7 +382,8 @@ async def test_a_cancelled_call_withdraws_its_entry_and_sends_a_cancel_notice(re
     try:
         assert await client.xlen(stream) == 0  # aclose withdrew the other one too
         notices = [fields for _, fields in await client.xrange(keys.cancels("default"))]
-        assert notices == [{b"entry": first_id}, {b"entry": second_id}]
+        assert [notice[b"entry"] for notice in notices] == [first_id, second_id]
+        assert all(len(notice[b"sig"]) == 32 for notice in notices)
     finally:
         await client.aclose()
 
@@ -473,7 +482,7 @@ async def test_a_cancelled_call_stops_its_step_on_the_worker(
     handle = await redis_workers.start(concurrency=1, functions=gate.functions())  # one sandbox process
     settings = QueueSettings.from_url(redis_workers.url)
     client = redis_client(redis_workers.url)
-    executor = RedisExecutor(settings)
+    executor = RedisExecutor(settings, OPTIONS)
     try:
         first = await executor.call(request())
         calling = asyncio.create_task(executor.call(request(SPIN, step_id="spin", timeout_s=60)))
@@ -505,12 +514,12 @@ async def test_cancel_notices_for_finished_or_unknown_entries_are_harmless(redis
     keys = QueueSettings.from_url(redis_workers.url).keys
     reply_stream, stream = keys.replies("test"), keys.requests("default")
     client = redis_client(redis_workers.url)
-    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url))
+    executor = RedisExecutor(QueueSettings.from_url(redis_workers.url), OPTIONS)
     try:
         first_id = await client.xadd(reply_stream, {".": "test"})
-        finished = await client.xadd(stream, {"id": "done/1", "reply": reply_stream, "req": encode_request(request())})
+        finished = await client.xadd(stream, request_entry(stream, b"done/1", reply_stream, encode_request(request())))
         assert await client.xread({reply_stream: first_id}, block=10_000)  # answered
-        for command in withdraw_commands(keys, [("default", finished), ("default", b"1-1")]):
+        for command in withdraw_commands(keys, SIGNER, [("default", finished), ("default", b"1-1")]):
             await client.execute_command(*command)
 
         # the worker read past those notices (they come first on its cancel stream) and still stops a step
@@ -533,7 +542,7 @@ async def test_an_entry_whose_cancel_notice_came_first_is_acknowledged_unrun(red
     keys = settings.keys
     stream, reply_stream = keys.requests("default"), keys.replies("caller")
     client = redis_client(redis_url)
-    worker = ScriptWorker(WorkerSettings(url=redis_url, concurrency=1))
+    worker = ScriptWorker(WorkerSettings(url=redis_url, concurrency=1, token=TOKEN))
     consumer = Consumer(worker, client, settings)
     try:
         await consumer._create_groups()
