@@ -26,7 +26,7 @@ from contextlib import contextmanager
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEADER_TIMEOUT_S = 5.0
-DEFAULT_MAX_UNAUTHENTICATED = 128
+DEFAULT_MAX_UNAUTHENTICATED = 1024  # room for a burst of clients (500 runs submitted at once) before eviction
 WARN_EVERY_S = 60.0  # a full lobby is logged once per this, not once per connection of a flood
 AUTHORIZATION = "Authorization"
 

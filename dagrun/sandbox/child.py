@@ -222,7 +222,8 @@ def prepare(
     layers = confine(settings, parent_pid, seccomp)
     signal.signal(signal.SIGXCPU, lambda signum, frame: runner.on_cpu_limit())
     sys.setrecursionlimit(settings.recursion_limit)
-    gc.collect()
+    if gc.get_freeze_count() == 0:  # a child exec'd on its own; one forked from the zygote has it frozen
+        gc.collect()
     gc.freeze()  # the base objects are never garbage: keep them out of every later collection
     return runner, layers
 

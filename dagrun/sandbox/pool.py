@@ -31,6 +31,8 @@ from dagrun.sandbox.spawner import Spawner
 
 logger = logging.getLogger(__name__)
 
+REBIND_GRACE_S = 0.02  # an idle child stays its run's this long before another run may have it replaced
+
 
 class SandboxPool:
     """`async with SandboxPool(settings, functions={...}) as pool: result = await pool.run(request)`."""
@@ -50,6 +52,7 @@ class SandboxPool:
         self._spawn_error: Exception | None = None
         self._unconfined: set[str] = set()  # OS confinement layers a child lacked, already warned about
         self._spawner = Spawner(self._settings, list(self._calls.functions))
+        self._room_timer: asyncio.TimerHandle | None = None  # `_make_room` again once a grace ends
         self._is_closed = False
         self._is_flush_due = False
 
@@ -109,6 +112,8 @@ class SandboxPool:
         if self._is_closed:
             return
         self._is_closed = True
+        if self._room_timer is not None:
+            self._room_timer.cancel()
         for task in self._spawning:
             task.cancel()
         closed = RuntimeError("SandboxPool is closed")
@@ -213,12 +218,29 @@ class SandboxPool:
     def _make_room(self) -> None:
         """Replace every idle child of a domain that waits for nothing by a fresh one (forked from the
         zygote: nothing of the old domain's steps is in it) for the domains that wait, which then spread
-        over all of them. None while a child that serves nobody yet is there to take a domain."""
+        over all of them. None while a child that serves nobody yet is there to take a domain. A child
+        whose last step ended within REBIND_GRACE_S is left to its run, whose next step is usually on
+        its way (its driver submits it on the result): the room is looked for again when the grace ends."""
         if any(child.domain is None for child in self._children):
             return
+        now = asyncio.get_running_loop().time()
+        graced: list[float] = []
         for child in list(self._children):
-            if not child.jobs and child.domain not in self._waiting:
+            if child.jobs or child.domain in self._waiting:
+                continue
+            if now - child.last_done < REBIND_GRACE_S:
+                graced.append(child.last_done + REBIND_GRACE_S)
+            else:
                 self._recycle(child)
+        if graced and (self._room_timer is None or self._room_timer.when() > min(graced)):
+            if self._room_timer is not None:
+                self._room_timer.cancel()
+            self._room_timer = asyncio.get_running_loop().call_at(min(graced), self._look_for_room)
+
+    def _look_for_room(self) -> None:
+        self._room_timer = None
+        if not self._is_closed:
+            self._dispatch()
 
     def _domain_of(self, request: StepRequest) -> str:
         """Whose steps may share a child: the settings' named domain, else each run alone."""
@@ -245,6 +267,7 @@ class SandboxPool:
             self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent a malformed result: {exc}")
             return
         child.jobs.popleft()
+        child.last_done = asyncio.get_running_loop().time()
         if not job.future.done():
             job.future.set_result(result)
         if message["exit"]:

@@ -96,6 +96,7 @@ class ChildProcess:
         self.pid = 0
         self.worker_id = "local:?"
         self.domain: str | None = None  # the run (trust domain) it serves; None until its first job
+        self.last_done = 0.0  # loop time its last job ended
         self.jobs: deque[Job] = deque()
         self.outbox: list[bytes] = []  # requests handed to this child, not written yet
         self.next_id = 0
