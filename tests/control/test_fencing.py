@@ -11,8 +11,10 @@ import pytest
 from dagrun import Orchestrator, RunHandedBack, RunStatus, parse_flow
 from dagrun.context import ContextOp, ContextOpKind
 from dagrun.executor import StepRequest, StepResult
-from tests.store.conftest import StoreFactory
-from tests.store.test_fencing import clients  # noqa: F401  (the fixture: separate clients of one store)
+from tests.store.conftest import (
+    StoreFactory,
+    clients,  # noqa: F401  (the fixture: separate clients of one store)
+)
 
 FLOW = parse_flow({"name": "one", "steps": [{"id": "s", "script": "pass", "outputs": ["by"]}]})
 

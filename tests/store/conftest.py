@@ -42,8 +42,7 @@ class StoreFactory:
             await store.aclose()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+async def _stores_of_the_param(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
     # Only redis tests start (or reuse) the session's redis-server.
     redis_url: str = request.getfixturevalue("redis_url") if request.param == "redis" else ""
     factory = StoreFactory(request.param, tmp_path / "dagrun.db", redis_url=redis_url)
@@ -51,6 +50,19 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield factory
     finally:
         await factory.close_all()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    async for factory in _stores_of_the_param(request, tmp_path):
+        yield factory
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def clients(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Separate clients of one persistent store, as other processes would be (memory has no other way in)."""
+    async for factory in _stores_of_the_param(request, tmp_path):
+        yield factory
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ here is a separate client of one SQLite file or Redis prefix, as another process
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +15,6 @@ from dagrun.store import StepRecord
 from tests.store.conftest import StoreFactory, create
 
 INCR = ContextOpKind.INCR
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def clients(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    redis_url: str = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-    factory = StoreFactory(request.param, tmp_path / "dagrun.db", redis_url=redis_url)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
 
 
 async def test_each_new_claim_raises_the_epoch_and_a_renewal_keeps_it(clients: StoreFactory) -> None:
