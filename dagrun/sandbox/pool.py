@@ -172,7 +172,14 @@ class SandboxPool:
         if not self._waiting or not self._children:
             return
         idle: list[ChildProcess] = []
+        # With no child free to bind, only domains with a child of their own can be served: with hundreds
+        # of runs waiting, the others are skipped rather than looked at on every result.
+        unbound = any(child.domain is None for child in self._children)
+        depth = self._settings.pipeline_depth
+        servable = None if unbound else {child.domain for child in self._children if len(child.jobs) < depth}
         for domain in list(self._waiting):
+            if servable is not None and domain not in servable:
+                continue
             jobs = self._waiting[domain]
             while jobs and (child := self._child_for(domain)) is not None:
                 self._hand(jobs.popleft(), child, idle)
