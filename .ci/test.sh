@@ -44,5 +44,6 @@ else
   python3 -m ruff check .
   python3 -m ruff format --check .
   python3 -m mypy
+  lint-imports  # the arrows that must never exist: [tool.importlinter] in pyproject.toml
   python3 -m pytest "$@"
 fi

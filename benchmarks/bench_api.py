@@ -60,8 +60,8 @@ Bounded = Callable[[Awaitable[tuple[str, float, float]]], Awaitable[tuple[str, f
 async def serve(role: str, store_url: str, token_file: str, processes: int | None, max_streams: int) -> None:
     """Serve until SIGTERM: the API ('api'), the orchestrator ('orchestrator'), or both ('both')."""
     from dagrun.api import ApiServer, ApiSettings
-    from dagrun.control import RunControl
-    from dagrun.orchestrator import Orchestrator
+    from dagrun.engine.control import RunControl
+    from dagrun.engine.orchestrator import Orchestrator
     from dagrun.store import open_store
 
     stop = asyncio.Event()

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dags
 
-from dagrun.executor import StepRequest, StepResult, encode_request, encode_result, script_hash
+from dagrun.contract.envelope import encode_request, encode_result
+from dagrun.contract.executor import StepRequest, StepResult, script_hash
 from executors.redis_queue.connection import Keys
 from executors.redis_queue.signing import Signer
 

@@ -11,11 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from dagrun.executor import Executor, HostFunction
-from dagrun.flow import Flow
-from dagrun.flow_parser import parse_flow
-from dagrun.loader import load_flow
-from dagrun.orchestrator import DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
+from dagrun.contract.executor import Executor, HostFunction
+from dagrun.engine.orchestrator import DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
+from dagrun.flow.loader import load_flow
+from dagrun.flow.model import Flow
+from dagrun.flow.parser import parse_flow
 from dagrun.store import open_store
 from dagrun.store.base import Store
 

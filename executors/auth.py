@@ -1,7 +1,7 @@
 """What the WebSocket and HTTP transports share: the token, TLS, client URLs, limits and admission.
 
 The shared token travels as ``Authorization: Bearer <token>``; servers compare it in constant time
-(`dagrun.lobby.is_authorized`) before they read anything else of a request, and it never reaches a log line
+(`dagrun.serving.lobby.is_authorized`) before they read anything else of a request, and it never reaches a log line
 or an error message (`hide_authorization` masks it in the wire libraries' debug logs).
 Both worker servers answer ``GET /health`` (token required) with `health_document`: the worker's
 status, its Limits and whether it is stopping.
@@ -23,12 +23,13 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, redact
-from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
-from dagrun.listening import cannot_listen, is_loopback
-from dagrun.lobby import AUTHORIZATION
 from dagrun.sandbox import SandboxSettings
-from dagrun.worker import ScriptWorker, WorkerSettings, WorkerStatus
+from dagrun.serving.listening import cannot_listen, is_loopback
+from dagrun.serving.lobby import AUTHORIZATION
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

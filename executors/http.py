@@ -31,19 +31,14 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from dagrun.contract.envelope import decode_result, encode_request, encode_result
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, WorkerUnavailable
-from dagrun.executor import (
-    ExecutorOptions,
-    StepRequest,
-    StepResult,
-    decode_result,
-    encode_request,
-    encode_result,
-)
-from dagrun.listening import os_reason
-from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
-from dagrun.lobby_site import LobbySite
-from dagrun.worker import ScriptWorker, WorkerStatus
+from dagrun.serving.listening import os_reason
+from dagrun.serving.lobby import AUTHORIZATION, Lobby, is_authorized
+from dagrun.serving.lobby_site import LobbySite
+from dagrun.worker.script_worker import ScriptWorker
 from executors.auth import (
     BUSY_FIRST_DELAY_S,
     BUSY_MAX_DELAY_S,

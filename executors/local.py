@@ -11,10 +11,11 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError
-from dagrun.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.sandbox import SandboxPool, SandboxSettings
-from dagrun.worker import ScriptWorker, WorkerStatus
+from dagrun.worker.script_worker import ScriptWorker
 
 
 class LocalExecutor:

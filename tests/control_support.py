@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dagrun.control import RunControl
-from dagrun.orchestrator import Orchestrator
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.store.base import Event, Store
 from tests.conftest import require_program
 

@@ -1,4 +1,4 @@
-"""Raw TCP clients for the lobby suites (`dagrun.lobby`): sockets that stay idle or stop halfway through
+"""Raw TCP clients for the lobby suites (`dagrun.serving.lobby`): sockets that stay idle or stop halfway through
 their headers, and HTTP/1.1 exchanges on one kept-alive socket. `IdleSockets` closes what it opened."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dagrun.context import ContextOp, ContextOpError, ContextOpKind, apply_op, apply_ops
+from dagrun.contract.context import ContextOp, ContextOpError, ContextOpKind, apply_op, apply_ops
 
 
 def test_set_incr_and_append_merge_into_the_current_value() -> None:

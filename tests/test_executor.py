@@ -5,20 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.envelope import decode_request, decode_result, encode_request, encode_result
+from dagrun.contract.executor import ErrorKind, StepError, StepRequest, StepResult, script_hash
+from dagrun.contract.transport import find_transport
 from dagrun.errors import ExecutorError
-from dagrun.executor import (
-    ErrorKind,
-    StepError,
-    StepRequest,
-    StepResult,
-    decode_request,
-    decode_result,
-    encode_request,
-    encode_result,
-    find_transport,
-    script_hash,
-)
 
 REQUEST = StepRequest("run-1", "load", 2, "outputs['x'] = 1", script_hash("outputs['x'] = 1"), {"n": [1, 2]},
                       {"counter": 3}, "eu", 5.0)  # fmt: skip

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dagrun.flow_parser
+import dagrun.flow.parser
+from dagrun.contract.executor import script_hash
+from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
-from dagrun.executor import script_hash
-from dagrun.flow import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
-from dagrun.flow_parser import parse_flow
-from dagrun.flow_schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
-from dagrun.references import MAX_NESTING, TOO_DEEP
-from dagrun.states import RunIf
+from dagrun.flow.model import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
+from dagrun.flow.parser import parse_flow
+from dagrun.flow.references import MAX_NESTING, TOO_DEEP
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
 
 ETL = {
     "name": "etl",
@@ -430,7 +430,7 @@ def test_each_distinct_script_is_checked_once(monkeypatch):
         checked.append(source)
         return [(1, "nope")] if "bad" in source else []
 
-    monkeypatch.setattr(dagrun.flow_parser, "_script_checker", lambda: checker)
+    monkeypatch.setattr(dagrun.flow.parser, "_script_checker", lambda: checker)
     document = flow_of(*({"id": f"s{i}", "script": "bad" if i % 2 else "good"} for i in range(6)))
 
     assert problems(document) == [f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)]

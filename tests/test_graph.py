@@ -3,9 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.errors import CycleError
-from dagrun.flow import Flow, Step, WaitFor
-from dagrun.flow_parser import parse_flow
-from dagrun.graph import (
+from dagrun.flow.graph import (
     ancestors,
     build_graph,
     check_dependencies,
@@ -15,6 +13,8 @@ from dagrun.graph import (
     to_mermaid,
     topological_order,
 )
+from dagrun.flow.model import Flow, Step, WaitFor
+from dagrun.flow.parser import parse_flow
 
 
 def make_flow(dag: dict[str, list[str]], name: str = "f") -> Flow:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dagrun.errors import FlowError
-from dagrun.loader import load_flow
+from dagrun.flow.loader import load_flow
 
 
 def write_flow(directory: Path, document: dict, name: str = "flow.json") -> Path:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from dagrun.lobby import Lobby, LobbySettings
+from dagrun.serving.lobby import Lobby, LobbySettings
 
 
 class FakeTransport(asyncio.Transport):

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
-from dagrun.executor import ErrorKind, StepRequest, StepResult
-from dagrun.flow_parser import parse_flow
-from dagrun.orchestrator import Orchestrator
-from dagrun.states import RunStatus, StepStatus
+from dagrun.flow.parser import parse_flow
 from dagrun.store import MemoryStore
 
 Behaviour = Callable[[StepRequest], StepResult | Awaitable[StepResult]]

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dagrun.errors import FlowError, UnresolvedInput
-from dagrun.references import (
+from dagrun.flow.references import (
     MAX_NESTING,
     TOO_DEEP,
     CompiledInputs,

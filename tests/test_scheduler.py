@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dagrun.flow import Flow, Step
-from dagrun.scheduler import Scheduler
-from dagrun.states import RunIf, StepStatus
+from dagrun.contract.states import RunIf, StepStatus
+from dagrun.engine.scheduler import Scheduler
+from dagrun.flow.model import Flow, Step
 
 
 def make_flow(edges: dict[str, list[str]], run_if: dict[str, RunIf] | None = None) -> Flow:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dagrun.executor import StepRequest, decode_result, encode_request, script_hash
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.contract.envelope import decode_result, encode_request
+from dagrun.contract.executor import StepRequest, script_hash
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 
 SOURCE = "outputs['v'] = inputs['x'] * 2"
 

@@ -18,9 +18,9 @@ from dagrun.api.openapi import openapi_document
 from dagrun.api.routes import RunHandlers
 from dagrun.api.settings import ApiSettings
 from dagrun.api.stream import EventStreams
-from dagrun.control import RunControl
-from dagrun.lobby import Lobby
-from dagrun.orchestrator import Orchestrator
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import Orchestrator
+from dagrun.serving.lobby import Lobby
 
 logger = logging.getLogger(__name__)
 

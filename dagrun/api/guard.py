@@ -3,7 +3,7 @@
 Every response that is not a success is ``{"error": message}`` (plus ``problems`` for an invalid flow):
 the router's 404/405, refusals, dagrun errors mapped to their status, and a bug as a bare 500 whose
 traceback goes to the log only. The token is compared in constant time and never logged; the first
-request that carries it takes its connection out of the lobby (`dagrun.lobby`).
+request that carries it takes its connection out of the lobby (`dagrun.serving.lobby`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
-from dagrun.flow_problems import is_too_deep, nesting_path
-from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
-from dagrun.references import Loc
+from dagrun.flow.problems import is_too_deep, nesting_path
+from dagrun.flow.references import Loc
+from dagrun.serving.lobby import AUTHORIZATION, Lobby, is_authorized
 
 logger = logging.getLogger(__name__)
 

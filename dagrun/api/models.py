@@ -1,7 +1,7 @@
 """The REST API's JSON shapes, as pydantic models: the only source of its request and response schemas.
 
 Request models (bodies and query strings) parse untrusted input, with ``extra="forbid"``. Response
-models describe what the handlers send, which `dagrun.control`'s ``*_json`` functions build; the tests
+models describe what the handlers send, which `dagrun.engine.control`'s ``*_json`` functions build; the tests
 validate live responses against them, so the OpenAPI document cannot drift from the wire.
 """
 
@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from dagrun.executor import ErrorKind
-from dagrun.states import RunStatus, StepStatus
+from dagrun.contract.executor import ErrorKind
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.store.base import CommandKind
 
 FLOW_SCHEMA_NAME = "Flow"  # the component holding `flow_json_schema()`

@@ -17,7 +17,7 @@ from pydantic.json_schema import models_json_schema
 
 from dagrun.api import models
 from dagrun.api.routes import Route
-from dagrun.flow_schema import JSON_SCHEMA_DIALECT, flow_json_schema
+from dagrun.flow.schema import JSON_SCHEMA_DIALECT, flow_json_schema
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"

@@ -18,13 +18,13 @@ from pydantic import BaseModel
 from dagrun.api import models
 from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
-from dagrun.control import RunControl, command_json, event_json, run_json
+from dagrun.engine.control import RunControl, command_json, event_json, run_json
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError, Problem
-from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
-from dagrun.flow_parser import parse_flow
-from dagrun.flow_problems import nesting_place
-from dagrun.orchestrator import Orchestrator
-from dagrun.references import TOO_DEEP, Loc, format_location
+from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
+from dagrun.flow.parser import parse_flow
+from dagrun.flow.problems import nesting_place
+from dagrun.flow.references import TOO_DEEP, Loc, format_location
 from dagrun.store.base import Command
 
 PREFIX = "/v1"

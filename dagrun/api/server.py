@@ -5,7 +5,7 @@
 
 `aclose` stops accepting, ends the event streams (clients resume them by Last-Event-ID), lets other
 requests finish within `shutdown_timeout_s`, then closes. Connections pass through the app's lobby
-(`dagrun.lobby`): those without the token are capped and must send their headers in time.
+(`dagrun.serving.lobby`): those without the token are capped and must send their headers in time.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from aiohttp import web
 
 from dagrun.api.app import LOBBY, create_app
 from dagrun.api.settings import ApiSettings
-from dagrun.control import RunControl
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import DagrunError
-from dagrun.listening import cannot_listen, is_loopback
-from dagrun.lobby_site import LobbySite
-from dagrun.orchestrator import Orchestrator
+from dagrun.serving.listening import cannot_listen, is_loopback
+from dagrun.serving.lobby_site import LobbySite
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from dagrun.flow_limits import DEFAULT_LIMITS, FlowLimits
-from dagrun.lobby import LobbySettings
+from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
+from dagrun.serving.lobby import LobbySettings
 
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024

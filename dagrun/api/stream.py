@@ -22,9 +22,9 @@ from aiohttp import web
 
 from dagrun.api.guard import ApiError
 from dagrun.cancellation import cancel_and_wait
-from dagrun.control import RunControl, event_json
+from dagrun.contract.states import RunStatus
+from dagrun.engine.control import RunControl, event_json
 from dagrun.errors import DagrunError
-from dagrun.states import RunStatus
 from dagrun.store.base import Event
 
 logger = logging.getLogger(__name__)

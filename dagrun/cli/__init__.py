@@ -12,9 +12,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from dagrun.contract.states import RunStatus
+from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.errors import ControlError, DagrunError, FlowError, InsecureFile, RunNotFound, StoreNotFound, redact
-from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
-from dagrun.states import RunStatus
 
 EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
 DEFAULT_STORE = ".dagrun"

@@ -24,16 +24,16 @@ from dagrun.cli import render
 from dagrun.cli.flow_options import read_flow
 from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
-from dagrun.control import RunControl, event_json, run_json
+from dagrun.contract.executor import Executor
+from dagrun.contract.states import RunStatus
+from dagrun.engine.control import RunControl, event_json, run_json
+from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
 from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
-from dagrun.executor import Executor
-from dagrun.flow import Flow
-from dagrun.flow_limits import NO_LIMITS
-from dagrun.flow_schema import flow_json_schema
-from dagrun.graph import to_dot, to_mermaid
-from dagrun.loader import load_flow
-from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
-from dagrun.states import RunStatus
+from dagrun.flow.graph import to_dot, to_mermaid
+from dagrun.flow.limits import NO_LIMITS
+from dagrun.flow.loader import load_flow
+from dagrun.flow.model import Flow
+from dagrun.flow.schema import flow_json_schema
 from dagrun.store import open_store
 from dagrun.store.base import Event, Store
 

@@ -28,9 +28,9 @@ from dagrun.cli.commands import (
 )
 from dagrun.cli.flow_options import read_flow
 from dagrun.cli.worker import stop_on_signals
-from dagrun.control import RunControl
+from dagrun.contract.states import RunStatus
+from dagrun.engine.control import RunControl
 from dagrun.errors import redact
-from dagrun.states import RunStatus
 from dagrun.store.base import Command
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ import argparse
 from collections.abc import Callable
 from dataclasses import fields
 
-from dagrun.flow import Flow
-from dagrun.flow_limits import DEFAULT_LIMITS, FLOORS, FlowLimits, bounded_fields, option_name
-from dagrun.loader import load_flow
+from dagrun.flow.limits import DEFAULT_LIMITS, FLOORS, FlowLimits, bounded_fields, option_name
+from dagrun.flow.loader import load_flow
+from dagrun.flow.model import Flow
 
 
 def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) -> None:

@@ -20,10 +20,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from dagrun.orchestrator import RunResult
-from dagrun.states import RunStatus, StepStatus
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.contract.transport import WorkerStatus
+from dagrun.engine.orchestrator import RunResult
 from dagrun.store.base import Event, RunRecord, StepRecord
-from dagrun.worker import WorkerStatus
 
 MAX_TABLE_ROWS = 40
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.orchestrator import RunResult, StepListener
+from dagrun.engine.outcome import StepOutcome
 from dagrun.errors import StoreError
-from dagrun.flow import Flow
-from dagrun.orchestrator import RunResult, StepListener
-from dagrun.outcome import StepOutcome
-from dagrun.states import RunStatus, StepStatus
+from dagrun.flow.model import Flow
 from dagrun.store.base import StepRecord, Store
 
 

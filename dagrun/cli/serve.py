@@ -17,9 +17,9 @@ from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSetting
 from dagrun.cli.commands import orchestrator_from_args, parse_executors
 from dagrun.cli.flow_options import add_limit_arguments, flow_limits
 from dagrun.cli.worker import add_lobby_arguments, lobby_problems, lobby_settings, read_token_file, stop_on_signals
-from dagrun.control import RunControl
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
 from dagrun.errors import FlowError, Problem, redact
-from dagrun.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
 from dagrun.store import open_store
 
 logger = logging.getLogger(__name__)

@@ -14,11 +14,13 @@ import logging
 import signal
 
 from dagrun.cli import render
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import find_transport
 from dagrun.errors import ExecutorError, FlowError, Problem
-from dagrun.executor import ExecutorOptions, Transport, find_transport
-from dagrun.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
 from dagrun.private_files import read_private_text
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.serving.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
+from dagrun.worker.transport import WorkerTransport, find_worker_transport
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_lobby_arguments(parser: argparse.ArgumentParser, *, kinds: str = "") -> None:
-    """The options of a server's lobby (`dagrun.lobby`), shared by `dagrun worker` and `dagrun serve api`."""
+    """The options of a server's lobby (`dagrun.serving.lobby`), shared by `dagrun worker` and `dagrun serve api`."""
     parser.add_argument(
         "--header-timeout-s",
         type=float,
@@ -135,7 +137,7 @@ def list_workers(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    transport = find_transport(args.kind)
+    transport = find_worker_transport(args.kind)
     settings = settings_from_args(args)
     return asyncio.run(_serve(transport, settings))
 
@@ -158,7 +160,7 @@ def stop_on_signals(who: str, then: str) -> asyncio.Event:
     return stop
 
 
-async def _serve(transport: Transport, settings: WorkerSettings) -> int:
+async def _serve(transport: WorkerTransport, settings: WorkerSettings) -> int:
     stop = stop_on_signals(f"worker {settings.worker_id}", f"draining (grace {settings.grace_s:.0f} s)")
     async with ScriptWorker(settings) as worker:
         await transport.serve_worker(worker, stop)

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dagrun.executor import HostFunction
+from dagrun.contract.executor import HostFunction
 from dagrun.sandbox.policy import check_function_names
 from dagrun.sandbox.process import ChildProcess, Job
 from dagrun.sandbox.runner import cap_text

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from dagrun.contract.envelope import encode_request
+from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
 from dagrun.errors import ExecutorError
-from dagrun.executor import ErrorKind, HostFunction, StepRequest, StepResult, encode_request
 from dagrun.sandbox import confinement
 from dagrun.sandbox.host_calls import HostCalls
 from dagrun.sandbox.process import ChildProcess, Job, parse_result, spawn_child

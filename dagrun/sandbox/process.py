@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import orjson
 
-import dagrun
-from dagrun.context import ContextOp, ContextOpKind
-from dagrun.executor import ErrorKind, StepError, StepRequest, StepResult
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.executor import ErrorKind, StepError, StepRequest, StepResult
 from dagrun.sandbox.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
 
 _LINE_SLACK_BYTES = 64 * 1024
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding the `dagrun` package
 _JSON_ESCAPE_FACTOR = 6  # "\u0000" is 6 bytes for 1
 
 
@@ -56,22 +56,10 @@ class ChildEvents(Protocol):
 def child_command(entry: str = "dagrun.sandbox.child") -> list[str]:
     """The argv of a child: a fresh interpreter (never a fork of the host) that imports only the
     child's modules and runs `entry`'s `main` (the tests of the OS confinement name one of theirs). The
-    `dagrun` and `dagrun.sandbox` packages are stubbed so that their `__init__` (the embedding API,
-    asyncio, pydantic ...) is not imported: less to load, less to reach."""
-    package = Path(dagrun.__file__).resolve().parent
-    root = str(package.parent)
+    package roots on the way are lazy (PEP 562), so importing `entry` loads only what it imports."""
+    root = str(_SOURCE_ROOT)
     paths = [root, *(p for p in sys.path if p and p != root and os.path.exists(p))]
-    packages = [("dagrun", str(package)), ("dagrun.sandbox", str(package / "sandbox"))]
-    bootstrap = (
-        "import sys, types\n"
-        f"sys.path[:] = {paths!r}\n"
-        f"for name, path in {packages!r}:\n"
-        "    module = types.ModuleType(name)\n"
-        "    module.__path__ = [path]\n"
-        "    sys.modules[name] = module\n"
-        f"from {entry} import main\n"
-        "main()\n"
-    )
+    bootstrap = f"import sys\nsys.path[:] = {paths!r}\nfrom {entry} import main\nmain()\n"
     return [sys.executable, "-I", "-S", "-B", "-c", bootstrap]
 
 

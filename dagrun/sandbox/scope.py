@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from dagrun.context import ContextOp, ContextOpError, ContextOpKind, apply_op
+from dagrun.contract.context import ContextOp, ContextOpError, ContextOpKind, apply_op
 
 SCRIPT_FILENAME = "<script>"
 JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS  # only real JSON values pass

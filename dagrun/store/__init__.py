@@ -7,26 +7,45 @@ by many machines.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dagrun.errors import StoreError, redact
+from dagrun.lazy_exports import lazy_exports
 from dagrun.store.base import Event, RunRecord, StepRecord, Store
-from dagrun.store.memory import MemoryStore
-from dagrun.store.redis import RedisStore
-from dagrun.store.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from dagrun.store.memory import MemoryStore as MemoryStore
+    from dagrun.store.redis.store import RedisStore as RedisStore
+    from dagrun.store.sqlite.store import SqliteStore as SqliteStore
 
 __all__ = ["Event", "MemoryStore", "RedisStore", "RunRecord", "SqliteStore", "StepRecord", "Store", "open_store"]
 
+# Each kind loads when it is opened: a SQLite user never loads redis-py.
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "MemoryStore": "dagrun.store.memory",
+        "RedisStore": "dagrun.store.redis.store",
+        "SqliteStore": "dagrun.store.sqlite.store",
+    },
+)
+
 
 def _open_memory(url: str, *, read_only: bool) -> Store:
+    from dagrun.store.memory import MemoryStore
+
     return MemoryStore()
 
 
 def _open_sqlite(url: str, *, read_only: bool) -> Store:
+    from dagrun.store.sqlite.store import SqliteStore
+
     return SqliteStore.from_url(url, read_only=read_only)
 
 
 def _open_redis(url: str, *, read_only: bool) -> Store:
+    from dagrun.store.redis.store import RedisStore
+
     return RedisStore.from_url(url)  # reading creates nothing there
 
 
@@ -52,6 +71,8 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
     """
     scheme, sep, _ = url.partition("://")
     if not sep:
+        from dagrun.store.sqlite.store import SqliteStore
+
         return SqliteStore.open(url, read_only=read_only)
     opener = _OPENERS.get(scheme.lower())
     if opener is None:

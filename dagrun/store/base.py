@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
-from dagrun.context import ContextOp
-from dagrun.executor import NO_OUTPUTS, StepError
-from dagrun.states import RunStatus, StepStatus
+from dagrun.contract.context import ContextOp
+from dagrun.contract.executor import NO_OUTPUTS, StepError
+from dagrun.contract.states import RunStatus, StepStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class RunRecord:
 
 
 class StepRecord(NamedTuple):
-    """One state of one step; a NamedTuple like the other per-step records (see dagrun.executor)."""
+    """One state of one step; a NamedTuple like the other per-step records (see dagrun.contract.executor)."""
 
     run_id: str
     step_id: str

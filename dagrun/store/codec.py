@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from dagrun.context import ContextOp, apply_ops
+from dagrun.contract.context import ContextOp, apply_ops
+from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.errors import StoreError
-from dagrun.executor import ErrorKind, StepError
 
 EMPTY_OBJECT = "{}"
 

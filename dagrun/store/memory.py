@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
-from dagrun.context import ContextOp
+from dagrun.contract.context import ContextOp
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, merge_context
 

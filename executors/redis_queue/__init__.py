@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import asyncio
 
-from dagrun.executor import ExecutorOptions
-from dagrun.worker import ScriptWorker, WorkerStatus
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import WorkerStatus
+from dagrun.worker.script_worker import ScriptWorker
 from executors.redis_queue.client import RedisExecutor
 from executors.redis_queue.connection import Keys, QueueSettings, check_connection, open_redis
 from executors.redis_queue.consumer import Consumer

@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from dagrun.contract.envelope import decode_result, encode_request
+from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, WorkerUnavailable, redact
-from dagrun.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult, decode_result, encode_request
 from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,

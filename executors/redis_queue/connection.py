@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from dagrun.errors import ExecutorError, redact
-from dagrun.store.redis_wait import blocking_read_s
+from dagrun.redis_timing import blocking_read_s
 
 logger = logging.getLogger(__name__)
 

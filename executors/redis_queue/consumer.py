@@ -24,9 +24,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import StreamIdT
 
+from dagrun.contract.envelope import encode_result
+from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
 from dagrun.errors import ExecutorError, redact
-from dagrun.executor import ErrorKind, StepRequest, StepResult, encode_result
-from dagrun.worker import ScriptWorker
+from dagrun.worker.script_worker import ScriptWorker
 from executors.redis_queue.cancellation import CancelReader
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,

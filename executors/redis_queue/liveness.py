@@ -16,8 +16,8 @@ import pydantic
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, redact
-from dagrun.worker import WorkerStatus
 from executors.redis_queue.connection import CONNECTION_ERRORS, GROUP, Keys, QueueSettings, check_connection, open_redis
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from dagrun.executor import ExecutorOptions
-from dagrun.worker import ScriptWorker, WorkerStatus
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import WorkerStatus
+from dagrun.worker.script_worker import ScriptWorker
 from executors.http import transport as http_transport
 from executors.websocket.client import WebSocketExecutor
 from executors.websocket.server import WebSocketWorkerServer

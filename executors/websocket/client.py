@@ -21,9 +21,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import CloseCode
 
+from dagrun.contract.envelope import decode_result, encode_request
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, WorkerUnavailable
-from dagrun.executor import ExecutorOptions, StepRequest, StepResult, decode_result, encode_request
-from dagrun.listening import os_reason
+from dagrun.serving.listening import os_reason
 from executors.auth import (
     BUSY_FIRST_DELAY_S,
     BUSY_MAX_DELAY_S,

@@ -3,7 +3,7 @@
 Invariant: each connection's handler holds the task of every request of that connection still running,
 by id; a request runs only if `Admission` has room for it (else B) and the worker is not stopping (else G),
 and when the connection closes the handler cancels what it still holds: nobody can receive those results.
-Until its handshake carries the token, a connection waits in the server's lobby (`dagrun.lobby`): capped,
+Until its handshake carries the token, a connection waits in the server's lobby (`dagrun.serving.lobby`): capped,
 and closed if the handshake request does not come within the header timeout.
 """
 
@@ -22,10 +22,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from dagrun.contract.envelope import encode_result
+from dagrun.contract.executor import StepRequest
 from dagrun.errors import ExecutorError
-from dagrun.executor import StepRequest, encode_result
-from dagrun.lobby import AUTHORIZATION, Lobby, is_authorized
-from dagrun.worker import ScriptWorker
+from dagrun.serving.lobby import AUTHORIZATION, Lobby, is_authorized
+from dagrun.worker.script_worker import ScriptWorker
 from executors.auth import (
     MAX_QUEUE_WAIT_S,
     Admission,

@@ -21,8 +21,8 @@ import pytest
 from dagrun.api import ApiServer, ApiSettings
 from dagrun.api.routes import Route, RunHandlers
 from dagrun.api.stream import EventStreams
-from dagrun.control import RunControl
-from dagrun.orchestrator import Orchestrator
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.store import MemoryStore, Store, open_store
 from dagrun.store.base import Event
 

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from dagrun.api import ApiSettings, models
-from dagrun.control import RunControl
+from dagrun.engine.control import RunControl
 from dagrun.errors import FlowError, StoreError
-from dagrun.flow_limits import FlowLimits
-from dagrun.loader import load_flow
+from dagrun.flow.limits import FlowLimits
+from dagrun.flow.loader import load_flow
 from tests.api.conftest import GATED, HELLO, Api, MakeApi, route_table
 
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from dagrun.api import ApiSettings
-from dagrun.lobby import LobbySettings
+from dagrun.serving.lobby import LobbySettings
 from tests.api.conftest import Api, MakeApi
 from tests.lobby_support import HALF_HEADER, IdleSockets, closed_after_s, count_closed, exchange, get
 

@@ -7,7 +7,7 @@ from typing import Any
 import openapi_spec_validator
 import pytest
 
-from dagrun.flow_schema import flow_json_schema
+from dagrun.flow.schema import flow_json_schema
 from tests.api.conftest import Api, route_table
 
 

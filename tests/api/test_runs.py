@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from dagrun.api import models
-from dagrun.orchestrator import Orchestrator
+from dagrun.engine.orchestrator import Orchestrator
 from dagrun.store import open_store
 from tests.api.conftest import FAILING, GATED, HELLO, Api, MakeApi
 

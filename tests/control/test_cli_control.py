@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dagrun.states import RunStatus
+from dagrun.contract.states import RunStatus
 from dagrun.store import Store, open_store
 from tests.control_support import Processes, read_only_mount, wait_for_event
 

@@ -9,8 +9,8 @@ import asyncio
 import pytest
 
 from dagrun import Orchestrator, RunHandedBack, RunStatus, parse_flow
-from dagrun.context import ContextOp, ContextOpKind
-from dagrun.executor import StepRequest, StepResult
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.executor import StepRequest, StepResult
 from tests.store.conftest import (
     StoreFactory,
     clients,  # noqa: F401  (the fixture: separate clients of one store)

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 
 from dagrun import Flow, MemoryStore, Orchestrator, RunStatus, StepStatus, parse_flow
-from dagrun.control import RunControl
+from dagrun.contract.transport import WorkerStatus
+from dagrun.engine.control import RunControl
 from dagrun.store import RedisStore, Store
-from dagrun.worker import ScriptWorker, WorkerStatus
+from dagrun.worker.script_worker import ScriptWorker
 from tests.control_support import wait_for_event
 from tests.executors.conftest import ONE_AT_A_TIME, SPIN, Gate, ServerFactory, WorkerFactory, no_step_running
 from tests.executors.redis_support import RedisWorkers, eventually

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from dagrun import ControlError, Orchestrator, RunStatus, StepStatus, parse_flow
-from dagrun.control import RunControl, new_run_id
+from dagrun.engine.control import RunControl, new_run_id
 from dagrun.store import MemoryStore
 from dagrun.store.base import Command, CommandKind, Store
 from tests.control.conftest import gated_flow

@@ -20,9 +20,9 @@ from typing import Any, Literal, overload
 import pytest
 
 from dagrun import MemoryStore, Orchestrator, RunResult, parse_flow
-from dagrun.executor import ExecutorOptions, HostFunction, StepRequest, script_hash
+from dagrun.contract.executor import ExecutorOptions, HostFunction, StepRequest, script_hash
 from dagrun.sandbox import SandboxSettings
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.http import HttpWorkerServer
 from executors.websocket import WebSocketWorkerServer
 from tests.conftest import self_signed_certificate, write_token_file

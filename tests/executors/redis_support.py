@@ -18,9 +18,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from dagrun import Flow, MemoryStore, Orchestrator, RunResult, parse_flow
-from dagrun.executor import ExecutorOptions, HostFunction
+from dagrun.contract.executor import ExecutorOptions, HostFunction
 from dagrun.sandbox import SandboxSettings
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, transport
 from executors.redis_queue.signing import Signer
 from tests.conftest import write_token_file

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from dagrun.executor import ExecutorOptions, open_executor
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import open_executor
 from tests.executors.conftest import (
     ONE_AT_A_TIME,
     SPIN,

@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepStatus, WorkerUnavailable
-from dagrun.executor import ExecutorOptions, encode_request, open_executor
+from dagrun.contract.envelope import encode_request
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import open_executor
 from executors.http import HttpExecutor, HttpWorkerServer, transport
 from tests.conftest import free_port
 from tests.executors.conftest import (

@@ -11,8 +11,9 @@ from typing import Literal
 import aiohttp
 import pytest
 
-from dagrun.executor import ExecutorOptions, open_executor
-from dagrun.lobby import LobbySettings
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import open_executor
+from dagrun.serving.lobby import LobbySettings
 from executors.auth import bearer_header
 from tests.executors.conftest import ServerFactory, WorkerFactory, make_request
 from tests.lobby_support import HALF_HEADER, IdleSockets, closed_after_s, count_closed

@@ -18,14 +18,10 @@ import pytest
 import redis.exceptions
 
 from dagrun import ErrorKind, ExecutorError, RunStatus, StepRequest, StepStatus
-from dagrun.executor import (
-    StepResult,
-    encode_request,
-    encode_result,
-    open_executor,
-    script_hash,
-)
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.contract.envelope import encode_request, encode_result
+from dagrun.contract.executor import StepResult, script_hash
+from dagrun.contract.transport import open_executor
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
 from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import GROUP, DedicatedConnection

@@ -14,8 +14,10 @@ import pytest
 import redis.exceptions
 
 from dagrun import ExecutorError, RunStatus, StepRequest
-from dagrun.executor import ExecutorOptions, StepResult, encode_request, encode_result, open_executor, script_hash
-from dagrun.worker import ScriptWorker, WorkerSettings
+from dagrun.contract.envelope import encode_request, encode_result
+from dagrun.contract.executor import ExecutorOptions, StepResult, script_hash
+from dagrun.contract.transport import open_executor
+from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.redis_queue import QueueSettings, RedisExecutor, list_workers, transport
 from executors.redis_queue.cancellation import ENTRY_FIELD
 from executors.redis_queue.connection import GROUP

@@ -28,7 +28,9 @@ from dagrun import (
     WorkerUnavailable,
     parse_flow,
 )
-from dagrun.executor import ExecutorOptions, encode_request, open_executor
+from dagrun.contract.envelope import encode_request
+from dagrun.contract.executor import ExecutorOptions
+from dagrun.contract.transport import open_executor
 from executors.websocket import WebSocketExecutor, WebSocketWorkerServer, transport
 from tests.conftest import free_port
 from tests.executors.conftest import (

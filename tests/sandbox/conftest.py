@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dagrun.executor import HostFunction, StepRequest, script_hash
+from dagrun.contract.executor import HostFunction, StepRequest, script_hash
 from dagrun.sandbox import SandboxPool, SandboxSettings, compile_script
 from dagrun.sandbox.policy import build_base_globals, step_globals
 from dagrun.sandbox.scope import StepScope, Violations

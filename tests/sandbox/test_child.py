@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from dagrun.executor import ErrorKind, script_hash
+from dagrun.contract.executor import ErrorKind, script_hash
 from dagrun.sandbox.process import child_command, parse_result
 from tests.sandbox.conftest import TEST_SETTINGS
 

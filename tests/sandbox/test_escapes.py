@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from dagrun.executor import ErrorKind
+from dagrun.contract.executor import ErrorKind
 from dagrun.sandbox import SandboxPool
 from tests.sandbox.conftest import TEST_SETTINGS, make_step
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
 from dagrun.errors import ScriptError
 from dagrun.sandbox import check_script, compile_script
 from dagrun.sandbox.facades import ALLOWED_MEMBERS, build_facades

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.executor import ErrorKind, StepRequest
 from dagrun.errors import ExecutorError
-from dagrun.executor import ErrorKind, StepRequest
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from tests.sandbox.conftest import TEST_SETTINGS, PoolFactory
 

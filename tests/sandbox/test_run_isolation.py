@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from dagrun import Flow, Orchestrator, RunStatus, parse_flow
-from dagrun.executor import script_hash
+from dagrun.contract.executor import script_hash
 from dagrun.sandbox import spawner
 from dagrun.store import MemoryStore
 from tests.sandbox.unrestricted_zygote import UNRESTRICTED_MARK

@@ -7,7 +7,7 @@ import dataclasses
 import random
 from collections.abc import Callable
 
-from dagrun.executor import StepRequest
+from dagrun.contract.executor import StepRequest
 from dagrun.sandbox.facades import build_facades
 from dagrun.sandbox.scope import SandboxViolation
 from dagrun.sandbox.step_random import GENERATOR_FUNCTIONS, StepRandom

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dagrun.states import RunStatus
+from dagrun.contract.states import RunStatus
 from dagrun.store import MemoryStore, RedisStore, RunRecord, SqliteStore, Store
 
 

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dagrun.context import ContextOp, ContextOpKind, apply_ops
+from dagrun.contract.context import ContextOp, ContextOpKind, apply_ops
+from dagrun.contract.executor import ErrorKind, StepError
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.executor import ErrorKind, StepError
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store import StepRecord, Store
 from tests.store.conftest import StoreFactory, create, make_run
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from dagrun.contract.executor import ErrorKind, StepError
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound
-from dagrun.executor import ErrorKind, StepError
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store import StepRecord, Store
 from dagrun.store.base import CommandKind, NoticeKind
 from tests.store.conftest import StoreFactory, create

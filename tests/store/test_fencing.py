@@ -8,9 +8,9 @@ import asyncio
 
 import pytest
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import LeaseLost
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store import StepRecord
 from tests.store.conftest import StoreFactory, create
 

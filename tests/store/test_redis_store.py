@@ -10,13 +10,13 @@ import time
 import pytest
 import redis
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store import RedisStore, StepRecord, Store, open_store
 from dagrun.store.base import CommandKind, NoticeKind
-from dagrun.store.redis import MAX_CONNECTIONS
-from dagrun.store.redis_layout import CREATE_RUN, MAX_NOTICES, PENDING_STEP, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
+from dagrun.store.redis.layout import CREATE_RUN, MAX_NOTICES, PENDING_STEP, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
+from dagrun.store.redis.store import MAX_CONNECTIONS
 from tests.conftest import RedisServer, RedisServers, free_port
 from tests.store.conftest import StoreFactory, create
 

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from dagrun.context import ContextOp, ContextOpKind
+from dagrun.contract.context import ContextOp, ContextOpKind
+from dagrun.contract.executor import ErrorKind, StepError
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import StoreError, StoreNotFound
-from dagrun.executor import ErrorKind, StepError
-from dagrun.states import RunStatus, StepStatus
 from dagrun.store import SqliteStore, StepRecord, Store, open_store
-from dagrun.store import sqlite_schema as schema
 from dagrun.store.base import CommandKind, NoticeKind
+from dagrun.store.sqlite import schema
 from tests.store.conftest import StoreFactory, create, make_run
 
 INCR = ContextOpKind.INCR

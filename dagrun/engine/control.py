@@ -1,0 +1,411 @@
+"""Reading and controlling runs through the store alone, from any machine.
+
+This is what `dagrun status|pause|resume|cancel|signal|wait|errors|metrics` and the REST API use. A
+command is checked against the run's state, appended to the run's command log, and applied by the
+orchestrator that drives the run. A run that nobody drives (not picked up yet, or its orchestrator
+died) gets the command's effect on its status here, under the run's lease, so that `status` shows it
+at once; whoever drives the run later replays the whole log and reaches the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from dagrun.contract.executor import StepError
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.signals import check_signal_fields, counted_signal, wait_for_fields
+from dagrun.errors import ControlError
+from dagrun.flow.model import Flow, resolve_flow_inputs
+from dagrun.store.base import Command, CommandKind, Event, RunRecord, StepRecord, Store
+
+logger = logging.getLogger(__name__)
+
+CONTROL_LEASE_S = 10.0  # how long a control call holds an undriven run's lease while it updates it
+# With 3 bytes, two of 500 runs submitted in one second shared an id (and the second submission failed)
+# in about one such second out of 130; with 6, in one out of two billion.
+RUN_ID_RANDOM_BYTES = 6
+FOLLOW_WAIT_S = 5.0  # one blocking wait of `follow_events`; it loops until the run ends
+
+
+def new_run_id() -> str:
+    """Sortable by creation time and readable: ``20261123-153012-4f9a2c81d0e3``."""
+    return time.strftime("%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(RUN_ID_RANDOM_BYTES)
+
+
+def new_owner_id(role: str) -> str:
+    """Who holds a lease, for people reading `status`: ``orchestrator:host:pid:random``."""
+    return f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def new_run_record(run_id: str, flow: Flow, flow_inputs: dict[str, Any]) -> RunRecord:
+    return RunRecord(run_id, flow.name, RunStatus.PENDING, flow.to_json(), flow_inputs, time.time())
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run as persisted: its record, its steps in flow order, its context, and who drives it."""
+
+    run: RunRecord
+    steps: tuple[StepRecord, ...]
+    context: dict[str, Any]
+    driver: str | None  # the owner of the run's live lease; None when nobody drives it
+
+    def to_json(self) -> dict[str, Any]:
+        return run_json(self.run) | {
+            "driver": self.driver,
+            "context": self.context,
+            "steps": {step.step_id: step_json(step) for step in self.steps},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything a run resumes from, read after a flush: the view, the event log's end, the commands."""
+
+    view: RunView
+    last_event_seq: int
+    commands: tuple[Command, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.view.to_json() | {
+            "last_event_seq": self.last_event_seq,
+            "commands": [command_json(command) for command in self.commands],
+        }
+
+
+class StepFailure(NamedTuple):
+    step_id: str
+    attempt: int
+    error: StepError
+    logs: str
+    worker_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_id": self.step_id,
+            "attempt": self.attempt,
+            "error": self.error.to_json(),
+            "logs": self.logs,
+            "worker_id": self.worker_id,
+        }
+
+
+class PendingStep(NamedTuple):
+    """A step that has not ended: what it is doing and since when."""
+
+    step_id: str
+    status: StepStatus
+    attempt: int
+    since: float | None  # when its current attempt started (or it began waiting)
+    waiting_for: tuple[str, ...]  # the fields a `wait_for` step needs; () for a script step
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_id": self.step_id,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "since": self.since,
+            "waiting_for": list(self.waiting_for),
+        }
+
+
+class StepMetrics(NamedTuple):
+    step_id: str
+    status: StepStatus
+    attempts: int
+    retries: int
+    duration_s: float | None  # wall time of its last attempt, dispatch to end
+    run_s: float | None  # how long its script ran in that attempt, by the executor's clock
+    queue_wait_s: float | None  # the rest of the attempt: queued, in transit, starting
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict() | {"status": self.status.value}
+
+
+@dataclass(frozen=True, slots=True)
+class RunMetrics:
+    run_id: str
+    status: RunStatus
+    wall_s: float | None  # start to end (to now while it runs)
+    steps: tuple[StepMetrics, ...]
+
+    @property
+    def attempts(self) -> int:
+        return sum(step.attempts for step in self.steps)
+
+    @property
+    def retries(self) -> int:
+        return sum(step.retries for step in self.steps)
+
+    def total(self, field: str) -> float:
+        """The sum of one StepMetrics duration field over the steps that have it."""
+        values: list[float | None] = [getattr(step, field) for step in self.steps]
+        return sum(value for value in values if value is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for step in self.steps:
+            by_status[step.status.value] = by_status.get(step.status.value, 0) + 1
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "wall_s": self.wall_s,
+            "steps_by_status": by_status,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "step_s": self.total("duration_s"),
+            "run_s": self.total("run_s"),
+            "queue_wait_s": self.total("queue_wait_s"),
+            "steps": [step.to_json() for step in self.steps],
+        }
+
+
+class RunControl:
+    """Submit, read and control runs in one store; see the module docstring."""
+
+    def __init__(self, store: Store, *, owner: str | None = None) -> None:
+        self.store = store
+        self.owner = owner or new_owner_id("control")
+
+    async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
+        """Record a run of `flow` for an orchestrator sharing the store to drive; return its id.
+        FlowError for inputs the flow does not declare (nothing is recorded then)."""
+        flow_inputs = resolve_flow_inputs(flow, inputs or {})
+        run_id = new_run_id()
+        await self.store.create_run(new_run_record(run_id, flow, flow_inputs), [step.id for step in flow.steps])
+        await self.store.flush()
+        logger.info("run %s of flow %r submitted", run_id, flow.name)
+        return run_id
+
+    async def status(self, run_id: str) -> RunView:
+        """RunNotFound when there is no such run."""
+        run = await self.store.get_run(run_id)
+        steps = await self.store.get_steps(run_id)
+        context = await self.store.get_context(run_id)
+        lease = await self.store.get_lease(run_id)
+        return RunView(run, tuple(steps), context, None if lease is None else lease.owner)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """Newest first."""
+        return await self.store.list_runs(status=status, flow_name=flow_name, limit=limit)
+
+    async def checkpoint(self, run_id: str) -> Checkpoint:
+        """The state a run would resume from, after every write made before the call is durable."""
+        await self.store.flush()
+        view = await self.status(run_id)
+        events = await self.store.get_events(run_id)
+        commands = await self.store.get_commands(run_id)
+        return Checkpoint(view, events[-1].seq if events else 0, tuple(commands))
+
+    async def errors(self, run_id: str) -> list[StepFailure]:
+        """The error of each step whose last attempt failed, in flow order."""
+        return [
+            StepFailure(step.step_id, step.attempt, step.error, step.logs, step.worker_id)
+            for step in await self.store.get_steps(run_id)
+            if step.error is not None
+        ]
+
+    async def metrics(self, run_id: str) -> RunMetrics:
+        run = await self.store.get_run(run_id)
+        steps = tuple(_step_metrics(step) for step in await self.store.get_steps(run_id))
+        end = run.finished_at if run.finished_at is not None else time.time()
+        return RunMetrics(run_id, run.status, None if run.started_at is None else end - run.started_at, steps)
+
+    async def pending_work(self, run_id: str) -> list[PendingStep]:
+        """The steps that have not ended, in flow order."""
+        run = await self.store.get_run(run_id)
+        fields = wait_for_fields(run)
+        return [
+            PendingStep(step.step_id, step.status, step.attempt, step.started_at, fields.get(step.step_id, ()))
+            for step in await self.store.get_steps(run_id)
+            if not step.status.is_terminal
+        ]
+
+    async def cancel(self, run_id: str) -> Command:
+        """Ask for the run to end `cancelled`: queued steps are dropped, running ones told to stop."""
+        return await self._send(run_id, CommandKind.CANCEL)
+
+    async def pause(self, run_id: str) -> Command:
+        """Ask for no new step to start until `resume`; running steps finish."""
+        return await self._send(run_id, CommandKind.PAUSE)
+
+    async def resume(self, run_id: str) -> Command:
+        """Undo `pause`. (An orchestrator's `resume` also drives a run that nobody drives.)"""
+        return await self._send(run_id, CommandKind.RESUME)
+
+    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
+        """Complete the `wait_for` step `step_id` with `values` as its outputs (or, when it has not
+        started waiting yet, as soon as it does). The first signal to a step is the one that counts
+        (drivers and takeovers apply it): a repeat with the same values returns that first command and
+        sends nothing. ControlError when the step does not wait for a signal, `values` does not hold
+        exactly its fields, the step already has a signal with other values (the message names it),
+        or the run or step has ended."""
+        run = await self.store.get_run(run_id)
+        steps = {step.step_id: step for step in await self.store.get_steps(run_id)}
+        check_signal_fields(run, step_id, tuple(steps), values)
+        first = await self._first_signal(run_id, step_id)
+        if first is not None:
+            return counted_signal(first, values)
+        if run.status.is_terminal:
+            raise ControlError(run_id, f"it already ended {run.status}")
+        if steps[step_id].status.is_terminal:
+            raise ControlError(run_id, f"step {step_id!r} already ended {steps[step_id].status}")
+        sent = await self.store.send_command(
+            run_id, CommandKind.SIGNAL, at=time.time(), step_id=step_id, values=dict(values)
+        )
+        # Another client may have signalled the step between our read and our send: the first in the
+        # log counts, and ours, if it came second, has no effect (unless it holds the same values).
+        first = await self._first_signal(run_id, step_id)
+        return counted_signal(first or sent, values)
+
+    async def _first_signal(self, run_id: str, step_id: str) -> Command | None:
+        """The signal to the step that counts (the first in the run's command log), if any."""
+        for command in await self.store.get_commands(run_id):
+            if command.kind == CommandKind.SIGNAL and command.step_id == step_id:
+                return command
+        return None
+
+    async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
+        """The run's record once it has ended, or as it is when `timeout_s` passes (check `is_terminal`)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        after_seq = 0
+        while True:
+            run = await self.store.get_run(run_id)
+            remaining = FOLLOW_WAIT_S if deadline is None else deadline - time.monotonic()
+            if run.status.is_terminal or remaining <= 0:
+                return run
+            events = await self.store.wait_events(run_id, after_seq=after_seq, timeout_s=min(remaining, FOLLOW_WAIT_S))
+            after_seq = events[-1].seq if events else after_seq
+
+    async def follow_events(self, run_id: str, *, after_seq: int = 0) -> AsyncIterator[Event]:
+        """The run's events from `after_seq` on, as they happen, until the event that ends the run."""
+        while True:
+            events = await self.store.wait_events(run_id, after_seq=after_seq, timeout_s=FOLLOW_WAIT_S)
+            for event in events:
+                yield event
+                if event.kind == "run" and RunStatus(event.status).is_terminal:
+                    return
+            if events:
+                after_seq = events[-1].seq
+            elif (await self.store.get_run(run_id)).status.is_terminal:
+                # it ended while we waited: what it wrote meanwhile has come in by now
+                for event in await self.store.get_events(run_id, after_seq=after_seq):
+                    yield event
+                return
+
+    async def _send(self, run_id: str, kind: CommandKind) -> Command:
+        await self._live_run(run_id)
+        command = await self.store.send_command(run_id, kind, at=time.time())
+        if await self.store.claim_lease(run_id, self.owner, ttl_s=CONTROL_LEASE_S):
+            # Nobody drives the run: show the command's effect now; a later driver replays the log.
+            try:
+                await apply_to_undriven_run(self.store, run_id, kind)
+            finally:
+                await self.store.release_lease(run_id, self.owner, notify=kind == CommandKind.RESUME)
+        logger.info("run %s: %s sent", run_id, kind)
+        return command
+
+    async def _live_run(self, run_id: str) -> RunRecord:
+        run = await self.store.get_run(run_id)
+        if run.status.is_terminal:
+            raise ControlError(run_id, f"it already ended {run.status}")
+        return run
+
+
+async def apply_to_undriven_run(store: Store, run_id: str, kind: CommandKind) -> None:
+    """What a command does to the status of a run whose caller holds its lease and drives nothing."""
+    run = await store.get_run(run_id)
+    now = time.time()
+    if run.status.is_terminal:
+        return
+    if kind == CommandKind.CANCEL:
+        cancelled = [
+            StepRecord(run_id, step.step_id, StepStatus.CANCELLED, step.attempt, step.started_at, now)
+            for step in await store.get_steps(run_id)
+            if not step.status.is_terminal
+        ]
+        await end_cancelled(store, run_id, cancelled, "cancelled by an operator", now)
+    elif kind == CommandKind.PAUSE and run.status != RunStatus.PAUSED:
+        await store.set_run_status(run_id, RunStatus.PAUSED, at=now)
+    elif kind == CommandKind.RESUME and run.status == RunStatus.PAUSED:
+        status = RunStatus.PENDING if run.started_at is None else RunStatus.RUNNING
+        await store.set_run_status(run_id, status, at=now)
+    await store.flush()
+
+
+async def end_cancelled(store: Store, run_id: str, cancelled: list[StepRecord], reason: str, at: float) -> None:
+    """Record the steps that had not ended as `cancelled`, then the run, and make it durable."""
+    for record in cancelled:
+        await store.record_step(record, message=f"run {reason}")
+    await store.set_run_status(run_id, RunStatus.CANCELLED, at=at, error=reason)
+    await store.flush()
+
+
+def _step_metrics(step: StepRecord) -> StepMetrics:
+    duration_s = run_s = queue_wait_s = None
+    if step.started_at is not None and step.finished_at is not None:
+        duration_s = step.finished_at - step.started_at
+        if step.elapsed_ms:
+            run_s = step.elapsed_ms / 1000
+            queue_wait_s = max(duration_s - run_s, 0.0)
+    return StepMetrics(
+        step.step_id, step.status, step.attempt, max(step.attempt - 1, 0), duration_s, run_s, queue_wait_s
+    )
+
+
+def run_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "flow": run.flow_name,
+        "status": run.status.value,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+        "inputs": run.inputs,
+    }
+
+
+def step_json(step: StepRecord) -> dict[str, Any]:
+    return {
+        "status": step.status.value,
+        "attempts": step.attempt,
+        "outputs": step.outputs,
+        "error": step.error.to_json() if step.error else None,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "elapsed_ms": step.elapsed_ms,
+        "worker_id": step.worker_id,
+        "logs": step.logs,
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": event.at,
+        "kind": event.kind,
+        "status": event.status,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "message": event.message,
+    }
+
+
+def command_json(command: Command) -> dict[str, Any]:
+    return {
+        "seq": command.seq,
+        "at": command.at,
+        "kind": command.kind.value,
+        "step_id": command.step_id,
+        "values": command.values,
+    }

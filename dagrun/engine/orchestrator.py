@@ -1,0 +1,393 @@
+"""The orchestrator: drives runs (a `RunDriver` each) under leases, and is the API to control them.
+
+One store can be shared by many orchestrators, on many machines. Each run is driven by the one that
+holds its lease; a `Watcher` renews the leases, hands commands from the store to the drivers here and,
+for a serving orchestrator (`serve`), adopts runs that were submitted or whose driver died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
+from dagrun.contract.states import RunStatus
+from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
+from dagrun.engine.control import (
+    Checkpoint,
+    PendingStep,
+    RunControl,
+    RunMetrics,
+    RunView,
+    StepFailure,
+    new_owner_id,
+    new_run_id,
+    new_run_record,
+)
+from dagrun.engine.driver import RunDriver, StepListener, Stop, StoredRun
+from dagrun.engine.outcome import RunResult, StepOutcome
+from dagrun.engine.watcher import Watcher
+from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
+from dagrun.flow.limits import NO_LIMITS
+from dagrun.flow.model import Flow, resolve_flow_inputs
+from dagrun.flow.parser import parse_flow
+from dagrun.flow.schema import DEFAULT_EXECUTOR
+from dagrun.store.base import Command, RunRecord, Store
+
+__all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PARALLEL = 128
+DEFAULT_LEASE_S = 15.0
+
+
+class Orchestrator:
+    """Runs flows against one store. Executors are named: ``local`` is always there; others are given
+    as Executor objects (owned by the caller) or URLs (opened here, closed by `aclose`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        executors: Mapping[str, Executor | str] | None = None,
+        functions: Mapping[str, HostFunction] | None = None,
+        processes: int | None = None,
+        token: str | None = None,
+        lease_s: float = DEFAULT_LEASE_S,
+        max_parallel: int = DEFAULT_MAX_PARALLEL,
+        fail_fast: bool = False,
+    ) -> None:
+        if max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        self.store = store
+        self.owner = new_owner_id("orchestrator")
+        self.control = RunControl(store)
+        self._options = ExecutorOptions(functions=dict(functions or {}), token=token, processes=processes)
+        self._configured: dict[str, Executor | str] = {DEFAULT_EXECUTOR: DEFAULT_EXECUTOR, **(executors or {})}
+        self._opened: dict[str, Executor] = {}
+        self._lease_s = lease_s
+        self._max_parallel = max_parallel
+        self._fail_fast = fail_fast
+        self._drivers: dict[str, RunDriver] = {}
+        self._background: dict[str, asyncio.Task[RunResult | None]] = {}
+        self._watcher = Watcher(store, self.owner, lease_s=lease_s, drivers=self._drivers, adopt=self._adopt)
+        self._closed = False
+
+    async def __aenter__(self) -> Orchestrator:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Hand back the runs driven here (another orchestrator may take them over), then close the
+        executors opened here (not the store, not executors passed in); safe twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for driver in list(self._drivers.values()):
+            driver.stop(Stop.HAND_BACK)
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
+        await self._watcher.aclose()
+        opened, self._opened = self._opened, {}
+        for executor in reversed(opened.values()):
+            await executor.aclose()
+
+    # --- executors ---------------------------------------------------------------------------------
+
+    def executor(self, name: str) -> Executor:
+        """The executor called `name`, opened on first use."""
+        if self._closed:
+            raise RuntimeError("Orchestrator is closed")
+        configured = self._configured[name]
+        if not isinstance(configured, str):
+            return configured
+        if name not in self._opened:
+            self._opened[name] = open_executor(configured, self._options)
+        return self._opened[name]
+
+    def check_executors(self, flow: Flow) -> None:
+        """FlowError for script steps naming an executor this orchestrator does not have; ExecutorError
+        for one that cannot be opened. Opens the ones the flow uses."""
+        script_steps = [step for step in flow.steps if step.wait_for is None]
+        problems = [
+            Problem(
+                f"steps[{step.index}].executor",
+                f"step {step.id!r} uses executor {step.executor!r}, which is not configured "
+                f"(configured: {', '.join(sorted(self._configured))}; add one with --executor NAME=URL)",
+            )
+            for step in script_steps
+            if step.executor not in self._configured
+        ]
+        if problems:
+            raise FlowError(problems, source=flow.source)
+        for name in {step.executor for step in script_steps}:
+            self.executor(name)
+
+    async def workers(self) -> dict[str, list[WorkerStatus]]:
+        """The live workers behind each configured remote executor URL (empty for those that cannot say)."""
+        found: dict[str, list[WorkerStatus]] = {}
+        for name, configured in self._configured.items():
+            if isinstance(configured, str) and "://" in configured and not configured.startswith("local"):
+                scheme = configured.split("://", 1)[0].lower()
+                try:
+                    found[name] = await find_transport(scheme).list_workers(configured, self._options)
+                except ExecutorError as exc:
+                    logger.warning("executor %s: cannot list workers: %s", name, exc)
+                    found[name] = []
+        return found
+
+    # --- starting and driving runs -----------------------------------------------------------------
+
+    async def run(
+        self,
+        flow: Flow,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        listener: StepListener | None = None,
+    ) -> RunResult:
+        """Run `flow` here to its end and return the outcome (`max_parallel` and `fail_fast` default to
+        the orchestrator's). Before anything is persisted: FlowError for unknown inputs or executor names,
+        ExecutorError for an executor that cannot be opened. A failing step never raises, it fails the
+        run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it; RunLost
+        when the store loses the run meanwhile."""
+        driver = await self._begin(flow, inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+        return await self._drive(driver, RunStatus.PENDING)
+
+    async def start_run(
+        self,
+        flow: Flow,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+    ) -> str:
+        """Record a run of `flow` and drive it here in the background; return its id at once (the run
+        is in the store when this returns). Raises like `run`."""
+        driver = await self._begin(flow, inputs, None, max_parallel=max_parallel, fail_fast=fail_fast)
+        self._in_background(driver.run_id, self._drive_or_none(driver, RunStatus.PENDING))
+        return driver.run_id
+
+    async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
+        """Record a run of `flow` for any orchestrator serving this store to drive; return its id."""
+        return await self.control.submit(flow, inputs=inputs)
+
+    async def drive(
+        self, run_id: str, *, wait_for_lease: bool = False, listener: StepListener | None = None
+    ) -> RunResult | None:
+        """Drive a recorded run here to its end: one submitted, or one whose driver died (completed steps
+        keep their outputs; steps that were running run again). None when the run has ended or another
+        live orchestrator holds its lease; with `wait_for_lease`, a lease that lapses unrenewed is waited
+        for and taken. FlowError when the run needs an executor this orchestrator does not have; RunLost
+        when the store loses the run while it is driven."""
+        if not await self._claim(run_id, wait=wait_for_lease):
+            return None
+        try:
+            run = await self.store.get_run(run_id)
+            if run.status.is_terminal:
+                await self.store.release_lease(run_id, self.owner)
+                return None
+            driver = await self._restore(run, listener)
+        except BaseException:
+            await self.store.release_lease(run_id, self.owner)
+            raise
+        return await self._drive_or_none(driver, run.status)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Drive every run submitted to the store, and every run whose driver died, until `stop` is set;
+        then hand back the runs driven here (see `aclose`)."""
+        self._watcher.serve()
+        try:
+            await stop.wait()
+        finally:
+            await self.aclose()
+
+    async def _begin(
+        self,
+        flow: Flow,
+        inputs: Mapping[str, Any] | None,
+        listener: StepListener | None,
+        *,
+        max_parallel: int | None,
+        fail_fast: bool | None,
+    ) -> RunDriver:
+        if max_parallel is not None and max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        if self._closed:
+            raise RuntimeError("Orchestrator is closed")
+        flow_inputs = resolve_flow_inputs(flow, inputs or {})
+        self.check_executors(flow)  # a bad URL fails here, before anything is persisted
+        run_id = new_run_id()
+        await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s)  # before a server could adopt it
+        await self.store.create_run(new_run_record(run_id, flow, flow_inputs), [step.id for step in flow.steps])
+        return self._driver(flow, run_id, flow_inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+
+    async def _restore(self, run: RunRecord, listener: StepListener | None) -> RunDriver:
+        try:
+            flow = _stored_flow(orjson.dumps(run.flow, option=orjson.OPT_SORT_KEYS))
+        except FlowError as exc:  # stored by an older dagrun, or written by hand
+            raise FlowError(exc.problems, source=f"run {run.run_id}") from exc
+        try:
+            self.check_executors(flow)
+        except (FlowError, ExecutorError) as exc:
+            message = f"orchestrator {self.owner} cannot drive it: {exc}"
+            await self.store.set_run_status(run.run_id, RunStatus.FAILED, at=time.time(), error=message)
+            await self.store.flush()
+            raise
+        stored = StoredRun(await self.store.get_steps(run.run_id), await self.store.get_context(run.run_id))
+        driver = self._driver(flow, run.run_id, dict(run.inputs), listener)
+        driver.restore(stored)
+        return driver
+
+    def _driver(
+        self,
+        flow: Flow,
+        run_id: str,
+        flow_inputs: dict[str, Any],
+        listener: StepListener | None,
+        *,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+    ) -> RunDriver:
+        return RunDriver(
+            self.store, self.executor, flow, run_id, flow_inputs,
+            max_parallel=self._max_parallel if max_parallel is None else max_parallel,
+            fail_fast=self._fail_fast if fail_fast is None else fail_fast,
+            listener=listener,
+        )  # fmt: skip
+
+    async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:
+        run_id = driver.run_id
+        self._drivers[run_id] = driver
+        self._watcher.driving(run_id)
+        handed_back = False
+        try:
+            return await driver.drive(stored_status=stored_status)
+        except RunHandedBack as exc:
+            handed_back = True
+            await self._raise_if_lost(run_id, exc)
+            raise
+        except RunNotFound as exc:
+            if exc.run_id != run_id:
+                raise
+            # It was there when the driver started: the store lost it (not a caller's unknown id).
+            raise RunLost(run_id) from exc
+        finally:
+            del self._drivers[run_id]
+            await asyncio.shield(self._watcher.done_with(run_id, handed_back=handed_back))
+
+    async def _raise_if_lost(self, run_id: str, handed_back: RunHandedBack) -> None:
+        """RunLost when a run handed back is gone from the store (its lease went with it: a Redis without
+        persistence restarted), rather than resumable."""
+        try:
+            await self.store.get_run(run_id)
+        except RunNotFound:
+            raise RunLost(run_id) from handed_back
+        except Exception as exc:  # the store cannot say: the hand-back stands
+            logger.warning("run %s: could not check that it still exists: %s", run_id, exc)
+
+    async def _drive_or_none(self, driver: RunDriver, stored_status: RunStatus) -> RunResult | None:
+        """`_drive` for runs driven in the background: a hand-back is logged there, not raised."""
+        try:
+            return await self._drive(driver, stored_status)
+        except RunHandedBack:
+            return None
+
+    async def _claim(self, run_id: str, *, wait: bool) -> bool:
+        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder)."""
+        last_expiry: float | None = None
+        while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
+            lease = await self.store.get_lease(run_id)
+            if lease is None:
+                continue
+            if not wait or (last_expiry is not None and lease.expires_at > last_expiry):
+                return False  # renewed since we looked: its holder is alive
+            last_expiry = lease.expires_at
+            logger.info("run %s: waiting for the lease of %s to lapse", run_id, lease.owner)
+            await asyncio.sleep(max(lease.expires_at - time.time(), 0) + 0.05)  # a deadline, not a poll
+        return True
+
+    def _adopt(self, run_id: str) -> None:
+        """Drive a run found by the watcher (submitted, or its driver gone) in the background."""
+        if run_id not in self._drivers and run_id not in self._background and not self._closed:
+            self._in_background(run_id, self.drive(run_id))
+
+    def _in_background(self, run_id: str, drive: Any) -> None:
+        task: asyncio.Task[RunResult | None] = asyncio.create_task(drive, name=f"dagrun run {run_id}")
+        self._background[run_id] = task
+        task.add_done_callback(lambda done: self._background_done(run_id, done))
+
+    def _background_done(self, run_id: str, task: asyncio.Task[RunResult | None]) -> None:
+        self._background.pop(run_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("run %s: its driver failed: %s", run_id, task.exception())
+
+    # --- control: the same calls as RunControl, and runs driven here are told at once --------------
+
+    async def status(self, run_id: str) -> RunView:
+        return await self.control.status(run_id)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        return await self.control.list_runs(status=status, flow_name=flow_name, limit=limit)
+
+    async def errors(self, run_id: str) -> list[StepFailure]:
+        return await self.control.errors(run_id)
+
+    async def metrics(self, run_id: str) -> RunMetrics:
+        return await self.control.metrics(run_id)
+
+    async def pending_work(self, run_id: str) -> list[PendingStep]:
+        return await self.control.pending_work(run_id)
+
+    async def checkpoint(self, run_id: str) -> Checkpoint:
+        return await self.control.checkpoint(run_id)
+
+    async def cancel(self, run_id: str) -> Command:
+        return await self._told(await self.control.cancel(run_id))
+
+    async def pause(self, run_id: str) -> Command:
+        return await self._told(await self.control.pause(run_id))
+
+    async def resume(self, run_id: str) -> Command:
+        """Undo `pause`; and when nobody drives the run (its driver died), drive it here in the background."""
+        command = await self._told(await self.control.resume(run_id))
+        if run_id not in self._drivers:
+            self._adopt(run_id)
+        return command
+
+    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
+        return await self._told(await self.control.signal(run_id, step_id, values))
+
+    async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
+        """The run's record once it has ended, or as it is when `timeout_s` passes."""
+        task = self._background.get(run_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=timeout_s)
+            return await self.store.get_run(run_id)
+        return await self.control.wait_for_completion(run_id, timeout_s=timeout_s)
+
+    async def _told(self, command: Command) -> Command:
+        """A run driven here applies its command now, without waiting for the store's notice."""
+        driver = self._drivers.get(command.run_id)
+        if driver is not None:
+            await driver.apply_new_commands()
+        return command
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_flow(document: bytes) -> Flow:
+    """The Flow of a stored run's document: an orchestrator that adopts many runs of one flow parses it
+    once (parsing compiles every script). Flows are immutable, so runs may share one. Without limits: they
+    applied when the run was submitted, and a run once accepted stays runnable by any orchestrator."""
+    return parse_flow(orjson.loads(document), source="stored run", limits=NO_LIMITS)

@@ -1,0 +1,41 @@
+"""What a run ended with: its status, its context and each step's outcome (`dagrun run --json`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from dagrun.contract.executor import StepError
+from dagrun.contract.states import RunStatus, StepStatus
+
+
+class StepOutcome(NamedTuple):
+    status: StepStatus
+    attempts: int
+    outputs: dict[str, Any]
+    error: StepError | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    run_id: str
+    status: RunStatus
+    context: dict[str, Any]
+    steps: dict[str, StepOutcome]
+
+    def to_json(self) -> dict[str, Any]:
+        """The document `dagrun run --json` prints."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "context": self.context,
+            "steps": {
+                step_id: {
+                    "status": outcome.status.value,
+                    "attempts": outcome.attempts,
+                    "outputs": outcome.outputs,
+                    "error": outcome.error.to_json() if outcome.error else None,
+                }
+                for step_id, outcome in self.steps.items()
+            },
+        }

@@ -1,0 +1,118 @@
+"""Which steps may start: in-degree counters; a step is decided when its counter reaches 0.
+
+Pure and synchronous (no I/O, no clock), so the orchestrator stays thin and the rules are property
+tested on their own. Each completion costs O(its out-degree), so a whole run is O(steps + edges).
+When a step is decided, its `run_if` says whether it becomes ready or is skipped; a skip completes
+the step at once and is propagated with an explicit stack (chains can be long).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dagrun.contract.states import RunIf, StepStatus
+from dagrun.flow.model import Flow
+
+
+@dataclass(slots=True)
+class Decisions:
+    """What one completion unlocked: steps to start now, steps skipped because of their run_if."""
+
+    ready: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(self, flow: Flow) -> None:
+        self._run_if = {step.id: step.run_if for step in flow.steps}
+        self._depends_on = {step.id: step.depends_on for step in flow.steps}
+        self._dependents: dict[str, list[str]] = {step.id: [] for step in flow.steps}
+        for step in flow.steps:
+            for dependency in step.depends_on:
+                self._dependents[dependency].append(step.id)
+        self._waiting_on = {step.id: len(step.depends_on) for step in flow.steps}
+        self.status: dict[str, StepStatus] = {step.id: StepStatus.PENDING for step in flow.steps}
+        # A step is tainted when it failed, was cancelled, or was skipped because of a failure upstream:
+        # `any_failed` steps run after a taint, `all_success` steps are skipped by one.
+        self._tainted: set[str] = set()
+        self._remaining = len(self.status)
+        self._roots = [step_id for step_id, dependencies in self._depends_on.items() if not dependencies]
+
+    @property
+    def is_done(self) -> bool:
+        return self._remaining == 0
+
+    def roots(self) -> list[str]:
+        """The steps that are ready at the start: those without dependencies."""
+        return list(self._roots)
+
+    def start(self, step_id: str) -> None:
+        self.status[step_id] = StepStatus.RUNNING
+
+    def complete(self, step_id: str, status: StepStatus) -> Decisions:
+        """Record that a step ended; return what that unlocks. ValueError for a step ended twice."""
+        decisions = Decisions()
+        self._apply(step_id, status, decisions)
+        return decisions
+
+    def restore(self, ended: Mapping[str, StepStatus]) -> Decisions:
+        """Replay a run driven before: `ended` holds the steps that succeeded or failed. Completions are
+        replayed in dependency order, so a step is reached only as the rules allow; returns the steps to
+        run now and the skips that follow (whether they were recorded before or not)."""
+        decisions = Decisions()
+        frontier = self.roots()
+        while frontier:
+            step_id = frontier.pop()
+            status = ended.get(step_id)
+            if status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+                self.start(step_id)
+                unlocked = self.complete(step_id, status)
+                frontier.extend(unlocked.ready)
+                decisions.skipped.extend(unlocked.skipped)
+            else:
+                decisions.ready.append(step_id)
+        return decisions
+
+    def cancel_rest(self) -> list[str]:
+        """Mark every step that has not ended as cancelled; return them (running ones included)."""
+        cancelled = [step_id for step_id, status in self.status.items() if not status.is_terminal]
+        for step_id in cancelled:
+            self.status[step_id] = StepStatus.CANCELLED
+            self._tainted.add(step_id)
+        self._remaining = 0
+        return cancelled
+
+    def _apply(self, step_id: str, status: StepStatus, decisions: Decisions) -> None:
+        if not status.is_terminal:
+            raise ValueError(f"step {step_id!r}: {status} is not a final state")
+        stack = [(step_id, status)]
+        while stack:
+            current, current_status = stack.pop()
+            if self.status[current].is_terminal:
+                raise ValueError(f"step {current!r} already ended as {self.status[current]}")
+            self.status[current] = current_status
+            self._remaining -= 1
+            if current_status in (StepStatus.FAILED, StepStatus.CANCELLED):
+                self._tainted.add(current)
+            for dependent in self._dependents[current]:
+                self._waiting_on[dependent] -= 1
+                if self._waiting_on[dependent] == 0 and self.status[dependent] == StepStatus.PENDING:
+                    if self._should_run(dependent):
+                        decisions.ready.append(dependent)
+                    else:
+                        if self._is_tainted_upstream(dependent):
+                            self._tainted.add(dependent)
+                        decisions.skipped.append(dependent)
+                        stack.append((dependent, StepStatus.SKIPPED))
+
+    def _should_run(self, step_id: str) -> bool:
+        rule = self._run_if[step_id]
+        if rule == RunIf.ALL_DONE:
+            return True
+        if rule == RunIf.ANY_FAILED:
+            return self._is_tainted_upstream(step_id)
+        return all(self.status[dependency] == StepStatus.SUCCEEDED for dependency in self._depends_on[step_id])
+
+    def _is_tainted_upstream(self, step_id: str) -> bool:
+        return any(dependency in self._tainted for dependency in self._depends_on[step_id])

@@ -1,0 +1,2 @@
+"""The flow model: a flow document becomes a frozen, validated `Flow` (schema, parser, problems, limits,
+references, the DAG), or one `FlowError` with every problem and its place. No I/O but `loader`'s file reads."""

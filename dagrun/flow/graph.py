@@ -1,0 +1,353 @@
+"""The dependency graph of a flow: edges run from a dependency to its dependent.
+
+Checks (unknown, self and repeated dependencies, duplicate ids, cycles, references that would race) are
+linear in steps + edges, but for references to steps that are not direct dependencies: each of those
+explores ancestors, at most once per step. Each problem comes back as a (location, message) pair so the
+caller can order problems as they appear in the file. Exports to Graphviz DOT and Mermaid, where a step
+that waits for a signal (a person) is a diamond. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import heapq
+import logging
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from dagrun.errors import CycleError
+from dagrun.flow.references import TOO_DEEP, Loc, Reference
+
+if TYPE_CHECKING:
+    from dagrun.flow.model import Flow, Step
+
+logger = logging.getLogger(__name__)
+
+Finding = tuple[Loc, str]  # where (a JSON location) and what
+_MAX_IDS_FOR_SUGGESTIONS = 2000  # difflib is linear per lookup: no hints in huge flows
+
+
+def build_graph(flow: Flow) -> nx.DiGraph[str]:
+    """A DiGraph with one node per step id (file order) and an edge dependency -> dependent."""
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    graph.add_nodes_from(step.id for step in flow.steps)
+    graph.add_edges_from((dep, step.id) for step in flow.steps for dep in step.depends_on if dep in graph)
+    return graph
+
+
+def _first_index(steps: Sequence[Step]) -> dict[str, int]:
+    first: dict[str, int] = {}
+    for position, step in enumerate(steps):
+        first.setdefault(step.id, position)
+    return first
+
+
+def _unknown_dependency(step: Step, dep: str, known: Mapping[str, int]) -> str:
+    message = f"step {step.id!r} depends on unknown step {dep!r}"
+    if len(known) <= _MAX_IDS_FOR_SUGGESTIONS:
+        close = difflib.get_close_matches(dep, list(known), n=1)
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+    return message
+
+
+def check_graph(
+    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool = True
+) -> list[Finding]:
+    """`check_dependencies` then `check_references`, sharing one topological sort."""
+    findings, order = _check_dependencies(steps)
+    return findings + _check_references(steps, flow_inputs, check_ancestry=check_ancestry, order=order)
+
+
+def check_dependencies(steps: Sequence[Step]) -> list[Finding]:
+    """Duplicate ids, unknown, self and repeated dependencies, and one cycle per strongly connected
+    component. Steps are read as given (they may be incomplete stand-ins for invalid ones)."""
+    return _check_dependencies(steps)[0]
+
+
+def _check_dependencies(steps: Sequence[Step]) -> tuple[list[Finding], list[str]]:
+    """The findings, and the topological order of the steps that are on no cycle."""
+    first = _first_index(steps)
+    findings: list[Finding] = []
+    dependents: dict[str, list[str]] = {step_id: [] for step_id in first}
+    for position, step in enumerate(steps):
+        step_id = step.id
+        is_first = first[step_id] == position
+        if not is_first:
+            original = steps[first[step_id]].index
+            findings.append((("steps", step.index, "id"), f"duplicate step id {step_id!r} (also steps[{original}])"))
+        deps = dict.fromkeys(step.depends_on)
+        if len(deps) < len(step.depends_on) or step_id in deps or not first.keys() >= deps.keys():
+            findings.extend(_dependency_problems(step, first))
+        if is_first:
+            for dep in deps:
+                if dep in first and dep != step_id:
+                    dependents[dep].append(step_id)
+    order = _kahn_order(dependents)
+    if len(order) < len(dependents):  # what Kahn's algorithm could not take is on or behind a cycle
+        by_id = _first_steps(steps)
+        for cycle in find_cycles(dependents, order=first):
+            start = by_id[cycle[0]]
+            where = ("steps", start.index, "depends_on", start.depends_on.index(cycle[-2]))
+            findings.append((where, f"step {start.id!r} is in a dependency cycle: {' -> '.join(cycle)}"))
+    return findings, order
+
+
+def _dependency_problems(step: Step, known: Mapping[str, int]) -> list[Finding]:
+    """Self, unknown and repeated dependencies of one step (the rare case: the caller checks first)."""
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for j, dep in enumerate(step.depends_on):
+        where: Loc = ("steps", step.index, "depends_on", j)
+        if dep == step.id:
+            findings.append((where, f"step {step.id!r} depends on itself"))
+        elif dep not in known:
+            findings.append((where, _unknown_dependency(step, dep, known)))
+        elif dep in seen:
+            findings.append((where, f"step {step.id!r} lists dependency {dep!r} twice"))
+        seen.add(dep)
+    return findings
+
+
+def _kahn_order(dependents: Mapping[str, Iterable[str]]) -> list[str]:
+    in_degree = dict.fromkeys(dependents, 0)
+    for targets in dependents.values():
+        for target in targets:
+            in_degree[target] += 1
+    ready = deque(node for node, degree in in_degree.items() if degree == 0)
+    order: list[str] = []
+    while ready:
+        node = ready.popleft()
+        order.append(node)
+        for target in dependents[node]:
+            in_degree[target] -= 1
+            if in_degree[target] == 0:
+                ready.append(target)
+    return order
+
+
+def find_cycles(dependents: Mapping[str, Iterable[str]], *, order: Mapping[str, int]) -> list[tuple[str, ...]]:
+    """One shortest cycle per strongly connected component, closed (a, b, a), starting at the member that
+    comes first in `order`; cycles sorted the same way. Self-loops are ignored (reported elsewhere)."""
+    graph: nx.DiGraph[str] = nx.DiGraph()
+    graph.add_nodes_from(dependents)
+    graph.add_edges_from((node, target) for node, targets in dependents.items() for target in targets if node != target)
+    cycles: list[tuple[str, ...]] = []
+    for component in nx.strongly_connected_components(graph):
+        if len(component) > 1:
+            start = min(component, key=order.__getitem__)
+            cycles.append(_shortest_cycle(graph, start, component))
+    return sorted(cycles, key=lambda cycle: order[cycle[0]])
+
+
+def _shortest_cycle(graph: nx.DiGraph[str], start: str, component: set[str]) -> tuple[str, ...]:
+    parent: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for target in graph.successors(node):
+            if target == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return (*reversed(path), start)
+            if target in component and target not in parent:
+                parent[target] = node
+                queue.append(target)
+    raise AssertionError(f"no cycle through {start!r} in its strongly connected component")
+
+
+def topological_order(flow: Flow) -> list[str]:
+    """Step ids with every step after all of its dependencies, ties in file order. CycleError names a cycle."""
+    dependents: dict[str, list[str]] = {step.id: [] for step in flow.steps}
+    for step in flow.steps:
+        for dep in dict.fromkeys(step.depends_on):
+            if dep in dependents and dep != step.id:
+                dependents[dep].append(step.id)
+    order = _kahn_order(dependents)
+    if len(order) < len(dependents):
+        positions = {step.id: step.index for step in flow.steps}
+        raise CycleError(find_cycles(dependents, order=positions)[0], source=flow.source)
+    return order
+
+
+def ancestors(flow: Flow, step_id: str) -> set[str]:
+    """Every step that `step_id` depends on, directly or not. KeyError for an unknown step."""
+    return _ancestors(flow.step(step_id), _first_steps(flow.steps))
+
+
+def _first_steps(steps: Sequence[Step]) -> dict[str, Step]:
+    return {step.id: step for step in reversed(steps)}
+
+
+def _ancestors(step: Step, by_id: Mapping[str, Step]) -> set[str]:
+    found: set[str] = set()
+    stack = [dep for dep in step.depends_on if dep in by_id]
+    while stack:
+        dep = stack.pop()
+        if dep not in found:
+            found.add(dep)
+            stack.extend(parent for parent in by_id[dep].depends_on if parent in by_id and parent not in found)
+    return found
+
+
+def check_references(
+    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool = True
+) -> list[Finding]:
+    """Inputs nested too deep, malformed references, references to unknown steps, to steps that are not
+    ancestors (a race; not checked without `check_ancestry`), to undeclared outputs, and to undeclared flow
+    inputs (not checked when `flow_inputs` is None: unknown).
+    A reference to a direct dependency costs O(1); only references to other steps explore ancestors,
+    once per step and no further than the referenced step's topological rank."""
+    return _check_references(steps, flow_inputs, check_ancestry=check_ancestry, order=None)
+
+
+def _check_references(
+    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool, order: list[str] | None
+) -> list[Finding]:
+    by_id = _first_steps(steps)
+    ranks: dict[str, int] | None = None
+    findings: list[Finding] = []
+    for step in steps:
+        compiled = step.compiled_inputs  # compiled once: the run resolves the same object
+        where: Loc = ("steps", step.index, "inputs")
+        for bad in compiled.malformed:
+            message = f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}"
+            findings.append(((*where, *bad.loc), message))
+        findings.extend(((*where, *loc), TOO_DEEP) for loc in compiled.too_deep)
+        upstream: _Upstream | None = None
+        # a join step may reference thousands of direct dependencies: test membership in a set
+        direct = step.depends_on if len(step.depends_on) < 8 else frozenset(step.depends_on)
+        for reference in compiled.references:
+            target = reference.step_id
+            if target is None:
+                message = _check_flow_reference(step, reference, flow_inputs)
+            elif not check_ancestry or target in direct or target not in by_id or target == step.id:
+                message = _check_step_reference(step, reference, by_id, is_ancestor=True)
+            else:
+                if upstream is None:
+                    if ranks is None:
+                        ranks = _ranks(by_id) if order is None else dict(zip(order, range(len(order)), strict=True))
+                    upstream = _Upstream(step, by_id, ranks)
+                message = _check_step_reference(step, reference, by_id, is_ancestor=target in upstream)
+            if message:
+                findings.append(((*where, *reference.loc), message))
+    return findings
+
+
+def _ranks(by_id: Mapping[str, Step]) -> dict[str, int]:
+    """Topological positions; steps on a cycle get none (the flow is rejected for the cycle anyway)."""
+    dependents: dict[str, list[str]] = {step_id: [] for step_id in by_id}
+    for step in by_id.values():
+        for dep in dict.fromkeys(step.depends_on):
+            if dep in dependents and dep != step.id:
+                dependents[dep].append(step.id)
+    return {step_id: rank for rank, step_id in enumerate(_kahn_order(dependents))}
+
+
+class _Upstream:
+    """The ancestors of one step, explored lazily in decreasing topological rank: every path from a
+    step X down to this one runs through higher ranks than X's, so asking about X stops once the
+    ancestors ranked above X have been expanded. Later questions resume where earlier ones stopped."""
+
+    def __init__(self, step: Step, by_id: Mapping[str, Step], ranks: Mapping[str, int]) -> None:
+        self._by_id = by_id
+        self._ranks = ranks
+        self._found: set[str] = set()
+        self._heap: list[tuple[int, str]] = []  # (-rank, id): highest rank first
+        self._add(step.depends_on)
+
+    def _add(self, ids: Iterable[str]) -> None:
+        for step_id in ids:
+            if step_id in self._by_id and step_id not in self._found:
+                self._found.add(step_id)
+                heapq.heappush(self._heap, (-self._ranks.get(step_id, len(self._ranks)), step_id))
+
+    def __contains__(self, step_id: str) -> bool:
+        floor = self._ranks.get(step_id, -1)  # no rank (a cycle): explore everything
+        while self._heap and -self._heap[0][0] > floor:
+            _, expanded = heapq.heappop(self._heap)
+            self._add(self._by_id[expanded].depends_on)
+        return step_id in self._found
+
+
+def _check_flow_reference(step: Step, reference: Reference, flow_inputs: Mapping[str, Any] | None) -> str:
+    if flow_inputs is None or reference.key in flow_inputs:
+        return ""
+    declared = ", ".join(sorted(flow_inputs)) or "none"
+    return (
+        f"step {step.id!r} references undeclared flow input {reference.key!r}; "
+        f"the flow declares: {declared} (declare it in the flow's 'inputs')"
+    )
+
+
+def _check_step_reference(step: Step, reference: Reference, by_id: Mapping[str, Step], *, is_ancestor: bool) -> str:
+    target_id = reference.step_id
+    assert target_id is not None
+    if target_id == step.id:
+        return f"step {step.id!r} references its own output {reference.text!r}"
+    if target_id not in by_id:
+        return f"step {step.id!r} references unknown step {target_id!r} in {reference.text!r}"
+    if not is_ancestor:
+        return (
+            f"step {step.id!r} references {reference.text!r}, but {target_id!r} is not among its dependencies, "
+            f"so it may not have run yet; add {target_id!r} to depends_on"
+        )
+    declared = by_id[target_id].outputs
+    if declared is not None and reference.key not in declared:
+        listed = ", ".join(declared) or "none"
+        return (
+            f"step {step.id!r} references {reference.text!r}, but step {target_id!r} declares no output "
+            f"{reference.key!r} (it declares: {listed})"
+        )
+    return ""
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def _dot_quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def to_dot(flow: Flow) -> str:
+    """Graphviz DOT: one node per step labelled by its id, a box, or a diamond for a step that waits for a
+    signal; an edge dependency -> dependent."""
+    lines = [f"digraph {_dot_quote(flow.name)} {{", "  node [shape=box];"]
+    lines.extend(
+        f"  {_dot_quote(step.id)}{' [shape=diamond]' if step.wait_for is not None else ''};" for step in flow.steps
+    )
+    lines.extend(
+        f"  {_dot_quote(dep)} -> {_dot_quote(step.id)};"
+        for step in flow.steps
+        for dep in dict.fromkeys(step.depends_on)
+    )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mermaid_label(text: str) -> str:
+    # Mermaid has no backslash escapes: anything that could end the label or be read as markup becomes
+    # an entity code (#quot; style, numeric).
+    return "".join(char if char.isalnum() or char in " _-.:/" else f"#{ord(char)};" for char in text)
+
+
+def to_mermaid(flow: Flow) -> str:
+    """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id;
+    a rectangle, or a rhombus for a step that waits for a signal."""
+    node = {step.id: f"s{position}" for position, step in reversed(list(enumerate(flow.steps)))}
+    lines = ["flowchart TD"]
+    for position, step in enumerate(flow.steps):
+        opening, closing = ("{", "}") if step.wait_for is not None else ("[", "]")
+        lines.append(f'  s{position}{opening}"{_mermaid_label(step.id)}"{closing}')
+    lines.extend(
+        f"  {node[dep]} --> {node[step.id]}"
+        for step in flow.steps
+        for dep in dict.fromkeys(step.depends_on)
+        if dep in node
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,68 @@
+"""Loading flow files: the I/O around `parse_flow`.
+
+A flow file is UTF-8 JSON; each step's `script_file` is read relative to the flow file's directory, and
+only from under it unless allowed (the check is in the one script reader, after symbolic links).
+Every failure, the flow file itself included, comes out as a FlowError naming the file: never a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+
+from dagrun.errors import FlowError, Problem
+from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
+from dagrun.flow.model import Flow
+from dagrun.flow.parser import ScriptReader, parse_flow
+
+logger = logging.getLogger(__name__)
+
+
+def load_flow(
+    path: str | os.PathLike[str], *, limits: FlowLimits = DEFAULT_LIMITS, allow_outside_scripts: bool = False
+) -> Flow:
+    """Read and validate the flow file at `path` (see `parse_flow` for `limits`); FlowError (source = the
+    path as given) lists every problem, including a flow file that cannot be read. A script_file must be
+    under the flow file's directory, symbolic links resolved, unless `allow_outside_scripts`."""
+    source = os.fspath(path)
+    flow_path = Path(path)
+    try:
+        data = flow_path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise FlowError([Problem("", f"cannot read the flow file: {reason}")], source=source) from exc
+    read_script = _script_reader(flow_path.parent, allow_outside=allow_outside_scripts)
+    flow = parse_flow(data, source=source, read_script=read_script, limits=limits)
+    logger.debug("flow %s loaded from %s: %d steps", flow.name, source, len(flow.steps))
+    return flow
+
+
+def _script_reader(base: Path, *, allow_outside: bool) -> ScriptReader:
+    """Reads a script_file relative to `base`. Unless `allow_outside`, one that is absolute or resolves
+    outside `base` is refused with an OSError, which the parser reports at the step's script_file: a flow
+    from elsewhere must not make dagrun read (and hand a step) any file the user can read."""
+    root = Path(os.path.realpath(base))
+
+    def read_script(script_file: str) -> str:
+        path = base / script_file
+        if not allow_outside:
+            _check_inside(root, script_file, path)
+        # text mode: universal newlines, so a script hashes alike whatever line endings it was saved with
+        return path.read_text(encoding="utf-8")
+
+    return read_script
+
+
+def _check_inside(root: Path, script_file: str, path: Path) -> None:
+    allow = "or pass --allow-outside-scripts"
+    if Path(script_file).is_absolute():
+        raise PermissionError(errno.EACCES, f"an absolute path; give it relative to the flow file ({allow})")
+    resolved = Path(os.path.realpath(path))  # realpath, not resolve(): a symbolic link loop is no RuntimeError
+    if not resolved.is_relative_to(root):
+        raise PermissionError(
+            errno.EACCES,
+            f"it resolves to {str(resolved)!r}, outside the flow file's directory {str(root)!r}; "
+            f"move it under that directory ({allow})",
+        )

@@ -1,0 +1,364 @@
+"""Parsing a flow document into a Flow, reporting every problem at once, in file order.
+
+Pure: reading script files is the caller's business (`read_script`). A Flow comes back only when its
+dependencies form a DAG, its references point at ancestors and its scripts compile in the sandbox.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+import pydantic
+
+from dagrun.contract.executor import script_hash
+from dagrun.errors import FlowError, Problem
+from dagrun.flow.graph import check_graph
+from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits, over_limits
+from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor
+from dagrun.flow.problems import (
+    Found,
+    file_position,
+    json_problem,
+    json_type,
+    pydantic_findings,
+    raw_step_id,
+    salvage,
+    step_label,
+    utf8_problem,
+    value_findings,
+)
+from dagrun.flow.references import Loc, format_location
+from dagrun.flow.schema import (
+    SCRIPT_ONLY_FIELDS,
+    STEP_BODIES,
+    DefaultsModel,
+    FlowFields,
+    FlowHeader,
+    StepModel,
+    WaitForModel,
+)
+
+ScriptReader = Callable[[str], str]  # script_file as written -> source; raises OSError
+ScriptChecker = Callable[[str], list[tuple[int | None, str]]]
+
+
+def parse_flow(
+    document: str | bytes | Mapping[str, Any],
+    *,
+    source: str = "<flow>",
+    read_script: ScriptReader | None = None,
+    limits: FlowLimits = DEFAULT_LIMITS,
+) -> Flow:
+    """Validate a flow document (JSON text or an already parsed mapping) into a Flow.
+
+    `read_script` reads a step's script_file (relative paths are its business); without one, script_file
+    is a problem. A timeout, attempt count or wait written over `limits` is a problem. Raises FlowError
+    listing every problem, in file order, each with its place.
+    """
+    raw, problems = _load_document(document)
+    if raw is None:
+        raise FlowError(problems, source=source)
+    check_json = not isinstance(document, str | bytes)
+    parser = _FlowParser(raw, read_script=read_script, check_json=check_json, limits=limits)
+    flow = parser.parse(source)
+    if flow is None or parser.found:
+        raise FlowError(parser.problems(), source=source)
+    return flow
+
+
+def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Problem]]:
+    if isinstance(document, Mapping):
+        return dict(document), []
+    if isinstance(document, bytes):
+        try:
+            text = document.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [utf8_problem(document, exc)]
+    else:
+        text = document
+    text = text.removeprefix("\ufeff")  # editors on Windows like to start files with a BOM
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return None, [json_problem(text, exc)]
+    if not isinstance(raw, dict):
+        return None, [Problem("", f"a flow is a JSON object, not {json_type(raw)}")]
+    return raw, []
+
+
+def _script_checker() -> ScriptChecker:
+    """The sandbox's compile check; a plain syntax check when the sandbox policy is not installed."""
+    try:
+        module = importlib.import_module("dagrun.sandbox.policy")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("dagrun.sandbox", "dagrun.sandbox.policy"):
+            raise
+        return _check_syntax
+    checker: ScriptChecker = module.check_script
+    return checker
+
+
+def _check_syntax(source: str) -> list[tuple[int | None, str]]:
+    try:
+        compile(source, "<script>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return [(exc.lineno, exc.msg)]
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        return [(None, str(exc) or type(exc).__name__)]
+    return []
+
+
+class _FlowParser:
+    """One parse: collects findings while building the steps, so that every problem is reported."""
+
+    def __init__(
+        self, raw: dict[str, Any], *, read_script: ScriptReader | None, check_json: bool, limits: FlowLimits
+    ) -> None:
+        self.raw = raw
+        self.read_script = read_script
+        self.limits = limits
+        self.check_json = check_json  # documents parsed from text hold JSON values by construction
+        self.found: list[Found] = []
+        self._files: dict[str, tuple[str | None, str]] = {}  # script_file -> (source, why not)
+        self._hashes: dict[str, str] = {}  # source -> hash
+        self._script_problems: dict[str, list[tuple[int | None, str]]] = {}  # hash -> problems
+        self._checker: ScriptChecker | None = None
+        self.graph_is_partial = False  # some step's depends_on is unknown: ancestry can't be judged
+
+    def problems(self) -> list[Problem]:
+        ordered = sorted(self.found, key=lambda found: file_position(self.raw, found[0]))
+        return [Problem(format_location(loc) + label, message) for loc, message, label in ordered]
+
+    def parse(self, source: str) -> Flow | None:
+        header, flow_inputs, defaults = self._header()
+        retries = RetryPolicy(**defaults.retries.model_dump())
+        steps: list[Step] = []
+        for index, (model, placeholder, dropped) in enumerate(self._step_models()):
+            if model is not None:
+                step = self._step(index, model, defaults, retries, dropped)
+                if "id" not in dropped:  # a step without an id of its own has no place in the graph
+                    steps.append(step)
+            elif placeholder is not None:
+                steps.append(placeholder)
+                self.graph_is_partial = True
+        graph_findings = check_graph(steps, flow_inputs, check_ancestry=not self.graph_is_partial)
+        self.found.extend((loc, message, "") for loc, message in graph_findings)
+        if header is None or flow_inputs is None:
+            return None
+        if self.found:  # the caller raises FlowError
+            return None
+        document = _with_scripts_inlined(orjson.loads(orjson.dumps(self.raw)) if self.check_json else self.raw, steps)
+        return Flow(header.name, tuple(steps), flow_inputs, header.description, source, document)
+
+    def _header(self) -> tuple[FlowFields | None, dict[str, Any] | None, DefaultsModel]:
+        """The flow's own fields; flow inputs are None when they are invalid (references to them can't
+        be checked), defaults are salvaged field by field."""
+        try:
+            header: FlowFields | None = FlowHeader.model_validate(self.raw)
+        except pydantic.ValidationError as exc:
+            header = None
+            self.found.extend(pydantic_findings(exc, FlowHeader, (), ""))
+            bad = {error["loc"][0] for error in exc.errors() if error["loc"]}
+        else:
+            bad = set()
+        flow_inputs = None if "inputs" in bad else dict(self.raw.get("inputs", {}))
+        for name, value in (flow_inputs or {}).items():  # text documents too: a value may nest too deep
+            self.found.extend((loc, message, "") for loc, message in value_findings(value, ("inputs", name)))
+        raw_defaults = self.raw.get("defaults", {})
+        try:
+            defaults = DefaultsModel.model_validate(raw_defaults)
+        except pydantic.ValidationError as exc:  # already reported by the header
+            defaults = salvage(DefaultsModel, raw_defaults, exc)[0] or DefaultsModel()
+        self.found.extend((("defaults", *loc), message, "") for loc, message in over_limits(defaults, self.limits))
+        return header, flow_inputs, defaults
+
+    def _step_models(self) -> list[tuple[StepModel | None, Step | None, frozenset[str]]]:
+        """Each step's model (and the invalid fields left out of it), or a stand-in that only carries
+        its id, so that it is not "unknown" to the steps that depend on it."""
+        raw_steps = self.raw.get("steps")
+        if not isinstance(raw_steps, list):
+            return []
+        try:  # the fast path: one call for the whole list
+            return [(model, None, _NOTHING) for model in _STEP_LIST.validate_python(raw_steps)]
+        except pydantic.ValidationError:
+            pass
+        models: list[tuple[StepModel | None, Step | None, frozenset[str]]] = []
+        for index, raw_step in enumerate(raw_steps):
+            try:
+                models.append((StepModel.model_validate(raw_step), None, _NOTHING))
+            except pydantic.ValidationError as exc:
+                step_id = raw_step_id(raw_step)
+                self.found.extend(pydantic_findings(exc, StepModel, ("steps", index), step_label(step_id)))
+                model, dropped = salvage(StepModel, raw_step, exc, {"id": "-"})
+                placeholder = Step(step_id, index, "", "") if model is None and step_id is not None else None
+                models.append((model, placeholder, dropped))
+        return models
+
+    def _step(
+        self, index: int, model: StepModel, defaults: DefaultsModel, retries: RetryPolicy, dropped: frozenset[str]
+    ) -> Step:
+        """The step from its model; `dropped` names invalid fields, already reported, left out of it."""
+        where: Loc = ("steps", index)
+        step_id = str(model.id)
+        label = "" if "id" in dropped else step_label(step_id)
+        given = model.model_fields_set
+        written = dropped | given  # an invalid field is left out of the model, but it was written
+        body = self._body(written, where, label)
+        self._check_limits(model, body, where, label)
+        if dropped and ("depends_on" in dropped or dropped - _STEP_FIELDS):
+            # its real depends_on is invalid, or maybe misspelled as an unknown field: without it, references
+            # to steps upstream of it would look like races
+            self.graph_is_partial = True
+        if body == "wait_for":
+            return self._waiting_step(index, model, written, label)
+        script = "" if body is None or body in dropped else self._script(model, body, where, label)
+        if "retries" in given:
+            retries = RetryPolicy(
+                **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
+            )
+        step = Step(
+            id=step_id,
+            index=index,
+            script=script,
+            script_hash=self._hash(script),
+            depends_on=tuple(map(str, model.depends_on)),
+            inputs=model.inputs,
+            outputs=tuple(model.outputs) if "outputs" in given else None,
+            run_if=model.run_if,
+            executor=model.executor if "executor" in given else defaults.executor,
+            context_id=model.context_id if "context_id" in given else defaults.context_id,
+            timeout_s=model.timeout_s if "timeout_s" in given else defaults.timeout_s,
+            retries=retries,
+            script_file=model.script_file if "script_file" in given else None,
+            description=model.description,
+        )
+        self._check_inputs(step, where, label)
+        return step
+
+    def _check_limits(self, model: StepModel, body: str | None, where: Loc, label: str) -> None:
+        for loc, message in over_limits(model, self.limits):
+            if body != "wait_for" or loc[0] == "wait_for":  # its other fields are problems of their own
+                self.found.append(((*where, *loc), message, label))
+
+    def _check_inputs(self, step: Step, where: Loc, label: str) -> None:
+        """In a mapping document, inputs JSON cannot say. Compiling the inputs walked them once, no deeper
+        than MAX_NESTING: inputs nested deeper are left to the reference check, which reports them."""
+        if self.check_json and not step.compiled_inputs.too_deep:
+            for name, value in step.inputs.items():
+                self.found.extend(
+                    (loc, message, label) for loc, message in value_findings(value, (*where, "inputs", name))
+                )
+
+    def _body(self, written: frozenset[str], where: Loc, label: str) -> str | None:
+        """Which of 'script', 'script_file' and 'wait_for' the step has; None (reported) unless exactly one."""
+        bodies = [name for name in STEP_BODIES if name in written]
+        if len(bodies) == 1:
+            return bodies[0]
+        if bodies:
+            has = (
+                f"has both {bodies[0]!r} and {bodies[1]!r}"
+                if len(bodies) == 2
+                else "has 'script', 'script_file' and 'wait_for'"
+            )
+            message = f"{has}; keep one (a step has exactly one of 'script', 'script_file' or 'wait_for')"
+        else:
+            message = (
+                "needs 'script' (Python source), 'script_file' (a path relative to the flow file) "
+                "or 'wait_for' (the fields a signal must provide)"
+            )
+        self.found.append((where, message, label))
+        return None
+
+    def _waiting_step(self, index: int, model: StepModel, written: frozenset[str], label: str) -> Step:
+        """A step that waits for a signal; the fields about a script written on it are problems (those
+        inherited from `defaults` are not: it does not inherit them)."""
+        for name in SCRIPT_ONLY_FIELDS:
+            if name in written:
+                message = f"a 'wait_for' step runs no script; {name!r} does not apply"
+                if name == "outputs":
+                    message += " (its outputs are the 'wait_for' fields)"
+                self.found.append((("steps", index, name), message, label))
+        wait_for = model.wait_for if "wait_for" in model.model_fields_set else self._salvage_wait_for(index)
+        return Step(
+            id=str(model.id),
+            index=index,
+            script="",
+            script_hash="",  # no script: nothing for an executor to look up
+            depends_on=tuple(map(str, model.depends_on)),
+            outputs=tuple(wait_for.fields) if wait_for is not None else None,
+            run_if=model.run_if,
+            description=model.description,
+            wait_for=WaitFor(tuple(wait_for.fields), wait_for.timeout_s) if wait_for is not None else None,
+        )
+
+    def _salvage_wait_for(self, index: int) -> WaitForModel | None:
+        """An invalid wait_for (already reported) without its invalid fields, so that references to its
+        fields can still be checked; None when its fields are what is invalid."""
+        raw = self.raw["steps"][index].get("wait_for")
+        try:
+            return WaitForModel.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            return salvage(WaitForModel, raw, exc)[0]
+
+    def _hash(self, script: str) -> str:
+        digest = self._hashes.get(script)
+        if digest is None:
+            digest = self._hashes[script] = script_hash(script)
+        return digest
+
+    def _script(self, model: StepModel, field_name: str, where: Loc, label: str) -> str:
+        """The step's source from `field_name` ('script' or 'script_file'), its problems reported; each
+        distinct script is compiled once."""
+        where = (*where, field_name)
+        source = model.script if field_name == "script" else self._read(model.script_file, where, label)
+        if source:
+            for line, message in self._check(source):
+                self.found.append((where, f"line {line}: {message}" if line else message, label))
+        return source
+
+    def _read(self, path: str, where: Loc, label: str) -> str:
+        if path not in self._files:
+            self._files[path] = self._load_script(path)
+        source, failure = self._files[path]
+        if source is None:
+            self.found.append((where, f"cannot read {path!r}: {failure}", label))
+        return source or ""
+
+    def _load_script(self, path: str) -> tuple[str | None, str]:
+        if self.read_script is None:
+            return None, "a flow given as a document must inline its scripts with 'script'"
+        try:
+            return self.read_script(path), ""
+        except OSError as exc:
+            return None, exc.strerror or str(exc)
+        except UnicodeDecodeError:
+            return None, "not UTF-8 text"
+
+    def _check(self, source: str) -> list[tuple[int | None, str]]:
+        digest = self._hash(source)
+        problems = self._script_problems.get(digest)
+        if problems is None:
+            if self._checker is None:
+                self._checker = _script_checker()
+            problems = self._script_problems[digest] = self._checker(source)
+        return problems
+
+
+def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
+    """The raw document (a copy the caller cannot change) with each script_file replaced by its source."""
+    if any(step.script_file is not None for step in steps):
+        raw_steps = list(raw["steps"])
+        for step in steps:
+            if step.script_file is not None:
+                inlined = {key: value for key, value in raw_steps[step.index].items() if key != "script_file"}
+                raw_steps[step.index] = inlined | {"script": step.script}
+        raw["steps"] = raw_steps
+    return raw
+
+
+_STEP_LIST = pydantic.TypeAdapter(list[StepModel])
+_STEP_FIELDS = frozenset(StepModel.model_fields)
+_NOTHING: frozenset[str] = frozenset()

@@ -1,0 +1,232 @@
+"""The flow file's pydantic models: the only source of its JSON Schema (`dagrun schema`).
+
+Untrusted JSON is validated by these models (`extra="forbid"`); `flow_parser` turns them into Flow values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
+
+from dagrun.contract.states import RunIf
+from dagrun.flow.references import MAX_NESTING
+
+DEFAULT_TIMEOUT_S = 30.0
+# The default limits (`FlowLimits`): the largest numbers a flow may ask for unless whoever runs dagrun sets
+# others. Generous for real work, yet one flow from any client holds a sandbox process a day per attempt
+# at most, and an attempt count past a hundred is a loop, not a retry policy.
+LIMIT_TIMEOUT_S = 24 * 3600.0  # the longest batch job people run as one step
+LIMIT_ATTEMPTS = 100
+LIMIT_BACKOFF_S = 3600.0  # a wait between attempts holds no process, but it holds the step (and its run)
+LIMIT_WAIT_S = 30 * 24 * 3600.0  # a person's approval can take weeks; waiting holds no process
+DEFAULT_EXECUTOR = "local"
+DEFAULT_CONTEXT_ID = "default"
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+_STEP_ID_PATTERN = r"^[^\s.{}]{1,200}$"
+STEP_ID_RE = re.compile(_STEP_ID_PATTERN)
+
+
+ID_RULE = "1-200 characters without whitespace, '.', '{' or '}'"
+
+# A union, not a validator function: pydantic checks 100k ids without calling back into Python.
+StepId = Annotated[
+    Annotated[str, StringConstraints(pattern=_STEP_ID_PATTERN)] | StrictInt,
+    Field(union_mode="left_to_right"),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "pattern": _STEP_ID_PATTERN}, {"type": "integer"}],
+            "description": f"A step id: a string of {ID_RULE}; an integer is read as a string.",
+        }
+    ),
+]
+ID_UNION_TAGS = frozenset({"constrained-str", "int"})  # how pydantic names StepId's members in error locs
+
+STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
+# Fields that only say how a script runs: a step that waits for a signal runs none.
+SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
+
+
+def _unset(default: Any, description: str, *, maximum: float | None = None, **constraints: Any) -> Any:
+    """A field whose absence matters (inherited from `defaults`, or no contract): the parser asks
+    `model_fields_set`, and the schema shows no default (and the default `maximum`, if any)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema.pop("default", None)  # absent means "inherited" or "not given", not this value
+        schema.update(_limited(maximum) if maximum is not None else {})
+
+    return Field(default=default, description=description, json_schema_extra=extra, **constraints)
+
+
+def _limited(maximum: float) -> dict[str, Any]:
+    """Schema keywords for a number bounded by a default limit: an editor warns past it (a server may allow
+    more, or less: the limits are its to set, see `FlowLimits`). Not a model constraint, for that reason."""
+    return {"maximum": maximum}
+
+
+_LIMIT_NOTE = " Whoever runs dagrun sets its maximum (default: %.15g)."
+
+
+class _Model(BaseModel):
+    # strict: "30" is not a number and 1 is not true; a flow file says what it means
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RetriesModel(_Model):
+    """How often a failed step is tried again, and how long to wait in between."""
+
+    model_config = ConfigDict(title="Retries")
+
+    max_attempts: int = Field(
+        default=1,
+        ge=1,
+        json_schema_extra=_limited(LIMIT_ATTEMPTS),
+        description="Attempts in all, the first included (1: no retry)." + _LIMIT_NOTE % LIMIT_ATTEMPTS,
+    )
+    backoff_s: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="Wait before attempt 2; doubles." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
+    max_backoff_s: float = Field(
+        default=60.0,
+        ge=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_BACKOFF_S),
+        description="The longest wait, in seconds." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
+    )
+    jitter: bool = Field(default=False, description="Wait a random time between half and all of the backoff.")
+
+
+class WaitForModel(_Model):
+    """The step runs no script: it waits until a signal provides these fields, which become its outputs."""
+
+    model_config = ConfigDict(title="WaitFor")
+
+    fields: list[str] = Field(
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Output keys a signal must provide, each once; steps downstream read '${steps.ID.KEY}'.",
+    )
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        default=None,
+        json_schema_extra=_limited(LIMIT_WAIT_S),
+        description="Seconds to wait for the signal; absent or null: no limit." + _LIMIT_NOTE % LIMIT_WAIT_S,
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _distinct(cls, fields: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in fields:
+            if name in seen:
+                raise ValueError(f"field {name!r} is listed twice; list each field once")
+            seen.add(name)
+        return fields
+
+
+class DefaultsModel(_Model):
+    """Values every step inherits unless it sets its own."""
+
+    model_config = ConfigDict(title="Defaults")
+
+    executor: str = Field(default=DEFAULT_EXECUTOR, min_length=1, description="Executor name ('local', ...).")
+    timeout_s: float = Field(
+        default=DEFAULT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
+        json_schema_extra=_limited(LIMIT_TIMEOUT_S),
+        description="Seconds a step may run." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
+    )
+    retries: RetriesModel = Field(
+        default=RetriesModel(), description="A step's own retries override it field by field."
+    )
+    context_id: str = Field(
+        default=DEFAULT_CONTEXT_ID, min_length=1, description="Routes steps to a context's workers."
+    )
+
+
+_WAITS: dict[str, Any] = {
+    "required": ["wait_for"],
+    "not": {"anyOf": [{"required": [name]} for name in SCRIPT_ONLY_FIELDS]},  # it runs no script
+}
+
+
+class StepModel(_Model):
+    """One step: a sandboxed Python script, or a wait for a signal (a person's approval, say). Exactly one
+    of 'script', 'script_file' or 'wait_for'; a 'wait_for' step takes none of the fields about its script."""
+
+    model_config = ConfigDict(
+        title="Step",
+        json_schema_extra={"oneOf": [{"required": ["script"]}, {"required": ["script_file"]}, _WAITS]},
+    )
+
+    id: StepId
+    description: str = Field(default="", description="What the step does, for people.")
+    script: str = _unset("", "Python source run in the sandbox; it reads `inputs` and fills `outputs`.")
+    script_file: str = _unset(
+        "", "Path of the script, relative to the flow file and under its directory.", min_length=1
+    )
+    # None when absent: defaults are not validated, so null is refused while absence is not; the parser
+    # asks `model_fields_set`, like for the other fields whose absence matters
+    wait_for: WaitForModel = _unset(None, "Instead of a script: wait for a signal that provides these fields.")
+    depends_on: list[StepId] = Field(default=[], description="Ids of the steps that must end before this one.")
+    inputs: dict[str, Any] = Field(
+        default={},
+        description="JSON values given to the script as `inputs`. A string may hold '${steps.ID.KEY}' (an output of "
+        "an ancestor step) or '${flow.KEY}' (a flow input); exactly one reference keeps the value's type. "
+        f"'$${{' is a literal '${{'. A value nests at most {MAX_NESTING} arrays and objects deep.",
+    )
+    outputs: list[str] = _unset([], "Output keys the step promises; a missing one fails it; references are checked.")
+    run_if: RunIf = Field(
+        default=RunIf.ALL_SUCCESS,
+        strict=False,  # the enum's values are strings; strict would want enum members
+        description="all_success: run when every dependency succeeded; all_done: when they all ended; "
+        "any_failed: when one failed (clean-up, alerts).",
+    )
+    executor: str = _unset(DEFAULT_EXECUTOR, "Executor name; default from 'defaults'.", min_length=1)
+    context_id: str = _unset(DEFAULT_CONTEXT_ID, "Worker context; default from 'defaults'.", min_length=1)
+    timeout_s: float = _unset(
+        DEFAULT_TIMEOUT_S,
+        "Seconds it may run; default from 'defaults'." + _LIMIT_NOTE % LIMIT_TIMEOUT_S,
+        maximum=LIMIT_TIMEOUT_S,
+        gt=0,
+        allow_inf_nan=False,
+    )
+    retries: RetriesModel = _unset(RetriesModel(), "Retry policy; fields not set come from 'defaults.retries'.")
+
+
+class FlowFields(_Model):
+    schema_uri: str = Field(default="", alias="$schema", description="This file's JSON Schema, for editors; ignored.")
+    name: str = Field(min_length=1, description="The flow's name; runs are listed by it.")
+    description: str = Field(default="", description="What the flow does, for people.")
+    inputs: dict[str, Any] = Field(
+        default={},
+        description="Flow inputs and their defaults (JSON, nested at most "
+        f"{MAX_NESTING} arrays and objects deep), overridable per run; steps read '${{flow.KEY}}'.",
+    )
+    defaults: DefaultsModel = Field(default=DefaultsModel(), description="Values steps inherit.")
+
+
+class FlowModel(FlowFields):
+    """A dagrun flow: sandboxed Python steps, run as a DAG of their dependencies."""
+
+    model_config = ConfigDict(title="dagrun flow")
+
+    steps: list[StepModel] = Field(min_length=1, description="The steps, in any order; each runs after its depends_on.")
+
+
+class FlowHeader(FlowFields):
+    """The flow's own fields, validated apart from its steps (which are validated as a list, or one by one
+    when any is invalid)."""
+
+    steps: list[Any] = Field(min_length=1)
+
+
+def flow_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a flow file, from the models."""
+    return {"$schema": JSON_SCHEMA_DIALECT, **FlowModel.model_json_schema(by_alias=True)}

@@ -1,0 +1,1 @@
+"""The Redis store: runs shared by many machines, written in batches of Lua script calls."""

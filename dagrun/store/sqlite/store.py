@@ -1,0 +1,469 @@
+"""The SQLite store, the embedded default: one file in WAL mode, one writer thread, group commits.
+
+Writes never wait for I/O: each call builds its rows on the event loop and queues them for the writer
+thread (`writer`), which commits them in groups, in call order, numbering events in the database
+so that every process writing to a run continues one gap-free sequence. Each run this process drives
+(holds the live lease of) has a small cache (step positions, context), exact because only the lease
+holder writes a run; a run driven elsewhere, or whose lease lapsed, is read from the file, and its
+context merged in the writer's transaction. Commands and leases are answered by the writer once
+committed. Every read first awaits `flush()`, then queries through its own connection on a reader
+thread, so it sees every write made before it; other processes read the committed state of the file.
+SQLite cannot wake another process, so one watcher per store (`waiter`) checks ``PRAGMA
+data_version`` every 20 ms while anyone waits; when it changed, it reads the marks of the channels waited on
+(a run's last event seq, the last notice cursor) and wakes only the waiters whose channel moved.
+A store opened `read_only` has no writer: it creates nothing, and its writes raise StoreError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar
+
+import orjson
+
+from dagrun.contract.context import ContextOp
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
+from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
+from dagrun.store.fencing import Fences
+from dagrun.store.sqlite import file as sqlite_file
+from dagrun.store.sqlite import schema
+from dagrun.store.sqlite.waiter import CommitWatcher
+from dagrun.store.sqlite.writer import Writer
+
+logger = logging.getLogger(__name__)
+
+_EVICTED_PRUNE_AT = 1024
+_CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
+_NOTICES = "notices"  # the notices' waiting channel, its mark the last cursor
+_RUN_CHANNEL = "run:"  # + a run id: the waiting channel of the run's events, its mark the run's last seq
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _RunState:
+    """What the driving side knows of a run it writes to; exact because one process drives a run, kept
+    only while this process holds the run's live lease, and dropped when the run ends or the lease lapses
+    or changes hands (another process may have driven it since)."""
+
+    positions: dict[str, int]  # step id -> place in the flow
+    context: str  # the context's JSON text after every operation applied so far
+
+
+class SqliteStore:
+    """`async with SqliteStore.open("~/.dagrun") as store: ...`; see the module docstring."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        commit_interval_s: float = 0.002,
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        """Open (creating if needed) the store at `path`: a ``.db`` file, or a directory that holds
+        ``dagrun.db``. StoreError, with the path, when it cannot be created, opened or written, or when
+        the file is not a store (an empty file is a damaged store, not a new one).
+
+        With `read_only`, an existing store is opened to be read, also where nothing can be written;
+        StoreNotFound when there is none, as nothing is created. `commit_interval_s` is the shortest time
+        between two commits unless a flush waits; `busy_timeout_s` is how long a statement waits for
+        another process's lock before the store reports an error.
+        """
+        self._fences = Fences()
+        self._writer: Writer | None = None
+        self._made_wal_files = False  # by reading: removed at close, so that reading leaves no file behind
+        if read_only:
+            self.path, self._reader_conn, self._made_wal_files = sqlite_file.open_for_reading(
+                path, busy_timeout_s=busy_timeout_s
+            )
+        else:
+            self.path, write_conn, self._reader_conn = sqlite_file.open_for_writing(path, busy_timeout_s=busy_timeout_s)
+            self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s, on_refused=self._refused)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
+        self._states: dict[str, _RunState] = {}
+        # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
+        # While their rows may be uncommitted, the file cannot tell that they exist; this can.
+        self._evicted: dict[str, int] = {}
+        self._leases: dict[str, float] = {}  # run id -> expires_at of the lease this process last claimed
+        self._load_lock = asyncio.Lock()  # one cache load or run creation at a time
+        self._watcher = CommitWatcher(
+            self._read_version, self._read_marks, interval_s=_CHECK_INTERVAL_S, owner="SqliteStore"
+        )
+        self._closed = False
+        self._failure_reported = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        commit_interval_s: float = 0.002,
+        busy_timeout_s: float = 10.0,
+    ) -> Self:
+        """Same as the constructor; reads well in ``async with SqliteStore.open(path) as store``."""
+        return cls(path, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, read_only: bool = False, commit_interval_s: float = 0.002, busy_timeout_s: float = 10.0
+    ) -> Self:
+        """``sqlite:///abs/path/dagrun.db`` or ``sqlite:///abs/dir``; ``sqlite://rel/path`` is relative."""
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() != "sqlite" or not sep or not rest:
+            raise StoreError(f"{redact(url)!r} is not a SQLite store URL; expected sqlite:///path/to/dagrun.db")
+        return cls(rest, read_only=read_only, commit_interval_s=commit_interval_s, busy_timeout_s=busy_timeout_s)
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed so far by the writer thread."""
+        return 0 if self._writer is None else self._writer.commits
+
+    async def __aenter__(self) -> Self:
+        self._check_usable()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- writes: queued; the driver's never wait for I/O --------------------------------------------
+
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
+        writer = self._writable()
+        run_id = run.run_id
+        where = f"run {run_id!r}"
+        run_row = (
+            run_id, run.flow_name, run.status, encode_json(run.flow, where=f"{where} flow"),
+            encode_json(run.inputs, where=f"{where} inputs"), run.created_at, run.started_at, run.finished_at,
+            run.error,
+        )  # fmt: skip
+        positions: dict[str, int] = {}
+        for step_id in step_ids:
+            positions.setdefault(step_id, len(positions))
+        step_rows = [
+            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "", 0.0)
+            for step_id, position in positions.items()
+        ]
+        async with self._load_lock:
+            if run_id in self._states or run_id in self._evicted or await self._read(schema.run_exists, run_id):
+                raise StoreError(f"run {run_id!r} already exists")
+            self._check_usable()  # closed while we read?
+            if self._drives(run_id):  # an orchestrator claims the lease first; a submitted run is driven elsewhere
+                self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            else:
+                self._remember_queued(run_id)
+            writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
+
+    async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
+        """Needs no cache: a process that only controls a run (a cancel) does not load one."""
+        writer = self._writable(run_id)
+        if run_id not in self._states:
+            await self._query(schema.require_run, run_id)
+            self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
+        is_terminal = status.is_terminal
+        writer.add_run_update(
+            (status, at if status == RunStatus.RUNNING else None, at if is_terminal else None, error, run_id),
+            (run_id, at, "run", status, None, 0, error or ""),
+            self._fences.epochs.get(run_id, 0),
+        )
+        if is_terminal:
+            self._forget(run_id)
+            await self.flush()
+            self._fences.check(run_id)
+
+    async def record_step(self, step: StepRecord, *, message: str = "") -> None:
+        run_id = step.run_id
+        writer = self._writer
+        if writer is None or self._closed or writer.failure is not None or run_id in self._fences.refused:
+            writer = self._writable(run_id)
+        if self._drives(run_id):
+            positions = (self._states.get(run_id) or await self._load_state(run_id)).positions
+        else:  # another process may have added steps since: the file knows
+            positions, _ = await self._query(schema.read_run_state, run_id)
+            self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
+        step_id = step.step_id
+        position = positions.get(step_id)
+        if position is None:  # a step the run was not created with: it goes last
+            position = positions[step_id] = len(positions)
+        outputs = step.outputs
+        try:
+            outputs_json = orjson.dumps(outputs).decode() if outputs else EMPTY_OBJECT
+        except TypeError as exc:
+            raise StoreError(f"run {run_id!r} step {step_id!r} outputs: not a JSON value: {exc}") from exc
+        error = step.error
+        status = step.status
+        attempt = step.attempt
+        writer.add_step(
+            (
+                run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
+                None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
+            ),
+            (run_id, time.time(), "step", status, step_id, attempt, message),
+            self._fences.epochs.get(run_id, 0),
+        )  # fmt: skip
+
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
+        """Merged into the cached context with no await in between when this process drives the run, else
+        into the file's in the writer's transaction: either way concurrent callers never lose updates."""
+        writer = self._writable(run_id)
+        fence = self._fences.epochs.get(run_id, 0)
+        if not self._drives(run_id):
+            apply = functools.partial(schema.apply_context, run_id=run_id, ops=ops, fence=fence)
+            merged = await self._write_now(apply)
+            if merged is None:
+                raise RunNotFound(run_id)
+            if isinstance(merged, int):
+                self._refused(run_id, merged)
+                raise LeaseLost(run_id, epoch=merged, held=fence)
+            return merged
+        state = self._states.get(run_id) or await self._load_state(run_id)
+        state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
+        writer.add_context((run_id, state.context), fence)
+        return value, rejected
+
+    # --- reads: flush, then query committed data ----------------------------------------------------
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return await self._query(schema.read_run, run_id)
+
+    async def list_runs(
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        return await self._query(schema.read_runs, status, flow_name, limit)
+
+    async def get_steps(self, run_id: str) -> list[StepRecord]:
+        return await self._query(schema.read_steps, run_id)
+
+    async def get_context(self, run_id: str) -> dict[str, Any]:
+        """From the cache when this process drives the run (the same value, without a flush); else what
+        the file holds, which other processes may have written."""
+        self._check_usable()
+        state = self._states.get(run_id) if self._drives(run_id) else None
+        if state is not None:
+            value: dict[str, Any] = decode_json(state.context)
+            return value
+        return await self._query(schema.read_context, run_id)
+
+    async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        return await self._query(schema.read_events, run_id, after_seq, limit)
+
+    async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
+        channel = _RUN_CHANNEL + run_id
+        return await self._wait(channel, after_seq, schema.read_events, run_id, after_seq, None, timeout_s=timeout_s)
+
+    async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
+        return await self._query(schema.read_commands, run_id, after_seq)
+
+    async def notice_cursor(self) -> int:
+        return await self._query(schema.read_notice_cursor)
+
+    async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
+        return await self._wait(_NOTICES, after, schema.read_notices, after, timeout_s=timeout_s)
+
+    async def get_lease(self, run_id: str) -> Lease | None:
+        return await self._query(schema.read_lease, run_id, time.time())
+
+    # --- commands and leases: written at once, answered once committed -----------------------------
+
+    async def send_command(
+        self,
+        run_id: str,
+        kind: CommandKind,
+        *,
+        at: float,
+        step_id: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Command:
+        """Committed before it returns, with its COMMAND notice; RunNotFound when there is no such run."""
+        kind = CommandKind(kind)
+        values_json = encode_json(values or {}, where=f"run {run_id!r} signal values")
+        append = functools.partial(
+            schema.append_command, run_id=run_id, at=at, kind=kind, step_id=step_id, values_json=values_json
+        )
+        seq = await self._write_now(append)
+        if seq is None:
+            raise RunNotFound(run_id)
+        return Command(seq, run_id, at, kind, step_id, decode_json(values_json))
+
+    async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
+        (claimed,) = await self.claim_leases([run_id], owner, ttl_s=ttl_s)
+        return claimed
+
+    async def claim_leases(self, run_ids: Sequence[str], owner: str, *, ttl_s: float) -> list[bool]:
+        """One writer call for all; a claim that does not renew a live lease of this process drops the
+        run's cache."""
+        now = time.time()
+        run_ids = list(run_ids)
+        held = [self._fences.held_by(run_id, owner) for run_id in run_ids]
+        claim = functools.partial(schema.claim_leases, run_ids=run_ids, held=held, owner=owner, now=now, ttl_s=ttl_s)
+        epochs = await self._write_now(claim)
+        for run_id, epoch in zip(run_ids, epochs, strict=True):
+            if epoch:
+                if self._leases.get(run_id, 0.0) <= now:
+                    self._forget(run_id)
+                self._leases[run_id] = now + ttl_s
+                self._fences.claimed(run_id, owner, epoch)
+        return [epoch > 0 for epoch in epochs]
+
+    async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
+        self._fences.released(run_id, owner)
+        await self._write_now(functools.partial(schema.release_lease, run_id=run_id, owner=owner, notify=notify))
+        self._forget(run_id)
+
+    async def flush(self) -> None:
+        """Return once every write made before the call is committed; StoreError if a commit failed."""
+        self._check_usable()
+        if self._writer is not None:
+            await self._reporting(self._writer.flush())
+
+    async def aclose(self) -> None:
+        """Flush, stop the writer and close the connections; StoreError if writes were lost and no call
+        has said so yet. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        already_reported = self._failure_reported
+        try:
+            await self._watcher.aclose()  # its waiters wake and find the store closed
+            if self._writer is not None:
+                await self._reporting(self._writer.flush())
+        except StoreError:
+            if not already_reported:
+                raise
+        finally:
+            if self._writer is not None:
+                await self._writer.stop()
+            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
+            self._reader.shutdown(wait=True)
+            if self._made_wal_files:
+                await asyncio.to_thread(sqlite_file.remove_wal_files, self.path)
+            self._states.clear()
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    async def _reporting(self, waiting: Awaitable[T]) -> T:
+        """Await the writer, remembering when its failure reaches a caller (aclose then stays quiet)."""
+        try:
+            return await waiting
+        except StoreError:
+            self._failure_reported = True
+            raise
+
+    async def _write_now(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """`function`'s result on the writer thread, committed together with every write made before."""
+        return await self._reporting(self._writable().call(function))
+
+    async def _query(self, query: Callable[..., T], *args: Any) -> T:
+        """`query` on the reader thread after a flush, so that it sees every write made before the call."""
+        await self.flush()
+        return await self._read(query, *args)
+
+    async def _wait(
+        self, channel: str, after: int, query: Callable[..., list[T]], *args: Any, timeout_s: float
+    ) -> list[T]:
+        """`query`'s rows once there are some, or [] after `timeout_s`; run again when the watcher sees a
+        commit move the channel's mark past `after`. Waiters on one channel share one wake-up; RuntimeError
+        when the store closes meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        await self.flush()  # the first query sees every write made before the call; later ones, every commit
+        if timeout_s <= 0:
+            return await self._read(query, *args)
+        while True:
+            async with self._watcher.watch(channel, after) as changed:  # entered first: a commit after it is not missed
+                found = await self._read(query, *args)
+                if found:
+                    return found
+                done, _ = await asyncio.wait((changed,), timeout=deadline - time.monotonic())
+                if not done:
+                    return found
+
+    async def _read_version(self) -> int:
+        return await self._read(schema.read_data_version)
+
+    async def _read_marks(self, channels: list[str]) -> dict[str, int]:
+        """Each channel's mark, in one reader call however many runs are waited on."""
+        run_ids = [channel.removeprefix(_RUN_CHANNEL) for channel in channels if channel.startswith(_RUN_CHANNEL)]
+        last_seqs, notice_cursor = await self._read(schema.read_marks, run_ids, _NOTICES in channels)
+        marks = {_RUN_CHANNEL + run_id: seq for run_id, seq in last_seqs.items()}
+        if _NOTICES in channels:
+            marks[_NOTICES] = notice_cursor
+        return marks
+
+    async def _load_state(self, run_id: str) -> _RunState:
+        """The run's cache, read from the file after a flush; RunNotFound when there is no such run."""
+        async with self._load_lock:
+            state = self._states.get(run_id)
+            if state is None:
+                self._check_usable()
+                # The run may have been evicted with rows still queued.
+                positions, context = await self._query(schema.read_run_state, run_id)
+                state = self._states[run_id] = _RunState(positions, context)
+        self._check_usable()  # the caller queues rows next: not if the store closed while we waited
+        return state
+
+    def _drives(self, run_id: str) -> bool:
+        """Whether this process holds the run's live lease: then no other process writes the run, and its
+        cache is exact. A cache kept from a lease that lapsed since is dropped: others may have written."""
+        if self._leases.get(run_id, 0.0) > time.time():
+            return True
+        if run_id in self._states:
+            self._forget(run_id)
+        return False
+
+    def _forget(self, run_id: str) -> None:
+        """Drop what this process knows of the run; it is read from the file if the run is written to again."""
+        self._leases.pop(run_id, None)
+        if self._states.pop(run_id, None) is not None:
+            self._remember_queued(run_id)
+
+    def _remember_queued(self, run_id: str) -> None:
+        """Note that the run exists, for as long as rows of it queued so far may be uncommitted."""
+        if self._writer is None:  # nothing is queued
+            return
+        self._evicted[run_id] = self._writer.batches_queued
+        if len(self._evicted) >= _EVICTED_PRUNE_AT:
+            committed = self._writer.batches_committed
+            self._evicted = {key: batch for key, batch in self._evicted.items() if batch >= committed}
+
+    async def _read(self, query: Callable[..., T], *args: Any) -> T:
+        if self._closed:  # closed while the caller awaited a flush: the reader may be gone
+            raise RuntimeError("SqliteStore is closed")
+        call = functools.partial(query, self._reader_conn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader, call)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
+
+    def _refused(self, run_id: str, epoch: int) -> None:
+        """On the writer thread: the run's writes were refused. (A dict write, atomic under the GIL.)"""
+        self._fences.refused[run_id] = epoch
+
+    def _check_usable(self, run_id: str | None = None) -> None:
+        """RuntimeError once closed, the writer's StoreError once a commit failed, and LeaseLost for a run
+        whose writes were refused."""
+        if self._closed:
+            raise RuntimeError("SqliteStore is closed")
+        if self._writer is not None and self._writer.failure is not None:
+            self._failure_reported = True
+            raise self._writer.failure_error()
+        if run_id is not None:
+            self._fences.check(run_id)
+
+    def _writable(self, run_id: str | None = None) -> Writer:
+        """The writer, once the store is found usable (for writes of `run_id`: see `_check_usable`);
+        StoreError when it was opened read-only."""
+        self._check_usable(run_id)
+        if self._writer is None:
+            raise StoreError(f"{self.path}: the store was opened read-only, so it cannot be written")
+        return self._writer
