@@ -21,8 +21,6 @@ NOT_YET_SPLIT = {
     "dagrun/engine/control.py",
     "dagrun/engine/driver.py",
     "dagrun/sandbox/pool.py",
-    "dagrun/store/sqlite/schema.py",
-    "dagrun/store/sqlite/store.py",
     "executors/redis_queue/client.py",
 }
 

@@ -23,7 +23,8 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import StoreError, StoreNotFound
 from dagrun.store import SqliteStore, StepRecord, Store, open_store
 from dagrun.store.base import CommandKind, NoticeKind
-from dagrun.store.sqlite import schema
+from dagrun.store.sqlite import control, query, schema
+from dagrun.store.sqlite import file as store_file
 from tests.store.conftest import StoreFactory, create, make_run
 
 INCR = ContextOpKind.INCR
@@ -126,7 +127,7 @@ async def test_a_file_from_schema_version_1_is_migrated_and_its_runs_carry_on(tm
 async def test_the_notice_log_keeps_only_the_newest(
     sqlite_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(schema, "MAX_NOTICES", 3)
+    monkeypatch.setattr(control, "MAX_NOTICES", 3)
     s = sqlite_store()
     for i in range(4):
         await create(s, f"r{i}")
@@ -229,14 +230,14 @@ async def test_commits_wait_for_the_interval_unless_flushed(tmp_path: Path) -> N
 
 async def test_writes_are_committed_in_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     statements: list[str] = []  # every statement SQLite executes, as its trace callback reports them
-    real_connect = schema.connect
+    real_connect = store_file.connect
 
     def traced_connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
         conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.set_trace_callback(statements.append)
         return conn
 
-    monkeypatch.setattr(schema, "connect", traced_connect)
+    monkeypatch.setattr(store_file, "connect", traced_connect)
     calls = 2000
     async with SqliteStore.open(tmp_path) as s:
         await create_driven(s, ["r1"], [f"s{i}" for i in range(calls // 2)])
@@ -496,14 +497,14 @@ def test_a_read_only_directory_raises_store_error_naming_it(tmp_path: Path) -> N
 
 def _tiny_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every connection gets a file size limit of 64 pages, so a big write fails as on a full disk."""
-    real_connect = schema.connect
+    real_connect = store_file.connect
 
     def connect(path: Path, *, busy_timeout_s: float, **options: str) -> sqlite3.Connection:
         conn = real_connect(path, busy_timeout_s=busy_timeout_s, **options)
         conn.execute("PRAGMA max_page_count = 64")
         return conn
 
-    monkeypatch.setattr(schema, "connect", connect)
+    monkeypatch.setattr(store_file, "connect", connect)
 
 
 async def test_a_writer_failure_surfaces_as_store_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -570,7 +571,7 @@ async def test_waiters_share_one_watcher_that_wakes_them_all_on_one_commit(
 ) -> None:
     calls = {"read_data_version": 0, "read_events": 0}  # counted on the store's one reader thread
     for name in calls:
-        monkeypatch.setattr(schema, name, _counting(calls, name, getattr(schema, name)))
+        monkeypatch.setattr(query, name, _counting(calls, name, getattr(query, name)))
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path, commit_interval_s=60.0) as s:  # commits only when flushed
@@ -610,7 +611,7 @@ async def test_a_commit_wakes_only_the_waiters_of_the_runs_it_wrote_to(
 ) -> None:
     calls = {"read_events": 0, "read_marks": 0}  # counted on the store's one reader thread
     for name in calls:
-        monkeypatch.setattr(schema, name, _counting(calls, name, getattr(schema, name)))
+        monkeypatch.setattr(query, name, _counting(calls, name, getattr(query, name)))
     run_ids = [f"r{i}" for i in range(200)]
 
     async with SqliteStore.open(tmp_path) as s:

@@ -78,7 +78,7 @@ def remove_wal_files(file: Path) -> None:
     """Remove the -wal and -shm files that reading `file` made, unless a connection still uses them: SQLite
     removes them when the last connection that may write the file closes. Nothing is written to the file."""
     with contextlib.suppress(sqlite3.Error):
-        conn = schema.connect(file, busy_timeout_s=0)
+        conn = connect(file, busy_timeout_s=0)
         try:
             conn.execute("PRAGMA user_version").fetchone()  # opens the WAL, so that closing removes it
         finally:
@@ -191,6 +191,14 @@ def check_same_file(file: Path, opened: FileId | None) -> None:
     )
 
 
+def connect(path: Path, *, busy_timeout_s: float, options: str = "mode=rw") -> sqlite3.Connection:
+    """A connection to the existing file at `path` (the default `options`, SQLite's URI parameters, never
+    create one) in autocommit mode (transactions are explicit), usable from the thread that owns it."""
+    return sqlite3.connect(
+        f"{path.as_uri()}?{options}", uri=True, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+    )
+
+
 def open_connection(
     file: Path, *, busy_timeout_s: float, prepare: bool, options: str = "mode=rw"
 ) -> sqlite3.Connection:
@@ -198,7 +206,7 @@ def open_connection(
     to WAL and its schema created or migrated, else the connection only reads. StoreError, with the path,
     when it cannot be used."""
     try:
-        conn = schema.connect(file, busy_timeout_s=busy_timeout_s, options=options)
+        conn = connect(file, busy_timeout_s=busy_timeout_s, options=options)
     except sqlite3.Error as exc:
         raise _open_error(file, exc) from exc
     try:

@@ -1,17 +1,17 @@
 """The SQLite store, the embedded default: one file in WAL mode, one writer thread, group commits.
 
-Writes never wait for I/O: each call builds its rows on the event loop and queues them for the writer
-thread (`writer`), which commits them in groups, in call order, numbering events in the database
-so that every process writing to a run continues one gap-free sequence. Each run this process drives
-(holds the live lease of) has a small cache (step positions, context), exact because only the lease
-holder writes a run; a run driven elsewhere, or whose lease lapsed, is read from the file, and its
-context merged in the writer's transaction. Commands and leases are answered by the writer once
-committed. Every read first awaits `flush()`, then queries through its own connection on a reader
-thread, so it sees every write made before it; other processes read the committed state of the file.
-SQLite cannot wake another process, so one watcher per store (`waiter`) checks ``PRAGMA
-data_version`` every 20 ms while anyone waits; when it changed, it reads the marks of the channels waited on
-(a run's last event seq, the last notice cursor) and wakes only the waiters whose channel moved.
-A store opened `read_only` has no writer: it creates nothing, and its writes raise StoreError.
+Writes never wait for I/O: each call builds its rows (in the column orders of `schema`) on the event loop
+and queues them for the writer thread (`writer`), which commits them in groups, in call order, numbering
+events in the database so that every process writing to a run continues one gap-free sequence. Each run
+this process drives (holds the live lease of) has a small cache (`cache`: step positions, context); a run
+driven elsewhere, or whose lease lapsed, is read from the file, and its context merged in the writer's
+transaction. Commands and leases (`control`) are answered by the writer once committed. Every read first
+awaits `flush()`, then queries (`query`, `control`) through its own connection on a reader thread
+(`reader`), so it sees every write made before it; other processes read the committed state of the file.
+SQLite cannot wake another process, so one watcher per store (`wait`) checks ``PRAGMA data_version`` every
+20 ms while anyone waits, and wakes only the waiters whose channel moved. Where the file is, how it is made
+and opened, is in `file`. A store opened `read_only` has no writer: it creates nothing, and its writes
+raise StoreError.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 import orjson
@@ -35,29 +33,15 @@ from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
 from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
 from dagrun.store.fencing import Fences
-from dagrun.store.sqlite import file as sqlite_file
-from dagrun.store.sqlite import schema
-from dagrun.store.sqlite.waiter import CommitWatcher
+from dagrun.store.sqlite import control, query, schema
+from dagrun.store.sqlite.cache import RunCache, RunState
+from dagrun.store.sqlite.file import open_for_reading, open_for_writing
+from dagrun.store.sqlite.reader import NOTICES, Reader, run_channel
 from dagrun.store.sqlite.writer import Writer
 
 logger = logging.getLogger(__name__)
 
-_EVICTED_PRUNE_AT = 1024
-_CHECK_INTERVAL_S = 0.02  # how often the watcher asks the file whether anything was committed
-_NOTICES = "notices"  # the notices' waiting channel, its mark the last cursor
-_RUN_CHANNEL = "run:"  # + a run id: the waiting channel of the run's events, its mark the run's last seq
-
 T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class _RunState:
-    """What the driving side knows of a run it writes to; exact because one process drives a run, kept
-    only while this process holds the run's live lease, and dropped when the run ends or the lease lapses
-    or changes hands (another process may have driven it since)."""
-
-    positions: dict[str, int]  # step id -> place in the flow
-    context: str  # the context's JSON text after every operation applied so far
 
 
 class SqliteStore:
@@ -82,24 +66,15 @@ class SqliteStore:
         """
         self._fences = Fences()
         self._writer: Writer | None = None
-        self._made_wal_files = False  # by reading: removed at close, so that reading leaves no file behind
+        made_wal_files = False  # by reading: removed at close, so that reading leaves no file behind
         if read_only:
-            self.path, self._reader_conn, self._made_wal_files = sqlite_file.open_for_reading(
-                path, busy_timeout_s=busy_timeout_s
-            )
+            self.path, reader_conn, made_wal_files = open_for_reading(path, busy_timeout_s=busy_timeout_s)
         else:
-            self.path, write_conn, self._reader_conn = sqlite_file.open_for_writing(path, busy_timeout_s=busy_timeout_s)
+            self.path, write_conn, reader_conn = open_for_writing(path, busy_timeout_s=busy_timeout_s)
             self._writer = Writer(write_conn, self.path, interval_s=commit_interval_s, on_refused=self._refused)
-        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dagrun-sqlite-reader")
-        self._states: dict[str, _RunState] = {}
-        # Runs dropped from _states (ended, or handed to another driver) -> the writer's batch number then.
-        # While their rows may be uncommitted, the file cannot tell that they exist; this can.
-        self._evicted: dict[str, int] = {}
-        self._leases: dict[str, float] = {}  # run id -> expires_at of the lease this process last claimed
+        self._reader = Reader(reader_conn, self.path, made_wal_files=made_wal_files)
+        self._cache = RunCache(self._writer)
         self._load_lock = asyncio.Lock()  # one cache load or run creation at a time
-        self._watcher = CommitWatcher(
-            self._read_version, self._read_marks, interval_s=_CHECK_INTERVAL_S, owner="SqliteStore"
-        )
         self._closed = False
         self._failure_reported = False
 
@@ -156,19 +131,20 @@ class SqliteStore:
             for step_id, position in positions.items()
         ]
         async with self._load_lock:
-            if run_id in self._states or run_id in self._evicted or await self._read(schema.run_exists, run_id):
+            if self._cache.knows(run_id) or await self._reader.read(schema.run_exists, run_id):
                 raise StoreError(f"run {run_id!r} already exists")
             self._check_usable()  # closed while we read?
-            if self._drives(run_id):  # an orchestrator claims the lease first; a submitted run is driven elsewhere
-                self._states[run_id] = _RunState(positions, EMPTY_OBJECT)
+            # An orchestrator claims the lease first; a run submitted for another process to drive is not cached.
+            if self._cache.drives(run_id):
+                self._cache.add(run_id, positions, EMPTY_OBJECT)
             else:
-                self._remember_queued(run_id)
+                self._cache.remember_queued(run_id)
             writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Needs no cache: a process that only controls a run (a cancel) does not load one."""
         writer = self._writable(run_id)
-        if run_id not in self._states:
+        if self._cache.get(run_id) is None:
             await self._query(schema.require_run, run_id)
             self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
         is_terminal = status.is_terminal
@@ -178,7 +154,7 @@ class SqliteStore:
             self._fences.epochs.get(run_id, 0),
         )
         if is_terminal:
-            self._forget(run_id)
+            self._cache.forget(run_id)
             await self.flush()
             self._fences.check(run_id)
 
@@ -187,10 +163,10 @@ class SqliteStore:
         writer = self._writer
         if writer is None or self._closed or writer.failure is not None or run_id in self._fences.refused:
             writer = self._writable(run_id)
-        if self._drives(run_id):
-            positions = (self._states.get(run_id) or await self._load_state(run_id)).positions
+        if self._cache.drives(run_id):
+            positions = (self._cache.get(run_id) or await self._load_state(run_id)).positions
         else:  # another process may have added steps since: the file knows
-            positions, _ = await self._query(schema.read_run_state, run_id)
+            positions, _ = await self._query(query.read_run_state, run_id)
             self._check_usable(run_id)  # rows are queued next: not if the store closed while we read
         step_id = step.step_id
         position = positions.get(step_id)
@@ -218,7 +194,7 @@ class SqliteStore:
         into the file's in the writer's transaction: either way concurrent callers never lose updates."""
         writer = self._writable(run_id)
         fence = self._fences.epochs.get(run_id, 0)
-        if not self._drives(run_id):
+        if not self._cache.drives(run_id):
             apply = functools.partial(schema.apply_context, run_id=run_id, ops=ops, fence=fence)
             merged = await self._write_now(apply)
             if merged is None:
@@ -227,7 +203,7 @@ class SqliteStore:
                 self._refused(run_id, merged)
                 raise LeaseLost(run_id, epoch=merged, held=fence)
             return merged
-        state = self._states.get(run_id) or await self._load_state(run_id)
+        state = self._cache.get(run_id) or await self._load_state(run_id)
         state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
         writer.add_context((run_id, state.context), fence)
         return value, rejected
@@ -235,44 +211,44 @@ class SqliteStore:
     # --- reads: flush, then query committed data ----------------------------------------------------
 
     async def get_run(self, run_id: str) -> RunRecord:
-        return await self._query(schema.read_run, run_id)
+        return await self._query(query.read_run, run_id)
 
     async def list_runs(
         self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        return await self._query(schema.read_runs, status, flow_name, limit)
+        return await self._query(query.read_runs, status, flow_name, limit)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
-        return await self._query(schema.read_steps, run_id)
+        return await self._query(query.read_steps, run_id)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """From the cache when this process drives the run (the same value, without a flush); else what
         the file holds, which other processes may have written."""
         self._check_usable()
-        state = self._states.get(run_id) if self._drives(run_id) else None
+        state = self._cache.get(run_id) if self._cache.drives(run_id) else None
         if state is not None:
             value: dict[str, Any] = decode_json(state.context)
             return value
-        return await self._query(schema.read_context, run_id)
+        return await self._query(query.read_context, run_id)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
-        return await self._query(schema.read_events, run_id, after_seq, limit)
+        return await self._query(query.read_events, run_id, after_seq, limit)
 
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
-        channel = _RUN_CHANNEL + run_id
-        return await self._wait(channel, after_seq, schema.read_events, run_id, after_seq, None, timeout_s=timeout_s)
+        channel = run_channel(run_id)
+        return await self._wait(channel, after_seq, query.read_events, run_id, after_seq, None, timeout_s=timeout_s)
 
     async def get_commands(self, run_id: str, *, after_seq: int = 0) -> list[Command]:
-        return await self._query(schema.read_commands, run_id, after_seq)
+        return await self._query(control.read_commands, run_id, after_seq)
 
     async def notice_cursor(self) -> int:
-        return await self._query(schema.read_notice_cursor)
+        return await self._query(control.read_notice_cursor)
 
     async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
-        return await self._wait(_NOTICES, after, schema.read_notices, after, timeout_s=timeout_s)
+        return await self._wait(NOTICES, after, control.read_notices, after, timeout_s=timeout_s)
 
     async def get_lease(self, run_id: str) -> Lease | None:
-        return await self._query(schema.read_lease, run_id, time.time())
+        return await self._query(control.read_lease, run_id, time.time())
 
     # --- commands and leases: written at once, answered once committed -----------------------------
 
@@ -289,7 +265,7 @@ class SqliteStore:
         kind = CommandKind(kind)
         values_json = encode_json(values or {}, where=f"run {run_id!r} signal values")
         append = functools.partial(
-            schema.append_command, run_id=run_id, at=at, kind=kind, step_id=step_id, values_json=values_json
+            control.append_command, run_id=run_id, at=at, kind=kind, step_id=step_id, values_json=values_json
         )
         seq = await self._write_now(append)
         if seq is None:
@@ -306,20 +282,18 @@ class SqliteStore:
         now = time.time()
         run_ids = list(run_ids)
         held = [self._fences.held_by(run_id, owner) for run_id in run_ids]
-        claim = functools.partial(schema.claim_leases, run_ids=run_ids, held=held, owner=owner, now=now, ttl_s=ttl_s)
+        claim = functools.partial(control.claim_leases, run_ids=run_ids, held=held, owner=owner, now=now, ttl_s=ttl_s)
         epochs = await self._write_now(claim)
         for run_id, epoch in zip(run_ids, epochs, strict=True):
             if epoch:
-                if self._leases.get(run_id, 0.0) <= now:
-                    self._forget(run_id)
-                self._leases[run_id] = now + ttl_s
+                self._cache.claimed(run_id, now=now, ttl_s=ttl_s)
                 self._fences.claimed(run_id, owner, epoch)
         return [epoch > 0 for epoch in epochs]
 
     async def release_lease(self, run_id: str, owner: str, *, notify: bool = False) -> None:
         self._fences.released(run_id, owner)
-        await self._write_now(functools.partial(schema.release_lease, run_id=run_id, owner=owner, notify=notify))
-        self._forget(run_id)
+        await self._write_now(functools.partial(control.release_lease, run_id=run_id, owner=owner, notify=notify))
+        self._cache.forget(run_id)
 
     async def flush(self) -> None:
         """Return once every write made before the call is committed; StoreError if a commit failed."""
@@ -335,7 +309,7 @@ class SqliteStore:
         self._closed = True
         already_reported = self._failure_reported
         try:
-            await self._watcher.aclose()  # its waiters wake and find the store closed
+            await self._reader.stop_reading()  # its waiters wake and find the store closed
             if self._writer is not None:
                 await self._reporting(self._writer.flush())
         except StoreError:
@@ -344,11 +318,8 @@ class SqliteStore:
         finally:
             if self._writer is not None:
                 await self._writer.stop()
-            await asyncio.get_running_loop().run_in_executor(self._reader, self._reader_conn.close)
-            self._reader.shutdown(wait=True)
-            if self._made_wal_files:
-                await asyncio.to_thread(sqlite_file.remove_wal_files, self.path)
-            self._states.clear()
+            await self._reader.aclose()
+            self._cache.clear()
 
     # --- internals ----------------------------------------------------------------------------------
 
@@ -364,86 +335,33 @@ class SqliteStore:
         """`function`'s result on the writer thread, committed together with every write made before."""
         return await self._reporting(self._writable().call(function))
 
-    async def _query(self, query: Callable[..., T], *args: Any) -> T:
-        """`query` on the reader thread after a flush, so that it sees every write made before the call."""
+    async def _query(self, reading: Callable[..., T], *args: Any) -> T:
+        """`reading` (from `query` or `control`) on the reader thread after a flush, so that it sees every
+        write made before the call."""
         await self.flush()
-        return await self._read(query, *args)
+        return await self._reader.read(reading, *args)
 
     async def _wait(
-        self, channel: str, after: int, query: Callable[..., list[T]], *args: Any, timeout_s: float
+        self, channel: str, after: int, reading: Callable[..., list[T]], *args: Any, timeout_s: float
     ) -> list[T]:
-        """`query`'s rows once there are some, or [] after `timeout_s`; run again when the watcher sees a
-        commit move the channel's mark past `after`. Waiters on one channel share one wake-up; RuntimeError
-        when the store closes meanwhile."""
+        """`reading`'s rows once there are some, or [] after `timeout_s` (see `Reader.wait`)."""
         deadline = time.monotonic() + timeout_s
         await self.flush()  # the first query sees every write made before the call; later ones, every commit
         if timeout_s <= 0:
-            return await self._read(query, *args)
-        while True:
-            async with self._watcher.watch(channel, after) as changed:  # entered first: a commit after it is not missed
-                found = await self._read(query, *args)
-                if found:
-                    return found
-                done, _ = await asyncio.wait((changed,), timeout=deadline - time.monotonic())
-                if not done:
-                    return found
+            return await self._reader.read(reading, *args)
+        return await self._reader.wait(channel, after, reading, *args, deadline=deadline)
 
-    async def _read_version(self) -> int:
-        return await self._read(schema.read_data_version)
-
-    async def _read_marks(self, channels: list[str]) -> dict[str, int]:
-        """Each channel's mark, in one reader call however many runs are waited on."""
-        run_ids = [channel.removeprefix(_RUN_CHANNEL) for channel in channels if channel.startswith(_RUN_CHANNEL)]
-        last_seqs, notice_cursor = await self._read(schema.read_marks, run_ids, _NOTICES in channels)
-        marks = {_RUN_CHANNEL + run_id: seq for run_id, seq in last_seqs.items()}
-        if _NOTICES in channels:
-            marks[_NOTICES] = notice_cursor
-        return marks
-
-    async def _load_state(self, run_id: str) -> _RunState:
+    async def _load_state(self, run_id: str) -> RunState:
         """The run's cache, read from the file after a flush; RunNotFound when there is no such run."""
         async with self._load_lock:
-            state = self._states.get(run_id)
+            state = self._cache.get(run_id)
             if state is None:
                 self._check_usable()
                 # The run may have been evicted with rows still queued.
-                positions, context = await self._query(schema.read_run_state, run_id)
-                state = self._states[run_id] = _RunState(positions, context)
+                positions, context = await self._query(query.read_run_state, run_id)
+                state = self._cache.add(run_id, positions, context)
         self._check_usable()  # the caller queues rows next: not if the store closed while we waited
         return state
-
-    def _drives(self, run_id: str) -> bool:
-        """Whether this process holds the run's live lease: then no other process writes the run, and its
-        cache is exact. A cache kept from a lease that lapsed since is dropped: others may have written."""
-        if self._leases.get(run_id, 0.0) > time.time():
-            return True
-        if run_id in self._states:
-            self._forget(run_id)
-        return False
-
-    def _forget(self, run_id: str) -> None:
-        """Drop what this process knows of the run; it is read from the file if the run is written to again."""
-        self._leases.pop(run_id, None)
-        if self._states.pop(run_id, None) is not None:
-            self._remember_queued(run_id)
-
-    def _remember_queued(self, run_id: str) -> None:
-        """Note that the run exists, for as long as rows of it queued so far may be uncommitted."""
-        if self._writer is None:  # nothing is queued
-            return
-        self._evicted[run_id] = self._writer.batches_queued
-        if len(self._evicted) >= _EVICTED_PRUNE_AT:
-            committed = self._writer.batches_committed
-            self._evicted = {key: batch for key, batch in self._evicted.items() if batch >= committed}
-
-    async def _read(self, query: Callable[..., T], *args: Any) -> T:
-        if self._closed:  # closed while the caller awaited a flush: the reader may be gone
-            raise RuntimeError("SqliteStore is closed")
-        call = functools.partial(query, self._reader_conn, *args)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._reader, call)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: reading the store failed: {exc}") from exc
 
     def _refused(self, run_id: str, epoch: int) -> None:
         """On the writer thread: the run's writes were refused. (A dict write, atomic under the GIL.)"""

@@ -7,7 +7,7 @@ seqs are assigned in that transaction, which holds the file's write lock, so wri
 continue the same sequence. Batches are committed in the order they were queued, so writes are applied
 in the order they were made. A failed commit is kept and turned into a StoreError for every later call:
 writes are never lost silently. So is a commit to a file that has since been deleted or replaced, which
-SQLite does not notice: each commit is followed by one stat of the path (`sqlite_file.check_same_file`).
+SQLite does not notice: each commit is followed by one stat of the path (`file.check_same_file`).
 Run writes are fenced (`fencing`): each carries the lease epoch its store holds, and the transaction drops
 those of runs whose epoch has passed it, telling `on_refused`.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dagrun.errors import StoreError
-from dagrun.store.sqlite import file as sqlite_file
-from dagrun.store.sqlite import schema
+from dagrun.store.sqlite import control, schema
+from dagrun.store.sqlite.file import check_same_file, file_id
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Writer:
         self.batches_committed = 0
         self._conn = conn
         self._path = path
-        self._file_id = sqlite_file.file_id(path)  # the file `conn` opened, as the path named it just now
+        self._file_id = file_id(path)  # the file `conn` opened, as the path named it just now
         self._interval_s = interval_s
         self._on_refused = on_refused
         # The lock guards _batch and _idle: the loop appends, the writer swaps the batch out.
@@ -232,7 +232,7 @@ class Writer:
         if self.failure is None and batch.size():  # a batch of flush waiters only needs no transaction
             try:
                 self._write(batch)
-                sqlite_file.check_same_file(self._path, self._file_id)
+                check_same_file(self._path, self._file_id)
             except Exception as exc:  # becomes the StoreError of every later call
                 logger.error("sqlite store %s: commit of %d rows failed: %s", self._path, batch.size(), exc)
                 self.failure = exc
@@ -263,7 +263,7 @@ class Writer:
             if batch.events:
                 _insert_rows(conn, schema.INSERT_EVENTS, _numbered(conn, batch.events))
             if batch.notices:
-                schema.append_notices(conn, batch.notices)
+                control.append_notices(conn, batch.notices)
             for call in batch.calls:
                 call.result = call.function(conn)
             conn.execute("COMMIT")
