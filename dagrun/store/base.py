@@ -15,6 +15,9 @@ It is also how processes that share runs talk to each other, without polling whe
   each new claim raises the run's lease epoch, and the store refuses a run write (step state, context,
   run status, events) made under an older epoch than the run's with LeaseLost, so a driver that lost its
   lease cannot write even before it notices. (The memory store serves one process: it has nothing to fence.)
+
+`Store` is those jobs' roles together: `RunWriter` (what drivers write), `RunReader` (what views read),
+`EventLog`, `CommandLog` (commands and notices) and `Leases`; a part that plays one role is typed with it.
 """
 
 from __future__ import annotations
@@ -103,10 +106,11 @@ class Lease(NamedTuple):
     epoch: int = 0  # the fencing token: raised by every claim that is not a renewal
 
 
-class Store(Protocol):
-    async def __aenter__(self) -> Store: ...
-
-    async def __aexit__(self, *exc_info: object) -> None: ...
+class RunWriter(Protocol):
+    """Run records, step states and the shared context, written by the driver of a run (`engine.driver`);
+    `create_run` by whoever submits one (the orchestrator, `engine.control.RunControl`), `set_run_status` also
+    by whoever ends a run nobody drives. Writes may be queued: `flush` returns once they are durable (the
+    CLI reports a step only then)."""
 
     async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
         """Record a new run and its steps, all `pending`, in that order, and a SUBMITTED notice;
@@ -122,6 +126,15 @@ class Store(Protocol):
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Apply context operations atomically; return the new context and the rejected ops' messages."""
 
+    async def flush(self) -> None:
+        """Return once every write made before the call is durable."""
+
+
+class RunReader(Protocol):
+    """What the views show: runs, their steps and their context, read by the API, the CLI (`runs`, `status`,
+    `outputs`), `RunControl`, the orchestrator when it resumes a run, and its watcher when it rescans for runs
+    nobody drives. Each read sees every write made through the same store object before it."""
+
     async def get_run(self, run_id: str) -> RunRecord:
         """RunNotFound when there is no such run."""
 
@@ -136,11 +149,22 @@ class Store(Protocol):
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """The run's shared context now; RunNotFound when there is no such run."""
 
+
+class EventLog(Protocol):
+    """Each run's append-only event log (one event per state change, appended by the `RunWriter` calls), read
+    by the API's event streams and the CLI's `events`; `RunControl` waits on it to follow a run to its end."""
+
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         """Events with seq > after_seq, oldest first; RunNotFound when there is no such run."""
 
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         """Like `get_events` (no limit), but when there are none yet, wait up to `timeout_s` for some."""
+
+
+class CommandLog(Protocol):
+    """Commands and notices: `RunControl` sends commands (cancel, pause, resume, signal) and the driver of the
+    run reads them (a driver that takes over replays them all); the orchestrator's watcher waits on the
+    notices to hear of submitted runs, commands and released leases."""
 
     async def send_command(
         self,
@@ -162,6 +186,13 @@ class Store(Protocol):
     async def wait_notices(self, *, after: int, timeout_s: float) -> list[Notice]:
         """Notices with cursor > after, oldest first, waiting up to `timeout_s` when there are none yet."""
 
+
+class Leases(Protocol):
+    """Who drives a run: the orchestrator claims a run's lease before driving it, its watcher renews them all
+    and releases them, `RunControl` claims one for a moment to apply a command to a run nobody drives, and
+    the CLI reads them to tell whether a run is driven. A claim also fences: this store object's later writes
+    of the run carry the lease's epoch (see the module docstring)."""
+
     async def claim_lease(self, run_id: str, owner: str, *, ttl_s: float) -> bool:
         """Take or renew the run's lease for `ttl_s` when it is free, lapsed or already `owner`'s; a lapsed
         lease of `owner`'s is renewed only if nobody claimed it since. This store's later writes of the run
@@ -178,8 +209,14 @@ class Store(Protocol):
     async def get_lease(self, run_id: str) -> Lease | None:
         """The run's live lease; None when it is free or lapsed."""
 
-    async def flush(self) -> None:
-        """Return once every write made before the call is durable."""
+
+class Store(RunWriter, RunReader, EventLog, CommandLog, Leases, Protocol):
+    """Every role, opened and closed as one: what `open_store` returns and the orchestrator is given. A part
+    that plays one role is typed with that role (a view that only reads takes a `RunReader`)."""
+
+    async def __aenter__(self) -> Store: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
 
     async def aclose(self) -> None:
         """Flush and release; safe to call twice. Later use raises RuntimeError."""
