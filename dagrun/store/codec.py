@@ -1,8 +1,8 @@
 """JSON at the store's edge: every value a store keeps goes through orjson on the way in.
 
 So a caller's later mutation never reaches the store, a value that is not JSON is refused by the call
-that wrote it (StoreError naming the run and step), and every read hands out a fresh copy. The memory
-and SQLite stores share these helpers so that they behave alike.
+that wrote it (StoreError naming the run and step), and every read hands out a fresh copy. The memory,
+SQLite and Redis stores share these helpers so that they behave alike.
 """
 
 from __future__ import annotations
