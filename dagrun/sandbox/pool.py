@@ -19,14 +19,13 @@ import os
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Any
 
 from dagrun.contract.envelope import encode_request
 from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
 from dagrun.errors import ExecutorError
-from dagrun.sandbox import confinement
+from dagrun.sandbox import confinement, protocol
 from dagrun.sandbox.host_calls import HostCalls
-from dagrun.sandbox.process import ChildProcess, Job, parse_result, spawn_child
+from dagrun.sandbox.process import ChildProcess, Job, spawn_child
 from dagrun.sandbox.settings import SandboxSettings
 from dagrun.sandbox.spawner import Spawner
 
@@ -129,23 +128,34 @@ class SandboxPool:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(closed)
-        await asyncio.gather(*self._spawning, *self._tasks, *self._calls.tasks, return_exceptions=True)
+        await asyncio.gather(*self._spawning, *self._tasks, self._calls.aclose(), return_exceptions=True)
         await asyncio.gather(*(child.wait_closed() for child in list(self._dying)))
         self._dying.clear()
         await self._spawner.aclose()
 
     # --- ChildEvents ---
 
-    def child_message(self, child: ChildProcess, message: dict[str, Any]) -> None:
-        kind = message.get("t")
-        if kind == "result":
-            self._on_result(child, message)
-        elif kind == "call":
-            breach = self._calls.on_call(child, message)
-            if breach is not None:
-                self._fail_head(child, ErrorKind.WORKER, "WorkerError", breach)
-        else:
-            self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent an unknown message {kind!r}")
+    def child_result(self, child: ChildProcess, result: StepResult, exits: bool) -> None:
+        job = child.jobs.popleft()
+        child.last_done = asyncio.get_running_loop().time()
+        if not job.future.done():
+            job.future.set_result(result)
+        if exits:
+            request = job.request
+            logger.info(
+                "run %s step %s attempt %d: sandbox child %s exits after %s; replacing it",
+                request.run_id,
+                request.step_id,
+                request.attempt,
+                child.worker_id,
+                result.error,
+            )
+            self._retire(child)
+            return
+        self._start_next(child)
+
+    def child_breached(self, child: ChildProcess, breach: str) -> None:
+        self._fail_head(child, ErrorKind.WORKER, "WorkerError", breach)
 
     def child_lost(self, child: ChildProcess, reason: str) -> None:
         if child.jobs:
@@ -215,7 +225,7 @@ class SandboxPool:
         child.next_id += 1
         job.id, job.child = child.next_id, child
         child.jobs.append(job)
-        child.outbox.append(b'{"t":"run","id":%d,"req":%b}\n' % (job.id, job.payload))
+        child.outbox.append(protocol.encode_run(job.id, job.payload))
         if len(child.jobs) == 1:
             self._start_head(child)
             idle.append(child)
@@ -263,34 +273,6 @@ class SandboxPool:
         job = child.jobs[0]
         job.started_at = asyncio.get_running_loop().time()
         child.arm_deadline(job.started_at + job.request.timeout_s, self._on_deadline)
-
-    def _on_result(self, child: ChildProcess, message: dict[str, Any]) -> None:
-        job = child.jobs[0] if child.jobs else None
-        if job is None or message.get("id") != job.id:
-            self._fail_head(child, ErrorKind.WORKER, "WorkerError", "sandbox child answered a request it was not sent")
-            return
-        try:
-            result = parse_result(message, child, self._settings)
-        except ValueError as exc:
-            self._fail_head(child, ErrorKind.WORKER, "WorkerError", f"sandbox child sent a malformed result: {exc}")
-            return
-        child.jobs.popleft()
-        child.last_done = asyncio.get_running_loop().time()
-        if not job.future.done():
-            job.future.set_result(result)
-        if message["exit"]:
-            request = job.request
-            logger.info(
-                "run %s step %s attempt %d: sandbox child %s exits after %s; replacing it",
-                request.run_id,
-                request.step_id,
-                request.attempt,
-                child.worker_id,
-                result.error,
-            )
-            self._retire(child)
-            return
-        self._start_next(child)
 
     def _start_next(self, child: ChildProcess) -> None:
         """The child starts its next job as soon as it has sent a result: time it, or, if that job was
@@ -388,7 +370,7 @@ class SandboxPool:
                 child.worker_id,
             )
             self._retire(child)
-        # else: already handed to the child behind the running one; `_on_result` kills the child when
+        # else: already handed to the child behind the running one; `_start_next` kills the child when
         # it would start it
 
     # --- children ---
@@ -403,7 +385,7 @@ class SandboxPool:
         child: ChildProcess | None = None
         error: Exception | None = None
         try:
-            child = await spawn_child(self, self._settings, self._spawner)
+            child = await spawn_child(self, self._calls, self._settings, self._spawner)
         except Exception as exc:
             logger.error("sandbox pool: a child process could not be started: %s", exc)
             self._spawn_error = error = exc
