@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -97,7 +96,7 @@ class ChildProcess:
         self.layers: tuple[str, ...] = ()  # the OS confinement layers it applied, as it said when ready
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[None] = loop.create_future()
-        self.deadline = 0.0  # of the head job, in loop time
+        self.deadline = 0.0  # of the head job, in loop time (see `deadlines`)
         self.timer: asyncio.TimerHandle | None = None
         self.call_task: asyncio.Task[None] | None = None
 
@@ -164,15 +163,6 @@ class ChildProcess:
                 transport.close()
         os.close(self._pidfd)
         self._pidfd = -1
-
-    def arm_deadline(self, deadline: float, on_deadline: Callable[[ChildProcess], None]) -> None:
-        """Keep ONE timer per child: it is moved only when the new deadline is earlier than the timer."""
-        self.deadline = deadline
-        if self.timer is not None and self.timer.when() <= deadline:
-            return  # fires early, finds the deadline moved on, and re-arms itself for it
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_at(deadline, on_deadline, self)
 
     # --- internals ---
 
