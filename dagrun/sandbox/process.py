@@ -78,7 +78,7 @@ class ChildProcess:
         loop = asyncio.get_running_loop()
         self._events = events
         self._calls = calls
-        self._settings = settings
+        self._parse_result = protocol.result_parser(settings)
         self._max_line = protocol.max_line_bytes(settings)
         self._partial: list[bytes] = []
         self._partial_size = 0
@@ -209,7 +209,7 @@ class ChildProcess:
             self._events.child_breached(self, "sandbox child answered a request it was not sent")
             return
         try:
-            result, exits = protocol.parse_result(message, worker_id=self.worker_id, settings=self._settings)
+            result, exits = self._parse_result(message, self.worker_id)
         except ValueError as exc:
             self._events.child_breached(self, f"sandbox child sent a malformed result: {exc}")
             return

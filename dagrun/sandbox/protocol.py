@@ -21,7 +21,7 @@ and a message that is not exactly the expected shape raises ProtocolError. The p
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
@@ -49,6 +49,7 @@ MAX_FORKED_BYTES = 4096
 _LINE_SLACK_BYTES = 64 * 1024
 _JSON_ESCAPE_FACTOR = 6  # "\u0000" is 6 bytes for 1
 _LOG_SLACK_CHARS = 64  # the truncation marker a child appends to its capped log
+_NUMBER = (int, float)
 
 
 class ProtocolError(ValueError):
@@ -203,32 +204,33 @@ def answers(message: Message, job_id: int) -> bool:
     return message.get("id") == job_id
 
 
-def parse_result(message: Message, *, worker_id: str, settings: SandboxSettings) -> tuple[StepResult, bool]:
-    """A result message as the StepResult it carries, and whether the child exits after it; ProtocolError
-    (or another ValueError) when it is not exactly the expected shape. Runs in the parent only."""
-    # Imported here: a child imports this module, and must not load the executor module (and pydantic).
+def result_parser(settings: SandboxSettings) -> Callable[[Message, str], tuple[StepResult, bool]]:
+    """The parent's parser of result messages under the caps of `settings`: `parse(message, worker_id)` is
+    the StepResult the message carries and whether the child exits after it; ProtocolError (or another
+    ValueError) when the message is not exactly the expected shape."""
+    # Imported here, in the parent, once per child: a child imports this module and must never load the
+    # executor module (and pydantic).
     from dagrun.contract.executor import ErrorKind, StepError, StepResult
 
-    ok, outputs, ops, error = message.get("ok"), message.get("outputs"), message.get("ops"), message.get("error")
-    logs, elapsed_ms, exits = message.get("logs"), message.get("elapsed_ms"), message.get("exit")
-    if type(ok) is not bool or type(outputs) is not dict or type(ops) is not list or type(logs) is not str:
-        raise ProtocolError("a result field has the wrong type")
-    if not isinstance(elapsed_ms, int | float) or ok != (error is None) or type(exits) is not bool:
-        raise ProtocolError("a result field has the wrong type")
-    step_error = None
-    if error is not None:
-        kind, type_, text, line = _parse_error(error)
-        step_error = StepError(ErrorKind(kind), type_[:MAX_TYPE_NAME_CHARS], text[: settings.max_error_bytes], line)
-    result = StepResult(
-        ok=ok,
-        outputs=outputs,
-        context_ops=tuple(_parse_op(op) for op in ops),
-        error=step_error,
-        logs=logs[: settings.max_log_bytes + _LOG_SLACK_CHARS],
-        elapsed_ms=float(elapsed_ms),
-        worker_id=worker_id,
-    )
-    return result, exits
+    max_error_bytes, max_log_chars = settings.max_error_bytes, settings.max_log_bytes + _LOG_SLACK_CHARS
+
+    def parse_result(message: Message, worker_id: str) -> tuple[StepResult, bool]:
+        ok, outputs, ops, error = message.get("ok"), message.get("outputs"), message.get("ops"), message.get("error")
+        logs, elapsed_ms, exits = message.get("logs"), message.get("elapsed_ms"), message.get("exit")
+        if type(ok) is not bool or type(outputs) is not dict or type(ops) is not list or type(logs) is not str:
+            raise ProtocolError("a result field has the wrong type")
+        if not isinstance(elapsed_ms, _NUMBER) or ok != (error is None) or type(exits) is not bool:
+            raise ProtocolError("a result field has the wrong type")
+        step_error = None
+        if error is not None:
+            kind, type_, text, line = _parse_error(error)
+            step_error = StepError(ErrorKind(kind), type_[:MAX_TYPE_NAME_CHARS], text[:max_error_bytes], line)
+        context_ops = tuple(map(_parse_op, ops))
+        # positional: this runs for every step, and keywords cost twice the time
+        result = StepResult(ok, outputs, context_ops, step_error, logs[:max_log_chars], float(elapsed_ms), worker_id)
+        return result, exits
+
+    return parse_result
 
 
 def _parse_op(op: Any) -> ContextOp:

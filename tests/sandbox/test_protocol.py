@@ -92,8 +92,8 @@ def test_a_result_round_trips_as_a_step_result() -> None:
     )
     ok_message, failed_message = protocol.decode_message(ok_line), protocol.decode_message(failed_line)
 
-    result, exits = protocol.parse_result(ok_message, worker_id="local:9", settings=TEST_SETTINGS)
-    failure, failed_exits = protocol.parse_result(failed_message, worker_id="local:9", settings=TEST_SETTINGS)
+    result, exits = protocol.result_parser(TEST_SETTINGS)(ok_message, "local:9")
+    failure, failed_exits = protocol.result_parser(TEST_SETTINGS)(failed_message, "local:9")
 
     assert protocol.answers(ok_message, 3) and not protocol.answers(ok_message, 4)
     assert (result.ok, result.outputs, result.context_ops, result.logs, exits) == (
@@ -114,7 +114,7 @@ def test_a_result_from_a_child_is_capped_to_the_pool_limits() -> None:
         1, error=error, outputs=b"{}", ops=(), logs="l" * 1_000_000, elapsed_ms=1, exits=False
     )
 
-    result, _ = protocol.parse_result(protocol.decode_message(line), worker_id="w", settings=TEST_SETTINGS)
+    result, _ = protocol.result_parser(TEST_SETTINGS)(protocol.decode_message(line), "w")
 
     assert result.error is not None
     assert len(result.error.type) == protocol.MAX_TYPE_NAME_CHARS
