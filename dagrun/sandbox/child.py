@@ -1,9 +1,10 @@
 """The sandbox child process: reads requests on stdin, runs them one at a time, writes results on stdout.
 
-The pool starts it clean (see `process.child_command`): exec'd, not forked, `-I -S -B`, an empty
-environment, no inherited fds, its own session. It loads everything scripts can ever need, confines
-itself (rlimits, root privileges dropped for good, imports switched off), says ready, and serves.
-Results come back in request order; after one with "exit": true the child is gone.
+A child is forked by the pool's zygote (`zygote`), or exec'd clean on its own (`process.child_command`:
+`-I -S -B`, an empty environment, no inherited fds, its own session). It loads everything scripts can ever
+need, confines itself (rlimits, root privileges dropped for good, imports switched off), says ready, and
+serves. The messages both ways are `protocol`'s; results come back in request order, and after one with
+"exit": true the child is gone.
 """
 
 from __future__ import annotations
@@ -20,38 +21,25 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
 
-import orjson
-
-from dagrun.sandbox import confinement
+from dagrun.sandbox import confinement, protocol
+from dagrun.sandbox.protocol import ChildConfig, Message, ProtocolError, Reply
 from dagrun.sandbox.runner import CPU_LIFETIME_S, StepRunner
-from dagrun.sandbox.scope import JSON_OPTIONS, HostFunctionError, LimitExceeded, StepScope
+from dagrun.sandbox.scope import HostFunctionError, LimitExceeded, StepScope
 from dagrun.sandbox.settings import SandboxSettings
 
-# The wire: one JSON object per line both ways (orjson, never pickle).
-#   parent -> child   {"settings": {...}, "functions": [names]}      the first line: configuration
-#                     {"t": "run", "id": n, "req": {...}}            requests, up to pipeline_depth queued
-#                     {"t": "reply", "ok": true, "value": v}         the answer to a host function call
-#                     {"t": "reply", "ok": false, "error": "..."}
-#   child -> parent   {"t": "ready", "pid": n, "layers": [names]}    or {"t": "fatal", "message": "..."}
-#                     {"t": "result", "id": n, "ok": ..., "outputs": {...}, "ops": [...], "error": ...,
-#                      "logs": "...", "elapsed_ms": ..., "exit": false}
-#                     {"t": "call", "fn": name, "args": [...], "kwargs": {...}}   during a step
 STARTUP_CPU_S = 5.0  # until the first request re-arms RLIMIT_CPU
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 MAX_OPEN_FILES = 3  # stdin, stdout, stderr: a script that escaped still cannot open anything
 
 
-class ProtocolError(Exception):
-    """The parent sent something this child does not understand; the child exits."""
-
-
 class Channel:
-    """The child's end of the pipes; `run` messages read while waiting for a reply are kept in order."""
+    """The child's end of the pipes; run messages read while waiting for a reply are kept in order. What it
+    does not understand raises ProtocolError: the child exits."""
 
     def __init__(self, reader: BinaryIO, fd: int) -> None:
         self._reader = reader
         self._fd = fd
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[Message] = collections.deque()
 
     def send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -59,33 +47,29 @@ class Channel:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def read(self) -> dict[str, Any] | None:
+    def read(self) -> Message | None:
         line = self._reader.readline()
-        if not line:
-            return None
-        message = orjson.loads(line)
-        if not isinstance(message, dict):
-            raise ProtocolError("a message is not a JSON object")
-        return message
+        return protocol.decode_message(line) if line else None
 
-    def next_run(self) -> dict[str, Any] | None:
-        """The next request, or None when the parent closed the pipe."""
+    def next_run(self) -> Message | None:
+        """The next run message, or None when the parent closed the pipe."""
         if self._pending:
             return self._pending.popleft()
         message = self.read()
-        if message is not None and message.get("t") != "run":
-            raise ProtocolError(f"expected a run message, got {message.get('t')!r}")
+        if message is not None and protocol.kind_of(message) != protocol.RUN:
+            raise ProtocolError(f"expected a run message, got {protocol.kind_of(message)!r}")
         return message
 
-    def wait_reply(self) -> dict[str, Any]:
+    def wait_reply(self) -> Reply:
         while True:
             message = self.read()
             if message is None:
                 raise ProtocolError("the parent closed the pipe during a host function call")
-            if message.get("t") == "reply":
-                return message
-            if message.get("t") != "run":
-                raise ProtocolError(f"expected a reply message, got {message.get('t')!r}")
+            kind = protocol.kind_of(message)
+            if kind == protocol.REPLY:
+                return protocol.parse_reply(message)
+            if kind != protocol.RUN:
+                raise ProtocolError(f"expected a reply message, got {kind!r}")
             self._pending.append(message)
 
 
@@ -100,16 +84,16 @@ def make_host_function(
             # e.g. a __del__ planted by an earlier step: it must not act on behalf of this one
             raise HostFunctionError(f"host function {name!r} can only be called while its step runs")
         try:
-            payload = orjson.dumps({"t": "call", "fn": name, "args": args, "kwargs": kwargs}, option=JSON_OPTIONS)
+            call = protocol.encode_call(name, args, kwargs)
         except TypeError as exc:
             raise HostFunctionError(f"host function {name!r}: arguments must be JSON values ({exc})") from None
-        if len(payload) > max_bytes:
+        if len(call) > max_bytes + 1:  # + its newline
             raise HostFunctionError(f"host function {name!r}: arguments are over the {max_bytes}-byte limit")
-        channel.send(payload + b"\n")
+        channel.send(call)
         reply = channel.wait_reply()
-        if reply.get("ok") is True:
-            return reply.get("value")
-        raise HostFunctionError(str(reply.get("error")))
+        if reply.ok:
+            return reply.value
+        raise HostFunctionError(reply.error)
 
     host_function.__name__ = host_function.__qualname__ = name
     return host_function
@@ -168,17 +152,13 @@ def _lower_limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _failure_line(message: dict[str, Any], exc: BaseException) -> bytes:
+def _failure_line(message: Message, exc: BaseException) -> bytes:
     """The result of a step whose handling failed outside the script (e.g. memory ran out in encoding)."""
     limited = isinstance(exc, MemoryError | RecursionError | LimitExceeded)
-    error = {
-        "kind": "limit" if limited else "worker",
-        "type": type(exc).__name__,
-        "message": "the sandbox child failed while handling the step",
-        "line": None,
-    }
-    result: dict[str, Any] = {"t": "result", "id": message.get("id"), "ok": False, "outputs": {}, "ops": []}
-    return orjson.dumps({**result, "error": error, "logs": "", "elapsed_ms": 0.0, "exit": True}) + b"\n"
+    kind = protocol.LIMIT if limited else protocol.WORKER
+    error = protocol.error_fields(kind, type(exc).__name__, "the sandbox child failed while handling the step", None)
+    job_id = protocol.job_id_of(message)
+    return protocol.encode_result(job_id, error=error, outputs=b"{}", ops=(), logs="", elapsed_ms=0.0, exits=True)
 
 
 def serve(channel: Channel, runner: StepRunner) -> None:
@@ -199,23 +179,23 @@ def serve(channel: Channel, runner: StepRunner) -> None:
 def start(reader: BinaryIO, channel: Channel, parent_pid: int) -> tuple[StepRunner, list[str]]:
     """Read the configuration, load everything, confine this process; the runner, ready to serve, and the
     OS confinement layers applied."""
-    config = orjson.loads(reader.readline())
+    config = protocol.parse_config(reader.readline())
     return prepare(config, channel, parent_pid, confinement.compile_seccomp())
 
 
 def prepare(
-    config: dict[str, Any], channel: Channel, parent_pid: int, seccomp: bytes | None
+    config: ChildConfig, channel: Channel, parent_pid: int, seccomp: bytes | None
 ) -> tuple[StepRunner, list[str]]:
-    """Build the runner for `config` ({"settings", "functions"}), its host functions calling the parent over
-    `channel`, and confine this process (`seccomp` is the program from `confinement.compile_seccomp`,
-    compiled while that was still possible); the runner and the OS layers applied."""
-    settings = SandboxSettings(**config["settings"])
+    """Build the runner for `config`, its host functions calling the parent over `channel`, and confine this
+    process (`seccomp` is the program from `confinement.compile_seccomp`, compiled while that was still
+    possible); the runner and the OS layers applied."""
+    settings = config.settings
     holder: list[StepRunner] = []
     functions = {
         name: make_host_function(
             name, channel, lambda: holder[0].scope if holder else None, max_bytes=settings.max_output_bytes
         )
-        for name in config["functions"]
+        for name in config.functions
     }
     runner = StepRunner(settings, functions)  # loads every module a script can reach (facades.preload_modules)
     holder.append(runner)
@@ -233,12 +213,12 @@ def run_child(reader: BinaryIO, channel: Channel, ready: Callable[[], tuple[Step
     try:
         runner, layers = ready()
     except Exception as exc:  # stderr is /dev/null: tell the parent why, for its log
-        channel.send(orjson.dumps({"t": "fatal", "message": f"{type(exc).__name__}: {exc}"[:1000]}) + b"\n")
+        channel.send(protocol.encode_fatal(f"{type(exc).__name__}: {exc}"))
         os._exit(1)
-    channel.send(orjson.dumps({"t": "ready", "pid": os.getpid(), "layers": layers}) + b"\n")
+    channel.send(protocol.encode_ready(os.getpid(), layers))
     try:
         serve(channel, runner)
-    except (OSError, ProtocolError, orjson.JSONDecodeError):
+    except (OSError, ProtocolError):
         pass  # the parent went away or is not speaking the protocol: nothing left to answer
     finally:
         os._exit(0)  # no atexit, no finalizers: script objects with __del__ get no last word

@@ -1,9 +1,9 @@
 """ChildProcess: the parent's handle on one sandbox child: its pipes, its FIFO of in-flight jobs, its deadline.
 
-Also the parent's half of the pipe protocol (see `child.py`): how a child is started clean, how a
-request is encoded, and how a child's messages are checked. Everything a child sends is untrusted (its
-script may have escaped): messages are size-capped, and a result that is not exactly the expected
-shape is garbage, which the pool turns into an ErrorKind.WORKER failure.
+It reads the child's lines (capped at `protocol.max_line_bytes`: everything a child sends is untrusted, its
+script may have escaped) and routes its messages: a result, checked against the job it answers, to the
+pool; a host function call to the pool's HostCalls; anything else is a breach the pool fails the step for.
+Also how a child is started clean (`child_command`, `spawn_child`).
 """
 
 from __future__ import annotations
@@ -15,22 +15,18 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
-
-from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import ErrorKind, StepError, StepRequest, StepResult
+from dagrun.contract.executor import StepRequest, StepResult
+from dagrun.sandbox import protocol
+from dagrun.sandbox.protocol import Message, ProtocolError
 from dagrun.sandbox.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
 
-_LINE_SLACK_BYTES = 64 * 1024
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding the `dagrun` package
-_JSON_ESCAPE_FACTOR = 6  # "\u0000" is 6 bytes for 1
 
 
 @dataclass(slots=True, eq=False)
@@ -48,9 +44,21 @@ class Job:
 class ChildEvents(Protocol):
     """What a ChildProcess reports to its pool."""
 
-    def child_message(self, child: ChildProcess, message: dict[str, Any]) -> None: ...
+    def child_result(self, child: ChildProcess, result: StepResult, exits: bool) -> None:
+        """The result of `child.jobs[0]`; after it the child exits if `exits`."""
 
-    def child_lost(self, child: ChildProcess, reason: str) -> None: ...
+    def child_breached(self, child: ChildProcess, breach: str) -> None:
+        """The child broke the protocol (an unknown message, a call out of turn, a malformed result)."""
+
+    def child_lost(self, child: ChildProcess, reason: str) -> None:
+        """The child died, or sent what cannot be read at all."""
+
+
+class CallHandler(Protocol):
+    """What serves a child's host function calls (`host_calls.HostCalls`)."""
+
+    def on_call(self, child: ChildProcess, message: Message) -> str | None:
+        """Serve a call message; the breach to report, if it came out of turn."""
 
 
 def child_command(entry: str = "dagrun.sandbox.child") -> list[str]:
@@ -63,19 +71,15 @@ def child_command(entry: str = "dagrun.sandbox.child") -> list[str]:
     return [sys.executable, "-I", "-S", "-B", "-c", bootstrap]
 
 
-def max_line_bytes(settings: SandboxSettings) -> int:
-    """The longest line a child may send: its capped parts, JSON-escaped in the worst case."""
-    escaped = _JSON_ESCAPE_FACTOR * (settings.max_log_bytes + settings.max_error_bytes)
-    return settings.max_output_bytes + settings.max_context_bytes + escaped + _LINE_SLACK_BYTES
-
-
 class ChildProcess:
     """One child: its lines go to the pool; `jobs[0]` is the running job, the rest are queued in it."""
 
-    def __init__(self, events: ChildEvents, max_line: int) -> None:
+    def __init__(self, events: ChildEvents, calls: CallHandler, settings: SandboxSettings) -> None:
         loop = asyncio.get_running_loop()
         self._events = events
-        self._max_line = max_line
+        self._calls = calls
+        self._parse_result = protocol.result_parser(settings)
+        self._max_line = protocol.max_line_bytes(settings)
         self._partial: list[bytes] = []
         self._partial_size = 0
         self._stdin: asyncio.WriteTransport | None = None
@@ -92,7 +96,7 @@ class ChildProcess:
         self.layers: tuple[str, ...] = ()  # the OS confinement layers it applied, as it said when ready
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[None] = loop.create_future()
-        self.deadline = 0.0  # of the head job, in loop time
+        self.deadline = 0.0  # of the head job, in loop time (see `deadlines`)
         self.timer: asyncio.TimerHandle | None = None
         self.call_task: asyncio.Task[None] | None = None
 
@@ -160,15 +164,6 @@ class ChildProcess:
         os.close(self._pidfd)
         self._pidfd = -1
 
-    def arm_deadline(self, deadline: float, on_deadline: Callable[[ChildProcess], None]) -> None:
-        """Keep ONE timer per child: it is moved only when the new deadline is earlier than the timer."""
-        self.deadline = deadline
-        if self.timer is not None and self.timer.when() <= deadline:
-            return  # fires early, finds the deadline moved on, and re-arms itself for it
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_at(deadline, on_deadline, self)
-
     # --- internals ---
 
     def _keep_partial(self, chunk: bytes) -> None:
@@ -181,23 +176,44 @@ class ChildProcess:
 
     def _on_line(self, line: bytes) -> None:
         try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            self._lose("sent a message that is not JSON")
+            message = protocol.decode_message(line)
+        except ProtocolError as exc:
+            self._lose(f"sent {exc}")
             return
-        if not isinstance(message, dict):
-            self._lose("sent a message that is not a JSON object")
-        elif not self.ready.done():
-            if message.get("t") == "ready":
-                layers = message.get("layers")
-                self.layers = tuple(layer for layer in layers if type(layer) is str) if type(layers) is list else ()
-                self.ready.set_result(None)
-            elif message.get("t") == "fatal":
-                self._lose(f"failed to start ({str(message.get('message'))[:1000]})")
-            else:
-                self._lose(f"sent {message.get('t')!r} before it was ready")
+        if self.ready.done():
+            self._on_message(message)
+            return
+        kind = protocol.kind_of(message)
+        if kind == protocol.READY:
+            self.layers = protocol.parse_ready(message)
+            self.ready.set_result(None)
+        elif kind == protocol.FATAL:
+            self._lose(f"failed to start ({protocol.parse_fatal(message)})")
         else:
-            self._events.child_message(self, message)
+            self._lose(f"sent {kind!r} before it was ready")
+
+    def _on_message(self, message: Message) -> None:
+        kind = protocol.kind_of(message)
+        if kind == protocol.RESULT:
+            self._on_result(message)
+        elif kind == protocol.CALL:
+            breach = self._calls.on_call(self, message)
+            if breach is not None:
+                self._events.child_breached(self, breach)
+        else:
+            self._events.child_breached(self, f"sandbox child sent an unknown message {kind!r}")
+
+    def _on_result(self, message: Message) -> None:
+        job = self.jobs[0] if self.jobs else None
+        if job is None or not protocol.answers(message, job.id):
+            self._events.child_breached(self, "sandbox child answered a request it was not sent")
+            return
+        try:
+            result, exits = self._parse_result(message, self.worker_id)
+        except ValueError as exc:
+            self._events.child_breached(self, f"sandbox child sent a malformed result: {exc}")
+            return
+        self._events.child_result(self, result, exits)
 
     def _lose(self, reason: str) -> None:
         if not self.ready.done():
@@ -227,9 +243,11 @@ class Forker(Protocol):
     async def fork(self, child: ChildProcess) -> None: ...
 
 
-async def spawn_child(events: ChildEvents, settings: SandboxSettings, forker: Forker) -> ChildProcess:
+async def spawn_child(
+    events: ChildEvents, calls: CallHandler, settings: SandboxSettings, forker: Forker
+) -> ChildProcess:
     """Fork one child and wait until it is confined and ready."""
-    child = ChildProcess(events, max_line_bytes(settings))
+    child = ChildProcess(events, calls, settings)
     try:
         async with asyncio.timeout(settings.startup_timeout_s):
             await forker.fork(child)
@@ -240,42 +258,3 @@ async def spawn_child(events: ChildEvents, settings: SandboxSettings, forker: Fo
         raise
     logger.debug("sandbox child %s is ready", child.worker_id)
     return child
-
-
-# --- results: untrusted ---------------------------------------------------------------------------
-
-
-def parse_result(message: dict[str, Any], child: ChildProcess, settings: SandboxSettings) -> StepResult:
-    """A result message as a StepResult; ValueError when it is not exactly the expected shape."""
-    ok, outputs, ops = message.get("ok"), message.get("outputs"), message.get("ops")
-    error, logs, elapsed_ms = message.get("error"), message.get("logs"), message.get("elapsed_ms")
-    if type(ok) is not bool or type(outputs) is not dict or type(ops) is not list or type(logs) is not str:
-        raise ValueError("a result field has the wrong type")
-    if not isinstance(elapsed_ms, int | float) or ok != (error is None) or type(message.get("exit")) is not bool:
-        raise ValueError("a result field has the wrong type")
-    return StepResult(
-        ok=ok,
-        outputs=outputs,
-        context_ops=tuple(_parse_op(op) for op in ops),
-        error=None if error is None else _parse_error(error, settings.max_error_bytes),
-        logs=logs[: settings.max_log_bytes + 64],
-        elapsed_ms=float(elapsed_ms),
-        worker_id=child.worker_id,
-    )
-
-
-def _parse_op(op: Any) -> ContextOp:
-    if type(op) is not list or len(op) != 3 or type(op[1]) is not str:
-        raise ValueError("a context operation has the wrong shape")
-    return ContextOp(ContextOpKind(op[0]), op[1], op[2])
-
-
-def _parse_error(error: Any, max_error_bytes: int) -> StepError:
-    if type(error) is not dict:
-        raise ValueError("the error is not an object")
-    kind, type_, message, line = error.get("kind"), error.get("type"), error.get("message"), error.get("line")
-    if type(kind) is not str or type(type_) is not str or type(message) is not str:
-        raise ValueError("an error field has the wrong type")
-    if line is not None and type(line) is not int:
-        raise ValueError("an error field has the wrong type")
-    return StepError(ErrorKind(kind), type_[:200], message[:max_error_bytes], line)

@@ -3,8 +3,8 @@
 Runs in the child only (it re-arms RLIMIT_CPU). Compiled scripts are cached by script hash; each step
 gets a copy of one base globals dict. Everything the script does ends as a result message, never as an
 exception out of `run`; after a memory, recursion or CPU limit the child must exit (`exit` is true),
-since its state may be damaged. Error kinds are ErrorKind values, written out so that the child does
-not import the executor module (and pydantic).
+since its state may be damaged. The error kinds are `protocol`'s (ErrorKind values, written out so that
+the child does not import the executor module).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any
 
 import orjson
 
+from dagrun.sandbox import protocol
 from dagrun.sandbox.policy import Guards, Rejection, build_base_globals, compile_source, step_globals
+from dagrun.sandbox.protocol import FAIL, LIMIT, OUTPUT, SCRIPT, SECURITY, Message, error_fields
 from dagrun.sandbox.scope import (
     JSON_OPTIONS,
     SCRIPT_FILENAME,
@@ -32,10 +34,8 @@ from dagrun.sandbox.scope import (
 from dagrun.sandbox.settings import SandboxSettings
 from dagrun.sandbox.step_random import StepRandom
 
-SECURITY, LIMIT, FAIL, OUTPUT, SCRIPT = "security", "limit", "fail", "output", "script"
 _CACHE_SIZE = 512
 CPU_LIFETIME_S = 24 * 3600  # the hard RLIMIT_CPU of a child: what kills it even where no handler runs
-_MAX_TYPE_NAME = 200
 _REJECTION_KINDS = {"syntax": SCRIPT, "policy": SECURITY, "limit": LIMIT}
 
 
@@ -62,9 +62,10 @@ class StepRunner:
         self.cpu_exceeded = True
         raise CpuLimitExceeded("the step used more CPU time than its timeout allows")
 
-    def run(self, message: dict[str, Any]) -> tuple[bytes, bool]:
+    def run(self, message: Message) -> tuple[bytes, bool]:
+        """The result line of a run message's step, and whether this child must exit after it."""
         started = time.perf_counter()
-        request: dict[str, Any] = message["req"]
+        job_id, request = protocol.parse_run(message)
         self.violations.start(None)
         self.step_random.start()
         self.cpu_exceeded = False
@@ -88,27 +89,25 @@ class StepRunner:
         encoded = b"{}"
         if error is None:
             encoded, error = self._encode_outputs(outputs)
-        result = {
-            "t": "result",
-            "id": message["id"],
-            "ok": error is None,
-            "outputs": orjson.Fragment(encoded if error is None else b"{}"),
-            "ops": [list(op) for op in scope.context_ops] if error is None else [],
-            "error": self._cap_error(error),
-            "logs": scope.log.text(),
-            "elapsed_ms": (time.perf_counter() - started) * 1000.0,
-            "exit": must_exit,
-        }
-        return orjson.dumps(result) + b"\n", must_exit
+        line = protocol.encode_result(
+            job_id,
+            error=self._cap_error(error),
+            outputs=encoded,
+            ops=scope.context_ops,
+            logs=scope.log.text(),
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            exits=must_exit,
+        )
+        return line, must_exit
 
-    def _execute(self, request: dict[str, Any], scope: StepScope) -> tuple[dict[str, Any] | None, bool, Any]:
+    def _execute(self, request: Message, scope: StepScope) -> tuple[Message | None, bool, Any]:
         """Compile (cached) and exec; returns (error, must exit, the outputs value)."""
         compiled = self._compiled(request["script_hash"], request["script"])
         if isinstance(compiled, Rejection):
             line, text = compiled.problems[0]
             more = len(compiled.problems) - 1
             kind = _REJECTION_KINDS[compiled.kind]
-            return _error(kind, "ScriptError", text + (f" (and {more} more)" if more else ""), line), False, None
+            return error_fields(kind, "ScriptError", text + (f" (and {more} more)" if more else ""), line), False, None
         namespace = step_globals(
             self.base,
             scope,
@@ -146,60 +145,56 @@ class StepRunner:
             resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
             self._armed_cpu_s = soft
 
-    def _classify(self, exc: BaseException) -> tuple[dict[str, Any], bool]:
+    def _classify(self, exc: BaseException) -> tuple[Message, bool]:
         """The error of an exception out of the script, and whether the child must exit after it."""
         line = _traceback_line(exc.__traceback__)
         if isinstance(exc, SandboxViolation):
-            return _error(SECURITY, "SandboxViolation", exc.message, exc.line or line), False
+            return error_fields(SECURITY, "SandboxViolation", exc.message, exc.line or line), False
         if isinstance(exc, MemoryError):
             message = f"the step ran out of memory (limit {self.settings.memory_mb} MB)"
-            return _error(LIMIT, "MemoryError", message, line), True
+            return error_fields(LIMIT, "MemoryError", message, line), True
         if isinstance(exc, RecursionError):
             message = f"maximum recursion depth exceeded (limit {self.settings.recursion_limit})"
-            return _error(LIMIT, "RecursionError", message, line), True
+            return error_fields(LIMIT, "RecursionError", message, line), True
         if isinstance(exc, LimitExceeded):
-            return _error(LIMIT, type(exc).__name__, _text_of(exc), line), isinstance(exc, CpuLimitExceeded)
+            return error_fields(LIMIT, type(exc).__name__, _text_of(exc), line), isinstance(exc, CpuLimitExceeded)
         if isinstance(exc, SystemExit | KeyboardInterrupt):
             message = f"{type(exc).__name__} cannot end a sandboxed step; use fail(message) to fail it"
-            return _error(SECURITY, type(exc).__name__, message, line), False
+            return error_fields(SECURITY, type(exc).__name__, message, line), False
         if isinstance(exc, StepFailed):
-            return _error(FAIL, "StepFailed", _text_of(exc), line), False
-        return _error(SCRIPT, type(exc).__name__[:_MAX_TYPE_NAME], _text_of(exc), line), False
+            return error_fields(FAIL, "StepFailed", _text_of(exc), line), False
+        return error_fields(SCRIPT, type(exc).__name__[: protocol.MAX_TYPE_NAME_CHARS], _text_of(exc), line), False
 
-    def _sticky_error(self, scope: StepScope) -> dict[str, Any] | None:
+    def _sticky_error(self, scope: StepScope) -> Message | None:
         """What fails the step even if the script caught the exception: a refusal, CPU, fail()."""
         violation = self.violations.first
         if violation is not None:
-            return _error(SECURITY, "SandboxViolation", violation.message, violation.line)
+            return error_fields(SECURITY, "SandboxViolation", violation.message, violation.line)
         if self.cpu_exceeded:
-            return _error(LIMIT, "CpuLimitExceeded", "the step used more CPU time than its timeout allows", None)
+            return error_fields(LIMIT, "CpuLimitExceeded", "the step used more CPU time than its timeout allows", None)
         if scope.failure is not None:
-            return _error(FAIL, "StepFailed", scope.failure, None)
+            return error_fields(FAIL, "StepFailed", scope.failure, None)
         return None
 
-    def _encode_outputs(self, outputs: Any) -> tuple[bytes, dict[str, Any] | None]:
+    def _encode_outputs(self, outputs: Any) -> tuple[bytes, Message | None]:
         if not isinstance(outputs, dict):
-            return b"{}", _error(OUTPUT, "OutputError", "outputs must be a dict", None)
+            return b"{}", error_fields(OUTPUT, "OutputError", "outputs must be a dict", None)
         try:
             encoded = orjson.dumps(outputs, option=JSON_OPTIONS)
         except TypeError:
-            return b"{}", _error(OUTPUT, "OutputError", _explain_outputs(outputs), None)
+            return b"{}", error_fields(OUTPUT, "OutputError", _explain_outputs(outputs), None)
         except MemoryError:
-            return b"{}", _error(LIMIT, "OutputError", "outputs are too large to encode", None)
+            return b"{}", error_fields(LIMIT, "OutputError", "outputs are too large to encode", None)
         limit = self.settings.max_output_bytes
         if len(encoded) > limit:
             message = f"outputs are {len(encoded)} bytes encoded, over the {limit}-byte limit"
-            return b"{}", _error(LIMIT, "OutputError", message, None)
+            return b"{}", error_fields(LIMIT, "OutputError", message, None)
         return encoded, None
 
-    def _cap_error(self, error: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _cap_error(self, error: Message | None) -> Message | None:
         if error is not None:
             error["message"] = cap_text(error["message"], self.settings.max_error_bytes)
         return error
-
-
-def _error(kind: str, type_: str, message: str, line: int | None) -> dict[str, Any]:
-    return {"kind": kind, "type": type_, "message": message, "line": line}
 
 
 def _traceback_line(tb: TracebackType | None) -> int | None:

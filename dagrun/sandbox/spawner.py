@@ -3,15 +3,14 @@
 The zygote is started clean (`process.child_command`: a fresh interpreter, `-I -S -B`, an empty
 environment, no inherited descriptors, its own session) with a Unix SOCK_SEQPACKET socket as its stdin.
 For each child the spawner makes two pipes, sends the child's ends with a fork request, and gets back the
-child's pid and a pidfd. Forks are answered in the order asked, so waiting forks queue their futures. A
-zygote that died is started again by the next fork.
+child's pid and a pidfd (the messages are `protocol`'s). Forks are answered in the order asked, so waiting
+forks queue their futures. A zygote that died is started again by the next fork.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -19,16 +18,14 @@ import socket
 import subprocess
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
-import orjson
-
+from dagrun.sandbox import protocol
 from dagrun.sandbox.process import ChildProcess, child_command
+from dagrun.sandbox.protocol import ProtocolError
 from dagrun.sandbox.settings import SandboxSettings
 
 logger = logging.getLogger(__name__)
 
-_ANSWER_BYTES = 4096
 ZYGOTE_ENTRY = "dagrun.sandbox.zygote"  # the tests of run isolation start one whose children obey no policy
 
 
@@ -36,10 +33,10 @@ class Spawner:
     """`await spawner.fork(child)`; `aclose()` ends the zygote (its children die with it)."""
 
     def __init__(self, settings: SandboxSettings, functions: Sequence[str]) -> None:
-        self._config = orjson.dumps({"settings": dataclasses.asdict(settings), "functions": list(functions)})
+        self._config = protocol.encode_config(settings, functions)
         self._socket: socket.socket | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._answers: deque[asyncio.Future[tuple[dict[str, Any], list[int]]]] = deque()
+        self._answers: deque[asyncio.Future[tuple[int, int]]] = deque()  # the pid and pidfd of a child
         self._starting: asyncio.Lock | None = None
 
     async def fork(self, child: ChildProcess) -> None:
@@ -47,10 +44,10 @@ class Spawner:
         control = await self._running()
         child_stdin, our_stdin = os.pipe()
         our_stdout, child_stdout = os.pipe()
-        answer: asyncio.Future[tuple[dict[str, Any], list[int]]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
         try:
             self._answers.append(answer)
-            socket.send_fds(control, [b'{"t":"fork"}'], [child_stdin, child_stdout])
+            socket.send_fds(control, [protocol.encode_fork()], [child_stdin, child_stdout])
         except OSError as exc:
             for fd in (our_stdin, our_stdout):
                 os.close(fd)
@@ -59,12 +56,12 @@ class Spawner:
             os.close(child_stdin)
             os.close(child_stdout)
         try:
-            message, fds = await answer
+            pid, pidfd = await answer
         except BaseException:  # cancelled or failed: the child, if forked, is killed when its answer comes
             os.close(our_stdin)
             os.close(our_stdout)
             raise
-        await child.attach(message["pid"], fds[0], our_stdin, our_stdout)
+        await child.attach(pid, pidfd, our_stdin, our_stdout)
 
     async def aclose(self) -> None:
         """Close the zygote's socket (it exits on EOF) and wait for it."""
@@ -106,7 +103,7 @@ class Spawner:
 
     def _on_answer(self, control: socket.socket) -> None:
         try:
-            message, fds, _flags, _address = socket.recv_fds(control, _ANSWER_BYTES, 1)
+            message, fds, _flags, _address = socket.recv_fds(control, protocol.MAX_FORKED_BYTES, 1)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -127,7 +124,13 @@ class Spawner:
         if answer.done() or len(fds) != 1:  # its fork was cancelled: the child is killed through its pidfd
             _kill_and_close(fds)
             return
-        answer.set_result((orjson.loads(message), fds))
+        try:
+            pid = protocol.parse_forked(message)
+        except ProtocolError as exc:
+            _kill_and_close(fds)
+            answer.set_exception(RuntimeError(f"the sandbox zygote's answer to a fork is malformed: {exc}"))
+            return
+        answer.set_result((pid, fds[0]))
 
     def _fail_answers(self, reason: str) -> None:
         while self._answers:

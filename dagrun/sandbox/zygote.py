@@ -7,11 +7,10 @@ without losing the warm-pool speed. The zygote is started clean like a child use
 empty environment, its own session) and is never confined itself: children confine themselves after the
 fork (`child.prepare`), so no script ever runs in a process that outlives its run.
 
-Protocol on a Unix SOCK_SEQPACKET socket on fd 0 (one message per datagram, file descriptors attached):
-    parent -> zygote   {"settings": {...}, "functions": [names]}     the first message: configuration
-                       {"t": "fork"} + [the child's stdin, its stdout]
-    zygote -> parent   {"t": "forked", "pid": n} + [a pidfd of the child]
-The zygote reaps its children; it exits when the parent closes the socket, and dies with the parent.
+It speaks `protocol` on a Unix SOCK_SEQPACKET socket on fd 0 (one message per datagram, file descriptors
+attached): the configuration first, then a fork request with the child's stdin and stdout, answered with the
+child's pid and a pidfd. The zygote reaps its children; it exits when the parent closes the socket, and dies
+with the parent.
 """
 
 from __future__ import annotations
@@ -23,16 +22,13 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
-import orjson
-
-from dagrun.sandbox import confinement
+from dagrun.sandbox import confinement, protocol
 from dagrun.sandbox.child import Channel, die_with, prepare, run_child
+from dagrun.sandbox.protocol import ChildConfig
 from dagrun.sandbox.runner import StepRunner
-from dagrun.sandbox.settings import SandboxSettings
 
-MAX_MESSAGE_BYTES = 1 << 20
 _CHILD_FDS = 2  # its stdin and stdout
 _children: set[int] = set()  # forked and not reaped yet
 
@@ -40,9 +36,9 @@ _children: set[int] = set()  # forked and not reaped yet
 def main() -> NoReturn:
     control = socket.socket(fileno=0)
     sys.stdout = sys.stderr  # /dev/null: fd 0 is the protocol
-    config: dict[str, Any] = orjson.loads(control.recv(MAX_MESSAGE_BYTES))
+    config = protocol.parse_config(control.recv(protocol.MAX_ZYGOTE_MESSAGE_BYTES))
     die_with(os.getppid())
-    StepRunner(SandboxSettings(**config["settings"]), {})  # loads every module a script can reach, once
+    StepRunner(config.settings, {})  # loads every module a script can reach, once
     seccomp = confinement.compile_seccomp()  # once for every child; finding libseccomp runs ldconfig
     wakeup_read, wakeup_write = os.pipe()
     os.set_blocking(wakeup_write, False)
@@ -59,12 +55,12 @@ def main() -> NoReturn:
             _fork_one(control, config, seccomp)
 
 
-def _fork_one(control: socket.socket, config: dict[str, Any], seccomp: bytes | None) -> None:
-    message, fds, _flags, _address = socket.recv_fds(control, MAX_MESSAGE_BYTES, _CHILD_FDS)
+def _fork_one(control: socket.socket, config: ChildConfig, seccomp: bytes | None) -> None:
+    message, fds, _flags, _address = socket.recv_fds(control, protocol.MAX_ZYGOTE_MESSAGE_BYTES, _CHILD_FDS)
     if not message:  # the parent closed the socket: the pool is gone, and so must its children be
         _end_children()
         os._exit(0)
-    if len(fds) != _CHILD_FDS or orjson.loads(message).get("t") != "fork":
+    if len(fds) != _CHILD_FDS or not protocol.is_fork(message):
         os._exit(1)
     zygote_pid = os.getpid()
     pid = os.fork()
@@ -76,12 +72,12 @@ def _fork_one(control: socket.socket, config: dict[str, Any], seccomp: bytes | N
         os.close(fd)
     pidfd = os.pidfd_open(pid)  # before any reaping: the pid cannot be another process's yet
     try:
-        socket.send_fds(control, [orjson.dumps({"t": "forked", "pid": pid})], [pidfd])
+        socket.send_fds(control, [protocol.encode_forked(pid)], [pidfd])
     finally:
         os.close(pidfd)
 
 
-def _become_child(fds: list[int], config: dict[str, Any], seccomp: bytes | None, zygote_pid: int) -> NoReturn:
+def _become_child(fds: list[int], config: ChildConfig, seccomp: bytes | None, zygote_pid: int) -> NoReturn:
     """In the forked child: the pipes on fds 0 and 1, /dev/null on 2, nothing else open, a session of its
     own; then prepare (load, confine) and serve like any child."""
     try:

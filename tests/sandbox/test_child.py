@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from dagrun.contract.executor import ErrorKind, script_hash
-from dagrun.sandbox.process import child_command, parse_result
+from dagrun.sandbox.process import child_command
+from dagrun.sandbox.protocol import result_parser
 from tests.sandbox.conftest import TEST_SETTINGS
 
 
@@ -142,14 +143,15 @@ def test_a_result_of_the_wrong_shape_is_refused() -> None:
         ("elapsed_ms", "1"),
         ("exit", None),
     ]
-    owner = type("Owner", (), {"worker_id": "local:1"})()
-    assert parse_result(good, owner, TEST_SETTINGS).ok
+    parse_result = result_parser(TEST_SETTINGS)
+    result, exits = parse_result(good, "local:1")
+    assert result.ok and not exits
     for field, value in bad_values:
         with pytest.raises(ValueError):
-            parse_result({**good, field: value}, owner, TEST_SETTINGS)
+            parse_result({**good, field: value}, "local:1")
     failed = {**good, "ok": False, "error": {"kind": "nonsense", "type": "X", "message": "m", "line": None}}
     with pytest.raises(ValueError):
-        parse_result(failed, owner, TEST_SETTINGS)
+        parse_result(failed, "local:1")
 
 
 def test_a_child_dies_with_its_parent_even_when_stuck() -> None:

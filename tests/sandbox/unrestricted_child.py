@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from dagrun.sandbox import protocol
 from dagrun.sandbox.child import Channel, start
 
 # Everything an attacker with arbitrary Python would reach for, loaded before the child confines itself.
@@ -30,7 +31,7 @@ def main() -> None:
     sys.stdout = sys.stderr
     channel = Channel(reader, 1)
     _runner, layers = start(reader, channel, os.getppid())
-    channel.send(orjson.dumps({"t": "ready", "pid": os.getpid(), "layers": layers}) + b"\n")
+    channel.send(protocol.encode_ready(os.getpid(), layers))
     namespace: dict[str, Any] = dict(TOOLS)
     for line in reader:
         try:
