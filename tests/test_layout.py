@@ -23,7 +23,6 @@ NOT_YET_SPLIT = {
     "dagrun/sandbox/pool.py",
     "dagrun/store/sqlite/schema.py",
     "dagrun/store/sqlite/store.py",
-    "executors/redis_queue/client.py",
 }
 
 
