@@ -42,7 +42,6 @@ from executors.websocket.frames import (
     RESULT,
     wire_logger,
 )
-from executors.worker_client import describe
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +171,11 @@ class WebSocketWorkerServer(WorkerServer):
             await connection.send(reply)
         except ConnectionClosed:
             logger.info(
-                "worker %s: %s: result dropped, connection closed", self._worker.settings.worker_id, describe(request)
+                "worker %s: run %s step %s attempt %d: result dropped, connection closed",
+                self._worker.settings.worker_id,
+                request.run_id,
+                request.step_id,
+                request.attempt,
             )
 
 
