@@ -19,13 +19,14 @@ from dagrun.api.settings import ApiSettings
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import DagrunError
-from dagrun.serving.listening import cannot_listen, is_loopback
-from dagrun.serving.lobby_site import LobbySite
+from dagrun.serving.listening import is_loopback
+from dagrun.serving.lobby_site import start_app
+from dagrun.serving.server import Server
 
 logger = logging.getLogger(__name__)
 
 
-class ApiServer:
+class ApiServer(Server):
     def __init__(
         self,
         control: RunControl,
@@ -35,57 +36,33 @@ class ApiServer:
         settings: ApiSettings | None = None,
     ) -> None:
         self.settings = settings or ApiSettings()
+        super().__init__(self.settings.host, self.settings.port, scheme="http")
         self._app = create_app(control, token=token, orchestrator=orchestrator, settings=self.settings)
         self._runner: web.AppRunner | None = None
-        self._port = 0
-        self._closed = False
-
-    async def __aenter__(self) -> ApiServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def port(self) -> int:
-        if self._runner is None:
-            raise RuntimeError("ApiServer is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        host = self.settings.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     async def start(self) -> None:
         """Listen; DagrunError, in one line, when the address cannot be bound."""
-        if self._closed:
-            raise RuntimeError("ApiServer is closed")
-        runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=self.settings.shutdown_timeout_s)
-        await runner.setup()
-        site = LobbySite(runner, self.settings.host, self.settings.port, lobby=self._app[LOBBY])
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise DagrunError(f"api: {cannot_listen(self.settings.host, self.settings.port, exc)}") from exc
-        self._runner = runner
-        self._port = runner.addresses[0][1]
-        if not is_loopback(self.settings.host):
+        await super().start()
+        if not is_loopback(self.host):
             logger.warning(
                 "api: serving plain HTTP on %s: the token crosses the network in clear text; "
                 "put a TLS-terminating proxy in front",
-                self.settings.host,
+                self.host,
             )
         logger.info("api: listening on %s", self.url)
 
-    async def aclose(self) -> None:
-        """Stop serving; safe twice."""
-        if self._closed:
-            return
-        self._closed = True
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-            logger.info("api: stopped")
+    async def _listen(self) -> int:
+        shutdown_timeout_s = self.settings.shutdown_timeout_s
+        lobby = self._app[LOBBY]
+        self._runner, port = await start_app(
+            self._app, self.host, self._requested_port, lobby=lobby, shutdown_timeout=shutdown_timeout_s
+        )
+        return port
+
+    async def _stop(self) -> None:
+        assert self._runner is not None  # set by `_listen`
+        await self._runner.cleanup()
+        logger.info("api: stopped")
+
+    def _cannot_listen(self, message: str) -> DagrunError:
+        return DagrunError(f"api: {message}")

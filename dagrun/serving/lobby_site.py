@@ -7,6 +7,7 @@ is closed before aiohttp sees it), and its close takes it out of the lobby; ever
 through untouched. The application's guard completes the picture: it answers each request inside
 `Lobby.serving` and calls `Lobby.leave` once the request carries the token. A TLS handshake must end
 within the header timeout as well; a connection counts in the lobby from the end of its handshake.
+`start_app` serves an application this way, for the REST API and the HTTP worker alike.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import asyncio
 import functools
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -92,3 +93,25 @@ class LobbySite(web.BaseSite):
             ssl_handshake_timeout=handshake_timeout_s,
             backlog=self._backlog,
         )
+
+
+async def start_app(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    lobby: Lobby,
+    ssl_context: ssl.SSLContext | None = None,
+    **runner_options: Any,
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` on a `LobbySite`; its runner (whose `cleanup` stops it) and the port bound. OSError when
+    the address cannot be bound, with nothing left running. `runner_options` go to `web.AppRunner`."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
+    await runner.setup()
+    try:
+        await LobbySite(runner, host, port, lobby=lobby, ssl_context=ssl_context).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    bound_port: int = runner.addresses[0][1]
+    return runner, bound_port

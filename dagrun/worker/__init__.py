@@ -1,2 +1,2 @@
-"""The worker side: `ScriptWorker` runs step envelopes in its sandbox pool for every transport's server;
-the lobby holds connections until they authenticate."""
+"""The worker side: `ScriptWorker` answers step envelopes from its sandbox pool for every transport's server;
+`WorkerServer` is what the WebSocket and HTTP servers share (token, TLS, `Admission`, `Limits`, /health)."""

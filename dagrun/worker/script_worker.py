@@ -2,9 +2,11 @@
 
 A transport's worker server (Redis consumer, WebSocket or HTTP server) only moves bytes; a
 ScriptWorker decodes each request, runs it in its own warm SandboxPool, encodes the result, logs one
-line per step and keeps the counters that liveness reports show. Its `stopping` flag is the single
-place a server learns that it must take no new work. A server stops a step whose caller gave up by
-cancelling the task that runs it; a cancelled step counts in neither `steps_done` nor `errors`.
+line per step and keeps the counters that liveness reports show. `answer` always gives a result
+envelope: a request it cannot decode, or one it fails to run (a bug, a closed pool), becomes the step's
+WORKER failure, never a dead server. Its `stopping` flag is the single place a server learns that it
+must take no new work. A server stops a step whose caller gave up by cancelling the task that runs it;
+a cancelled step counts in neither `steps_done` nor `errors`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from dagrun.contract.envelope import DEFAULT_MAX_ENVELOPE_BYTES, decode_request, encode_result
-from dagrun.contract.executor import HostFunction, StepRequest, StepResult
+from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
 from dagrun.contract.transport import WorkerStatus
+from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from dagrun.serving.lobby import LobbySettings
 
@@ -49,17 +52,22 @@ class WorkerSettings:
     worker_id: str = field(default_factory=default_worker_id)
     sandbox: SandboxSettings | None = None  # None: SandboxSettings(processes=concurrency)
 
+    @property
+    def pool_settings(self) -> SandboxSettings:
+        """The settings of the worker's sandbox pool: `sandbox`, or one process per step run at once."""
+        return self.sandbox or SandboxSettings(processes=self.concurrency)
+
 
 class ScriptWorker:
     """Runs step envelopes in a warm sandbox pool: `async with ScriptWorker(settings) as worker`."""
 
     def __init__(self, settings: WorkerSettings, *, functions: Mapping[str, HostFunction] | None = None) -> None:
         self.settings = settings
-        sandbox = settings.sandbox or SandboxSettings(processes=settings.concurrency)
-        self._pool = SandboxPool(sandbox, functions=functions)
+        self._pool = SandboxPool(settings.pool_settings, functions=functions)
         self._current: dict[int, str] = {}
         self._steps_done = 0
         self._errors = 0
+        self.recent_step_s: float | None = None  # moving average of steps' time in the sandbox (read-ahead decisions)
         self._started_at = time.time()
         self._pool_started: asyncio.Task[None] | None = None
         self.stopping = False
@@ -114,6 +122,8 @@ class ScriptWorker:
         self._steps_done += 1
         if not result.ok:
             self._errors += 1
+        step_s = result.elapsed_ms / 1000
+        self.recent_step_s = step_s if self.recent_step_s is None else 0.8 * self.recent_step_s + 0.2 * step_s
         result = result._replace(worker_id=f"{self.settings.worker_id}/{result.worker_id}")  # which machine, too
         logger.info(
             "worker %s run %s step %s attempt %d %s in %.1f ms%s",
@@ -127,9 +137,39 @@ class ScriptWorker:
         )
         return result
 
-    async def handle(self, data: bytes | str) -> bytes:
-        """Decode, run and encode one envelope; ExecutorError for an envelope that must be refused."""
-        return encode_result(await self.run(self.decode(data)))
+    async def answer(self, data: bytes | str, *, origin: object) -> bytes:
+        """The result envelope for a request envelope, whatever happens to it: see `refuse` and
+        `answer_request`. `origin` names where it came from in a log line (str() only if logged). Cancelling
+        it stops the step."""
+        try:
+            request = self.decode(data)
+        except ExecutorError as exc:
+            return self.refuse(str(exc), origin=origin)
+        return await self.answer_request(request)
+
+    def refuse(self, problem: str, *, origin: object) -> bytes:
+        """The result envelope of a request from `origin` refused unrun for `problem`: a WORKER failure."""
+        worker_id = self.settings.worker_id
+        logger.warning("worker %s: refusing %s: %s", worker_id, origin, problem)
+        message = f"worker {worker_id} refused the request: {problem}"
+        return encode_result(StepResult.failure(ErrorKind.WORKER, "ExecutorError", message, worker_id=worker_id))
+
+    async def answer_request(self, request: StepRequest) -> bytes:
+        """The result envelope of `run`; what goes wrong outside the script (a worker bug, a closed pool)
+        becomes the step's WORKER failure. Cancelling it stops the step."""
+        try:
+            result = await self.run(request)
+        except Exception as exc:  # a bug or a closed pool becomes this step's failure, never a dead server
+            worker_id = self.settings.worker_id
+            logger.exception(
+                "worker %s run %s step %s attempt %d crashed",
+                worker_id,
+                request.run_id,
+                request.step_id,
+                request.attempt,
+            )
+            result = StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc), worker_id=worker_id)
+        return encode_result(result)
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(

@@ -4,7 +4,7 @@ and waits for the result on its own reply stream.
 Invariant: `_waiting` maps the request id of every call still waiting to that call; the first result
 for an id resolves it and any other (a re-run after a claim, a re-submission after a Redis restart)
 is dropped. One writer task sends queued entries (their XADDs in one write), one reader task reads
-the reply stream with XREAD BLOCK COUNT (each over a connection of its own), and a monitor fails
+the reply stream with XREAD BLOCK COUNT (each over a connection of its own), and a monitor (`waiting`) fails
 the calls of a context that has had no live worker for `queue_timeout_s`. Once connected, the executor
 outlives Redis restarts: it retries with backoff and re-submits the requests whose entries Redis lost.
 A call that is cancelled (or fails) withdraws its request: the writer deletes the entry and sends a
@@ -23,12 +23,11 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from dagrun.contract.envelope import decode_result, encode_request
 from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
-from dagrun.errors import ExecutorError, WorkerUnavailable, redact
+from dagrun.errors import ExecutorError, redact
 from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
@@ -44,8 +43,8 @@ from executors.redis_queue.connection import (
     open_redis,
     stream_entries,
 )
-from executors.redis_queue.liveness import consumers
 from executors.redis_queue.signing import Signer
+from executors.redis_queue.waiting import Call, fail_unserved_calls
 
 logger = logging.getLogger(__name__)
 
@@ -56,18 +55,6 @@ CLOSE_TIMEOUT_S = 2.0  # aclose gives up cleaning Redis after this
 UNANSWERED_CHECK_S = 5.0  # how often (at most) calls are checked for entries deleted with no reply
 MARKER_FIELD = b"."  # the reply stream's creation entry; never a request id
 DEFAULT_CONTEXT = "default"  # where steps without a context_id go
-
-
-@dataclass(slots=True, eq=False)
-class _Call:
-    request: StepRequest
-    request_id: bytes
-    context_id: str
-    stream: str
-    fields: tuple[bytes, ...]  # of its XADD: id, reply stream, envelope and signature (`Signer.request_fields`)
-    future: asyncio.Future[StepResult]
-    submitted_at: float  # time.monotonic()
-    entry_id: bytes | None = None  # its entry in the request stream, once written
 
 
 class RedisExecutor:
@@ -88,8 +75,8 @@ class RedisExecutor:
         self._replies = DedicatedConnection(self._client)  # the reader's XREADs
         self._block_ms = block_ms(self._client)  # an idle reader wakes this often and keeps its stream's TTL fresh
         self._numbers = itertools.count(1)
-        self._waiting: dict[bytes, _Call] = {}
-        self._unsent: list[_Call] = []
+        self._waiting: dict[bytes, Call] = {}
+        self._unsent: list[Call] = []
         self._withdrawn: list[tuple[str, bytes]] = []  # (context id, entry id) of requests given up on, not sent
         self._send_due = asyncio.Event()
         self._last_reply_id = b"0-0"
@@ -119,7 +106,7 @@ class RedisExecutor:
         stream = self._keys.requests(context_id)
         fields = self._signer.request_fields(stream, request_id, self._reply, encode_request(request))
         future = asyncio.get_running_loop().create_future()
-        call = _Call(request, request_id, context_id, stream, fields, future, time.monotonic())
+        call = Call(request, request_id, context_id, stream, fields, future, time.monotonic())
         self._waiting[request_id] = call
         self._queue(call)
         try:
@@ -193,11 +180,11 @@ class RedisExecutor:
 
     # --- writing ---
 
-    def _queue(self, call: _Call) -> None:
+    def _queue(self, call: Call) -> None:
         self._unsent.append(call)
         self._send_due.set()
 
-    def _withdraw(self, call: _Call) -> None:
+    def _withdraw(self, call: Call) -> None:
         """Delete the call's entry and send a cancel notice, in case a worker took it (see `cancellation`)."""
         if call.entry_id is not None:
             self._withdrawn.append((call.context_id, call.entry_id))
@@ -213,7 +200,7 @@ class RedisExecutor:
             if calls or withdrawn:
                 await self._write(calls, withdrawn, backoff)
 
-    async def _write(self, calls: list[_Call], withdrawn: list[tuple[str, bytes]], backoff: Backoff) -> None:
+    async def _write(self, calls: list[Call], withdrawn: list[tuple[str, bytes]], backoff: Backoff) -> None:
         """The XADDs (and the withdrawals of entries given up on) in one write, retried until `reconnect_timeout_s`."""
         deadline = time.monotonic() + self.settings.reconnect_timeout_s
         commands: list[tuple[Argument, ...]] = [("XADD", call.stream, "*", *call.fields) for call in calls]
@@ -238,7 +225,7 @@ class RedisExecutor:
                 if call.request_id not in self._waiting:
                     self._withdraw(call)  # it gave up while its XADD was on the way
 
-    def _fail(self, calls: list[_Call], message: str) -> None:
+    def _fail(self, calls: list[Call], message: str) -> None:
         for call in calls:
             if not call.future.done():
                 call.future.set_exception(ExecutorError(message))
@@ -320,12 +307,12 @@ class RedisExecutor:
                 call.entry_id = None
                 self._queue(call)
 
-    def _sent(self, most: int) -> list[_Call]:
+    def _sent(self, most: int) -> list[Call]:
         """The first `most` calls (the oldest) whose entries were written and whose results have not come."""
         sent = (call for call in self._waiting.values() if call.entry_id is not None and not call.future.done())
         return list(itertools.islice(sent, most))
 
-    async def _unanswered(self, calls: list[_Call]) -> list[_Call]:
+    async def _unanswered(self, calls: list[Call]) -> list[Call]:
         """Those of `calls` whose entries Redis no longer has and whose replies have not come (a worker
         writes the reply before it deletes the entry, so the replies read after the check include those
         of every entry found gone)."""
@@ -355,47 +342,8 @@ class RedisExecutor:
             )
             call.future.set_exception(ExecutorError(message))
 
-    # --- liveness ---
-
     async def _monitor_loop(self) -> None:
-        """Fail the calls of a context that has had no live worker for `queue_timeout_s`."""
-        unserved_since: dict[str, float] = {}
-        interval_s = min(1.0, self.settings.queue_timeout_s / 4)
-        while True:
-            await asyncio.sleep(interval_s)  # a liveness check, like a heartbeat: there is no event for a death
-            contexts = {call.context_id for call in self._waiting.values()}
-            for context_id in list(unserved_since):
-                if context_id not in contexts:
-                    del unserved_since[context_id]
-            for context_id in contexts:
-                reason = await self._unserved_reason(context_id)
-                if reason is None:
-                    unserved_since.pop(context_id, None)
-                else:
-                    self._fail_unserved(context_id, unserved_since.setdefault(context_id, time.monotonic()), reason)
-
-    async def _unserved_reason(self, context_id: str) -> str | None:
-        """None when a live worker serves the context, else why not."""
-        try:
-            found = await consumers(self._client, self._keys, self._keys.requests(context_id))
-        except CONNECTION_ERRORS as exc:
-            return f"redis at {self.settings.where} is unreachable ({redact(str(exc))})"
-        if any(consumer.is_live for consumer in found):
-            return None
-        return f"no live worker serves context {context_id!r} on redis at {self.settings.where}"
-
-    def _fail_unserved(self, context_id: str, since: float, reason: str) -> None:
-        now = time.monotonic()
-        timeout_s = self.settings.queue_timeout_s
-        for call in self._waiting.values():
-            waited_s = now - max(since, call.submitted_at)
-            if call.context_id == context_id and not call.future.done() and waited_s >= timeout_s:
-                request = call.request
-                message = (
-                    f"run {request.run_id} step {request.step_id!r} attempt {request.attempt}: {reason} "
-                    f"(waited {timeout_s:g} s); start one with `dagrun worker redis URL --context {context_id}`"
-                )
-                call.future.set_exception(WorkerUnavailable(message))
+        await fail_unserved_calls(self._client, self.settings, self._waiting)
 
     async def _clean_up(self, withdrawn: list[tuple[str, bytes]]) -> None:
         try:

@@ -24,8 +24,6 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import StreamIdT
 
-from dagrun.contract.envelope import encode_result
-from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
 from dagrun.errors import ExecutorError, redact
 from dagrun.worker.script_worker import ScriptWorker
 from executors.redis_queue.cancellation import CancelReader
@@ -77,7 +75,6 @@ class Consumer:
         self._ended: list[HeldEntry] = []  # steps that ended, their replies not written yet
         self._reply_due = asyncio.Event()
         self._slot_freed = asyncio.Event()
-        self._step_s: float | None = None  # moving average of how long steps run (in the sandbox)
         self._is_draining = False  # no new work: no reads, no claims
         self._is_closing = False  # the reply loop ends once nothing is left to write
 
@@ -85,7 +82,8 @@ class Consumer:
     def _free(self) -> int:
         """How many more entries to take: one per idle sandbox process, plus `prefetch` while steps are
         quick (so that a process never waits for a round trip to Redis, and slow steps are not hoarded)."""
-        is_quick = self._step_s is not None and self._step_s < QUICK_STEP_S
+        step_s = self._worker.recent_step_s
+        is_quick = step_s is not None and step_s < QUICK_STEP_S
         return self._concurrency + (self._settings.prefetch if is_quick else 0) - len(self._running)
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -216,38 +214,14 @@ class Consumer:
         self._reply_due.set()
 
     async def _run(self, entry: HeldEntry) -> None:
-        try:
-            request = self._decode(entry)
-        except ExecutorError as exc:
-            logger.warning("worker %s: refusing entry %s of %s: %s", self._name, entry.entry_id, entry.stream, exc)
-            message = f"worker {self._name} refused the request: {exc}"
-            result = StepResult.failure(ErrorKind.WORKER, "ExecutorError", message, worker_id=self._name)
-        else:
-            result = await self._run_request(request)
-            step_s = result.elapsed_ms / 1000
-            self._step_s = step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * step_s
-        entry.reply = encode_result(result)
-        self._ended.append(entry)
-        self._reply_due.set()
-
-    def _decode(self, entry: HeldEntry) -> StepRequest:
         data = entry.fields.get(b"req")
         if data is None or b"id" not in entry.fields:
-            raise ExecutorError(f"entry fields {sorted(entry.fields)!r} lack 'id' or 'req'")
-        return self._worker.decode(data)
-
-    async def _run_request(self, request: StepRequest) -> StepResult:
-        try:
-            return await self._worker.run(request)
-        except Exception as exc:  # a bug or a closed pool becomes this step's failure, never a dead worker
-            logger.exception(
-                "worker %s run %s step %s attempt %d crashed",
-                self._name,
-                request.run_id,
-                request.step_id,
-                request.attempt,
-            )
-            return StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc), worker_id=self._name)
+            problem = f"entry fields {sorted(entry.fields)!r} lack 'id' or 'req'"
+            entry.reply = self._worker.refuse(problem, origin=entry)
+        else:
+            entry.reply = await self._worker.answer(data, origin=entry)
+        self._ended.append(entry)
+        self._reply_due.set()
 
     # --- replying ---
 

@@ -61,6 +61,9 @@ class HeldEntry:
     task: asyncio.Task[None] | None = None  # the step's, while it runs
     is_withdrawn: bool = False  # its caller gave up, or it was refused: it is acknowledged with no reply
 
+    def __str__(self) -> str:
+        return f"entry {self.entry_id.decode()} of {self.stream}"  # as log lines name it
+
 
 class ReplyWriter:
     """Writes batches of ended entries over a connection of its own: `await writer.write(batch)`; each result

@@ -25,18 +25,7 @@ from dagrun.contract.envelope import decode_result, encode_request
 from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
-from executors.auth import (
-    BUSY_FIRST_DELAY_S,
-    BUSY_MAX_DELAY_S,
-    MAX_RESENDS,
-    Limits,
-    Window,
-    WorkerTarget,
-    await_shared,
-    bearer_header,
-    describe,
-    parse_target,
-)
+from dagrun.worker.limits import Limits
 from executors.reconnection import RECONNECT_S, Reconnection
 from executors.websocket.frames import (
     BUSY,
@@ -50,6 +39,17 @@ from executors.websocket.frames import (
     REQUEST,
     RESULT,
     wire_logger,
+)
+from executors.worker_client import (
+    BUSY_FIRST_DELAY_S,
+    BUSY_MAX_DELAY_S,
+    MAX_RESENDS,
+    Window,
+    WorkerTarget,
+    await_shared,
+    bearer_header,
+    describe,
+    parse_target,
 )
 
 logger = logging.getLogger(__name__)

@@ -3,16 +3,30 @@
 A frame is binary: ``id`` (ID_BYTES, big-endian, chosen by the client) + ``kind`` (1 byte) + payload, so
 a message shorter than HEADER_BYTES carries no frame. The kinds and what each payload holds are drawn in
 the package docstring. Client and server open connections with the same keepalive and handshake timeouts
-and log websockets' own lines through `wire_logger`, which masks the Authorization header.
+and log websockets' own lines through `wire_logger`, which masks the Authorization header: the token
+never reaches a log line.
 """
 
 from __future__ import annotations
 
 import logging
 
-from executors.auth import hide_authorization
+from dagrun.serving.lobby import AUTHORIZATION
 
-wire_logger = hide_authorization(logging.getLogger("executors.websocket.wire"))  # websockets' own log lines
+
+class AuthorizationFilter(logging.Filter):
+    """Masks the value of an Authorization header in records like ``"> %s: %s" % (name, value)``,
+    which is how websockets logs handshake headers at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == AUTHORIZATION.lower():
+            record.args = (args[0], "***")
+        return True
+
+
+wire_logger = logging.getLogger("executors.websocket.wire")  # websockets' own log lines
+wire_logger.addFilter(AuthorizationFilter())
 
 ID_BYTES = 8
 HEADER_BYTES = ID_BYTES + 1

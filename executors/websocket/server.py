@@ -4,7 +4,8 @@ Invariant: each connection's handler holds the task of every request of that con
 by id; a request runs only if `Admission` has room for it (else B) and the worker is not stopping (else G),
 and when the connection closes the handler cancels what it still holds: nobody can receive those results.
 Until its handshake carries the token, a connection waits in the server's lobby (`dagrun.serving.lobby`): capped,
-and closed if the handshake request does not come within the header timeout.
+and closed if the handshake request does not come within the header timeout. The token, TLS, admission,
+/health and the drain on close are every worker server's (`dagrun.worker.server`).
 """
 
 from __future__ import annotations
@@ -22,22 +23,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from dagrun.contract.envelope import encode_result
 from dagrun.contract.executor import StepRequest
 from dagrun.errors import ExecutorError
-from dagrun.serving.lobby import AUTHORIZATION, Lobby, is_authorized
-from dagrun.worker.script_worker import ScriptWorker
-from executors.auth import (
-    MAX_QUEUE_WAIT_S,
-    Admission,
-    Busy,
-    Stopping,
-    describe,
-    health_document,
-    listen_error,
-    require_server_token,
-    server_ssl_context,
-)
+from dagrun.serving.lobby import AUTHORIZATION, Lobby
+from dagrun.worker.admission import Busy, Stopping
+from dagrun.worker.server import WorkerServer
 from executors.websocket.frames import (
     BUSY,
     CANCEL,
@@ -56,99 +46,56 @@ from executors.websocket.frames import (
 logger = logging.getLogger(__name__)
 
 
-class WebSocketWorkerServer:
+class WebSocketWorkerServer(WorkerServer):
     """Serves a ScriptWorker over WebSocket: ``async with WebSocketWorkerServer(worker) as server``.
 
     `aclose` drains: new connections get 503 and new requests G, running steps may finish within
     `grace_s`, then connections close with 1001 and what is left is cancelled."""
 
-    def __init__(self, worker: ScriptWorker, *, max_queue_wait_s: float = MAX_QUEUE_WAIT_S) -> None:
-        settings = worker.settings
-        self._worker = worker
-        self._token = require_server_token(settings, "ws")
-        self._ssl = server_ssl_context(settings)
-        self._admission = Admission(worker, max_queue_wait_s=max_queue_wait_s)
-        self._lobby = Lobby(settings.lobby, name=f"worker {settings.worker_id}")
-        self._server: Server | None = None
-        self._is_closed = False
-
-    async def __aenter__(self) -> WebSocketWorkerServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("WebSocketWorkerServer is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def url(self) -> str:
-        return f"{'wss' if self._ssl else 'ws'}://{self._worker.settings.host}:{self.port}"
+    KIND, SCHEMES, PROTOCOL = "ws", ("ws", "wss"), "websocket"
+    _server: Server | None = None
 
     @property
     def connections(self) -> set[ServerConnection]:
         """Open connections (fault tests drop them)."""
         return self._server.connections if self._server else set()
 
-    async def start(self) -> None:
-        """Listen; ExecutorError when the address cannot be bound."""
-        if self._is_closed:
-            raise RuntimeError("WebSocketWorkerServer is closed")
+    async def _listen(self) -> int:
         settings = self._worker.settings
         tls: dict[str, Any] = {"ssl": self._ssl}
         if self._ssl is not None:  # the TLS handshake ends within the header timeout too
             tls["ssl_handshake_timeout"] = settings.lobby.header_timeout_s
-        try:
-            self._server = await serve(
-                self._serve_connection,
-                settings.host,
-                settings.port,
-                compression=None,
-                max_size=settings.max_message_bytes + HEADER_BYTES,
-                process_request=self._check_request,
-                process_response=self._announce,
-                ping_interval=PING_INTERVAL_S,
-                ping_timeout=PING_TIMEOUT_S,
-                open_timeout=OPEN_TIMEOUT_S,
-                server_header=None,
-                logger=wire_logger,
-                create_connection=_lobby_connection(self._lobby),
-                **tls,
-            )
-        except OSError as exc:
-            raise listen_error(settings, exc) from exc
-        logger.info("worker %s listening on %s", settings.worker_id, self.url)
+        self._server = await serve(
+            self._serve_connection,
+            settings.host,
+            settings.port,
+            compression=None,
+            max_size=settings.max_message_bytes + HEADER_BYTES,
+            process_request=self._check_request,
+            process_response=self._announce,
+            ping_interval=PING_INTERVAL_S,
+            ping_timeout=PING_TIMEOUT_S,
+            open_timeout=OPEN_TIMEOUT_S,
+            server_header=None,
+            logger=wire_logger,
+            create_connection=_lobby_connection(self._lobby),
+            **tls,
+        )
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
-    async def aclose(self) -> None:
-        """Take no new work, let running steps finish within grace_s, then close; safe twice."""
-        if self._is_closed:
-            return
-        self._is_closed = True
-        if self._server is None:
-            return
-        await self._admission.stop()
+    async def _close(self) -> None:
+        assert self._server is not None  # set by `_listen`
         self._server.close()  # 1001 going away; each connection's handler cancels what it still holds
         await self._server.wait_closed()
-        logger.info("worker %s: websocket server closed", self._worker.settings.worker_id)
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Refuse the handshake before the upgrade: no valid token, or the worker is stopping."""
-        if not is_authorized(request.headers.get_all(AUTHORIZATION), self._token):
-            logger.warning(
-                "worker %s: refused a connection from %s: missing or wrong token",
-                self._worker.settings.worker_id,
-                _peer(connection),
-            )
+        if not self._authenticate(request.headers.get_all(AUTHORIZATION), connection.transport):
+            self._log_refused_token(f"a connection from {_peer(connection)}")
             return connection.respond(HTTPStatus.UNAUTHORIZED, "missing or wrong token\n")
-        self._lobby.leave(connection.transport)
         if urlsplit(request.path).path == "/health":  # not an upgrade: the worker's status, as HTTP workers answer it
-            document = health_document(self._worker, self._admission.limits)
-            response = connection.respond(HTTPStatus.OK, orjson.dumps(document).decode())
+            response = connection.respond(HTTPStatus.OK, orjson.dumps(self.health_document()).decode())
             del response.headers["Content-Type"]  # a multi-valued mapping: assigning would add a second one
             response.headers["Content-Type"] = "application/json"
             return response
@@ -215,7 +162,7 @@ class WebSocketWorkerServer:
 
     async def _run(self, connection: ServerConnection, key: bytes, request: StepRequest) -> None:
         try:
-            reply = key + RESULT + encode_result(await self._admission.run(request))
+            reply = key + RESULT + await self._admission.run(request)
         except Busy:
             reply = key + BUSY
         except Stopping:
@@ -224,7 +171,11 @@ class WebSocketWorkerServer:
             await connection.send(reply)
         except ConnectionClosed:
             logger.info(
-                "worker %s: %s: result dropped, connection closed", self._worker.settings.worker_id, describe(request)
+                "worker %s: run %s step %s attempt %d: result dropped, connection closed",
+                self._worker.settings.worker_id,
+                request.run_id,
+                request.step_id,
+                request.attempt,
             )
 
 

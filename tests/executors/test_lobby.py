@@ -14,7 +14,7 @@ import pytest
 from dagrun.contract.executor import ExecutorOptions
 from dagrun.contract.transport import open_executor
 from dagrun.serving.lobby import LobbySettings
-from executors.auth import bearer_header
+from executors.worker_client import bearer_header
 from tests.executors.conftest import ServerFactory, WorkerFactory, make_request
 from tests.lobby_support import HALF_HEADER, IdleSockets, closed_after_s, count_closed
 
