@@ -20,8 +20,6 @@ LONG_TABLES = {("dagrun/api/routes.py", "routes"), ("dagrun/cli/__init__.py", "b
 NOT_YET_SPLIT = {
     "dagrun/engine/control.py",
     "dagrun/engine/driver.py",
-    "dagrun/engine/control.py",
-    "dagrun/engine/driver.py",
 }
 
 
