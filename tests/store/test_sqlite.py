@@ -617,7 +617,10 @@ async def test_a_commit_wakes_only_the_waiters_of_the_runs_it_wrote_to(
     async with SqliteStore.open(tmp_path) as s:
         await create_driven(s, run_ids, ["a"])
         waits = {run_id: asyncio.create_task(s.wait_events(run_id, after_seq=0, timeout_s=10)) for run_id in run_ids}
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(5):  # a loaded machine may take a while to start 200 waiters
+            while calls["read_events"] < len(run_ids):
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
         assert calls["read_events"] == len(run_ids)  # each waiter queried once, found nothing, and waits
         marks = calls["read_marks"]
 
