@@ -1,4 +1,4 @@
-"""Cancelling a task for sure: on Python 3.11, asyncio.wait_for (redis-py sends every command through it)
+"""Cancelling tasks for sure: on Python 3.11, asyncio.wait_for (redis-py sends every command through it)
 loses a cancellation that arrives just as its inner call finishes (CPython gh-86296), and the task then
 runs on as if never cancelled. So a cancel that matters is repeated until the task has ended."""
 
@@ -10,12 +10,16 @@ from typing import Any
 CANCEL_RETRY_S = 0.1
 
 
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` and return once it has ended, cancelling again while it has not."""
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel `tasks` and return once each has ended, cancelling again those that have not. All are
+    cancelled at once, so that they wind down side by side."""
+    pending = {task for task in tasks if not task.done()}
     try:
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=CANCEL_RETRY_S)  # a deadline for the cancel, not a poll
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_RETRY_S)  # a deadline for the cancel, not a poll
     except asyncio.CancelledError:
-        task.cancel()
+        for task in pending:
+            task.cancel()
         raise

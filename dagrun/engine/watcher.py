@@ -88,8 +88,7 @@ class Watcher:
 
     async def _stop_loops(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            await cancel_and_wait(task)
+        await cancel_and_wait(*tasks)
 
     async def _listen(self) -> None:
         """Hand notices to the drivers here (and, when serving, adopt runs); rescan once per lease period."""

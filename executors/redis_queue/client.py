@@ -25,6 +25,7 @@ import socket
 import time
 from typing import Any
 
+from dagrun.cancellation import cancel_and_wait
 from dagrun.contract.envelope import decode_result, encode_request
 from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, redact
@@ -37,7 +38,6 @@ from executors.redis_queue.connection import (
     DedicatedConnection,
     QueueSettings,
     block_ms,
-    cancel_and_wait,
     check_connection,
     let_others_run,
     open_redis,
@@ -122,7 +122,7 @@ class RedisExecutor:
         if self._is_closed:
             return
         self._is_closed = True
-        await cancel_and_wait([*self._tasks, *([self._opening] if self._opening else [])])
+        await cancel_and_wait(*self._tasks, *([self._opening] if self._opening else []))
         withdrawn = [*self._withdrawn, *((c.context_id, c.entry_id) for c in self._waiting.values() if c.entry_id)]
         self._fail_waiting(ExecutorError("the redis executor was closed while the step waited"))
         if self._tasks:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import socket
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -172,18 +172,6 @@ async def check_connection(client: aioredis.Redis, settings: QueueSettings) -> N
         await client.ping()
     except (redis.exceptions.RedisError, OSError) as exc:
         raise ExecutorError(f"cannot connect to redis at {settings.where}: {redact(str(exc))}") from exc
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel `tasks` and wait until each has ended.
-
-    Python 3.11's asyncio.wait_for, which redis-py sends commands with, swallows a cancellation that
-    lands just as the send completes; the task then goes on to its next await, so cancel it again."""
-    pending = {task for task in tasks if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.1)
 
 
 async def let_others_run(max_turns: int = 16) -> None:

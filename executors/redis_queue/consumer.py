@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import StreamIdT
 
+from dagrun.cancellation import cancel_and_wait
 from dagrun.errors import ExecutorError, redact
 from dagrun.worker.script_worker import ScriptWorker
 from executors.redis_queue.cancellation import CancelReader
@@ -35,7 +36,6 @@ from executors.redis_queue.connection import (
     DedicatedConnection,
     QueueSettings,
     block_ms,
-    cancel_and_wait,
     let_others_run,
     stream_entries,
 )
@@ -110,14 +110,14 @@ class Consumer:
                 cancelling = group.create_task(self._cancels.serve(self._cancel_withdrawn))
                 await stop.wait()
                 self._is_draining = True
-                await cancel_and_wait([reading])
+                await cancel_and_wait(reading)
                 await self._drain()
                 try:
                     async with asyncio.timeout(FLUSH_TIMEOUT_S):
                         await asyncio.shield(replying)
                 except TimeoutError:
                     logger.warning("worker %s: could not write every reply; those steps will run again", self._name)
-                await cancel_and_wait([replying, beating, cancelling])
+                await cancel_and_wait(replying, beating, cancelling)
         except* ExecutorError as group:
             raise group.exceptions[0] from None  # one message for the command line, not a group
         finally:
@@ -331,7 +331,7 @@ class Consumer:
         if self._running:
             logger.info("worker %s: draining %d running steps (grace %g s)", self._name, len(self._running), grace_s)
             _, unfinished = await asyncio.wait(set(self._running), timeout=grace_s)
-            await cancel_and_wait(unfinished)
+            await cancel_and_wait(*unfinished)
         handed_back = [key for key, entry in self._held.items() if entry.reply is None and not entry.is_withdrawn]
         for key in handed_back:
             del self._held[key]  # no longer refreshed: once the heartbeat is gone, live workers claim them
@@ -342,7 +342,7 @@ class Consumer:
 
     async def _leave(self) -> None:
         """Delete the heartbeat (others claim what is left at once) and, if it holds nothing, the consumer."""
-        await cancel_and_wait(self._running)
+        await cancel_and_wait(*self._running)
         try:
             async with asyncio.timeout(FLUSH_TIMEOUT_S):
                 await self._client.delete(self._keys.heartbeat(self._name))
