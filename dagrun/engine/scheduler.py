@@ -36,12 +36,7 @@ class Scheduler:
         # A step is tainted when it failed, was cancelled, or was skipped because of a failure upstream:
         # `any_failed` steps run after a taint, `all_success` steps are skipped by one.
         self._tainted: set[str] = set()
-        self._remaining = len(self.status)
         self._roots = [step_id for step_id, dependencies in self._depends_on.items() if not dependencies]
-
-    @property
-    def is_done(self) -> bool:
-        return self._remaining == 0
 
     def roots(self) -> list[str]:
         """The steps that are ready at the start: those without dependencies."""
@@ -80,7 +75,6 @@ class Scheduler:
         for step_id in cancelled:
             self.status[step_id] = StepStatus.CANCELLED
             self._tainted.add(step_id)
-        self._remaining = 0
         return cancelled
 
     def _apply(self, step_id: str, status: StepStatus, decisions: Decisions) -> None:
@@ -92,7 +86,6 @@ class Scheduler:
             if self.status[current].is_terminal:
                 raise ValueError(f"step {current!r} already ended as {self.status[current]}")
             self.status[current] = current_status
-            self._remaining -= 1
             if current_status in (StepStatus.FAILED, StepStatus.CANCELLED):
                 self._tainted.add(current)
             for dependent in self._dependents[current]:
