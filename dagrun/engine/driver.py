@@ -1,12 +1,13 @@
 """Driving one run: a Scheduler decides what may start, executors run it, the store keeps every change.
 
-Each started step is one task that resolves its inputs, calls its executor (retrying with backoff) or
-waits for its signal, records every state change and, when it ends, hands the Scheduler its completion;
-whatever that unlocks starts at once. Nothing polls: the run ends when its TaskGroup has no task left.
+Each started step is one task that runs its attempts (`attempt`) or waits for its signal, records every
+state change and, when it ends, hands the Scheduler its completion; whatever that unlocks starts at once.
+Nothing polls: the run ends when its TaskGroup has no task left. What the driver knows of each step is
+one `StepState`; what a failure leads to (a retry, fail fast) it asks of `policy`.
 
 A driver starts from a new run or from one read back from the store (crash recovery): completed steps
 keep their outputs, steps that were running run again as a new attempt. Commands (cancel, pause,
-resume, signal) come from the run's command log, replayed whole when the driver starts.
+resume, signal) come from the run's command log (`CommandLog`), replayed whole when the driver starts.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.executor import ErrorKind, Executor, StepError, StepRequest, StepResult
+from dagrun.contract.executor import ErrorKind, Executor, StepError, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.attempt import run_attempt
+from dagrun.engine.command_log import CommandLog
 from dagrun.engine.control import end_cancelled
-from dagrun.engine.outcome import RunResult, StepOutcome
+from dagrun.engine.outcome import RunResult
+from dagrun.engine.pause import PauseGate
+from dagrun.engine.policy import attempt_failed_message, cancelled_by, retry_delay_s, step_failure
 from dagrun.engine.scheduler import Scheduler
-from dagrun.engine.signals import SignalBox
-from dagrun.errors import ExecutorError, LeaseLost, RunHandedBack, UnresolvedInput
-from dagrun.flow.model import Flow, Step
+from dagrun.engine.step_state import StepState, SucceededOutputs
+from dagrun.errors import LeaseLost, RunHandedBack
+from dagrun.flow.model import Flow, WaitFor
 from dagrun.store.base import Command, CommandKind, StepRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -50,7 +55,7 @@ class Stop(Enum):
 
 
 class RunDriver:
-    """One run being driven: the Scheduler, the ready queue, what each step produced, the pause gate."""
+    """One run being driven: the Scheduler, the ready queue, a StepState per step, the pause gate."""
 
     def __init__(
         self,
@@ -72,56 +77,37 @@ class RunDriver:
         self._max_parallel = max_parallel
         self._fail_fast = fail_fast
         self._listener = listener
-        self._steps = {step.id: step for step in flow.steps}
+        self._states = {step.id: StepState(step) for step in flow.steps}
+        self._outputs_of = SucceededOutputs(self._states)
         self._scheduler = Scheduler(flow)
         self._ready: deque[str] = deque()
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._outputs_of: dict[str, dict[str, Any]] = {}  # succeeded steps only
-        self._attempts = dict.fromkeys(self._steps, 0)
-        self._failures = dict.fromkeys(self._steps, 0)  # failed attempts; an interrupted one is not one
-        self._resumed_from: dict[str, StepRecord] = {}  # steps that were waiting when the run was taken over
-        self._errors: dict[str, StepError] = {}
+        self._running = 0  # steps whose task is running
         self._context: dict[str, Any] = {}
-        self._first_failure: str | None = None
-        self._initial: list[str] = self._scheduler.roots()
+        self._first_failure: str | None = None  # the run's error
+        self._initial = self._scheduler.roots()
         self._unrecorded_skips: list[str] = []  # skips that follow from a stored run but were never written
         self._task_group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[Any] | None = None
         self._stop: Stop | None = None
         self._stopping: asyncio.Task[None] | None = None  # cancels the drive task until it ends
         self._stepping = False  # steps may be running: stopping must cancel them
-        self._unpaused = asyncio.Event()
-        self._unpaused.set()
-        self._commands_seen = 0
-        self._commands_lock = asyncio.Lock()
-        self._signals = SignalBox()
-
-    @property
-    def is_paused(self) -> bool:
-        return not self._unpaused.is_set()
+        self._gate = PauseGate()
+        self._commands = CommandLog(store, run_id)
 
     def restore(self, stored: StoredRun) -> None:
         """Take up a run driven before from its stored state, before `drive`."""
-        steps = {record.step_id: record for record in stored.steps}
-        ended = {}
-        for step_id, record in steps.items():
-            self._attempts[step_id] = record.attempt
-            if record.status == StepStatus.SUCCEEDED:
-                self._outputs_of[step_id] = record.outputs
-            if record.error is not None:
-                self._errors[step_id] = record.error
-            if record.status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
-                ended[step_id] = record.status
-            self._failures[step_id] = _failed_attempts(record)
-            if record.status == StepStatus.WAITING:
-                self._resumed_from[step_id] = record
-        for step_id in self._steps:
-            if ended.get(step_id) == StepStatus.FAILED:
-                self._first_failure = self._first_failure or f"step {step_id!r} failed: {self._errors.get(step_id)}"
+        records = {record.step_id: record for record in stored.steps}
+        ended: dict[str, StepStatus] = {}
+        for step_id, state in self._states.items():  # in flow order: the first to fail names the run's error
+            status = state.restore(records[step_id])
+            if status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+                ended[step_id] = status
+            if status == StepStatus.FAILED:
+                self._failed(state)
         decisions = self._scheduler.restore(ended)
         self._initial = decisions.ready
         self._unrecorded_skips = [
-            step_id for step_id in decisions.skipped if steps[step_id].status != StepStatus.SKIPPED
+            step_id for step_id in decisions.skipped if records[step_id].status != StepStatus.SKIPPED
         ]
         self._context = stored.context
 
@@ -137,15 +123,15 @@ class RunDriver:
 
     async def _drive(self, stored_status: RunStatus) -> RunResult:
         self._task = asyncio.current_task()
-        logger.info("run %s of flow %r: driving %d steps", self.run_id, self._flow.name, len(self._steps))
+        logger.info("run %s of flow %r: driving %d steps", self.run_id, self._flow.name, len(self._states))
         try:
             async with asyncio.TaskGroup() as task_group:
                 self._task_group = task_group
                 await self._catch_up(stored_status)
                 if self._stop is None:  # a cancel in the log, or a hand-back meanwhile: no step starts
                     await self._record_skips(self._unrecorded_skips)
-                    if self.is_paused:
-                        self._hold_while_paused()
+                    if self._gate.is_closed:
+                        self._gate.hold(task_group)
                     self._ready.extend(self._initial)
                     self._stepping = True
                     self._pump()
@@ -177,62 +163,62 @@ class RunDriver:
             if self._task is not None and self._stepping:
                 self._stopping = asyncio.create_task(cancel_and_wait(self._task))
 
+    # --- commands ----------------------------------------------------------------------------------
+
     async def apply_new_commands(self) -> None:
-        """Apply the commands sent since the last call (called when a notice or a lease renewal says so).
-        Before `drive` has caught up with the log there is nothing to do: catching up reads them all."""
+        """Apply the commands sent since the last call (called when a notice, a lease renewal or a local
+        RunControl says so). Before `drive` has caught up with the log there is nothing to do: catching
+        up reads them all."""
         if self._task_group is None or self._stop is not None:
             return
-        async with self._commands_lock:
-            for command in await self._store.get_commands(self.run_id, after_seq=self._commands_seen):
-                self._commands_seen = command.seq
-                logger.info("run %s: applying %s", self.run_id, command.kind)
-                if command.kind == CommandKind.PAUSE:
-                    await self._pause()
-                elif command.kind == CommandKind.RESUME:
-                    await self._resume()
-                else:
-                    self._apply_at_once(command)
+        await self._commands.apply_new(self._apply)
 
     async def _catch_up(self, stored_status: RunStatus) -> None:
-        """Replay the whole command log (a run taken over may have many), then write the run status it
-        leads to once, rather than once per pause and resume."""
-        async with self._commands_lock:
-            for command in await self._store.get_commands(self.run_id):
-                self._commands_seen = command.seq
-                if command.kind == CommandKind.PAUSE:
-                    self._unpaused.clear()
-                elif command.kind == CommandKind.RESUME:
-                    self._unpaused.set()
-                else:
-                    self._apply_at_once(command)
-        status = RunStatus.PAUSED if self.is_paused else RunStatus.RUNNING
+        """Replay the whole command log, then write the run status it leads to once, rather than once per
+        pause and resume."""
+        await self._commands.apply_new(self._replay)
+        status = RunStatus.PAUSED if self._gate.is_closed else RunStatus.RUNNING
         if status != stored_status and self._stop is None:
             await self._store.set_run_status(self.run_id, status, at=time.time())
+
+    async def _apply(self, command: Command) -> None:
+        logger.info("run %s: applying %s", self.run_id, command.kind)
+        if command.kind == CommandKind.PAUSE:
+            await self._pause()
+        elif command.kind == CommandKind.RESUME:
+            await self._resume()
+        else:
+            self._apply_at_once(command)
+
+    async def _replay(self, command: Command) -> None:
+        """Catching up: a pause or resume only moves the gate (`_catch_up` writes the status once)."""
+        if command.kind == CommandKind.PAUSE:
+            self._gate.close()
+        elif command.kind == CommandKind.RESUME:
+            self._gate.open()
+        else:
+            self._apply_at_once(command)
 
     def _apply_at_once(self, command: Command) -> None:
         """Commands that need no write of their own: cancel (the stop writes) and signal."""
         if command.kind == CommandKind.CANCEL:
             self.stop(Stop.CANCEL)
-        elif command.step_id in self._steps and not self._scheduler.status[command.step_id].is_terminal:
-            self._signals.deliver(command.step_id, command.values)
-
-    def _hold_while_paused(self) -> None:
-        """Keep the TaskGroup open while no step runs, so that a paused run waits for `resume`."""
-        assert self._task_group is not None
-        self._task_group.create_task(self._unpaused.wait())
+        elif command.step_id in self._states and not self._scheduler.status[command.step_id].is_terminal:
+            self._states[command.step_id].deliver_signal(command.values)
 
     async def _pause(self) -> None:
-        if self.is_paused:
+        if self._gate.is_closed:
             return
-        self._unpaused.clear()
-        self._hold_while_paused()
+        assert self._task_group is not None
+        self._gate.close()
+        self._gate.hold(self._task_group)
         await self._store.set_run_status(self.run_id, RunStatus.PAUSED, at=time.time())
 
     async def _resume(self) -> None:
-        if not self.is_paused:
+        if not self._gate.is_closed:
             return
         await self._store.set_run_status(self.run_id, RunStatus.RUNNING, at=time.time())
-        self._unpaused.set()
+        self._gate.open()
         self._pump()
 
     async def _stopped(self, *, cancelled: bool) -> RunResult:
@@ -250,135 +236,125 @@ class RunDriver:
         logger.info("run %s ended cancelled", self.run_id)
         return self._result(RunStatus.CANCELLED)
 
+    # --- steps -------------------------------------------------------------------------------------
+
     def _pump(self) -> None:
         """Start ready steps while there are free slots and the run is not paused."""
         assert self._task_group is not None
-        while self._ready and len(self._running) < self._max_parallel and not self.is_paused and self._stop is None:
-            step_id = self._ready.popleft()
-            self._scheduler.start(step_id)
-            self._running[step_id] = self._task_group.create_task(self._run_step(self._steps[step_id]))
+        while self._ready and self._running < self._max_parallel and not self._gate.is_closed and self._stop is None:
+            state = self._states[self._ready.popleft()]
+            self._scheduler.start(state.step.id)
+            self._running += 1
+            state.task = self._task_group.create_task(self._run_step(state))
 
-    async def _run_step(self, step: Step) -> None:
-        if step.wait_for is None:
-            status = await self._attempt_until_done(step)
+    async def _run_step(self, state: StepState) -> None:
+        if state.step.wait_for is None:
+            status = await self._attempt_until_done(state)
         else:
-            status = await self._wait_for_signal(step)
-        del self._running[step.id]
-        decisions = self._scheduler.complete(step.id, status)
+            status = await self._wait_for_signal(state, state.step.wait_for)
+        state.task = None
+        self._running -= 1
+        decisions = self._scheduler.complete(state.step.id, status)
         await self._record_skips(decisions.skipped)
-        if status == StepStatus.FAILED and self._fail_fast:
-            await self._cancel_rest()
+        cancelled = cancelled_by(status, self._scheduler, fail_fast=self._fail_fast)
+        if cancelled:
+            await self._cancel_after_failure(cancelled)
             return
         self._ready.extend(decisions.ready)
         self._pump()
 
-    async def _attempt_until_done(self, step: Step) -> StepStatus:
-        policy = step.retries
+    async def _attempt_until_done(self, state: StepState) -> StepStatus:
+        step = state.step
         while True:
-            await self._unpaused.wait()  # a retry waits out a pause
-            attempt = self._attempts[step.id] = self._attempts[step.id] + 1
-            started_at = time.time()
-            await self._record(StepRecord(self.run_id, step.id, StepStatus.RUNNING, attempt, started_at))
-            result = await self._call(step, attempt)
-            if result.ok:
-                await self._succeed(step, attempt, started_at, result)
-                return StepStatus.SUCCEEDED
-            assert result.error is not None
-            self._errors[step.id] = result.error
-            failures = self._failures[step.id] = self._failures[step.id] + 1
-            done = failures >= policy.max_attempts
-            delay_s = 0.0 if done else policy.delay_s(failures)
-            message = f"attempt {attempt} failed: {result.error}" + ("" if done else f"; retrying in {delay_s:.2f} s")
-            status = StepStatus.FAILED if done else StepStatus.READY
-            record = StepRecord(
-                self.run_id, step.id, status, attempt, started_at, time.time(), error=result.error, logs=result.logs,
-                worker_id=result.worker_id, elapsed_ms=result.elapsed_ms,
+            await self._gate.wait_open()  # a retry waits out a pause
+            attempt = state.begin_attempt()
+            await self._record(StepRecord(self.run_id, step.id, StepStatus.RUNNING, attempt, state.started_at))
+            result = await run_attempt(
+                step, attempt, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of,
+                context=self._context, executor_of=self._executor_of,
             )  # fmt: skip
-            await self._record(record, message=message)
-            if done:
-                self._first_failure = self._first_failure or f"step {step.id!r} failed: {result.error}"
+            if result.ok:
+                await self._succeed(state, result)
+                return StepStatus.SUCCEEDED
+            delay_s = await self._fail_attempt(state, result)
+            if delay_s is None:
                 return StepStatus.FAILED
             await asyncio.sleep(delay_s)  # the retry backoff, not a poll
 
-    async def _wait_for_signal(self, step: Step) -> StepStatus:
+    async def _succeed(self, state: StepState, result: StepResult) -> None:
+        message = ""
+        if result.context_ops:
+            self._context, rejected = await self._store.apply_context(self.run_id, result.context_ops)
+            message = "; ".join(rejected)
+        state.outputs = result.outputs
+        state.error = None
+        record = StepRecord(
+            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started_at, time.time(),
+            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms,
+        )  # fmt: skip
+        await self._record(record, message=message)
+
+    async def _fail_attempt(self, state: StepState, result: StepResult) -> float | None:
+        """Record a failed attempt; how long to wait before the next one, None when the step has failed."""
+        assert result.error is not None
+        state.error = result.error
+        state.failures += 1
+        delay_s = retry_delay_s(state.step.retries, state.failures)
+        record = StepRecord(
+            self.run_id, state.step.id, StepStatus.FAILED if delay_s is None else StepStatus.READY, state.attempt,
+            state.started_at, time.time(), error=result.error, logs=result.logs, worker_id=result.worker_id,
+            elapsed_ms=result.elapsed_ms,
+        )  # fmt: skip
+        await self._record(record, message=attempt_failed_message(state.attempt, result.error, delay_s))
+        if delay_s is None:
+            self._failed(state)
+        return delay_s
+
+    async def _wait_for_signal(self, state: StepState, wait_for: WaitFor) -> StepStatus:
         """A human-input step: `waiting` until a signal brings its fields, or failed at its timeout."""
-        assert step.wait_for is not None
-        resumed = self._resumed_from.pop(step.id, None)
-        fields = step.wait_for.fields
+        await self._begin_waiting(state, wait_for)
+        try:
+            values = await state.receive_signal()
+        except TimeoutError:
+            error = StepError(ErrorKind.TIMEOUT, "SignalTimeout", f"no signal within {wait_for.timeout_s:g} s")
+            return await self._fail_waiting(state, error)
+        state.outputs = {field: values.get(field) for field in wait_for.fields}
+        record = StepRecord(
+            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started_at, time.time(),
+            state.outputs,
+        )  # fmt: skip
+        await self._record(record, message="signalled")
+        return StepStatus.SUCCEEDED
+
+    async def _begin_waiting(self, state: StepState, wait_for: WaitFor) -> None:
+        resumed, state.resumed = state.resumed, None
         if resumed is not None and resumed.started_at is not None:  # keep waiting where the last driver was
             attempt, started_at = resumed.attempt, resumed.started_at
             if self._listener is not None:  # already recorded as waiting: told, not written again
                 self._listener(resumed)
         else:
-            attempt, started_at = self._attempts[step.id] + 1, time.time()
+            attempt, started_at = state.attempt + 1, time.time()
             await self._record(
-                StepRecord(self.run_id, step.id, StepStatus.WAITING, attempt, started_at),
-                message=f"waiting for a signal with {', '.join(fields)}",
+                StepRecord(self.run_id, state.step.id, StepStatus.WAITING, attempt, started_at),
+                message=f"waiting for a signal with {', '.join(wait_for.fields)}",
             )
-        self._attempts[step.id] = attempt
-        timeout_s = step.wait_for.timeout_s
-        try:
-            values = await self._signals.receive(
-                step.id, timeout_s=None if timeout_s is None else started_at + timeout_s - time.time()
-            )
-        except TimeoutError:
-            error = StepError(ErrorKind.TIMEOUT, "SignalTimeout", f"no signal within {timeout_s:g} s")
-            return await self._fail_waiting(step, attempt, started_at, error)
-        outputs = {field: values.get(field) for field in fields}
-        self._outputs_of[step.id] = outputs
-        await self._record(
-            StepRecord(self.run_id, step.id, StepStatus.SUCCEEDED, attempt, started_at, time.time(), outputs),
-            message="signalled",
-        )
-        return StepStatus.SUCCEEDED
+        state.attempt, state.started_at = attempt, started_at
+        state.deadline = None if wait_for.timeout_s is None else started_at + wait_for.timeout_s
 
-    async def _fail_waiting(self, step: Step, attempt: int, started_at: float, error: StepError) -> StepStatus:
-        self._errors[step.id] = error
-        self._first_failure = self._first_failure or f"step {step.id!r} failed: {error}"
-        record = StepRecord(self.run_id, step.id, StepStatus.FAILED, attempt, started_at, time.time(), error=error)
+    async def _fail_waiting(self, state: StepState, error: StepError) -> StepStatus:
+        state.error = error
+        self._failed(state)
+        record = StepRecord(
+            self.run_id, state.step.id, StepStatus.FAILED, state.attempt, state.started_at, time.time(), error=error
+        )
         await self._record(record, message=str(error))
         return StepStatus.FAILED
 
-    async def _call(self, step: Step, attempt: int) -> StepResult:
-        try:
-            inputs = step.resolve_inputs(self._flow_inputs, self._outputs_of)
-        except UnresolvedInput as exc:
-            return StepResult.failure(ErrorKind.INPUT, "UnresolvedInput", str(exc))
-        request = StepRequest(
-            self.run_id,
-            step.id,
-            attempt,
-            step.script,
-            step.script_hash,
-            inputs,
-            self._context,
-            step.context_id,
-            step.timeout_s,
-        )
-        try:
-            # No timeout here: a step may wait in a remote queue; only the executor knows when it started.
-            result = await self._executor_of(step.executor).call(request)
-        except ExecutorError as exc:
-            return StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc))
-        if result.ok and step.outputs is not None:
-            missing = [key for key in step.outputs if key not in result.outputs]
-            if missing:
-                message = f"declared outputs not set: {', '.join(missing)}"
-                return StepResult.failure(ErrorKind.OUTPUT, "MissingOutput", message, logs=result.logs)
-        return result
+    def _failed(self, state: StepState) -> None:
+        """The step failed: the first step to fail names the run's error."""
+        self._first_failure = self._first_failure or step_failure(state.step.id, state.error)
 
-    async def _succeed(self, step: Step, attempt: int, started_at: float, result: StepResult) -> None:
-        message = ""
-        if result.context_ops:
-            self._context, rejected = await self._store.apply_context(self.run_id, result.context_ops)
-            message = "; ".join(rejected)
-        self._outputs_of[step.id] = result.outputs
-        self._errors.pop(step.id, None)
-        record = StepRecord(
-            self.run_id, step.id, StepStatus.SUCCEEDED, attempt, started_at, time.time(), result.outputs, None,
-            result.logs, result.worker_id, result.elapsed_ms,
-        )  # fmt: skip
-        await self._record(record, message=message)
+    # --- records -----------------------------------------------------------------------------------
 
     async def _record(self, record: StepRecord, *, message: str = "") -> None:
         if self._stop is not None:
@@ -392,46 +368,32 @@ class RunDriver:
         now = time.time()
         for step_id in skipped:
             record = StepRecord(self.run_id, step_id, StepStatus.SKIPPED, 0, None, now)
-            await self._record(record, message=f"run_if {self._steps[step_id].run_if} not met")
+            await self._record(record, message=f"run_if {self._states[step_id].step.run_if} not met")
 
-    async def _cancel_rest(self) -> None:
-        """Fail fast: stop every running step and end every step that has not ended as cancelled."""
+    async def _cancel_after_failure(self, step_ids: list[str]) -> None:
+        """Fail fast: stop the running steps among `step_ids` (every step not ended) and end them all cancelled."""
         self._ready.clear()
-        for task in self._running.values():
-            task.cancel()
-        self._running.clear()
+        for step_id in step_ids:
+            state = self._states[step_id]
+            if state.task is not None:
+                state.task.cancel()
+                state.task = None
+                self._running -= 1
         now = time.time()
-        for step_id in self._scheduler.cancel_rest():
-            record = StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._attempts[step_id], None, now)
-            await self._record(record, message="cancelled after a failure (fail fast)")
+        for step_id in step_ids:
+            await self._record(self._cancelled(step_id, now), message="cancelled after a failure (fail fast)")
 
     async def _finish_cancelled(self, reason: str) -> None:
         now = time.time()
-        cancelled = [
-            StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._attempts[step_id], None, now)
-            for step_id in self._scheduler.cancel_rest()
-        ]
+        cancelled = [self._cancelled(step_id, now) for step_id in self._scheduler.cancel_rest()]
         await end_cancelled(self._store, self.run_id, cancelled, reason, now)
         if self._listener is not None:
             for record in cancelled:
                 self._listener(record)
 
+    def _cancelled(self, step_id: str, now: float) -> StepRecord:
+        return StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._states[step_id].attempt, None, now)
+
     def _result(self, status: RunStatus) -> RunResult:
-        steps = {
-            step_id: StepOutcome(
-                self._scheduler.status[step_id],
-                self._attempts[step_id],
-                self._outputs_of.get(step_id, {}),
-                self._errors.get(step_id),
-            )
-            for step_id in self._steps
-        }
+        steps = {step_id: state.outcome(self._scheduler.status[step_id]) for step_id, state in self._states.items()}
         return RunResult(self.run_id, status, self._context, steps)
-
-
-def _failed_attempts(record: StepRecord) -> int:
-    """How many of a stored step's attempts failed: all of them when it failed or waits to retry (READY
-    after a failure), all but the last when the last was cut off (RUNNING, WAITING)."""
-    if record.status in (StepStatus.FAILED, StepStatus.READY):
-        return record.attempt
-    return max(record.attempt - 1, 0)

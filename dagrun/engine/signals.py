@@ -1,5 +1,5 @@
-"""Signals for human-input steps: a mailbox per run, so a signal may come before or while its step waits,
-and the checks a signal passes before it is sent.
+"""Signals for human-input steps: the checks a signal passes before it is sent (a driver keeps each
+step's signal in its `StepState`).
 
 The first signal for a step counts; later ones are ignored (a run taken over replays every signal in
 the command log, so this is also what makes replay idempotent). So a second signal with other values
@@ -8,7 +8,6 @@ is refused before it is sent, naming the first; one with the same values is answ
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,32 +16,6 @@ import orjson
 
 from dagrun.errors import ControlError
 from dagrun.store.base import Command, RunRecord
-
-
-class SignalBox:
-    def __init__(self) -> None:
-        self._kept: dict[str, dict[str, Any]] = {}  # signals that came before their step waited
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
-
-    def deliver(self, step_id: str, values: dict[str, Any]) -> None:
-        waiter = self._waiting.get(step_id)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(values)
-        else:
-            self._kept.setdefault(step_id, values)
-
-    async def receive(self, step_id: str, *, timeout_s: float | None) -> dict[str, Any]:
-        """The step's signal values, waiting up to `timeout_s` (forever when None); TimeoutError after."""
-        kept = self._kept.pop(step_id, None)
-        if kept is not None:
-            return kept
-        waiter = self._waiting[step_id] = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(timeout_s):
-                values: dict[str, Any] = await waiter
-                return values
-        finally:
-            del self._waiting[step_id]
 
 
 def check_signal_fields(run: RunRecord, step_id: str, step_ids: tuple[str, ...], values: Mapping[str, Any]) -> None:
