@@ -61,9 +61,9 @@ async def test_approval_flow_deploys_only_when_approved(approved: bool) -> None:
     async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
         run_id = await orchestrator.start_run(load_flow(FLOWS / "approval.json"))
         await wait_until_waiting(orchestrator, run_id, "approve")
-        await orchestrator.signal(run_id, "approve", {"approved": approved, "comment": "checked by ann"})
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
-        steps = {step.step_id: step for step in (await orchestrator.status(run_id)).steps}
+        await orchestrator.control.signal(run_id, "approve", {"approved": approved, "comment": "checked by ann"})
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+        steps = {step.step_id: step for step in (await orchestrator.control.status(run_id)).steps}
     assert run.status == RunStatus.SUCCEEDED
     assert steps["approve"].outputs == {"approved": approved, "comment": "checked by ann"}
     verb = "deployed to staging" if approved else "not deployed"

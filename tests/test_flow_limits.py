@@ -149,7 +149,7 @@ async def test_a_stored_run_accepted_under_higher_limits_is_still_driven_by_any_
     )
     store = MemoryStore()
     async with Orchestrator(store, processes=1) as submitter:
-        run_id = await submitter.submit(flow)
+        run_id = await submitter.control.submit(flow)
     async with Orchestrator(store, processes=1) as later:  # the default, lower limits
         result = await later.drive(run_id)
 

@@ -1,8 +1,8 @@
 """The aiohttp application of the REST API: the guard, the routes, and the OpenAPI document of them.
 
-`create_app` serves one `RunControl` (so one store). With an Orchestrator in the same process, commands
-go through it, so that a run it drives applies them at once, and a submitted flow that names an
-executor it lacks is refused (422) instead of failing when it is driven. The app holds the `Lobby` of
+`create_app` serves one `RunControl` (so one store). With an Orchestrator in the same process, the runs
+it drives apply commands at once (see `local_runs`), and a submitted flow that names an executor it
+lacks is refused (422) instead of failing when it is driven. The app holds the `Lobby` of
 its connections under LOBBY: its guard reports requests to it, and `ApiServer` admits connections to it.
 """
 

@@ -1,7 +1,7 @@
 """The API's routes as data: each `Route` is registered on the app and described in the OpenAPI document
 from the same entry, so no route can be served undocumented. The handlers only translate HTTP to
-`RunControl` calls (commands go through the in-process Orchestrator when there is one, so that a run it
-drives applies them at once) and never catch dagrun errors: the guard maps those to statuses.
+`RunControl` calls (a run driven by an Orchestrator in this process on the same store applies a command
+at once) and never catch dagrun errors: the guard maps those to statuses.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -18,8 +17,9 @@ from pydantic import BaseModel
 from dagrun.api import models
 from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
-from dagrun.engine.control import RunControl, command_json, event_json, run_json
+from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
+from dagrun.engine.views import command_json, event_json, run_json
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.parser import parse_flow
@@ -29,18 +29,6 @@ from dagrun.store.base import Command
 
 PREFIX = "/v1"
 SUBMITTED_SOURCE = "request body"  # how FlowError messages name a submitted flow
-
-
-class Commands(Protocol):
-    """What both RunControl and Orchestrator offer to control a run."""
-
-    async def cancel(self, run_id: str) -> Command: ...
-
-    async def pause(self, run_id: str) -> Command: ...
-
-    async def resume(self, run_id: str) -> Command: ...
-
-    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +60,6 @@ class RunHandlers:
         self._control = control
         self._flow_limits = flow_limits
         self._orchestrator = orchestrator
-        self._commands: Commands = orchestrator if orchestrator is not None else control
         self._streams = streams
         self.openapi_body = b"{}"  # set by create_app once every route is known
 
@@ -181,17 +168,17 @@ class RunHandlers:
         return json_response((await self._control.checkpoint(_run_id(request))).to_json())
 
     async def cancel_run(self, request: web.Request) -> web.Response:
-        return _accepted(await self._commands.cancel(_run_id(request)))
+        return _accepted(await self._control.cancel(_run_id(request)))
 
     async def pause_run(self, request: web.Request) -> web.Response:
-        return _accepted(await self._commands.pause(_run_id(request)))
+        return _accepted(await self._control.pause(_run_id(request)))
 
     async def resume_run(self, request: web.Request) -> web.Response:
-        return _accepted(await self._commands.resume(_run_id(request)))
+        return _accepted(await self._control.resume(_run_id(request)))
 
     async def signal_step(self, request: web.Request) -> web.Response:
         body = await read_model(request, models.SignalRequest)
-        command = await self._commands.signal(_run_id(request), request.match_info["step_id"], body.values)
+        command = await self._control.signal(_run_id(request), request.match_info["step_id"], body.values)
         return _accepted(command)
 
 

@@ -23,7 +23,8 @@ from aiohttp import web
 from dagrun.api.guard import ApiError
 from dagrun.cancellation import cancel_and_wait
 from dagrun.contract.states import RunStatus
-from dagrun.engine.control import RunControl, event_json
+from dagrun.engine.control import RunControl
+from dagrun.engine.views import event_json
 from dagrun.errors import DagrunError
 from dagrun.store.base import Event
 

@@ -26,8 +26,9 @@ from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus
-from dagrun.engine.control import RunControl, event_json, run_json
+from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
+from dagrun.engine.views import event_json, run_json
 from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
 from dagrun.flow.graph import to_dot, to_mermaid
 from dagrun.flow.limits import NO_LIMITS

@@ -1,10 +1,12 @@
 """Reading and controlling runs through the store alone, from any machine.
 
-This is what `dagrun status|pause|resume|cancel|signal|wait|errors|metrics` and the REST API use. A
-command is checked against the run's state, appended to the run's command log, and applied by the
-orchestrator that drives the run. A run that nobody drives (not picked up yet, or its orchestrator
-died) gets the command's effect on its status here, under the run's lease, so that `status` shows it
-at once; whoever drives the run later replays the whole log and reaches the same state.
+This is what `dagrun status|pause|resume|cancel|signal|wait|errors|metrics`, the REST API and Python
+callers use (an Orchestrator's is `orchestrator.control`). A command is checked against the run's state,
+appended to the run's command log, and applied by the orchestrator that drives the run: at once when it
+drives it in this process on the same store object (`local_runs`), else when the store's notice reaches
+it. A run that nobody drives (not picked up yet, or its orchestrator died) gets the command's effect on
+its status here, under the run's lease, so that `status` shows it at once; whoever drives the run later
+replays the whole log and reaches the same state.
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
-from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.local_runs import local_runs
 from dagrun.engine.signals import check_signal_fields, counted_signal, wait_for_fields
+from dagrun.engine.views import Checkpoint, PendingStep, RunMetrics, RunView, StepFailure, step_metrics
 from dagrun.errors import ControlError
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.store.base import Command, CommandKind, Event, RunRecord, StepRecord, Store
@@ -48,131 +50,13 @@ def new_run_record(run_id: str, flow: Flow, flow_inputs: dict[str, Any]) -> RunR
     return RunRecord(run_id, flow.name, RunStatus.PENDING, flow.to_json(), flow_inputs, time.time())
 
 
-@dataclass(frozen=True, slots=True)
-class RunView:
-    """A run as persisted: its record, its steps in flow order, its context, and who drives it."""
-
-    run: RunRecord
-    steps: tuple[StepRecord, ...]
-    context: dict[str, Any]
-    driver: str | None  # the owner of the run's live lease; None when nobody drives it
-
-    def to_json(self) -> dict[str, Any]:
-        return run_json(self.run) | {
-            "driver": self.driver,
-            "context": self.context,
-            "steps": {step.step_id: step_json(step) for step in self.steps},
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Everything a run resumes from, read after a flush: the view, the event log's end, the commands."""
-
-    view: RunView
-    last_event_seq: int
-    commands: tuple[Command, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return self.view.to_json() | {
-            "last_event_seq": self.last_event_seq,
-            "commands": [command_json(command) for command in self.commands],
-        }
-
-
-class StepFailure(NamedTuple):
-    step_id: str
-    attempt: int
-    error: StepError
-    logs: str
-    worker_id: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "step_id": self.step_id,
-            "attempt": self.attempt,
-            "error": self.error.to_json(),
-            "logs": self.logs,
-            "worker_id": self.worker_id,
-        }
-
-
-class PendingStep(NamedTuple):
-    """A step that has not ended: what it is doing and since when."""
-
-    step_id: str
-    status: StepStatus
-    attempt: int
-    since: float | None  # when its current attempt started (or it began waiting)
-    waiting_for: tuple[str, ...]  # the fields a `wait_for` step needs; () for a script step
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "step_id": self.step_id,
-            "status": self.status.value,
-            "attempt": self.attempt,
-            "since": self.since,
-            "waiting_for": list(self.waiting_for),
-        }
-
-
-class StepMetrics(NamedTuple):
-    step_id: str
-    status: StepStatus
-    attempts: int
-    retries: int
-    duration_s: float | None  # wall time of its last attempt, dispatch to end
-    run_s: float | None  # how long its script ran in that attempt, by the executor's clock
-    queue_wait_s: float | None  # the rest of the attempt: queued, in transit, starting
-
-    def to_json(self) -> dict[str, Any]:
-        return self._asdict() | {"status": self.status.value}
-
-
-@dataclass(frozen=True, slots=True)
-class RunMetrics:
-    run_id: str
-    status: RunStatus
-    wall_s: float | None  # start to end (to now while it runs)
-    steps: tuple[StepMetrics, ...]
-
-    @property
-    def attempts(self) -> int:
-        return sum(step.attempts for step in self.steps)
-
-    @property
-    def retries(self) -> int:
-        return sum(step.retries for step in self.steps)
-
-    def total(self, field: str) -> float:
-        """The sum of one StepMetrics duration field over the steps that have it."""
-        values: list[float | None] = [getattr(step, field) for step in self.steps]
-        return sum(value for value in values if value is not None)
-
-    def to_json(self) -> dict[str, Any]:
-        by_status: dict[str, int] = {}
-        for step in self.steps:
-            by_status[step.status.value] = by_status.get(step.status.value, 0) + 1
-        return {
-            "run_id": self.run_id,
-            "status": self.status.value,
-            "wall_s": self.wall_s,
-            "steps_by_status": by_status,
-            "attempts": self.attempts,
-            "retries": self.retries,
-            "step_s": self.total("duration_s"),
-            "run_s": self.total("run_s"),
-            "queue_wait_s": self.total("queue_wait_s"),
-            "steps": [step.to_json() for step in self.steps],
-        }
-
-
 class RunControl:
     """Submit, read and control runs in one store; see the module docstring."""
 
     def __init__(self, store: Store, *, owner: str | None = None) -> None:
         self.store = store
         self.owner = owner or new_owner_id("control")
+        self._local = local_runs(store)
 
     async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
         """Record a run of `flow` for an orchestrator sharing the store to drive; return its id.
@@ -216,7 +100,7 @@ class RunControl:
 
     async def metrics(self, run_id: str) -> RunMetrics:
         run = await self.store.get_run(run_id)
-        steps = tuple(_step_metrics(step) for step in await self.store.get_steps(run_id))
+        steps = tuple(step_metrics(step) for step in await self.store.get_steps(run_id))
         end = run.finished_at if run.finished_at is not None else time.time()
         return RunMetrics(run_id, run.status, None if run.started_at is None else end - run.started_at, steps)
 
@@ -239,7 +123,7 @@ class RunControl:
         return await self._send(run_id, CommandKind.PAUSE)
 
     async def resume(self, run_id: str) -> Command:
-        """Undo `pause`. (An orchestrator's `resume` also drives a run that nobody drives.)"""
+        """Undo `pause`. A run that nobody drives is handed to a serving orchestrator (a RELEASED notice)."""
         return await self._send(run_id, CommandKind.RESUME)
 
     async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
@@ -249,6 +133,12 @@ class RunControl:
         sends nothing. ControlError when the step does not wait for a signal, `values` does not hold
         exactly its fields, the step already has a signal with other values (the message names it),
         or the run or step has ended."""
+        command = await self._signal(run_id, step_id, values)
+        await self._local.deliver(run_id)
+        return command
+
+    async def _signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
+        """Send the signal unless the step has one already; the one that counts."""
         run = await self.store.get_run(run_id)
         steps = {step.step_id: step for step in await self.store.get_steps(run_id)}
         check_signal_fields(run, step_id, tuple(steps), values)
@@ -275,7 +165,10 @@ class RunControl:
         return None
 
     async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
-        """The run's record once it has ended, or as it is when `timeout_s` passes (check `is_terminal`)."""
+        """The run's record once it has ended, or as it is when `timeout_s` passes (check `is_terminal`).
+        A run driven here in the background: once its drive has ended (its lease given up), however."""
+        if await self._local.wait_for_drive(run_id, timeout_s=timeout_s):
+            return await self.store.get_run(run_id)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         after_seq = 0
         while True:
@@ -312,6 +205,7 @@ class RunControl:
             finally:
                 await self.store.release_lease(run_id, self.owner, notify=kind == CommandKind.RESUME)
         logger.info("run %s: %s sent", run_id, kind)
+        await self._local.deliver(run_id)  # a run driven here applies it now, not when the notice comes
         return command
 
     async def _live_run(self, run_id: str) -> RunRecord:
@@ -348,64 +242,3 @@ async def end_cancelled(store: Store, run_id: str, cancelled: list[StepRecord], 
         await store.record_step(record, message=f"run {reason}")
     await store.set_run_status(run_id, RunStatus.CANCELLED, at=at, error=reason)
     await store.flush()
-
-
-def _step_metrics(step: StepRecord) -> StepMetrics:
-    duration_s = run_s = queue_wait_s = None
-    if step.started_at is not None and step.finished_at is not None:
-        duration_s = step.finished_at - step.started_at
-        if step.elapsed_ms:
-            run_s = step.elapsed_ms / 1000
-            queue_wait_s = max(duration_s - run_s, 0.0)
-    return StepMetrics(
-        step.step_id, step.status, step.attempt, max(step.attempt - 1, 0), duration_s, run_s, queue_wait_s
-    )
-
-
-def run_json(run: RunRecord) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "flow": run.flow_name,
-        "status": run.status.value,
-        "created_at": run.created_at,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "error": run.error,
-        "inputs": run.inputs,
-    }
-
-
-def step_json(step: StepRecord) -> dict[str, Any]:
-    return {
-        "status": step.status.value,
-        "attempts": step.attempt,
-        "outputs": step.outputs,
-        "error": step.error.to_json() if step.error else None,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "elapsed_ms": step.elapsed_ms,
-        "worker_id": step.worker_id,
-        "logs": step.logs,
-    }
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    return {
-        "seq": event.seq,
-        "at": event.at,
-        "kind": event.kind,
-        "status": event.status,
-        "step_id": event.step_id,
-        "attempt": event.attempt,
-        "message": event.message,
-    }
-
-
-def command_json(command: Command) -> dict[str, Any]:
-    return {
-        "seq": command.seq,
-        "at": command.at,
-        "kind": command.kind.value,
-        "step_id": command.step_id,
-        "values": command.values,
-    }

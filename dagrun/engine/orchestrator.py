@@ -1,4 +1,5 @@
-"""The orchestrator: drives runs (a `RunDriver` each) under leases, and is the API to control them.
+"""The orchestrator: drives runs (a `RunDriver` each) under leases. Its `control` (a `RunControl` on the
+same store) reads and controls them; the drivers here hear its commands at once (`local_runs`).
 
 One store can be shared by many orchestrators, on many machines. Each run is driven by the one that
 holds its lease; a `Watcher` renews the leases, hands commands from the store to the drivers here and,
@@ -19,18 +20,9 @@ import orjson
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus
 from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
-from dagrun.engine.control import (
-    Checkpoint,
-    PendingStep,
-    RunControl,
-    RunMetrics,
-    RunView,
-    StepFailure,
-    new_owner_id,
-    new_run_id,
-    new_run_record,
-)
+from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
 from dagrun.engine.driver import RunDriver, StepListener, Stop, StoredRun
+from dagrun.engine.local_runs import local_runs
 from dagrun.engine.outcome import RunResult, StepOutcome
 from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
@@ -38,7 +30,7 @@ from dagrun.flow.limits import NO_LIMITS
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
-from dagrun.store.base import Command, RunRecord, Store
+from dagrun.store.base import RunRecord, Store
 
 __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
 
@@ -68,7 +60,8 @@ class Orchestrator:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
         self.store = store
         self.owner = new_owner_id("orchestrator")
-        self.control = RunControl(store)
+        self.control = RunControl(store)  # reads and commands; a run driven here hears its commands at once
+        self._local = local_runs(store)
         self._options = ExecutorOptions(functions=dict(functions or {}), token=token, processes=processes)
         self._configured: dict[str, Executor | str] = {DEFAULT_EXECUTOR: DEFAULT_EXECUTOR, **(executors or {})}
         self._opened: dict[str, Executor] = {}
@@ -177,10 +170,6 @@ class Orchestrator:
         self._in_background(driver.run_id, self._drive_or_none(driver, RunStatus.PENDING))
         return driver.run_id
 
-    async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
-        """Record a run of `flow` for any orchestrator serving this store to drive; return its id."""
-        return await self.control.submit(flow, inputs=inputs)
-
     async def drive(
         self, run_id: str, *, wait_for_lease: bool = False, listener: StepListener | None = None
     ) -> RunResult | None:
@@ -268,6 +257,7 @@ class Orchestrator:
     async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:
         run_id = driver.run_id
         self._drivers[run_id] = driver
+        self._local.driving(run_id, driver)
         self._watcher.driving(run_id)
         handed_back = False
         try:
@@ -283,6 +273,7 @@ class Orchestrator:
             raise RunLost(run_id) from exc
         finally:
             del self._drivers[run_id]
+            self._local.done_driving(run_id, driver)
             await asyncio.shield(self._watcher.done_with(run_id, handed_back=handed_back))
 
     async def _raise_if_lost(self, run_id: str, handed_back: RunHandedBack) -> None:
@@ -324,65 +315,13 @@ class Orchestrator:
     def _in_background(self, run_id: str, drive: Any) -> None:
         task: asyncio.Task[RunResult | None] = asyncio.create_task(drive, name=f"dagrun run {run_id}")
         self._background[run_id] = task
+        self._local.in_background(run_id, task)
         task.add_done_callback(lambda done: self._background_done(run_id, done))
 
     def _background_done(self, run_id: str, task: asyncio.Task[RunResult | None]) -> None:
         self._background.pop(run_id, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error("run %s: its driver failed: %s", run_id, task.exception())
-
-    # --- control: the same calls as RunControl, and runs driven here are told at once --------------
-
-    async def status(self, run_id: str) -> RunView:
-        return await self.control.status(run_id)
-
-    async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
-    ) -> list[RunRecord]:
-        return await self.control.list_runs(status=status, flow_name=flow_name, limit=limit)
-
-    async def errors(self, run_id: str) -> list[StepFailure]:
-        return await self.control.errors(run_id)
-
-    async def metrics(self, run_id: str) -> RunMetrics:
-        return await self.control.metrics(run_id)
-
-    async def pending_work(self, run_id: str) -> list[PendingStep]:
-        return await self.control.pending_work(run_id)
-
-    async def checkpoint(self, run_id: str) -> Checkpoint:
-        return await self.control.checkpoint(run_id)
-
-    async def cancel(self, run_id: str) -> Command:
-        return await self._told(await self.control.cancel(run_id))
-
-    async def pause(self, run_id: str) -> Command:
-        return await self._told(await self.control.pause(run_id))
-
-    async def resume(self, run_id: str) -> Command:
-        """Undo `pause`; and when nobody drives the run (its driver died), drive it here in the background."""
-        command = await self._told(await self.control.resume(run_id))
-        if run_id not in self._drivers:
-            self._adopt(run_id)
-        return command
-
-    async def signal(self, run_id: str, step_id: str, values: Mapping[str, Any]) -> Command:
-        return await self._told(await self.control.signal(run_id, step_id, values))
-
-    async def wait_for_completion(self, run_id: str, *, timeout_s: float | None = None) -> RunRecord:
-        """The run's record once it has ended, or as it is when `timeout_s` passes."""
-        task = self._background.get(run_id)
-        if task is not None:
-            await asyncio.wait([task], timeout=timeout_s)
-            return await self.store.get_run(run_id)
-        return await self.control.wait_for_completion(run_id, timeout_s=timeout_s)
-
-    async def _told(self, command: Command) -> Command:
-        """A run driven here applies its command now, without waiting for the store's notice."""
-        driver = self._drivers.get(command.run_id)
-        if driver is not None:
-            await driver.apply_new_commands()
-        return command
 
 
 @functools.lru_cache(maxsize=64)

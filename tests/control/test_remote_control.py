@@ -62,9 +62,9 @@ class Remote:
     store: Store
     other: RunControl | None  # a second store on the same data, when there is one: another process
 
-    def control(self, orchestrator: Orchestrator) -> Orchestrator | RunControl:
+    def control(self, orchestrator: Orchestrator) -> RunControl:
         """What sends commands: another process when there is one, else the orchestrator driving the run."""
-        return self.other or orchestrator
+        return self.other or orchestrator.control
 
 
 @pytest.fixture(
@@ -110,7 +110,7 @@ async def test_cancel_stops_the_running_remote_step_and_runs_nothing_after_it(re
 
         started = time.monotonic()
         await remote.control(orchestrator).cancel(run_id)
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
         await no_step_running(remote.worker)
         assert time.monotonic() - started < 10
         # the worker's one sandbox process is free again: another run's step runs at once
@@ -175,7 +175,7 @@ async def test_pause_lets_the_remote_step_finish_and_starts_nothing_until_resume
         assert remote.worker.status().steps_done == 1
 
         await remote.control(orchestrator).resume(run_id)
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
 
     assert run.status == RunStatus.SUCCEEDED
     steps = {step.step_id: step for step in await store.get_steps(run_id)}
@@ -234,7 +234,7 @@ async def test_workers_lists_the_live_workers_of_each_remote_executor(factories:
         assert (ws_status.worker_id, ws_status.contexts, ws_status.current) == ("ws-1", ("default",), ())
 
         gate.release.set()
-        assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.FAILED
+        assert (await orchestrator.control.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.FAILED
         await idle.aclose()  # a stopped worker deletes its heartbeat: it is gone from the list at once
         await http_server.aclose()  # an HTTP worker that is down cannot say anything: none listed
         found = await listed()

@@ -34,27 +34,27 @@ async def test_start_run_returns_at_once_and_the_run_completes_in_the_background
         started = time.monotonic()
         run_id = await orchestrator.start_run(gated_flow())
         assert time.monotonic() - started < 2
-        assert (await orchestrator.status(run_id)).run.status in (RunStatus.PENDING, RunStatus.RUNNING)
+        assert (await orchestrator.control.status(run_id)).run.status in (RunStatus.PENDING, RunStatus.RUNNING)
         await wait_until_waiting(orchestrator, run_id, "gate")
         await wait_for_event(store, run_id, "succeeded", "side")
-        view = await orchestrator.status(run_id)
+        view = await orchestrator.control.status(run_id)
         assert view.driver == orchestrator.owner
         assert view.steps[1].status == StepStatus.WAITING
-        assert [step.step_id for step in await orchestrator.pending_work(run_id)] == ["gate", "after", "last"]
+        assert [step.step_id for step in await orchestrator.control.pending_work(run_id)] == ["gate", "after", "last"]
 
-        await orchestrator.signal(run_id, "gate", {"ok": True})
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        await orchestrator.control.signal(run_id, "gate", {"ok": True})
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
 
         assert run.status == RunStatus.SUCCEEDED
-        checkpoint = await orchestrator.checkpoint(run_id)
+        checkpoint = await orchestrator.control.checkpoint(run_id)
         outputs = {step.step_id: step.outputs for step in checkpoint.view.steps}
         assert outputs["last"] == {"done": 2}
         assert outputs["gate"] == {"ok": True}
         assert checkpoint.view.context == {"hits": 2}
         assert [command.kind for command in checkpoint.commands] == [CommandKind.SIGNAL]
         assert checkpoint.to_json()["context"] == {"hits": 2}
-        assert (await orchestrator.status(run_id)).driver is None  # the lease was given up
-        assert await orchestrator.pending_work(run_id) == []
+        assert (await orchestrator.control.status(run_id)).driver is None  # the lease was given up
+        assert await orchestrator.control.pending_work(run_id) == []
 
 
 async def test_pause_starts_no_new_step_until_resume(stores: StoreFactory) -> None:
@@ -62,18 +62,18 @@ async def test_pause_starts_no_new_step_until_resume(stores: StoreFactory) -> No
     async with Orchestrator(store, processes=1) as orchestrator:
         run_id = await orchestrator.start_run(gated_flow())
         await wait_until_waiting(orchestrator, run_id, "gate")
-        await orchestrator.pause(run_id)
+        await orchestrator.control.pause(run_id)
         assert (await store.get_run(run_id)).status == RunStatus.PAUSED
 
-        await orchestrator.signal(run_id, "gate", {"ok": 1})  # the waiting step completes ...
+        await orchestrator.control.signal(run_id, "gate", {"ok": 1})  # the waiting step completes ...
         await wait_for_event(store, run_id, "succeeded", "gate")
         await asyncio.sleep(0.3)
         statuses = await _statuses(store, run_id)
         assert statuses["after"] == StepStatus.PENDING  # ... but nothing new starts while paused
         assert (await store.get_run(run_id)).status == RunStatus.PAUSED
 
-        await orchestrator.resume(run_id)
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        await orchestrator.control.resume(run_id)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
     assert run.status == RunStatus.SUCCEEDED
     statuses_seen = [e.status for e in await store.get_events(run_id) if e.kind == "run"]
     assert statuses_seen == ["running", "paused", "running", "succeeded"]
@@ -96,8 +96,8 @@ async def test_cancel_ends_the_run_cancelled_and_stops_what_runs(stores: StoreFa
         await wait_for_event(store, run_id, "running", "spin")
         await wait_until_waiting(orchestrator, run_id, "gate")
         started = time.monotonic()
-        command = await orchestrator.cancel(run_id)
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        command = await orchestrator.control.cancel(run_id)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
         assert time.monotonic() - started < 10  # the spinning step was stopped, not waited for
     assert command.kind == CommandKind.CANCEL
     assert run.status == RunStatus.CANCELLED
@@ -119,6 +119,25 @@ async def test_commands_from_another_process_reach_the_driver(stores: StoreFacto
         await remote.resume(run_id)
         run = await remote.wait_for_completion(run_id, timeout_s=30)
     assert run.status == RunStatus.SUCCEEDED
+
+
+async def test_any_run_control_on_the_store_reaches_a_driver_here_before_its_call_returns(
+    stores: StoreFactory,
+) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(gated_flow())
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        another = RunControl(store)  # not the orchestrator's: the same store object is enough
+
+        await another.pause(run_id)
+        assert (await store.get_run(run_id)).status == RunStatus.PAUSED  # applied, not only sent
+        await another.signal(run_id, "gate", {"ok": True})
+        await wait_for_event(store, run_id, "succeeded", "gate")
+        await another.cancel(run_id)
+        run = await another.wait_for_completion(run_id, timeout_s=30)
+        assert run.status == RunStatus.CANCELLED
+        assert (await another.status(run_id)).driver is None  # waited for the drive to end, lease given up
 
 
 def test_run_ids_made_at_a_high_rate_do_not_collide() -> None:
@@ -147,9 +166,9 @@ async def test_the_watcher_renews_every_lease_it_holds_in_one_store_call(monkeyp
         # drivers stopped for leases they could not renew in time.
         assert renewals and set(renewals) == {len(run_ids)}, renewals
         for run_id in run_ids:
-            await orchestrator.cancel(run_id)
+            await orchestrator.control.cancel(run_id)
         for run_id in run_ids:
-            assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
+            assert (await orchestrator.control.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
 
 
 async def test_lease_renewals_do_not_wait_for_the_recheck_of_commands(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,17 +201,17 @@ async def test_lease_renewals_do_not_wait_for_the_recheck_of_commands(monkeypatc
         assert [(await store.get_run(run_id)).status for run_id in run_ids] == [RunStatus.RUNNING] * 3
         commands_readable.set()
         for run_id in run_ids:
-            await orchestrator.cancel(run_id)
+            await orchestrator.control.cancel(run_id)
         for run_id in run_ids:
-            assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
+            assert (await orchestrator.control.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.CANCELLED
 
 
 async def test_a_signal_sent_before_the_step_waits_is_kept_for_it(stores: StoreFactory) -> None:
     store = stores()
     async with Orchestrator(store, processes=1) as orchestrator:
         run_id = await orchestrator.start_run(gated_flow())
-        await orchestrator.signal(run_id, "gate", {"ok": "early"})
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
+        await orchestrator.control.signal(run_id, "gate", {"ok": "early"})
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
         assert run.status == RunStatus.SUCCEEDED
         assert (await store.get_steps(run_id))[1].outputs == {"ok": "early"}
 
@@ -205,7 +224,7 @@ async def test_a_step_still_waiting_after_a_takeover_is_not_logged_as_waiting_ag
     # the first orchestrator handed the run back; another takes it over and the step goes on waiting
     async with Orchestrator(await _other(stores, store), processes=1) as second:
         driving = asyncio.ensure_future(second.drive(run_id))
-        await second.signal(run_id, "gate", {"ok": True})
+        await second.control.signal(run_id, "gate", {"ok": True})
         result = await asyncio.wait_for(driving, 30)
     assert result is not None and result.status == RunStatus.SUCCEEDED
     waits = [event for event in await store.get_events(run_id) if event.status == "waiting"]
@@ -216,8 +235,8 @@ async def test_a_wait_for_step_fails_at_its_timeout(stores: StoreFactory) -> Non
     store = stores()
     async with Orchestrator(store, processes=1) as orchestrator:
         run_id = await orchestrator.start_run(gated_flow(timeout_s=0.3))
-        run = await orchestrator.wait_for_completion(run_id, timeout_s=30)
-        failures = await orchestrator.errors(run_id)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+        failures = await orchestrator.control.errors(run_id)
     assert run.status == RunStatus.FAILED
     assert [(f.step_id, f.error.kind, f.error.type) for f in failures] == [("gate", "timeout", "SignalTimeout")]
     assert "no signal within 0.3 s" in failures[0].error.message
@@ -279,8 +298,8 @@ async def test_errors_and_metrics_describe_a_failed_run(stores: StoreFactory) ->
     )
     async with Orchestrator(store, processes=1) as orchestrator:
         result = await orchestrator.run(flow)
-        failures = await orchestrator.errors(result.run_id)
-        metrics = await orchestrator.metrics(result.run_id)
+        failures = await orchestrator.control.errors(result.run_id)
+        metrics = await orchestrator.control.metrics(result.run_id)
     assert result.status == RunStatus.FAILED
     assert [(f.step_id, f.attempt, f.error.type, f.error.line) for f in failures] == [("bad", 2, "ValueError", 2)]
     assert "trying" in failures[0].logs
@@ -302,10 +321,10 @@ async def test_list_runs_filters_by_status_and_flow(stores: StoreFactory) -> Non
         done = (await orchestrator.run(parse_flow({"name": "quick", "steps": [{"id": "a", "script": "pass"}]}))).run_id
         waiting = await orchestrator.start_run(gated_flow())
         await wait_until_waiting(orchestrator, waiting, "gate")
-        assert [r.run_id for r in await orchestrator.list_runs(status=RunStatus.RUNNING)] == [waiting]
-        assert [r.run_id for r in await orchestrator.list_runs(flow_name="quick")] == [done]
-        assert [r.run_id for r in await orchestrator.list_runs(limit=1)] == [waiting]
-        await orchestrator.cancel(waiting)
+        assert [r.run_id for r in await orchestrator.control.list_runs(status=RunStatus.RUNNING)] == [waiting]
+        assert [r.run_id for r in await orchestrator.control.list_runs(flow_name="quick")] == [done]
+        assert [r.run_id for r in await orchestrator.control.list_runs(limit=1)] == [waiting]
+        await orchestrator.control.cancel(waiting)
 
 
 async def test_a_second_signal_with_other_values_is_refused_naming_the_first(stores: StoreFactory) -> None:
@@ -366,8 +385,8 @@ async def test_the_driver_completes_a_step_with_the_signal_that_counts(stores: S
     store = stores()
     async with Orchestrator(store, processes=1) as orchestrator:
         run_id = await orchestrator.start_run(gated_flow())
-        await orchestrator.signal(run_id, "gate", {"ok": "first"})
+        await orchestrator.control.signal(run_id, "gate", {"ok": "first"})
         with pytest.raises(ControlError, match="already has a signal"):
-            await orchestrator.signal(run_id, "gate", {"ok": "second"})
-        assert (await orchestrator.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.SUCCEEDED
+            await orchestrator.control.signal(run_id, "gate", {"ok": "second"})
+        assert (await orchestrator.control.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.SUCCEEDED
     assert (await store.get_steps(run_id))[1].outputs == {"ok": "first"}

@@ -1,0 +1,192 @@
+"""What reading a run shows: the views `RunControl` returns (a run with its steps, a checkpoint, its
+failures, its pending steps, its metrics) and the JSON of each, and of the store's records, as the CLI
+and the REST API print them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from dagrun.contract.executor import StepError
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.store.base import Command, Event, RunRecord, StepRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run as persisted: its record, its steps in flow order, its context, and who drives it."""
+
+    run: RunRecord
+    steps: tuple[StepRecord, ...]
+    context: dict[str, Any]
+    driver: str | None  # the owner of the run's live lease; None when nobody drives it
+
+    def to_json(self) -> dict[str, Any]:
+        return run_json(self.run) | {
+            "driver": self.driver,
+            "context": self.context,
+            "steps": {step.step_id: step_json(step) for step in self.steps},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Everything a run resumes from, read after a flush: the view, the event log's end, the commands."""
+
+    view: RunView
+    last_event_seq: int
+    commands: tuple[Command, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.view.to_json() | {
+            "last_event_seq": self.last_event_seq,
+            "commands": [command_json(command) for command in self.commands],
+        }
+
+
+class StepFailure(NamedTuple):
+    step_id: str
+    attempt: int
+    error: StepError
+    logs: str
+    worker_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_id": self.step_id,
+            "attempt": self.attempt,
+            "error": self.error.to_json(),
+            "logs": self.logs,
+            "worker_id": self.worker_id,
+        }
+
+
+class PendingStep(NamedTuple):
+    """A step that has not ended: what it is doing and since when."""
+
+    step_id: str
+    status: StepStatus
+    attempt: int
+    since: float | None  # when its current attempt started (or it began waiting)
+    waiting_for: tuple[str, ...]  # the fields a `wait_for` step needs; () for a script step
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_id": self.step_id,
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "since": self.since,
+            "waiting_for": list(self.waiting_for),
+        }
+
+
+class StepMetrics(NamedTuple):
+    step_id: str
+    status: StepStatus
+    attempts: int
+    retries: int
+    duration_s: float | None  # wall time of its last attempt, dispatch to end
+    run_s: float | None  # how long its script ran in that attempt, by the executor's clock
+    queue_wait_s: float | None  # the rest of the attempt: queued, in transit, starting
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict() | {"status": self.status.value}
+
+
+@dataclass(frozen=True, slots=True)
+class RunMetrics:
+    run_id: str
+    status: RunStatus
+    wall_s: float | None  # start to end (to now while it runs)
+    steps: tuple[StepMetrics, ...]
+
+    @property
+    def attempts(self) -> int:
+        return sum(step.attempts for step in self.steps)
+
+    @property
+    def retries(self) -> int:
+        return sum(step.retries for step in self.steps)
+
+    def total(self, field: str) -> float:
+        """The sum of one StepMetrics duration field over the steps that have it."""
+        values: list[float | None] = [getattr(step, field) for step in self.steps]
+        return sum(value for value in values if value is not None)
+
+    def to_json(self) -> dict[str, Any]:
+        by_status: dict[str, int] = {}
+        for step in self.steps:
+            by_status[step.status.value] = by_status.get(step.status.value, 0) + 1
+        return {
+            "run_id": self.run_id,
+            "status": self.status.value,
+            "wall_s": self.wall_s,
+            "steps_by_status": by_status,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "step_s": self.total("duration_s"),
+            "run_s": self.total("run_s"),
+            "queue_wait_s": self.total("queue_wait_s"),
+            "steps": [step.to_json() for step in self.steps],
+        }
+
+
+def step_metrics(step: StepRecord) -> StepMetrics:
+    duration_s = run_s = queue_wait_s = None
+    if step.started_at is not None and step.finished_at is not None:
+        duration_s = step.finished_at - step.started_at
+        if step.elapsed_ms:
+            run_s = step.elapsed_ms / 1000
+            queue_wait_s = max(duration_s - run_s, 0.0)
+    return StepMetrics(
+        step.step_id, step.status, step.attempt, max(step.attempt - 1, 0), duration_s, run_s, queue_wait_s
+    )
+
+
+def run_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "flow": run.flow_name,
+        "status": run.status.value,
+        "created_at": run.created_at,
+        "started_at": run.started_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+        "inputs": run.inputs,
+    }
+
+
+def step_json(step: StepRecord) -> dict[str, Any]:
+    return {
+        "status": step.status.value,
+        "attempts": step.attempt,
+        "outputs": step.outputs,
+        "error": step.error.to_json() if step.error else None,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "elapsed_ms": step.elapsed_ms,
+        "worker_id": step.worker_id,
+        "logs": step.logs,
+    }
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {
+        "seq": event.seq,
+        "at": event.at,
+        "kind": event.kind,
+        "status": event.status,
+        "step_id": event.step_id,
+        "attempt": event.attempt,
+        "message": event.message,
+    }
+
+
+def command_json(command: Command) -> dict[str, Any]:
+    return {
+        "seq": command.seq,
+        "at": command.at,
+        "kind": command.kind.value,
+        "step_id": command.step_id,
+        "values": command.values,
+    }
