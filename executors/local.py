@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
-from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from dagrun.worker.script_worker import ScriptWorker
@@ -69,8 +68,9 @@ class LocalTransport:
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
         raise ExecutorError("the local executor has no worker server; start one with `dagrun worker redis|ws|http`")
 
-    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
-        raise ExecutorError("the local executor has no workers to list; its sandbox processes live in each run")
+    async def list_workers(self, url: str, options: ExecutorOptions) -> None:
+        """None: no workers; the sandbox processes live in the process that drives each run."""
+        return None
 
 
 transport = LocalTransport()

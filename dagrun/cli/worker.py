@@ -132,6 +132,8 @@ def list_workers(args: argparse.Namespace) -> int:
     scheme = url.split("://", 1)[0].lower()
     options = ExecutorOptions(token=read_token_file(args.token_file) if args.token_file else None)
     found = asyncio.run(find_transport(scheme).list_workers(url, options))
+    if found is None:
+        raise ExecutorError(f"the {scheme} executor has no workers to list; its sandbox processes live in each run")
     render.workers(found, as_json=args.json)
     return 0
 

@@ -35,8 +35,10 @@ class Transport(Protocol):
 
     def open_executor(self, url: str, options: ExecutorOptions) -> Executor: ...
 
-    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
-        """The live workers reachable through `url` (for `dagrun workers`); ExecutorError if none can be asked."""
+    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus] | None:
+        """The live workers reachable through `url` (for `dagrun workers` and `Orchestrator.workers`);
+        ExecutorError if none can be asked. None from a transport that has no workers to list, because its
+        steps run in the process that calls it (``local``): so the core asks every transport, naming none."""
 
 
 def load_transport(scheme: str) -> Any:

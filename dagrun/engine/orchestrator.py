@@ -125,17 +125,22 @@ class Orchestrator:
             self.executor(name)
 
     async def workers(self) -> dict[str, list[WorkerStatus]]:
-        """The live workers behind each configured remote executor URL (empty for those that cannot say)."""
+        """The live workers behind each executor configured by URL whose transport has workers (those of
+        `local` run in this process): empty for those that cannot say."""
         found: dict[str, list[WorkerStatus]] = {}
         for name, configured in self._configured.items():
-            if isinstance(configured, str) and "://" in configured and not configured.startswith("local"):
-                scheme = configured.split("://", 1)[0].lower()
-                try:
-                    found[name] = await find_transport(scheme).list_workers(configured, self._options)
-                except ExecutorError as exc:
-                    logger.warning("executor %s: cannot list workers: %s", name, exc)
-                    found[name] = []
+            if isinstance(configured, str):
+                listed = await self._list_workers(name, configured)
+                if listed is not None:
+                    found[name] = listed
         return found
+
+    async def _list_workers(self, name: str, url: str) -> list[WorkerStatus] | None:
+        try:
+            return await find_transport(url.split("://", 1)[0].lower()).list_workers(url, self._options)
+        except ExecutorError as exc:
+            logger.warning("executor %s: cannot list workers: %s", name, exc)
+            return []
 
     # --- starting and driving runs -----------------------------------------------------------------
 
