@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import time
 from typing import Any
@@ -7,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dagrun.flow.parser
+import dagrun
 from dagrun.contract.executor import script_hash
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
@@ -15,6 +14,7 @@ from dagrun.flow.model import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.references import MAX_NESTING, TOO_DEEP
 from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
+from dagrun.sandbox.policy import check_script
 
 ETL = {
     "name": "etl",
@@ -415,25 +415,33 @@ def test_a_script_file_syntax_error_is_reported_at_script_file():
     assert found[0].startswith("steps[0].script_file (step 'load'): line 1: ")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dagrun.sandbox.policy") is None, reason="sandbox policy not built yet")
 def test_a_script_the_sandbox_refuses_is_reported_with_its_script_line():
-    found = problems(flow_of({"id": "a", "script": "x = 1\ny = _secret\n"}))
+    found = problems(flow_of({"id": "a", "script": "x = 1\ny = _secret\n"}), check_script=check_script)
 
     assert len(found) == 1
     assert found[0].startswith("steps[0].script (step 'a'): line 2: ")
 
 
-def test_each_distinct_script_is_checked_once(monkeypatch):
+def test_the_flow_model_checks_only_syntax_unless_told_and_the_embedding_api_tells_it_the_sandbox_policy():
+    document = flow_of({"id": "a", "script": "import os"})
+
+    assert parse_flow(document).step("a").script == "import os"  # Python runs it; whether the sandbox does ...
+    with pytest.raises(FlowError, match=r"steps\[0\]\.script \(step 'a'\): line 1: import of 'os' is not allowed"):
+        dagrun.parse_flow(document)  # ... is for whoever knows it runs the flow
+
+
+def test_each_distinct_script_is_checked_once():
     checked: list[str] = []
 
     def checker(source: str) -> list[tuple[int | None, str]]:
         checked.append(source)
         return [(1, "nope")] if "bad" in source else []
 
-    monkeypatch.setattr(dagrun.flow.parser, "_script_checker", lambda: checker)
     document = flow_of(*({"id": f"s{i}", "script": "bad" if i % 2 else "good"} for i in range(6)))
 
-    assert problems(document) == [f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)]
+    assert problems(document, check_script=checker) == [
+        f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)
+    ]
     assert sorted(checked) == ["bad", "good"]
 
 
