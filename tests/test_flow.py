@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import time
 from typing import Any
@@ -10,10 +11,10 @@ import dagrun
 from dagrun.contract.executor import script_hash
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
-from dagrun.flow.model import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
+from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor, resolve_flow_inputs
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.references import MAX_NESTING, TOO_DEEP
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, StepModel, flow_json_schema
 from dagrun.sandbox.policy import check_script
 
 ETL = {
@@ -733,6 +734,38 @@ def test_a_wait_for_step_without_a_timeout_writes_none():
     step = parse_flow(flow_of({"id": "a", "wait_for": {"fields": ["ok"], "timeout_s": None}})).step("a")
 
     assert step.to_json() == {"id": "a", "wait_for": {"fields": ["ok"]}, "run_if": "all_success"}
+
+
+def test_a_script_step_writes_its_fields_in_order_with_the_inherited_ones_spelled_out():
+    document = {**ETL, "defaults": {"executor": "gpu", "retries": {"backoff_s": 2}}}
+    flow = parse_flow(document, read_script=read_scripts)
+
+    assert list(flow.step("extract").to_json().items()) == [
+        ("id", "extract"),
+        ("script", ETL["steps"][0]["script"]),
+        ("inputs", {"region": "${flow.region}"}),
+        ("outputs", ["rows"]),
+        ("run_if", "all_success"),
+        ("executor", "gpu"),
+        ("context_id", DEFAULT_CONTEXT_ID),
+        ("timeout_s", DEFAULT_TIMEOUT_S),
+        ("retries", {"max_attempts": 1, "backoff_s": 2, "max_backoff_s": 60.0, "jitter": False}),
+    ]
+    assert flow.step("load").to_json()["script"] == LOAD_SCRIPT and "script_file" not in flow.step("load").to_json()
+
+
+def test_the_flow_file_and_the_step_value_name_the_same_step_fields():
+    # a step field is declared in the schema (StepModel) and in the value (Step); the parser and to_json go
+    # by the names, so a field added to one only is caught here
+    written = {field.name for field in dataclasses.fields(Step) if field.metadata.get("written", True)}
+
+    assert set(StepModel.model_fields) == written | {"script_file"}  # script_file is read in, never written
+    assert {field.name for field in dataclasses.fields(Step)} - written == {
+        "index",
+        "script_hash",
+        "script_file",
+        "_compiled",
+    }
 
 
 # --- the JSON Schema ---------------------------------------------------------------------------

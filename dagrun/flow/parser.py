@@ -2,13 +2,14 @@
 
 Pure: reading script files and knowing what may run a script are the caller's business (`read_script`,
 `check_script`). A Flow comes back only when its dependencies form a DAG, its references point at
-ancestors and its scripts pass the check.
+ancestors and its scripts pass the check. A plain step field (`_PLAIN`) needs no code here: the Step
+field of the same name takes what the flow writes, or what its `defaults` say, or its own default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import orjson
 import pydantic
@@ -36,6 +37,7 @@ from dagrun.flow.schema import (
     DefaultsModel,
     FlowFields,
     FlowHeader,
+    RetriesModel,
     StepModel,
     WaitForModel,
 )
@@ -109,11 +111,11 @@ class _FlowParser:
 
     def parse(self, source: str) -> Flow | None:
         header, flow_inputs, defaults = self._header()
-        retries = RetryPolicy(**defaults.retries.model_dump())
+        inherited = _Inherited.of(defaults)
         steps: list[Step] = []
         for index, (model, placeholder, dropped) in enumerate(self._step_models()):
             if model is not None:
-                step = self._step(index, model, defaults, retries, dropped)
+                step = self._step(index, model, inherited, dropped)
                 if "id" not in dropped:  # a step without an id of its own has no place in the graph
                     steps.append(step)
             elif placeholder is not None:
@@ -172,9 +174,7 @@ class _FlowParser:
                 models.append((model, placeholder, dropped))
         return models
 
-    def _step(
-        self, index: int, model: StepModel, defaults: DefaultsModel, retries: RetryPolicy, dropped: frozenset[str]
-    ) -> Step:
+    def _step(self, index: int, model: StepModel, inherited: _Inherited, dropped: frozenset[str]) -> Step:
         """The step from its model; `dropped` names invalid fields, already reported, left out of it."""
         where: Loc = ("steps", index)
         label = "" if "id" in dropped else step_label(str(model.id))
@@ -189,25 +189,15 @@ class _FlowParser:
         if body == "wait_for":
             return self._waiting_step(index, model, written, label)
         script = "" if body is None or body in dropped else self._script(model, body, where, label)
-        if "retries" in given:
-            retries = RetryPolicy(
-                **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
-            )
         step = Step(
+            **_with_fields(dict(inherited.fields), model, _PLAIN & given),
             id=str(model.id),
             index=index,
             script=script,
             script_hash=self.scripts.hash(script),
             depends_on=tuple(map(str, model.depends_on)),
-            inputs=model.inputs,
-            outputs=tuple(model.outputs) if "outputs" in given else None,
-            run_if=model.run_if,
-            executor=model.executor if "executor" in given else defaults.executor,
-            context_id=model.context_id if "context_id" in given else defaults.context_id,
-            timeout_s=model.timeout_s if "timeout_s" in given else defaults.timeout_s,
-            retries=retries,
+            retries=inherited.retries_of(model) if "retries" in given else inherited.retries,
             script_file=model.script_file if "script_file" in given else None,
-            description=model.description,
         )
         self._check_inputs(step, where, label)
         return step
@@ -257,15 +247,14 @@ class _FlowParser:
                 self.found.append((("steps", index, name), message, label))
         wait_for = model.wait_for if "wait_for" in model.model_fields_set else self._salvage_wait_for(index)
         return Step(
+            **_with_fields({}, model, _PLAIN & (model.model_fields_set - _SCRIPT_ONLY)),
             id=str(model.id),
             index=index,
             script="",
             script_hash="",  # no script: nothing for an executor to look up
             depends_on=tuple(map(str, model.depends_on)),
             outputs=tuple(wait_for.fields) if wait_for is not None else None,
-            run_if=model.run_if,
-            description=model.description,
-            wait_for=WaitFor(tuple(wait_for.fields), wait_for.timeout_s) if wait_for is not None else None,
+            wait_for=WaitFor(**_with_fields({}, wait_for, _WAIT_FOR_FIELDS)) if wait_for is not None else None,
         )
 
     def _salvage_wait_for(self, index: int) -> WaitForModel | None:
@@ -306,6 +295,41 @@ def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, A
     return raw
 
 
+class _Inherited(NamedTuple):
+    """What a step inherits from the flow's `defaults`, worked out once per parse."""
+
+    fields: dict[str, Any]  # the plain step fields `defaults` has (`_INHERITED`), as a Step takes them
+    retry_fields: dict[str, Any]  # a step's retries inherit field by field
+    retries: RetryPolicy  # shared by the steps that write no retries
+
+    @classmethod
+    def of(cls, defaults: DefaultsModel) -> _Inherited:
+        retry_fields = _with_fields({}, defaults.retries, _RETRY_FIELDS)
+        return cls(_with_fields({}, defaults, _INHERITED), retry_fields, RetryPolicy(**retry_fields))
+
+    def retries_of(self, model: StepModel) -> RetryPolicy:
+        """The retries of a step that writes some: its own fields, the others from `defaults`."""
+        return RetryPolicy(**_with_fields(dict(self.retry_fields), model.retries, model.retries.model_fields_set))
+
+
+def _with_fields(fields: dict[str, Any], model: pydantic.BaseModel, names: Iterable[str]) -> dict[str, Any]:
+    """`fields` with the model's fields `names` as validated, arrays as tuples: a frozen value's fields of the
+    same name."""
+    values = vars(model)  # a pydantic model keeps its field values in its __dict__: no call per field
+    for name in names:
+        value = values[name]
+        fields[name] = tuple(value) if type(value) is list else value
+    return fields
+
+
 _STEP_LIST = pydantic.TypeAdapter(list[StepModel])
 _STEP_FIELDS = frozenset(StepModel.model_fields)
 _NOTHING: frozenset[str] = frozenset()
+_SCRIPT_ONLY = frozenset(SCRIPT_ONLY_FIELDS)
+# The step fields with behaviour of their own, in `_step`. The others are plain: the Step field of the same
+# name takes the value written, or else the one in the flow's `defaults` (`_INHERITED`), or else its default.
+_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "depends_on", "retries"})
+_PLAIN = _STEP_FIELDS - _OWN_BEHAVIOUR
+_INHERITED = tuple(name for name in DefaultsModel.model_fields if name in _PLAIN)
+_RETRY_FIELDS = tuple(RetriesModel.model_fields)  # a step's retries inherit field by field
+_WAIT_FOR_FIELDS = tuple(WaitForModel.model_fields)
