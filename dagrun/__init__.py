@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from dagrun.contract.states import StepStatus as StepStatus
     from dagrun.contract.transport import open_executor as open_executor
     from dagrun.embedding import arun_flow as arun_flow
+    from dagrun.embedding import load_flow as load_flow
+    from dagrun.embedding import parse_flow as parse_flow
     from dagrun.embedding import run_flow as run_flow
     from dagrun.engine.control import RunControl as RunControl
     from dagrun.engine.orchestrator import Orchestrator as Orchestrator
@@ -46,11 +48,9 @@ if TYPE_CHECKING:
     from dagrun.errors import UnresolvedInput as UnresolvedInput
     from dagrun.errors import WorkerUnavailable as WorkerUnavailable
     from dagrun.flow.limits import FlowLimits as FlowLimits
-    from dagrun.flow.loader import load_flow as load_flow
     from dagrun.flow.model import Flow as Flow
     from dagrun.flow.model import RetryPolicy as RetryPolicy
     from dagrun.flow.model import Step as Step
-    from dagrun.flow.parser import parse_flow as parse_flow
     from dagrun.store import MemoryStore as MemoryStore
     from dagrun.store import SqliteStore as SqliteStore
     from dagrun.store import open_store as open_store
@@ -100,10 +100,10 @@ _HOMES = {
     "UnresolvedInput": "dagrun.errors",
     "WorkerUnavailable": "dagrun.errors",
     "arun_flow": "dagrun.embedding",
-    "load_flow": "dagrun.flow.loader",
+    "load_flow": "dagrun.embedding",
     "open_executor": "dagrun.contract.transport",
     "open_store": "dagrun.store",
-    "parse_flow": "dagrun.flow.parser",
+    "parse_flow": "dagrun.embedding",
     "run_flow": "dagrun.embedding",
 }
 

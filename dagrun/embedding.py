@@ -1,7 +1,8 @@
 """The shortest way to run a flow from a program: `run_flow` (blocking) and `arun_flow` (async).
 
 Both open a store and an orchestrator for the one run and close them after; a long-lived program that
-runs many flows should keep one `Orchestrator` instead.
+runs many flows should keep one `Orchestrator` instead. `parse_flow` and `load_flow` are the flow model's,
+checking scripts with the sandbox policy that will run them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,39 @@ from typing import Any
 
 from dagrun.contract.executor import Executor, HostFunction
 from dagrun.engine.orchestrator import DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
-from dagrun.flow.loader import load_flow
+from dagrun.flow import loader, parser
+from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.model import Flow
-from dagrun.flow.parser import parse_flow
+from dagrun.flow.scripts import ScriptChecker, ScriptReader
+from dagrun.sandbox.policy import check_script as sandbox_check
 from dagrun.store import open_store
 from dagrun.store.base import Store
 
 DEFAULT_STORE = ".dagrun"
+
+
+def parse_flow(
+    document: str | bytes | Mapping[str, Any],
+    *,
+    source: str = "<flow>",
+    read_script: ScriptReader | None = None,
+    check_script: ScriptChecker = sandbox_check,
+    limits: FlowLimits = DEFAULT_LIMITS,
+) -> Flow:
+    """`dagrun.flow.parser.parse_flow`, checking each script with the sandbox policy unless told otherwise:
+    a script the sandbox would refuse is a FlowError problem now, not a failed step later."""
+    return parser.parse_flow(document, source=source, read_script=read_script, check_script=check_script, limits=limits)
+
+
+def load_flow(
+    path: str | os.PathLike[str],
+    *,
+    check_script: ScriptChecker = sandbox_check,
+    limits: FlowLimits = DEFAULT_LIMITS,
+    allow_outside_scripts: bool = False,
+) -> Flow:
+    """`dagrun.flow.loader.load_flow`, checking each script with the sandbox policy unless told otherwise."""
+    return loader.load_flow(path, check_script=check_script, limits=limits, allow_outside_scripts=allow_outside_scripts)
 
 
 def as_flow(flow: Flow | str | os.PathLike[str] | Mapping[str, Any]) -> Flow:

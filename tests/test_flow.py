@@ -1,4 +1,4 @@
-import importlib.util
+import dataclasses
 import json
 import time
 from typing import Any
@@ -7,14 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import dagrun.flow.parser
+import dagrun
 from dagrun.contract.executor import script_hash
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
-from dagrun.flow.model import Flow, RetryPolicy, WaitFor, resolve_flow_inputs
+from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor, resolve_flow_inputs
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.references import MAX_NESTING, TOO_DEEP
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, flow_json_schema
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, StepModel, flow_json_schema
+from dagrun.sandbox.policy import check_script
 
 ETL = {
     "name": "etl",
@@ -415,25 +416,33 @@ def test_a_script_file_syntax_error_is_reported_at_script_file():
     assert found[0].startswith("steps[0].script_file (step 'load'): line 1: ")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dagrun.sandbox.policy") is None, reason="sandbox policy not built yet")
 def test_a_script_the_sandbox_refuses_is_reported_with_its_script_line():
-    found = problems(flow_of({"id": "a", "script": "x = 1\ny = _secret\n"}))
+    found = problems(flow_of({"id": "a", "script": "x = 1\ny = _secret\n"}), check_script=check_script)
 
     assert len(found) == 1
     assert found[0].startswith("steps[0].script (step 'a'): line 2: ")
 
 
-def test_each_distinct_script_is_checked_once(monkeypatch):
+def test_the_flow_model_checks_only_syntax_unless_told_and_the_embedding_api_tells_it_the_sandbox_policy():
+    document = flow_of({"id": "a", "script": "import os"})
+
+    assert parse_flow(document).step("a").script == "import os"  # Python runs it; whether the sandbox does ...
+    with pytest.raises(FlowError, match=r"steps\[0\]\.script \(step 'a'\): line 1: import of 'os' is not allowed"):
+        dagrun.parse_flow(document)  # ... is for whoever knows it runs the flow
+
+
+def test_each_distinct_script_is_checked_once():
     checked: list[str] = []
 
     def checker(source: str) -> list[tuple[int | None, str]]:
         checked.append(source)
         return [(1, "nope")] if "bad" in source else []
 
-    monkeypatch.setattr(dagrun.flow.parser, "_script_checker", lambda: checker)
     document = flow_of(*({"id": f"s{i}", "script": "bad" if i % 2 else "good"} for i in range(6)))
 
-    assert problems(document) == [f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)]
+    assert problems(document, check_script=checker) == [
+        f"steps[{i}].script (step 's{i}'): line 1: nope" for i in (1, 3, 5)
+    ]
     assert sorted(checked) == ["bad", "good"]
 
 
@@ -725,6 +734,38 @@ def test_a_wait_for_step_without_a_timeout_writes_none():
     step = parse_flow(flow_of({"id": "a", "wait_for": {"fields": ["ok"], "timeout_s": None}})).step("a")
 
     assert step.to_json() == {"id": "a", "wait_for": {"fields": ["ok"]}, "run_if": "all_success"}
+
+
+def test_a_script_step_writes_its_fields_in_order_with_the_inherited_ones_spelled_out():
+    document = {**ETL, "defaults": {"executor": "gpu", "retries": {"backoff_s": 2}}}
+    flow = parse_flow(document, read_script=read_scripts)
+
+    assert list(flow.step("extract").to_json().items()) == [
+        ("id", "extract"),
+        ("script", ETL["steps"][0]["script"]),
+        ("inputs", {"region": "${flow.region}"}),
+        ("outputs", ["rows"]),
+        ("run_if", "all_success"),
+        ("executor", "gpu"),
+        ("context_id", DEFAULT_CONTEXT_ID),
+        ("timeout_s", DEFAULT_TIMEOUT_S),
+        ("retries", {"max_attempts": 1, "backoff_s": 2, "max_backoff_s": 60.0, "jitter": False}),
+    ]
+    assert flow.step("load").to_json()["script"] == LOAD_SCRIPT and "script_file" not in flow.step("load").to_json()
+
+
+def test_the_flow_file_and_the_step_value_name_the_same_step_fields():
+    # a step field is declared in the schema (StepModel) and in the value (Step); the parser and to_json go
+    # by the names, so a field added to one only is caught here
+    written = {field.name for field in dataclasses.fields(Step) if field.metadata.get("written", True)}
+
+    assert set(StepModel.model_fields) == written | {"script_file"}  # script_file is read in, never written
+    assert {field.name for field in dataclasses.fields(Step)} - written == {
+        "index",
+        "script_hash",
+        "script_file",
+        "_compiled",
+    }
 
 
 # --- the JSON Schema ---------------------------------------------------------------------------

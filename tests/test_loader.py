@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+import dagrun
 from dagrun.errors import FlowError
 from dagrun.flow.loader import load_flow
+from dagrun.sandbox.policy import check_script
 
 
 def write_flow(directory: Path, document: dict, name: str = "flow.json") -> Path:
@@ -140,3 +142,14 @@ def test_a_symbolic_link_loop_is_a_problem_not_a_crash(tmp_path):
 
     (problem,) = script_problems(path)
     assert problem.startswith("steps[0].script_file (step 'a'): cannot read 'loop.py': ")
+
+
+def test_a_script_file_is_checked_with_the_check_given_and_the_embedding_api_gives_the_sandbox_policy(tmp_path):
+    (tmp_path / "step.py").write_text("x = _secret\n", encoding="utf-8")
+    path = write_flow(tmp_path, {"name": "f", "steps": [{"id": "a", "script_file": "step.py"}]})
+
+    assert load_flow(path).step("a").script == "x = _secret\n"  # the flow model alone: what Python refuses
+    with pytest.raises(FlowError, match=r"steps\[0\]\.script_file \(step 'a'\): line 1: "):
+        load_flow(path, check_script=check_script)
+    with pytest.raises(FlowError, match=r"steps\[0\]\.script_file \(step 'a'\): line 1: "):
+        dagrun.load_flow(path)

@@ -25,6 +25,7 @@ from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.problems import nesting_place
 from dagrun.flow.references import TOO_DEEP, Loc, format_location
+from dagrun.sandbox.policy import check_script
 from dagrun.store.base import Command
 
 PREFIX = "/v1"
@@ -125,7 +126,9 @@ class RunHandlers:
         body = await read_model(request, models.SubmitRequest, too_deep=_submitted_too_deep)
         # In a thread: compiling the scripts of a large flow would stall every other request (and the
         # lease renewals of an orchestrator sharing the loop).
-        flow = await asyncio.to_thread(parse_flow, body.flow, source=SUBMITTED_SOURCE, limits=self._flow_limits)
+        flow = await asyncio.to_thread(
+            parse_flow, body.flow, source=SUBMITTED_SOURCE, check_script=check_script, limits=self._flow_limits
+        )
         if self._orchestrator is not None:
             self._orchestrator.check_executors(flow)  # refuse now what it could not drive
         run_id = await self._control.submit(flow, inputs=body.inputs)

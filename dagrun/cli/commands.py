@@ -35,6 +35,7 @@ from dagrun.flow.limits import NO_LIMITS
 from dagrun.flow.loader import load_flow
 from dagrun.flow.model import Flow
 from dagrun.flow.schema import flow_json_schema
+from dagrun.sandbox.policy import check_script
 from dagrun.store import open_store
 from dagrun.store.base import Event, Store
 
@@ -214,7 +215,9 @@ def events(args: argparse.Namespace) -> int:
 
 
 def graph(args: argparse.Namespace) -> int:
-    flow = load_flow(args.flow, limits=NO_LIMITS, allow_outside_scripts=args.allow_outside_scripts)
+    flow = load_flow(
+        args.flow, check_script=check_script, limits=NO_LIMITS, allow_outside_scripts=args.allow_outside_scripts
+    )
     sys.stdout.write((to_dot(flow) if args.format == "dot" else to_mermaid(flow)) + "\n")
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from dataclasses import fields
 from dagrun.flow.limits import DEFAULT_LIMITS, FLOORS, FlowLimits, bounded_fields, option_name
 from dagrun.flow.loader import load_flow
 from dagrun.flow.model import Flow
+from dagrun.sandbox.policy import check_script
 
 
 def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) -> None:
@@ -29,8 +30,14 @@ def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) 
 
 
 def read_flow(args: argparse.Namespace) -> Flow:
-    """The flow file the options name, validated against the limits they set."""
-    return load_flow(args.flow, limits=flow_limits(args), allow_outside_scripts=args.allow_outside_scripts)
+    """The flow file the options name, validated against the limits they set, its scripts against the sandbox
+    policy."""
+    return load_flow(
+        args.flow,
+        check_script=check_script,
+        limits=flow_limits(args),
+        allow_outside_scripts=args.allow_outside_scripts,
+    )
 
 
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:

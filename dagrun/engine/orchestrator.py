@@ -30,6 +30,7 @@ from dagrun.flow.limits import NO_LIMITS
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
+from dagrun.sandbox.policy import check_script
 from dagrun.store.base import RunRecord, Store
 
 __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
@@ -334,4 +335,4 @@ def _stored_flow(document: bytes) -> Flow:
     """The Flow of a stored run's document: an orchestrator that adopts many runs of one flow parses it
     once (parsing compiles every script). Flows are immutable, so runs may share one. Without limits: they
     applied when the run was submitted, and a run once accepted stays runnable by any orchestrator."""
-    return parse_flow(orjson.loads(document), source="stored run", limits=NO_LIMITS)
+    return parse_flow(orjson.loads(document), source="stored run", check_script=check_script, limits=NO_LIMITS)

@@ -30,14 +30,6 @@ Finding = tuple[Loc, str]  # where (a JSON location) and what
 _MAX_IDS_FOR_SUGGESTIONS = 2000  # difflib is linear per lookup: no hints in huge flows
 
 
-def build_graph(flow: Flow) -> nx.DiGraph[str]:
-    """A DiGraph with one node per step id (file order) and an edge dependency -> dependent."""
-    graph: nx.DiGraph[str] = nx.DiGraph()
-    graph.add_nodes_from(step.id for step in flow.steps)
-    graph.add_edges_from((dep, step.id) for step in flow.steps for dep in step.depends_on if dep in graph)
-    return graph
-
-
 def _first_index(steps: Sequence[Step]) -> dict[str, int]:
     first: dict[str, int] = {}
     for position, step in enumerate(steps):
@@ -57,15 +49,10 @@ def _unknown_dependency(step: Step, dep: str, known: Mapping[str, int]) -> str:
 def check_graph(
     steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool = True
 ) -> list[Finding]:
-    """`check_dependencies` then `check_references`, sharing one topological sort."""
+    """The dependency problems, then the reference problems (`_check_references`), sharing one topological
+    sort. Steps are read as given (they may be incomplete stand-ins for invalid ones)."""
     findings, order = _check_dependencies(steps)
     return findings + _check_references(steps, flow_inputs, check_ancestry=check_ancestry, order=order)
-
-
-def check_dependencies(steps: Sequence[Step]) -> list[Finding]:
-    """Duplicate ids, unknown, self and repeated dependencies, and one cycle per strongly connected
-    component. Steps are read as given (they may be incomplete stand-ins for invalid ones)."""
-    return _check_dependencies(steps)[0]
 
 
 def _check_dependencies(steps: Sequence[Step]) -> tuple[list[Finding], list[str]]:
@@ -194,20 +181,14 @@ def _ancestors(step: Step, by_id: Mapping[str, Step]) -> set[str]:
     return found
 
 
-def check_references(
-    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool = True
+def _check_references(
+    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool, order: list[str]
 ) -> list[Finding]:
     """Inputs nested too deep, malformed references, references to unknown steps, to steps that are not
     ancestors (a race; not checked without `check_ancestry`), to undeclared outputs, and to undeclared flow
-    inputs (not checked when `flow_inputs` is None: unknown).
-    A reference to a direct dependency costs O(1); only references to other steps explore ancestors,
-    once per step and no further than the referenced step's topological rank."""
-    return _check_references(steps, flow_inputs, check_ancestry=check_ancestry, order=None)
-
-
-def _check_references(
-    steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool, order: list[str] | None
-) -> list[Finding]:
+    inputs (not checked when `flow_inputs` is None: unknown). `order` is the topological order of the steps
+    on no cycle. A reference to a direct dependency costs O(1); only references to other steps explore
+    ancestors, once per step and no further than the referenced step's topological rank."""
     by_id = _first_steps(steps)
     ranks: dict[str, int] | None = None
     findings: list[Finding] = []
@@ -229,23 +210,13 @@ def _check_references(
                 message = _check_step_reference(step, reference, by_id, is_ancestor=True)
             else:
                 if upstream is None:
-                    if ranks is None:
-                        ranks = _ranks(by_id) if order is None else dict(zip(order, range(len(order)), strict=True))
+                    if ranks is None:  # steps on a cycle get no rank (the flow is refused for the cycle anyway)
+                        ranks = dict(zip(order, range(len(order)), strict=True))
                     upstream = _Upstream(step, by_id, ranks)
                 message = _check_step_reference(step, reference, by_id, is_ancestor=target in upstream)
             if message:
                 findings.append(((*where, *reference.loc), message))
     return findings
-
-
-def _ranks(by_id: Mapping[str, Step]) -> dict[str, int]:
-    """Topological positions; steps on a cycle get none (the flow is rejected for the cycle anyway)."""
-    dependents: dict[str, list[str]] = {step_id: [] for step_id in by_id}
-    for step in by_id.values():
-        for dep in dict.fromkeys(step.depends_on):
-            if dep in dependents and dep != step.id:
-                dependents[dep].append(step.id)
-    return {step_id: rank for rank, step_id in enumerate(_kahn_order(dependents))}
 
 
 class _Upstream:

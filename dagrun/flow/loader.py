@@ -15,17 +15,23 @@ from pathlib import Path
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.model import Flow
-from dagrun.flow.parser import ScriptReader, parse_flow
+from dagrun.flow.parser import parse_flow
+from dagrun.flow.scripts import ScriptChecker, ScriptReader, check_syntax
 
 logger = logging.getLogger(__name__)
 
 
 def load_flow(
-    path: str | os.PathLike[str], *, limits: FlowLimits = DEFAULT_LIMITS, allow_outside_scripts: bool = False
+    path: str | os.PathLike[str],
+    *,
+    check_script: ScriptChecker = check_syntax,
+    limits: FlowLimits = DEFAULT_LIMITS,
+    allow_outside_scripts: bool = False,
 ) -> Flow:
-    """Read and validate the flow file at `path` (see `parse_flow` for `limits`); FlowError (source = the
-    path as given) lists every problem, including a flow file that cannot be read. A script_file must be
-    under the flow file's directory, symbolic links resolved, unless `allow_outside_scripts`."""
+    """Read and validate the flow file at `path` (see `parse_flow` for `check_script`, whose default knows
+    no sandbox, and `limits`); FlowError (source = the path as given) lists every problem, including a flow
+    file that cannot be read. A script_file must be under the flow file's directory, symbolic links
+    resolved, unless `allow_outside_scripts`."""
     source = os.fspath(path)
     flow_path = Path(path)
     try:
@@ -34,7 +40,7 @@ def load_flow(
         reason = exc.strerror or str(exc)
         raise FlowError([Problem("", f"cannot read the flow file: {reason}")], source=source) from exc
     read_script = _script_reader(flow_path.parent, allow_outside=allow_outside_scripts)
-    flow = parse_flow(data, source=source, read_script=read_script, limits=limits)
+    flow = parse_flow(data, source=source, read_script=read_script, check_script=check_script, limits=limits)
     logger.debug("flow %s loaded from %s: %d steps", flow.name, source, len(flow.steps))
     return flow
 

@@ -6,26 +6,41 @@ that its dependencies form a DAG and that its references all point at ancestors.
 
 from __future__ import annotations
 
+import enum
+import functools
 import random
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.problems import value_findings
 from dagrun.flow.references import CompiledInputs, Outputs, format_location
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, SCRIPT_ONLY_FIELDS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+# How `to_json` writes a field, as its dataclass metadata. Unmarked: only when it differs from its default
+# (a field without a default always), so that a new plain field needs no word here.
+SPELLED_OUT: Mapping[str, bool] = MappingProxyType({"spelled_out": True})  # even at its default
+NOT_WRITTEN: Mapping[str, bool] = MappingProxyType({"written": False})  # derived, or not the flow's to say
+# What a step that waits for a signal does not write: the fields about a script (`SCRIPT_ONLY_FIELDS`).
+_NOT_WAITING = ("script", *SCRIPT_ONLY_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """At most `max_attempts` attempts; the wait before attempt n+1 is backoff_s * 2**(n-1), capped."""
 
-    max_attempts: int = 1
-    backoff_s: float = 0.0
-    max_backoff_s: float = 60.0
-    jitter: bool = False
+    # spelled out: a step's retries inherit field by field from `defaults`, which its JSON does not carry
+    max_attempts: int = field(default=1, metadata=SPELLED_OUT)
+    backoff_s: float = field(default=0.0, metadata=SPELLED_OUT)
+    max_backoff_s: float = field(default=60.0, metadata=SPELLED_OUT)
+    jitter: bool = field(default=False, metadata=SPELLED_OUT)
 
     def delay_s(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based); with jitter, in [delay/2, delay]."""
@@ -39,39 +54,36 @@ class WaitFor:
     """What a step that runs no script waits for: a signal providing `fields`, within `timeout_s` if set."""
 
     fields: tuple[str, ...]  # distinct; they are the step's declared outputs
-    timeout_s: float | None = None  # None: it waits as long as it takes
-
-    def to_json(self) -> dict[str, Any]:
-        """The `wait_for` object as flow JSON; without `timeout_s` when it waits indefinitely."""
-        document: dict[str, Any] = {"fields": list(self.fields)}
-        if self.timeout_s is not None:
-            document["timeout_s"] = self.timeout_s
-        return document
+    timeout_s: float | None = None  # None: it waits as long as it takes; not written then
 
 
 @dataclass(frozen=True, slots=True)
 class Step:
     """One step. With `wait_for` it runs no script and waits for a signal instead: its script and
     script_hash are "", its outputs are wait_for.fields, its inputs are empty, and executor, context_id,
-    timeout_s and retries keep their defaults (its deadline is wait_for.timeout_s)."""
+    timeout_s and retries keep their defaults (its deadline is wait_for.timeout_s).
+
+    `parse_flow` sets a field from the `StepModel` field of the same name; `to_json` writes the fields in this
+    order, as their metadata says (`SPELLED_OUT`, `NOT_WRITTEN`)."""
 
     id: str
-    index: int  # position in the flow's `steps` list, for messages (`steps[3]`)
+    index: int = field(metadata=NOT_WRITTEN)  # position in the flow's `steps` list, for messages (`steps[3]`)
     script: str  # the source, inline or read from script_file
-    script_hash: str
+    script_hash: str = field(metadata=NOT_WRITTEN)
+    wait_for: WaitFor | None = None
+    description: str = ""
     depends_on: tuple[str, ...] = ()
     inputs: Mapping[str, Any] = field(default_factory=dict)  # raw values; may hold ${...} references
     outputs: tuple[str, ...] | None = None  # declared output keys: the step's contract, when given
-    run_if: RunIf = RunIf.ALL_SUCCESS
-    executor: str = DEFAULT_EXECUTOR
-    context_id: str = DEFAULT_CONTEXT_ID
-    timeout_s: float = DEFAULT_TIMEOUT_S
-    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    run_if: RunIf = field(default=RunIf.ALL_SUCCESS, metadata=SPELLED_OUT)
+    # inherited from the flow's `defaults`, so spelled out: a step's JSON means the same wherever it is read
+    executor: str = field(default=DEFAULT_EXECUTOR, metadata=SPELLED_OUT)
+    context_id: str = field(default=DEFAULT_CONTEXT_ID, metadata=SPELLED_OUT)
+    timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata=SPELLED_OUT)
+    retries: RetryPolicy = field(default_factory=RetryPolicy, metadata=SPELLED_OUT)
     # as written in the flow, for messages; not compared, since to_json() inlines the script
-    script_file: str | None = field(default=None, compare=False)
-    description: str = ""
-    wait_for: WaitFor | None = None
-    _compiled: CompiledInputs | None = field(default=None, init=False, repr=False, compare=False)
+    script_file: str | None = field(default=None, compare=False, metadata=NOT_WRITTEN)
+    _compiled: CompiledInputs | None = field(default=None, init=False, repr=False, compare=False, metadata=NOT_WRITTEN)
 
     @property
     def compiled_inputs(self) -> CompiledInputs:
@@ -89,32 +101,41 @@ class Step:
     def to_json(self) -> dict[str, Any]:
         """The step as flow JSON, every inherited field spelled out and the script inlined; a step that
         waits for a signal has none of the fields about a script."""
-        body = {"wait_for": self.wait_for.to_json()} if self.wait_for is not None else {"script": self.script}
-        document: dict[str, Any] = {"id": self.id, **body}
-        if self.description:
-            document["description"] = self.description
-        if self.depends_on:
-            document["depends_on"] = list(self.depends_on)
-        if self.wait_for is not None:
-            return document | {"run_if": self.run_if.value}
-        if self.inputs:
-            document["inputs"] = dict(self.inputs)
-        if self.outputs is not None:
-            document["outputs"] = list(self.outputs)
-        retries = self.retries
-        document |= {
-            "run_if": self.run_if.value,
-            "executor": self.executor,
-            "context_id": self.context_id,
-            "timeout_s": self.timeout_s,
-            "retries": {
-                "max_attempts": retries.max_attempts,
-                "backoff_s": retries.backoff_s,
-                "max_backoff_s": retries.max_backoff_s,
-                "jitter": retries.jitter,
-            },
-        }
-        return document
+        return _json_object(self, skipped=_NOT_WAITING if self.wait_for is not None else ())
+
+
+def _json_object(value: DataclassInstance, *, skipped: Collection[str] = ()) -> dict[str, Any]:
+    """A frozen value's fields as a JSON object, in field order, as their metadata says (`SPELLED_OUT`,
+    `NOT_WRITTEN`; others only when not at their default), but for those `skipped`."""
+    document: dict[str, Any] = {}
+    for name, default, is_spelled_out in _written_fields(type(value)):
+        if name not in skipped:
+            item = getattr(value, name)
+            if is_spelled_out or item != default:
+                document[name] = _json_value(item)
+    return document
+
+
+@functools.cache
+def _written_fields(cls: type[DataclassInstance]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, default, is spelled out) of each field `json_object` writes; a field without a default is
+    always written."""
+    written: list[tuple[str, Any, bool]] = []
+    for item in fields(cls):
+        if item.metadata.get("written", True):
+            default = item.default_factory() if item.default_factory is not MISSING else item.default
+            written.append((item.name, default, item.metadata.get("spelled_out", False) or default is MISSING))
+    return tuple(written)
+
+
+def _json_value(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _json_object(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value.value if isinstance(value, enum.Enum) else value
 
 
 @dataclass(frozen=True, slots=True)

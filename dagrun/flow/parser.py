@@ -1,19 +1,19 @@
 """Parsing a flow document into a Flow, reporting every problem at once, in file order.
 
-Pure: reading script files is the caller's business (`read_script`). A Flow comes back only when its
-dependencies form a DAG, its references point at ancestors and its scripts compile in the sandbox.
+Pure: reading script files and knowing what may run a script are the caller's business (`read_script`,
+`check_script`). A Flow comes back only when its dependencies form a DAG, its references point at
+ancestors and its scripts pass the check. A plain step field (`_PLAIN`) needs no code here: the Step
+field of the same name takes what the flow writes, or what its `defaults` say, or its own default.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import orjson
 import pydantic
 
-from dagrun.contract.executor import script_hash
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.graph import check_graph
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits, over_limits
@@ -37,12 +37,11 @@ from dagrun.flow.schema import (
     DefaultsModel,
     FlowFields,
     FlowHeader,
+    RetriesModel,
     StepModel,
     WaitForModel,
 )
-
-ScriptReader = Callable[[str], str]  # script_file as written -> source; raises OSError
-ScriptChecker = Callable[[str], list[tuple[int | None, str]]]
+from dagrun.flow.scripts import ScriptChecker, ScriptReader, Scripts, check_syntax
 
 
 def parse_flow(
@@ -50,19 +49,25 @@ def parse_flow(
     *,
     source: str = "<flow>",
     read_script: ScriptReader | None = None,
+    check_script: ScriptChecker = check_syntax,
     limits: FlowLimits = DEFAULT_LIMITS,
 ) -> Flow:
     """Validate a flow document (JSON text or an already parsed mapping) into a Flow.
 
     `read_script` reads a step's script_file (relative paths are its business); without one, script_file
-    is a problem. A timeout, attempt count or wait written over `limits` is a problem. Raises FlowError
-    listing every problem, in file order, each with its place.
+    is a problem. `check_script` lists what is wrong with a script. The default, `check_syntax`, finds what
+    no Python runs, a problem whatever runs the flow; the flow model knows no sandbox. What the sandbox
+    would refuse besides is checked by whoever knows it runs the flow (`dagrun.parse_flow`, the CLI, the
+    REST API and the orchestrator pass the sandbox policy's `check_script`): a problem now rather than a
+    failed step later. A timeout, attempt count or wait written over `limits` is a problem. Raises
+    FlowError listing every problem, in file order, each with its place.
     """
     raw, problems = _load_document(document)
     if raw is None:
         raise FlowError(problems, source=source)
     check_json = not isinstance(document, str | bytes)
-    parser = _FlowParser(raw, read_script=read_script, check_json=check_json, limits=limits)
+    scripts = Scripts(read_script=read_script, check_script=check_script)
+    parser = _FlowParser(raw, scripts=scripts, check_json=check_json, limits=limits)
     flow = parser.parse(source)
     if flow is None or parser.found:
         raise FlowError(parser.problems(), source=source)
@@ -89,43 +94,15 @@ def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[dict[str,
     return raw, []
 
 
-def _script_checker() -> ScriptChecker:
-    """The sandbox's compile check; a plain syntax check when the sandbox policy is not installed."""
-    try:
-        module = importlib.import_module("dagrun.sandbox.policy")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("dagrun.sandbox", "dagrun.sandbox.policy"):
-            raise
-        return _check_syntax
-    checker: ScriptChecker = module.check_script
-    return checker
-
-
-def _check_syntax(source: str) -> list[tuple[int | None, str]]:
-    try:
-        compile(source, "<script>", "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        return [(exc.lineno, exc.msg)]
-    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
-        return [(None, str(exc) or type(exc).__name__)]
-    return []
-
-
 class _FlowParser:
     """One parse: collects findings while building the steps, so that every problem is reported."""
 
-    def __init__(
-        self, raw: dict[str, Any], *, read_script: ScriptReader | None, check_json: bool, limits: FlowLimits
-    ) -> None:
+    def __init__(self, raw: dict[str, Any], *, scripts: Scripts, check_json: bool, limits: FlowLimits) -> None:
         self.raw = raw
-        self.read_script = read_script
+        self.scripts = scripts
         self.limits = limits
         self.check_json = check_json  # documents parsed from text hold JSON values by construction
         self.found: list[Found] = []
-        self._files: dict[str, tuple[str | None, str]] = {}  # script_file -> (source, why not)
-        self._hashes: dict[str, str] = {}  # source -> hash
-        self._script_problems: dict[str, list[tuple[int | None, str]]] = {}  # hash -> problems
-        self._checker: ScriptChecker | None = None
         self.graph_is_partial = False  # some step's depends_on is unknown: ancestry can't be judged
 
     def problems(self) -> list[Problem]:
@@ -134,11 +111,11 @@ class _FlowParser:
 
     def parse(self, source: str) -> Flow | None:
         header, flow_inputs, defaults = self._header()
-        retries = RetryPolicy(**defaults.retries.model_dump())
+        inherited = _Inherited.of(defaults)
         steps: list[Step] = []
         for index, (model, placeholder, dropped) in enumerate(self._step_models()):
             if model is not None:
-                step = self._step(index, model, defaults, retries, dropped)
+                step = self._step(index, model, inherited, dropped)
                 if "id" not in dropped:  # a step without an id of its own has no place in the graph
                     steps.append(step)
             elif placeholder is not None:
@@ -197,13 +174,10 @@ class _FlowParser:
                 models.append((model, placeholder, dropped))
         return models
 
-    def _step(
-        self, index: int, model: StepModel, defaults: DefaultsModel, retries: RetryPolicy, dropped: frozenset[str]
-    ) -> Step:
+    def _step(self, index: int, model: StepModel, inherited: _Inherited, dropped: frozenset[str]) -> Step:
         """The step from its model; `dropped` names invalid fields, already reported, left out of it."""
         where: Loc = ("steps", index)
-        step_id = str(model.id)
-        label = "" if "id" in dropped else step_label(step_id)
+        label = "" if "id" in dropped else step_label(str(model.id))
         given = model.model_fields_set
         written = dropped | given  # an invalid field is left out of the model, but it was written
         body = self._body(written, where, label)
@@ -215,25 +189,15 @@ class _FlowParser:
         if body == "wait_for":
             return self._waiting_step(index, model, written, label)
         script = "" if body is None or body in dropped else self._script(model, body, where, label)
-        if "retries" in given:
-            retries = RetryPolicy(
-                **(defaults.retries.model_dump() | model.retries.model_dump(include=model.retries.model_fields_set))
-            )
         step = Step(
-            id=step_id,
+            **_with_fields(dict(inherited.fields), model, _PLAIN & given),
+            id=str(model.id),
             index=index,
             script=script,
-            script_hash=self._hash(script),
+            script_hash=self.scripts.hash(script),
             depends_on=tuple(map(str, model.depends_on)),
-            inputs=model.inputs,
-            outputs=tuple(model.outputs) if "outputs" in given else None,
-            run_if=model.run_if,
-            executor=model.executor if "executor" in given else defaults.executor,
-            context_id=model.context_id if "context_id" in given else defaults.context_id,
-            timeout_s=model.timeout_s if "timeout_s" in given else defaults.timeout_s,
-            retries=retries,
+            retries=inherited.retries_of(model) if "retries" in given else inherited.retries,
             script_file=model.script_file if "script_file" in given else None,
-            description=model.description,
         )
         self._check_inputs(step, where, label)
         return step
@@ -283,15 +247,14 @@ class _FlowParser:
                 self.found.append((("steps", index, name), message, label))
         wait_for = model.wait_for if "wait_for" in model.model_fields_set else self._salvage_wait_for(index)
         return Step(
+            **_with_fields({}, model, _PLAIN & (model.model_fields_set - _SCRIPT_ONLY)),
             id=str(model.id),
             index=index,
             script="",
             script_hash="",  # no script: nothing for an executor to look up
             depends_on=tuple(map(str, model.depends_on)),
             outputs=tuple(wait_for.fields) if wait_for is not None else None,
-            run_if=model.run_if,
-            description=model.description,
-            wait_for=WaitFor(tuple(wait_for.fields), wait_for.timeout_s) if wait_for is not None else None,
+            wait_for=WaitFor(**_with_fields({}, wait_for, _WAIT_FOR_FIELDS)) if wait_for is not None else None,
         )
 
     def _salvage_wait_for(self, index: int) -> WaitForModel | None:
@@ -303,48 +266,21 @@ class _FlowParser:
         except pydantic.ValidationError as exc:
             return salvage(WaitForModel, raw, exc)[0]
 
-    def _hash(self, script: str) -> str:
-        digest = self._hashes.get(script)
-        if digest is None:
-            digest = self._hashes[script] = script_hash(script)
-        return digest
-
     def _script(self, model: StepModel, field_name: str, where: Loc, label: str) -> str:
         """The step's source from `field_name` ('script' or 'script_file'), its problems reported; each
         distinct script is compiled once."""
         where = (*where, field_name)
         source = model.script if field_name == "script" else self._read(model.script_file, where, label)
         if source:
-            for line, message in self._check(source):
+            for line, message in self.scripts.problems(source):
                 self.found.append((where, f"line {line}: {message}" if line else message, label))
         return source
 
     def _read(self, path: str, where: Loc, label: str) -> str:
-        if path not in self._files:
-            self._files[path] = self._load_script(path)
-        source, failure = self._files[path]
+        source, failure = self.scripts.read(path)
         if source is None:
             self.found.append((where, f"cannot read {path!r}: {failure}", label))
         return source or ""
-
-    def _load_script(self, path: str) -> tuple[str | None, str]:
-        if self.read_script is None:
-            return None, "a flow given as a document must inline its scripts with 'script'"
-        try:
-            return self.read_script(path), ""
-        except OSError as exc:
-            return None, exc.strerror or str(exc)
-        except UnicodeDecodeError:
-            return None, "not UTF-8 text"
-
-    def _check(self, source: str) -> list[tuple[int | None, str]]:
-        digest = self._hash(source)
-        problems = self._script_problems.get(digest)
-        if problems is None:
-            if self._checker is None:
-                self._checker = _script_checker()
-            problems = self._script_problems[digest] = self._checker(source)
-        return problems
 
 
 def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
@@ -359,6 +295,41 @@ def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, A
     return raw
 
 
+class _Inherited(NamedTuple):
+    """What a step inherits from the flow's `defaults`, worked out once per parse."""
+
+    fields: dict[str, Any]  # the plain step fields `defaults` has (`_INHERITED`), as a Step takes them
+    retry_fields: dict[str, Any]  # a step's retries inherit field by field
+    retries: RetryPolicy  # shared by the steps that write no retries
+
+    @classmethod
+    def of(cls, defaults: DefaultsModel) -> _Inherited:
+        retry_fields = _with_fields({}, defaults.retries, _RETRY_FIELDS)
+        return cls(_with_fields({}, defaults, _INHERITED), retry_fields, RetryPolicy(**retry_fields))
+
+    def retries_of(self, model: StepModel) -> RetryPolicy:
+        """The retries of a step that writes some: its own fields, the others from `defaults`."""
+        return RetryPolicy(**_with_fields(dict(self.retry_fields), model.retries, model.retries.model_fields_set))
+
+
+def _with_fields(fields: dict[str, Any], model: pydantic.BaseModel, names: Iterable[str]) -> dict[str, Any]:
+    """`fields` with the model's fields `names` as validated, arrays as tuples: a frozen value's fields of the
+    same name."""
+    values = vars(model)  # a pydantic model keeps its field values in its __dict__: no call per field
+    for name in names:
+        value = values[name]
+        fields[name] = tuple(value) if type(value) is list else value
+    return fields
+
+
 _STEP_LIST = pydantic.TypeAdapter(list[StepModel])
 _STEP_FIELDS = frozenset(StepModel.model_fields)
 _NOTHING: frozenset[str] = frozenset()
+_SCRIPT_ONLY = frozenset(SCRIPT_ONLY_FIELDS)
+# The step fields with behaviour of their own, in `_step`. The others are plain: the Step field of the same
+# name takes the value written, or else the one in the flow's `defaults` (`_INHERITED`), or else its default.
+_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "depends_on", "retries"})
+_PLAIN = _STEP_FIELDS - _OWN_BEHAVIOUR
+_INHERITED = tuple(name for name in DefaultsModel.model_fields if name in _PLAIN)
+_RETRY_FIELDS = tuple(RetriesModel.model_fields)  # a step's retries inherit field by field
+_WAIT_FOR_FIELDS = tuple(WaitForModel.model_fields)

@@ -46,10 +46,6 @@ class Reference(NamedTuple):
     text: str
     loc: Loc = ()
 
-    @property
-    def is_flow_input(self) -> bool:
-        return self.step_id is None
-
 
 class MalformedReference(NamedTuple):
     """Something that starts like a reference but is not one; `reason` says why."""

@@ -13,11 +13,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from dagrun import load_flow
 from dagrun.api import ApiSettings, models
 from dagrun.engine.control import RunControl
 from dagrun.errors import FlowError, StoreError
 from dagrun.flow.limits import FlowLimits
-from dagrun.flow.loader import load_flow
 from tests.api.conftest import GATED, HELLO, Api, MakeApi, route_table
 
 
