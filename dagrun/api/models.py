@@ -18,6 +18,7 @@ from dagrun.store.base import CommandKind
 FLOW_SCHEMA_NAME = "Flow"  # the component holding `flow_json_schema()`
 MAX_LIST_LIMIT = 1000
 MAX_EVENTS_LIMIT = 10_000
+MAX_SEQ = 2**63 - 1  # the largest event seq every store can hold (a signed 64-bit integer): larger is refused
 
 
 class ApiModel(BaseModel):
@@ -47,12 +48,14 @@ class ListRunsQuery(ApiModel):
 
 
 class EventsQuery(ApiModel):
-    after: int = Field(0, ge=0, description="Only events with a greater seq.")
+    after: int = Field(0, ge=0, le=MAX_SEQ, description="Only events with a greater seq.")
     limit: int = Field(1000, ge=1, le=MAX_EVENTS_LIMIT, description="At most this many events, oldest first.")
 
 
 class StreamQuery(ApiModel):
-    after: int = Field(0, ge=0, description="Only events with a greater seq (the Last-Event-ID header wins).")
+    after: int = Field(
+        0, ge=0, le=MAX_SEQ, description="Only events with a greater seq (the Last-Event-ID header wins)."
+    )
 
 
 # --- responses ----------------------------------------------------------------------------------------
