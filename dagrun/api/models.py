@@ -28,15 +28,44 @@ class ApiModel(BaseModel):
 # --- requests -----------------------------------------------------------------------------------------
 
 
+# A submitted flow is a flow whose steps inline their scripts: the server reads no files.
+SUBMITTED_FLOW_SCHEMA = {
+    "allOf": [
+        {"$ref": f"#/components/schemas/{FLOW_SCHEMA_NAME}"},
+        {"properties": {"steps": {"items": {"not": {"required": ["script_file"]}}}}},
+    ],
+    "description": "A flow whose steps inline their scripts (`script`, not `script_file`).",
+}
+
+
+# A run that waits for a person's approval, then ships: what the document shows, and what clients and fuzzers
+# start from (its first step is one to signal).
+SUBMIT_EXAMPLE: dict[str, Any] = {
+    "flow": {
+        "name": "approval",
+        "steps": [
+            {"id": "approve", "wait_for": {"fields": ["ok"]}},
+            {"id": "ship", "depends_on": ["approve"], "script": "outputs['shipped'] = inputs['ok']",
+             "inputs": {"ok": "${steps.approve.ok}"}},
+        ],
+    },
+    "inputs": {},
+}  # fmt: skip
+
+
 class SubmitRequest(ApiModel):
     """POST /v1/runs. The flow inlines its scripts (`script`, not `script_file`: the server reads no files)."""
 
-    flow: Annotated[dict[str, Any], WithJsonSchema({"allOf": [{"$ref": f"#/components/schemas/{FLOW_SCHEMA_NAME}"}]})]
+    model_config = ConfigDict(json_schema_extra={"examples": [SUBMIT_EXAMPLE]})
+
+    flow: Annotated[dict[str, Any], WithJsonSchema(SUBMITTED_FLOW_SCHEMA)]
     inputs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the flow's declared inputs.")
 
 
 class SignalRequest(ApiModel):
     """POST /v1/runs/{run_id}/steps/{step_id}/signal: the fields the `wait_for` step waits for."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"values": {"ok": True}}]})
 
     values: dict[str, Any]
 
