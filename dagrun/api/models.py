@@ -18,6 +18,7 @@ from dagrun.store.base import CommandKind
 FLOW_SCHEMA_NAME = "Flow"  # the component holding `flow_json_schema()`
 MAX_LIST_LIMIT = 1000
 MAX_EVENTS_LIMIT = 10_000
+MAX_SEQ = 2**63 - 1  # the largest event seq every store can hold (a signed 64-bit integer): larger is refused
 
 
 class ApiModel(BaseModel):
@@ -27,15 +28,44 @@ class ApiModel(BaseModel):
 # --- requests -----------------------------------------------------------------------------------------
 
 
+# A submitted flow is a flow whose steps inline their scripts: the server reads no files.
+SUBMITTED_FLOW_SCHEMA = {
+    "allOf": [
+        {"$ref": f"#/components/schemas/{FLOW_SCHEMA_NAME}"},
+        {"properties": {"steps": {"items": {"not": {"required": ["script_file"]}}}}},
+    ],
+    "description": "A flow whose steps inline their scripts (`script`, not `script_file`).",
+}
+
+
+# A run that waits for a person's approval, then ships: what the document shows, and what clients and fuzzers
+# start from (its first step is one to signal).
+SUBMIT_EXAMPLE: dict[str, Any] = {
+    "flow": {
+        "name": "approval",
+        "steps": [
+            {"id": "approve", "wait_for": {"fields": ["ok"]}},
+            {"id": "ship", "depends_on": ["approve"], "script": "outputs['shipped'] = inputs['ok']",
+             "inputs": {"ok": "${steps.approve.ok}"}},
+        ],
+    },
+    "inputs": {},
+}  # fmt: skip
+
+
 class SubmitRequest(ApiModel):
     """POST /v1/runs. The flow inlines its scripts (`script`, not `script_file`: the server reads no files)."""
 
-    flow: Annotated[dict[str, Any], WithJsonSchema({"allOf": [{"$ref": f"#/components/schemas/{FLOW_SCHEMA_NAME}"}]})]
+    model_config = ConfigDict(json_schema_extra={"examples": [SUBMIT_EXAMPLE]})
+
+    flow: Annotated[dict[str, Any], WithJsonSchema(SUBMITTED_FLOW_SCHEMA)]
     inputs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the flow's declared inputs.")
 
 
 class SignalRequest(ApiModel):
     """POST /v1/runs/{run_id}/steps/{step_id}/signal: the fields the `wait_for` step waits for."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"values": {"ok": True}}]})
 
     values: dict[str, Any]
 
@@ -47,12 +77,14 @@ class ListRunsQuery(ApiModel):
 
 
 class EventsQuery(ApiModel):
-    after: int = Field(0, ge=0, description="Only events with a greater seq.")
+    after: int = Field(0, ge=0, le=MAX_SEQ, description="Only events with a greater seq.")
     limit: int = Field(1000, ge=1, le=MAX_EVENTS_LIMIT, description="At most this many events, oldest first.")
 
 
 class StreamQuery(ApiModel):
-    after: int = Field(0, ge=0, description="Only events with a greater seq (the Last-Event-ID header wins).")
+    after: int = Field(
+        0, ge=0, le=MAX_SEQ, description="Only events with a greater seq (the Last-Event-ID header wins)."
+    )
 
 
 # --- responses ----------------------------------------------------------------------------------------

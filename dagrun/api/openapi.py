@@ -2,7 +2,9 @@
 
 Schemas come from the models (`dagrun.api.models`) and the flow's own model (`flow_json_schema()`),
 all hoisted into ``components/schemas`` so that every ``$ref`` resolves against the document. Errors
-every route may answer (401, 400, 404, 413, 5XX) are derived from what the route takes.
+every route may answer (400, 401, 404, 413, 503) are derived from what the route takes. The route that
+creates a run links its id to every route that takes one, so that clients (and stateful fuzzers) can
+chain calls; a new run route is linked without being named here.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ DESCRIPTION = (
     "Submit, watch and control dagrun runs. Every route but /health needs `Authorization: Bearer <token>`. "
     'Errors are JSON `{"error": message}`; an invalid flow adds `problems`, each with its `path`.'
 )
+STATIC_PATHS = frozenset({"/openapi.json"})  # served from memory: no store behind them, so never a 503
+# How a link from a created run (`RunCreated`) fills each path parameter of the route it leads to: the run's
+# id from the response, a step's id from the submitted flow (its first step).
+CREATED_RUN_PARAMETERS = {"run_id": "$response.body#/run_id", "step_id": "$request.body#/flow/steps/0/id"}
 
 
 def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
-    used: set[type[BaseModel]] = {models.ErrorBody, models.InvalidFlowBody}
+    used: set[type[BaseModel]] = {models.ErrorBody, models.InvalidFlowBody, models.EventBody}
     for route in routes:
-        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, routes)
         used.update(model for model in (route.body, route.query, *route.ok.values()) if model is not None)
     return {
         "openapi": OPENAPI_VERSION,
@@ -76,7 +82,7 @@ def _rehome_refs(schema: Any) -> Any:
     return schema
 
 
-def _operation(route: Route) -> dict[str, Any]:
+def _operation(route: Route, routes: Sequence[Route]) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": route.handler.__name__, "summary": route.summary}
     if route.description:
         operation["description"] = route.description
@@ -87,14 +93,18 @@ def _operation(route: Route) -> dict[str, Any]:
         operation["parameters"] = parameters
     if route.body is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.body)}}}
-    operation["responses"] = _successes(route) | _refusals(route)
+    operation["responses"] = _successes(route, routes) | _refusals(route)
     return operation
+
+
+def _path_parameter_names(route: Route) -> list[str]:
+    return re.findall(r"{(\w+)}", route.path)
 
 
 def _path_parameters(route: Route) -> list[dict[str, Any]]:
     return [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"{(\w+)}", route.path)
+        for name in _path_parameter_names(route)
     ]
 
 
@@ -109,7 +119,8 @@ def _query_parameters(route: Route) -> list[dict[str, Any]]:
                 parameters[-1]["description"] = description
     if route.media == "text/event-stream":
         parameters.append({
-            "name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+            "name": "Last-Event-ID", "in": "header", "required": False,
+            "schema": {"type": "integer", "minimum": 0, "maximum": models.MAX_SEQ},
             "description": "Resume after this event seq (an EventSource sends it when it reconnects).",
         })  # fmt: skip
     return parameters
@@ -129,37 +140,65 @@ def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
-def _successes(route: Route) -> dict[str, Any]:
+def _successes(route: Route, routes: Sequence[Route]) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in route.ok.items():
         response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
         if model is not None:
             response["content"] = {route.media: {"schema": _ref(model)}}
         elif status != HTTPStatus.NO_CONTENT:
-            response["content"] = {route.media: {"schema": {"type": "string" if "event" in route.media else "object"}}}
+            schema = _event_frame_schema() if route.media == "text/event-stream" else {"type": "object"}
+            response["content"] = {route.media: {"schema": schema}}
+        if model is models.RunCreated:
+            response["links"] = _created_run_links(routes)
         responses[str(status)] = response
     return responses
+
+
+def _event_frame_schema() -> dict[str, Any]:
+    """One frame of a run's event stream, as its fields (an OpenAPI 3.1 event stream's schema describes
+    each event): `data` is the event as JSON."""
+    return {
+        "type": "object",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's seq."},
+            "event": {"enum": ["run", "step"], "description": "The event's kind."},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": _ref(models.EventBody)},
+        },
+    }
+
+
+def _created_run_links(routes: Sequence[Route]) -> dict[str, Any]:
+    """A link to every route that takes a run's id (and nothing a created run cannot fill), by operationId."""
+    links: dict[str, Any] = {}
+    for target in routes:
+        names = _path_parameter_names(target)
+        if "run_id" in names and CREATED_RUN_PARAMETERS.keys() >= set(names):
+            parameters = {name: CREATED_RUN_PARAMETERS[name] for name in names}
+            links[target.handler.__name__] = {"operationId": target.handler.__name__, "parameters": parameters}
+    return links
 
 
 def _refusals(route: Route) -> dict[str, Any]:
     """Route-specific refusals, and those implied by what the route takes."""
     refusals: dict[int, str] = {}
     if route.body is not None or route.query is not None:
-        refusals[HTTPStatus.BAD_REQUEST] = "malformed JSON, or a body or query the route does not take"
+        refusals[HTTPStatus.BAD_REQUEST] = "malformed JSON, or a body, query or header value the route does not take"
     if not route.public:
         refusals[HTTPStatus.UNAUTHORIZED] = "missing or wrong token"
     if "{run_id}" in route.path:
         refusals[HTTPStatus.NOT_FOUND] = "no run has this id"
     if route.body is not None:
         refusals[HTTPStatus.REQUEST_ENTITY_TOO_LARGE] = "the body is over the server's size limit"
-    refusals.update(route.refusals)
+    if not route.public and route.path not in STATIC_PATHS:
+        refusals[HTTPStatus.SERVICE_UNAVAILABLE] = "the store or an executor failed; retry later"
+    for status, when in route.refusals.items():
+        refusals[status] = f"{refusals[status]}; or {when}" if status in refusals else when
     responses: dict[str, Any] = {}
     for status, when in sorted(refusals.items()):
         model = models.InvalidFlowBody if status == HTTPStatus.UNPROCESSABLE_ENTITY else models.ErrorBody
         responses[str(status)] = {"description": when, "content": {"application/json": {"schema": _ref(model)}}}
-    if not route.public:
-        when = "the store or an executor failed (503), or a bug (500; its traceback is in the server's log)"
-        responses["5XX"] = {"description": when, "content": {"application/json": {"schema": _ref(models.ErrorBody)}}}
     return responses
 
 

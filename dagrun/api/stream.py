@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from dagrun.api.guard import ApiError
+from dagrun.api.models import MAX_SEQ
 from dagrun.cancellation import cancel_and_wait
 from dagrun.contract.states import RunStatus
 from dagrun.engine.control import RunControl
@@ -57,6 +58,8 @@ def last_event_id(request: web.Request, after: int) -> int:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"Last-Event-ID must be an event seq, not {header[:40]!r}") from None
     if seq < 0:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"Last-Event-ID must not be negative, not {seq}")
+    if seq > MAX_SEQ:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Last-Event-ID must be at most {MAX_SEQ}, not {header.strip()[:40]}")
     return seq
 
 

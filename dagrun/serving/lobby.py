@@ -37,8 +37,9 @@ def is_authorized(values: list[str], token: str) -> bool:
     if len(values) != 1:
         return False
     scheme, _, presented = values[0].partition(" ")
-    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no
-    matches = hmac.compare_digest(presented.strip().encode(), token.encode())
+    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no. A header
+    # that is not UTF-8 comes decoded with surrogate escapes: encoded back to its bytes, it is refused too.
+    matches = hmac.compare_digest(presented.strip().encode(errors="surrogateescape"), token.encode())
     return scheme.lower() == "bearer" and matches
 
 

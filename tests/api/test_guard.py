@@ -4,6 +4,7 @@ traceback, and the token never reaches a log line."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -105,6 +106,16 @@ async def test_a_malformed_submission_is_400_with_what_is_wrong(api: Api, body: 
 async def test_a_bad_query_is_400(api: Api, query: dict[str, str], fragment: str) -> None:
     status, body = await api.call("GET", "/v1/runs", params=query)
     assert_error(status, body, 400, "query: ", fragment)
+
+
+@pytest.mark.parametrize("route", ["events", "events/stream"])
+async def test_an_event_seq_past_what_a_store_holds_is_400_naming_it(api: Api, route: str) -> None:
+    run_id = await api.submit(HELLO)
+    # What the fuzzer sent: past 64 bits, it was a 500 (the store cannot hold it)
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/{route}", params={"after": "19046597803243059806208"})
+    assert_error(status, body, 400, "query: after: ", f"less than or equal to {models.MAX_SEQ}")
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/events", params={"after": str(models.MAX_SEQ)})
+    assert (status, body) == (200, {"events": []})
 
 
 async def test_a_body_over_the_limit_is_413_declared_or_chunked(make_api: MakeApi) -> None:
@@ -278,3 +289,37 @@ async def test_a_failing_store_is_503_and_a_bug_is_500_without_a_traceback(
     status, body = await api.call("GET", "/v1/runs/some-run")
     assert_error(status, body, 500, "internal error")
     assert "Traceback" not in body["error"] and "KeyError" in caplog.text
+
+
+async def raw_request(api: Api, request: bytes) -> bytes:
+    """What the server answers to `request`, sent as these bytes, until it closes the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+    writer.write(request)
+    try:
+        async with asyncio.timeout(10):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_a_token_that_is_not_utf8_is_refused_with_401(api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    # What the fuzzer sent with the lowest aiohttp: the header's bytes came decoded with surrogate escapes, and
+    # encoding them to compare with the token was a 500 with a traceback
+    answer = await raw_request(api, b"GET /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xc3(\xff\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401 ") and json.loads(body) == {"error": "missing or wrong token"}
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_request_too_malformed_to_parse_is_400_and_one_log_line_without_the_token(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # A NUL byte in a header (here the token's): aiohttp's parser refuses the request before the app sees it
+    request = b"GET /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\x00\r\n\r\n" % api.token.encode()
+    answer = await raw_request(api, request)
+    assert answer.partition(b"\r\n")[0].endswith(b" 400 Bad Request") and b"Invalid header value char" in answer
+    logged = [record for record in caplog.records if "malformed request" in record.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING and logged[0].exc_info is None
+    assert "(400 Invalid header value char)" in logged[0].getMessage()
+    assert "Traceback" not in caplog.text and api.token not in caplog.text

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from dagrun.api import ApiSettings
+from dagrun.api import ApiSettings, models
 from tests.api.conftest import GATED, HELLO, WAIT_S, Api, MakeApi
 
 
@@ -99,7 +99,14 @@ async def test_an_ended_run_replays_after_last_event_id_then_says_no_content(api
     assert (await stream_of(api, run_id, headers={"Last-Event-ID": "6"})).status == 204  # EventSource: stop
 
 
-@pytest.mark.parametrize(("header", "fragment"), [("soon", "must be an event seq"), ("-1", "must not be negative")])
+@pytest.mark.parametrize(
+    ("header", "fragment"),
+    [
+        ("soon", "must be an event seq"),
+        ("-1", "must not be negative"),
+        ("19046597803243059806208", f"must be at most {models.MAX_SEQ}"),  # past 64 bits: it was a 500
+    ],
+)
 async def test_a_bad_last_event_id_is_400(api: Api, header: str, fragment: str) -> None:
     run_id = await api.submit(HELLO)
     status, body = await api.call("GET", f"/v1/runs/{run_id}/events/stream", headers={"Last-Event-ID": header})
