@@ -102,9 +102,11 @@ async def test_a_worker_stopped_and_restarted_at_its_address_within_the_patience
     target.host.gate.release.set()
     second = await target.serve(place)
     result = await asyncio.wait_for(calling, 15)
+    next_one = await executor.call(make_request(DOUBLE, inputs={"x": 2}))
 
     assert result.ok and result.outputs == {"v": "released"}
-    assert (first.worker.status().steps_done, second.worker.status().steps_done) == (0, 1)
+    assert next_one.outputs == {"v": 4}
+    assert (first.worker.status().steps_done, second.worker.status().steps_done) == (0, 2)
 
 
 async def test_steps_sent_where_no_worker_serves_fail_after_their_retries(executors: Executors, target: Target) -> None:
