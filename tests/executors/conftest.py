@@ -258,20 +258,6 @@ async def no_step_running(worker: ScriptWorker, *, timeout_s: float = 10.0) -> N
             await asyncio.sleep(0.02)
 
 
-async def wait_listening(port: int, timeout_s: float = 10.0) -> None:
-    """Wait until something accepts connections on `port` (a server task we started)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.02)  # the server task is starting; tests only
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-
-
 async def dagrun_command(*args: str, timeout_s: float = 30) -> tuple[int, bytes, bytes]:
     """`python -m dagrun ARGS` as a child process: (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(

@@ -1,35 +1,30 @@
-"""The HTTP transport against real worker servers on 127.0.0.1: in process, and `dagrun worker http`."""
+"""What only the HTTP transport does, against real worker servers on 127.0.0.1: its status codes and
+refusals on the wire, the pooled session, HTTPS, /health and `dagrun workers`. What every transport does
+(results, failures, timeouts, cancel, limits, tokens, stops, faults) is the executor contract's:
+tests/executors/contract/."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import signal
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 import pytest
 
-from dagrun import ErrorKind, ExecutorError, RunStatus, StepStatus, WorkerUnavailable
 from dagrun.contract.envelope import encode_request
 from dagrun.contract.executor import ExecutorOptions
 from dagrun.contract.transport import open_executor
-from executors.http import HttpExecutor, HttpWorkerServer, transport
-from tests.conftest import free_port
+from executors.http import HttpExecutor
 from tests.executors.conftest import (
     ONE_AT_A_TIME,
     Certificate,
     Gate,
-    RunRemote,
     ServerFactory,
     WorkerFactory,
     WorkerProcesses,
     dagrun_command,
     make_request,
-    remote_flow,
-    wait_listening,
 )
 
 DOUBLE = "outputs['v'] = inputs['x'] * 2"
@@ -47,23 +42,6 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", **JSON}
 
 
-async def test_round_trip_returns_outputs_context_and_logs(
-    workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions
-) -> None:
-    worker = await workers()
-    server = await servers("http", worker)
-    script = "log('hello')\ncontext.incr('seen')\noutputs['v'] = inputs['x'] * 2"
-
-    async with HttpExecutor(server.url, options) as executor:
-        result = await executor.call(make_request(script, inputs={"x": 21}))
-
-    assert result.ok, result.error
-    assert result.outputs == {"v": 42}
-    assert "hello" in result.logs
-    assert [op.key for op in result.context_ops] == ["seen"]
-    assert worker.status().steps_done == 1
-
-
 async def test_many_concurrent_requests_over_the_pooled_session(
     workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions
 ) -> None:
@@ -79,27 +57,6 @@ async def test_many_concurrent_requests_over_the_pooled_session(
     assert isinstance(executor, HttpExecutor)
     assert [result.outputs["v"] for result in results] == [2 * n for n in range(200)]
     assert worker.status().steps_done == 200
-
-
-async def test_failures_and_timeouts_are_failed_results(
-    workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions
-) -> None:
-    server = await servers("http", await workers())
-    async with HttpExecutor(server.url, options) as executor:
-        failed = await executor.call(make_request("x = 1 / 0"))
-        timed_out = await executor.call(make_request("while True:\n    pass", timeout_s=0.5))
-    assert failed.error is not None and failed.error.type == "ZeroDivisionError"
-    assert timed_out.error is not None and timed_out.error.kind == ErrorKind.TIMEOUT
-
-
-async def test_the_workers_host_functions_serve_remote_steps(
-    workers: WorkerFactory, servers: ServerFactory, run_remote: RunRemote
-) -> None:
-    server = await servers("http", await workers(functions={"worker_side": lambda n: n + 100}))
-    document = remote_flow([{"id": "a", "script": "outputs['v'] = worker_side(1)"}])
-    result = await run_remote(server.url, document)
-    assert result.status == RunStatus.SUCCEEDED, result.steps
-    assert result.steps["a"].outputs == {"v": 101}
 
 
 async def test_https_with_a_certificate_the_client_trusts(
@@ -145,41 +102,8 @@ async def test_requests_without_the_token_are_refused_before_the_body_is_read(
     assert worker.status().steps_done == 0
 
 
-async def test_a_wrong_token_fails_the_call_clearly_and_never_shows_a_token(
-    workers: WorkerFactory, servers: ServerFactory, token: str
-) -> None:
-    worker = await workers()
-    server = await servers("http", worker)
-    wrong = "wrong-" + token[::-1]
-    async with HttpExecutor(server.url, ExecutorOptions(token=wrong)) as executor:
-        with pytest.raises(ExecutorError, match="refused the token") as refused:
-            await executor.call(make_request(DOUBLE, inputs={"x": 1}))
-    message = str(refused.value)
-    assert server.url in message
-    assert token not in message and wrong not in message
-    assert worker.status().steps_done == 0
-
-
-def test_an_executor_without_a_token_is_refused_at_open() -> None:
-    with pytest.raises(ExecutorError, match="no token"):
-        open_executor("https://127.0.0.1:9", ExecutorOptions())
-
-
-async def test_a_worker_server_without_a_token_refuses_to_start(workers: WorkerFactory) -> None:
-    worker = await workers(token=None)
-    with pytest.raises(ExecutorError, match="needs a shared token"):
-        HttpWorkerServer(worker)
-
-
-async def test_a_port_in_use_is_a_clear_error(workers: WorkerFactory, servers: ServerFactory) -> None:
-    first = await servers("http", await workers())
-    second = await workers(port=first.port)
-    with pytest.raises(ExecutorError, match=f"cannot listen on 127.0.0.1:{first.port}: address already in use"):
-        await servers("http", second)
-
-
 async def test_an_oversized_body_is_refused_with_413_and_runs_nothing(
-    workers: WorkerFactory, servers: ServerFactory, raw: aiohttp.ClientSession, token: str, options: ExecutorOptions
+    workers: WorkerFactory, servers: ServerFactory, raw: aiohttp.ClientSession, token: str
 ) -> None:
     worker = await workers(max_message_bytes=1024)
     server = await servers("http", worker)
@@ -195,10 +119,6 @@ async def test_an_oversized_body_is_refused_with_413_and_runs_nothing(
     async with raw.post(f"{server.url}/execute", data=chunks(), headers=bearer(token)) as chunked:
         assert chunked.status == 413
         assert (await chunked.json())["code"] == "too_large"
-
-    async with HttpExecutor(server.url, options) as executor:
-        with pytest.raises(ExecutorError, match="over the worker's 1024-byte limit"):
-            await executor.call(make_request(DOUBLE, inputs={"x": 1, "pad": "x" * 2000}))
     assert worker.status().steps_done == 0
 
 
@@ -216,20 +136,6 @@ async def test_malformed_json_and_a_wrong_version_get_400_and_run_nothing(
             refusal = await response.json()
         assert refusal["code"] == "malformed" and expected in refusal["error"]
     assert worker.status().steps_done == 0
-
-
-async def test_the_token_never_appears_in_logs(
-    workers: WorkerFactory, servers: ServerFactory, token: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    server = await servers("http", await workers())
-    async with HttpExecutor(server.url, ExecutorOptions(token=token)) as executor:
-        await executor.call(make_request(DOUBLE, inputs={"x": 1}))
-    async with HttpExecutor(server.url, ExecutorOptions(token=token + "-wrong")) as executor:
-        with pytest.raises(ExecutorError):
-            await executor.call(make_request(DOUBLE, inputs={"x": 1}))
-    assert "missing or wrong token" in caplog.text
-    assert token not in caplog.text
 
 
 async def test_a_busy_worker_answers_503_at_once_and_the_client_sends_again(
@@ -260,117 +166,7 @@ async def test_a_busy_worker_answers_503_at_once_and_the_client_sends_again(
     assert [result.outputs["v"] for result in results] == [0, 2, 4]
 
 
-# --- cancellation --------------------------------------------------------------------------------
-
-
-# --- faults ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-async def test_a_worker_that_is_down_fails_steps_after_their_retries(run_remote: RunRemote, token: str) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    retries = {"max_attempts": 3, "backoff_s": 0.01, "max_backoff_s": 0.05}
-    steps = [{"id": "a", "script": DOUBLE, "inputs": {"x": 1}}, {"id": "b", "script": DOUBLE, "inputs": {"x": 2}}]
-    started = time.monotonic()
-
-    result = await asyncio.wait_for(run_remote(url, remote_flow(steps, retries=retries)), 20)
-
-    assert time.monotonic() - started < 5
-    assert result.status == RunStatus.FAILED
-    for outcome in result.steps.values():
-        assert outcome.status == StepStatus.FAILED and outcome.attempts == 3
-        assert outcome.error is not None and outcome.error.type == "WorkerUnavailable"
-        assert url in outcome.error.message and "connection refused" in outcome.error.message
-        assert token not in outcome.error.message
-
-
-@pytest.mark.slow
-async def test_a_worker_restarted_on_the_same_port_within_its_reconnect_window_serves_the_run(
-    workers: WorkerFactory, servers: ServerFactory, run_remote: RunRemote
-) -> None:
-    first_gate, second_gate = Gate(), Gate()
-    second_gate.release.set()
-    first = await workers(functions=first_gate.functions(), grace_s=0.2)
-    server = await servers("http", first)
-    second = await workers(functions=second_gate.functions(), port=server.port)
-    retries = {"max_attempts": 3, "backoff_s": 0.01, "max_backoff_s": 0.05}  # all spent in well under a second
-    steps = [{"id": "a", "script": "outputs['v'] = wait_release()"}, {"id": "b", "script": DOUBLE, "inputs": {"x": 2}}]
-    steps[1]["depends_on"] = ["a"]
-    run = asyncio.ensure_future(run_remote(server.url, remote_flow(steps, retries=retries)))
-    await first_gate.started.wait()
-
-    await server.aclose()  # the grace period ends: the step is cancelled, the connection closed
-    await asyncio.sleep(1.5)  # the worker is down: its port refuses connections
-    await servers("http", second)
-    result = await asyncio.wait_for(run, 20)
-
-    assert result.status == RunStatus.SUCCEEDED, result.steps
-    assert result.steps["a"].outputs == {"v": "released"} and result.steps["b"].outputs == {"v": 4}
-    assert all(outcome.attempts == 1 for outcome in result.steps.values())  # waited for, not retried
-    assert second.status().steps_done == 2
-
-
-@pytest.mark.slow
-async def test_a_graceful_stop_drains_the_step_in_flight_and_refuses_new_ones(
-    workers: WorkerFactory, options: ExecutorOptions
-) -> None:
-    gate = Gate()
-    worker = await workers(functions=gate.functions(), port=free_port())
-    stop = asyncio.Event()
-    serving = asyncio.ensure_future(transport.serve_worker(worker, stop))
-    try:
-        await wait_listening(worker.settings.port)
-        url = f"http://127.0.0.1:{worker.settings.port}?reconnect_s=0.3"
-        async with HttpExecutor(url, options) as executor:
-            in_flight = asyncio.ensure_future(executor.call(make_request("outputs['v'] = wait_release()")))
-            await gate.started.wait()
-            stop.set()
-            await asyncio.sleep(0.1)
-            with pytest.raises(WorkerUnavailable, match="stopping"):
-                await executor.call(make_request(DOUBLE, inputs={"x": 1}))
-            gate.release.set()
-            result = await asyncio.wait_for(in_flight, 10)
-        await asyncio.wait_for(serving, 10)
-    finally:
-        stop.set()
-        await asyncio.wait_for(serving, 10)
-
-    assert result.ok and result.outputs == {"v": "released"}
-    assert worker.status().steps_done == 1
-
-
-@pytest.mark.slow
-async def test_a_step_still_running_after_the_grace_period_is_cancelled(
-    workers: WorkerFactory, servers: ServerFactory, options: ExecutorOptions
-) -> None:
-    gate = Gate()
-    worker = await workers(functions=gate.functions(), grace_s=0.3)
-    server = await servers("http", worker)
-    async with HttpExecutor(f"{server.url}?reconnect_s=0.3", options) as executor:
-        call = asyncio.ensure_future(executor.call(make_request("outputs['v'] = wait_release()")))
-        await gate.started.wait()
-        started = time.monotonic()
-        await server.aclose()
-        assert time.monotonic() - started < 3
-        with pytest.raises(WorkerUnavailable):
-            await asyncio.wait_for(call, 10)
-
-
-@pytest.mark.slow
-async def test_dagrun_worker_http_serves_steps_and_exits_0_on_sigterm(
-    worker_processes: WorkerProcesses, options: ExecutorOptions, token: str
-) -> None:
-    worker = await worker_processes("http", "--port", "0", "--token-file", str(worker_processes.token_file))
-    url = await worker.wait_listening()
-    async with HttpExecutor(url, options) as executor:
-        result = await executor.call(make_request(DOUBLE, inputs={"x": 5}, run_id="r-cli", step_id="s-cli"))
-    worker.process.send_signal(signal.SIGTERM)
-    code, log = await worker.finish()
-
-    assert result.outputs == {"v": 10}
-    assert code == 0, log
-    assert "run r-cli step s-cli attempt 1 succeeded" in log
-    assert token not in log
+# --- the `dagrun workers` command ----------------------------------------------------------------
 
 
 @pytest.mark.slow
