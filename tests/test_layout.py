@@ -16,8 +16,6 @@ MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 40
 # Tables that are data, one entry per line: the REST routes and the CLI's commands and options.
 LONG_TABLES = {("dagrun/api/routes.py", "routes"), ("dagrun/cli/__init__.py", "build_parser")}
-# Being split (issue 12): each entry goes when its module is.
-NOT_YET_SPLIT: set[str] = set()
 
 
 def _name(path: Path) -> str:
@@ -27,8 +25,6 @@ def _name(path: Path) -> str:
 @pytest.mark.parametrize("path", SOURCES, ids=_name)
 def test_modules_are_small(path: Path) -> None:
     lines = len(path.read_text().splitlines())
-    if _name(path) in NOT_YET_SPLIT:
-        pytest.xfail("being split")
     assert lines <= MAX_MODULE_LINES, f"{_name(path)} has {lines} lines: split it by concept"
 
 
