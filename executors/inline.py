@@ -16,7 +16,6 @@ import logging
 
 from dagrun.contract.envelope import decode_result, encode_request, encode_result
 from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
-from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.local import settings_from_url
@@ -94,8 +93,9 @@ class InlineTransport:
             "serve remote steps with `dagrun worker redis|ws|http`"
         )
 
-    async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus]:
-        raise ExecutorError("the inline executor has no workers to list: its worker lives inside each executor")
+    async def list_workers(self, url: str, options: ExecutorOptions) -> None:
+        """None: no workers to list; the worker lives inside each executor."""
+        return None
 
 
 transport = InlineTransport()
