@@ -1,26 +1,23 @@
 """The inline transport: the in-process twin of the remote transports, as `MemoryStore` twins the stores.
 
-Each call crosses the wire without a wire: its request is encoded as the request envelope and decoded by a
-`ScriptWorker` in this process (which refuses what is over its `max_message_bytes`), runs in that worker's
-sandbox pool (the worker counts the timeout from the step's start), and its result is encoded and decoded
-again. So every rule of the Executor contract holds as over a real transport: a request the worker refuses
-fails the call with ExecutorError, anything else that goes wrong in the worker is an ErrorKind.WORKER
-failure, and a cancelled call stops its step. The worker lives inside the executor: there is no server to
-serve and no worker to list. URL: ``inline`` or ``inline://?processes=2`` (the settings of ``local://``).
+Each call crosses the wire without a wire: its request envelope goes to `ScriptWorker.answer` in this
+process, as a worker server's bytes would (the worker refuses what is over its `max_message_bytes`, runs
+the rest in its sandbox pool and counts the timeout from the step's start), and the result envelope comes
+back decoded. So every rule of the Executor contract holds as over a real transport: what the worker
+refuses or fails to run is an ErrorKind.WORKER failure, and a cancelled call stops its step. The worker
+lives inside the executor: there is no server to serve and no worker to list.
+URL: ``inline`` or ``inline://?processes=2`` (the settings of ``local://``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 
-from dagrun.contract.envelope import decode_result, encode_request, encode_result
-from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.envelope import decode_result, encode_request
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.local import settings_from_url
-
-logger = logging.getLogger(__name__)
 
 
 class InlineExecutor:
@@ -40,40 +37,17 @@ class InlineExecutor:
         await self.aclose()
 
     async def call(self, request: StepRequest) -> StepResult:
-        """Run one step on the worker. ExecutorError when the worker refuses the request (over its size
-        limit); a failed result with ErrorKind.WORKER when the worker fails otherwise."""
+        """Run one step on the worker; what the worker refuses (a request over its size limit) or fails to
+        run comes back as an ErrorKind.WORKER failure, as from a worker server."""
         if self._is_closed:
             raise RuntimeError("InlineExecutor is closed")
         if not self._is_started:
             self._is_started = True
             await self.worker.__aenter__()  # the pool warms up; the first step waits for it
-        try:
-            step = self.worker.decode(encode_request(request))
-        except ExecutorError as exc:
-            where = f"inline worker {self.worker.settings.worker_id}"
-            raise ExecutorError(
-                f"{where}: refused run {request.run_id} step {request.step_id} attempt {request.attempt}: {exc}"
-            ) from None
-        return decode_result(encode_result(await self._run(step)))
-
-    async def _run(self, step: StepRequest) -> StepResult:
-        """The worker's result; a worker fault (a bug, a pool that failed to start) becomes the step's
-        failure, as a worker server sends it."""
-        try:
-            return await self.worker.run(step)
-        except Exception as exc:
-            logger.exception(
-                "inline worker %s run %s step %s attempt %d: %s",
-                self.worker.settings.worker_id,
-                step.run_id,
-                step.step_id,
-                step.attempt,
-                exc,
-            )
-            return StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc))
+        return decode_result(await self.worker.answer(encode_request(request), origin="an inline call"))
 
     async def aclose(self) -> None:
-        """Close the worker (a call still running is cancelled with its step); safe twice."""
+        """Close the worker and its sandbox pool; safe twice."""
         if self._is_closed:
             return
         self._is_closed = True
