@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dagrun.contract.context import ContextOp, ContextOpKind
 from dagrun.contract.envelope import decode_request, decode_result, encode_request, encode_result
@@ -27,6 +29,38 @@ def test_requests_and_results_round_trip_through_the_envelope() -> None:
         worker_id="w1",
     )
     assert decode_result(encode_result(result)) == result
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+ERRORS = st.builds(StepError, st.sampled_from(ErrorKind), st.text(), st.text(), st.none() | st.integers(1, 10**6))
+RESULTS = st.builds(
+    StepResult,
+    ok=st.booleans(),
+    outputs=st.dictionaries(st.text(), JSON_VALUES, max_size=3),
+    context_ops=st.lists(st.builds(ContextOp, st.sampled_from(ContextOpKind), st.text(), JSON_VALUES), max_size=3).map(
+        tuple
+    ),
+    error=st.none() | ERRORS,
+    logs=st.text(),
+    elapsed_ms=st.floats(0, 1e9),
+    worker_id=st.text(),
+)
+
+
+@given(RESULTS)
+def test_every_result_field_survives_the_wire(result: StepResult) -> None:
+    """The result envelope is derived from StepResult's fields: none is lost or added on the way."""
+    assert decode_result(encode_result(result)) == result
+
+
+def test_the_envelopes_carry_exactly_the_fields_of_the_values() -> None:
+    """A field added to StepRequest or StepResult travels without touching the envelope code."""
+    assert set(orjson.loads(encode_request(REQUEST))) == {"v", *StepRequest._fields}
+    assert set(orjson.loads(encode_result(StepResult(ok=True)))) == {"v", *StepResult._fields}
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,9 @@
 """The wire envelope: one JSON document (`PROTOCOL_VERSION`) carries a request or a result on every wire.
 
-The request envelope is derived from `StepRequest`'s fields (their annotations carry the constraints),
-so a new request field is written once. Everything decoded here is untrusted: ExecutorError says what
-is wrong with it.
+The envelopes are derived from the fields of `StepRequest` (their annotations carry the constraints),
+`StepResult` and `StepError`, so a new field is written once; only a field whose wire form differs from
+its value (a result's context operations and error) is spelled out. Everything decoded here is
+untrusted: ExecutorError says what is wrong with it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import orjson
 import pydantic
 
 from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import ErrorKind, StepError, StepRequest, StepResult
+from dagrun.contract.executor import StepError, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 
 PROTOCOL_VERSION = 1
@@ -34,18 +35,11 @@ def _mapping_as_dict(value: Any) -> Any:
 
 
 def encode_result(result: StepResult) -> bytes:
-    return orjson.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "ok": result.ok,
-            "outputs": result.outputs,
-            "context_ops": [list(op) for op in result.context_ops],
-            "error": result.error.to_json() if result.error else None,
-            "logs": result.logs,
-            "elapsed_ms": result.elapsed_ms,
-            "worker_id": result.worker_id,
-        }
-    )
+    """The result envelope: StepResult's fields, its error as an object and its context operations as lists."""
+    fields = result._asdict()
+    fields["context_ops"] = [list(op) for op in result.context_ops]
+    fields["error"] = result.error.to_json() if result.error else None
+    return orjson.dumps({"v": PROTOCOL_VERSION, **fields})
 
 
 class _Envelope(pydantic.BaseModel):
@@ -54,33 +48,29 @@ class _Envelope(pydantic.BaseModel):
 
 
 def _required(hint: Any) -> Any:
-    """A request field's wire type: mappings arrive as dicts, and every field must be sent."""
+    """A field's wire type: mappings arrive as dicts, and every field must be sent."""
     return (dict[str, Any], ...) if hint is Mapping[str, Any] else (hint, ...)
 
 
-RequestEnvelope: type[_Envelope] = pydantic.create_model(
-    "RequestEnvelope",
-    __base__=_Envelope,
-    **{name: _required(hint) for name, hint in get_type_hints(StepRequest, include_extras=True).items()},
+def _fields_of(record: Any, wire_types: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """pydantic field definitions for a NamedTuple's fields, in order: each required on the wire (mappings
+    as dicts), with the wire type `wire_types` gives for a field whose wire form differs from its value."""
+    wire_types = wire_types or {}
+    hints = get_type_hints(record, include_extras=True)
+    return {name: (wire_types[name], ...) if name in wire_types else _required(hints[name]) for name in record._fields}
+
+
+ErrorEnvelope: type[pydantic.BaseModel] = pydantic.create_model(
+    "ErrorEnvelope", __config__=pydantic.ConfigDict(extra="forbid", frozen=True), **_fields_of(StepError)
 )
-
-
-class _ErrorModel(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
-    kind: ErrorKind
-    type: str
-    message: str
-    line: int | None = None
-
-
-class ResultEnvelope(_Envelope):
-    ok: bool
-    outputs: dict[str, Any]
-    context_ops: list[tuple[ContextOpKind, str, Any]]
-    error: _ErrorModel | None
-    logs: str
-    elapsed_ms: float
-    worker_id: str
+RequestEnvelope: type[_Envelope] = pydantic.create_model(
+    "RequestEnvelope", __base__=_Envelope, **_fields_of(StepRequest)
+)
+ResultEnvelope: type[_Envelope] = pydantic.create_model(
+    "ResultEnvelope",
+    __base__=_Envelope,
+    **_fields_of(StepResult, {"context_ops": list[tuple[ContextOpKind, str, Any]], "error": ErrorEnvelope | None}),
+)
 
 
 def _check_size(data: bytes | str, max_bytes: int) -> None:
@@ -105,20 +95,15 @@ def decode_result(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_ENVELOPE_BY
         env = ResultEnvelope.model_validate_json(data)
     except pydantic.ValidationError as exc:
         raise ExecutorError(f"malformed result envelope: {_first_error(exc)}") from exc
-    return result_from_envelope(env)
+    return _result_from_envelope(env)
 
 
-def result_from_envelope(env: ResultEnvelope) -> StepResult:
-    error = env.error
-    return StepResult(
-        ok=env.ok,
-        outputs=env.outputs,
-        context_ops=tuple(ContextOp(kind, key, value) for kind, key, value in env.context_ops),
-        error=StepError(error.kind, error.type, error.message, error.line) if error else None,
-        logs=env.logs,
-        elapsed_ms=env.elapsed_ms,
-        worker_id=env.worker_id,
-    )
+def _result_from_envelope(env: pydantic.BaseModel) -> StepResult:
+    fields = {name: getattr(env, name) for name in StepResult._fields}
+    fields["context_ops"] = tuple(ContextOp(kind, key, value) for kind, key, value in fields["context_ops"])
+    error = fields["error"]
+    fields["error"] = StepError._make(getattr(error, name) for name in StepError._fields) if error else None
+    return StepResult(**fields)
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:
