@@ -92,15 +92,14 @@ class ReplyWriter:
         replies: dict[bytes, list[Argument]] = {}
         acked: dict[str, list[Argument]] = {}
         for entry in batch:
-            reply_to = entry.fields.get(b"reply", b"")
-            if self._keys.is_reply_stream(reply_to) and entry.reply is not None:
+            reply_to, request_id = entry.fields.get(b"reply", b""), entry.fields.get(b"id")
+            if self._keys.is_reply_stream(reply_to) and request_id is not None and entry.reply is not None:
                 fields = replies.get(reply_to)
                 if fields is None:
                     fields = replies[reply_to] = []
-                request_id = entry.fields[b"id"]
                 fields += (request_id, self._signer.seal_result(reply_to, request_id, entry.reply))
             elif not entry.is_withdrawn:  # a withdrawn one is only acknowledged: its caller gave up
-                logger.warning("worker %s: entry %s names no reply stream", self._worker_id, entry.entry_id)
+                logger.warning("worker %s: entry %s names no reply stream or id", self._worker_id, entry.entry_id)
             entry_ids = acked.get(entry.stream)
             if entry_ids is None:
                 entry_ids = acked[entry.stream] = []

@@ -216,6 +216,9 @@ async def test_malformed_entries_are_answered_or_dropped_and_the_worker_goes_on(
         await client.xadd(stream, request_entry(stream, b"bad-1", reply_stream, b'{"v": 1, "run_id": 3}'))
         await client.xadd(stream, {"no": "fields we know"})
         await client.xadd(stream, request_entry(stream, b"bad-2", "elsewhere", b"{}"))
+        no_id = request_entry(stream, b"", reply_stream, b"{}")  # signed, but with no request id to answer
+        del no_id[b"id"]
+        await client.xadd(stream, no_id)
         replies: Any = await client.xread({reply_stream: first_id}, block=10_000)
         ((_, [(_, fields)]),) = replies
         result = SIGNER.open_result(reply_stream.encode(), b"bad-1", fields[b"bad-1"])
