@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from dagrun.api.app import LOBBY, create_app
 from dagrun.api.settings import ApiSettings
@@ -26,26 +25,6 @@ from dagrun.serving.lobby_site import start_app
 from dagrun.serving.server import Server
 
 logger = logging.getLogger(__name__)
-
-
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs a request its parser refuses with a traceback, though the client got its 400: one bad
-    request is one warning line instead. It names what was wrong but not the offending line, which can
-    hold the token. Other records, a bug's traceback included, pass unchanged."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        refused = record.exc_info[1] if record.exc_info else None
-        if isinstance(refused, HttpProcessingError) and refused.code < 500:
-            what = refused.message.strip().partition("\n")[0].partition(":")[0][:100]
-            record.msg, record.args = "%s: malformed request (%d %s)", (record.getMessage(), refused.code, what)
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
-        return True
-
-
-# aiohttp's server log for the API's connections, apart from "aiohttp.server" so that the filter is the API's
-http_logger = logging.getLogger(f"{__name__}.http")
-http_logger.addFilter(MalformedRequestFilter())
 
 
 class ApiServer(Server):
@@ -82,7 +61,7 @@ class ApiServer(Server):
             self._requested_port,
             lobby=lobby,
             shutdown_timeout=shutdown_timeout_s,
-            logger=http_logger,
+            log_name=f"{__name__}.http",
         )
         return port
 

@@ -21,6 +21,7 @@ from typing import Any, cast
 from aiohttp import web
 
 from dagrun.serving.lobby import Lobby
+from dagrun.serving.request_log import server_log
 
 
 class _LobbyProtocol(asyncio.Protocol):
@@ -101,12 +102,14 @@ async def start_app(
     port: int,
     *,
     lobby: Lobby,
+    log_name: str,
     ssl_context: ssl.SSLContext | None = None,
     **runner_options: Any,
 ) -> tuple[web.AppRunner, int]:
     """Serve `app` on a `LobbySite`; its runner (whose `cleanup` stops it) and the port bound. OSError when
-    the address cannot be bound, with nothing left running. `runner_options` go to `web.AppRunner`."""
-    runner = web.AppRunner(app, access_log=None, **runner_options)
+    the address cannot be bound, with nothing left running. aiohttp logs to `log_name` (`server_log`);
+    `runner_options` go to `web.AppRunner`."""
+    runner = web.AppRunner(app, access_log=None, logger=server_log(log_name), **runner_options)
     await runner.setup()
     try:
         await LobbySite(runner, host, port, lobby=lobby, ssl_context=ssl_context).start()

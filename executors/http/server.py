@@ -49,6 +49,7 @@ class HttpWorkerServer(WorkerServer):
             settings.host,
             settings.port,
             lobby=self._lobby,
+            log_name=f"{__name__}.http",
             ssl_context=self._ssl,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             handler_cancellation=True,

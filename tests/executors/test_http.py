@@ -6,6 +6,7 @@ tests/executors/contract/."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -136,6 +137,24 @@ async def test_malformed_json_and_a_wrong_version_get_400_and_run_nothing(
             refusal = await response.json()
         assert refusal["code"] == "malformed" and expected in refusal["error"]
     assert worker.status().steps_done == 0
+
+
+async def test_a_request_too_malformed_to_parse_is_400_and_one_log_line_without_the_token(
+    workers: WorkerFactory, servers: ServerFactory, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await servers("http", await workers())
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:  # a NUL byte in the token's header: aiohttp's parser refuses it before the worker sees it
+        writer.write(b"POST /execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\x00\r\n\r\n" % token.encode())
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    assert answer.partition(b"\r\n")[0].endswith(b" 400 Bad Request")
+    logged = [record for record in caplog.records if "malformed request" in record.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.WARNING and logged[0].exc_info is None
+    assert "Traceback" not in caplog.text and token not in caplog.text
 
 
 async def test_a_busy_worker_answers_503_at_once_and_the_client_sends_again(
