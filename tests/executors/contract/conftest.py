@@ -3,8 +3,8 @@
 `target` is each transport in turn (`TARGETS`), module-scoped: its shared worker, started on first use,
 serves every case of a module, so the modules run in a module-scoped event loop. `executors` opens
 executors of it for one case and closes them; `executor` is one. A case declares what it needs with
-`@needs(Capability.X, ...)` and is skipped on a target without it; each case gets a fresh gate
-(`target.host.gate`).
+`@needs(Capability.X, ...)` and runs only on the targets that have it (no skips: the case does not exist
+for the others); each case gets a fresh gate (`target.host.gate`).
 """
 
 from __future__ import annotations
@@ -27,20 +27,31 @@ from tests.executors.contract.targets import (
     Target,
 )
 
-TARGETS: dict[str, Callable[[pytest.FixtureRequest, Path], Target]] = {
-    "local": lambda request, directory: LocalTarget(),
-    "inline": lambda request, directory: InlineTarget(),
-    "redis": lambda request, directory: RedisTarget(directory, request.getfixturevalue("redis_server")),
-    "ws": lambda request, directory: ServerTarget(directory, "ws"),
-    "http": lambda request, directory: ServerTarget(directory, "http"),
+Make = Callable[[pytest.FixtureRequest, Path], Target]
+TARGETS: dict[str, tuple[type[Target], Make]] = {
+    "local": (LocalTarget, lambda request, directory: LocalTarget()),
+    "inline": (InlineTarget, lambda request, directory: InlineTarget()),
+    "redis": (RedisTarget, lambda request, directory: RedisTarget(directory, request.getfixturevalue("redis_server"))),
+    "ws": (ServerTarget, lambda request, directory: ServerTarget(directory, "ws")),
+    "http": (ServerTarget, lambda request, directory: ServerTarget(directory, "http")),
 }
 
 needs = pytest.mark.needs  # registered in pyproject.toml
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module", params=list(TARGETS))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each case on every target that has what it needs."""
+    if "target" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("needs")
+        needed = set(marker.args if marker else ())
+        names = [name for name, (kind, _) in TARGETS.items() if needed <= kind.capabilities]
+        metafunc.parametrize("target", names, indirect=True, scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
-    made = TARGETS[request.param](request, tmp_path_factory.mktemp(f"contract-{request.param}"))
+    _, make = TARGETS[request.param]
+    made = make(request, tmp_path_factory.mktemp(f"contract-{request.param}"))
     try:
         yield made
     finally:
@@ -48,13 +59,7 @@ async def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 
 @pytest.fixture(autouse=True)
-def _applies(request: pytest.FixtureRequest, target: Target) -> None:
-    """Skip a case whose needs the target lacks; give the others a fresh gate."""
-    marker = request.node.get_closest_marker("needs")
-    needed = marker.args if marker else ()
-    missing = [capability.name for capability in needed if capability not in target.capabilities]
-    if missing:
-        pytest.skip(f"{target.name} lacks {', '.join(missing)}")
+def _fresh_gate(target: Target) -> None:
     target.host.gate = Gate()
 
 

@@ -5,7 +5,7 @@ from its class, so that the suite does not depend on the installed entry points)
 served by `find_worker_transport(scheme).serve_worker` or as `dagrun worker KIND` processes, their status
 from `ScriptWorker.status` or the transport's `list_workers`. Every worker runs one step at a time in one
 sandbox process, with the worker-side host functions of `HostSide`. `capabilities` say which contract
-cases apply: a case that needs what a Target lacks is skipped. A new transport needs one Target class here
+cases apply: a case that needs what a Target lacks is not made for it. A new transport needs one Target class here
 and one entry in `conftest.TARGETS`.
 """
 
