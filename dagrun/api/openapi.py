@@ -189,8 +189,8 @@ def _refusals(route: Route) -> dict[str, Any]:
         refusals[HTTPStatus.UNAUTHORIZED] = "missing or wrong token"
     if "{run_id}" in route.path:
         refusals[HTTPStatus.NOT_FOUND] = "no run has this id"
-    if route.body is not None:
-        refusals[HTTPStatus.REQUEST_ENTITY_TOO_LARGE] = "the body is over the server's size limit"
+    # the guard refuses a declared body over the limit on every route, before it is read
+    refusals[HTTPStatus.REQUEST_ENTITY_TOO_LARGE] = "the body is over the server's size limit"
     if not route.public and route.path not in STATIC_PATHS:
         refusals[HTTPStatus.SERVICE_UNAVAILABLE] = "the store or an executor failed; retry later"
     for status, when in route.refusals.items():

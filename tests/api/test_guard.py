@@ -130,6 +130,8 @@ async def test_a_body_over_the_limit_is_413_declared_or_chunked(make_api: MakeAp
 
     status, body = await api.call("POST", "/v1/runs", data=chunks())
     assert_error(status, body, 413, "over the 1000-byte limit")
+    status, body = await api.call("GET", "/v1/runs", data=document)  # a route without a body: as documented
+    assert_error(status, body, 413, "over the 1000-byte limit")
     assert (await api.call("GET", "/v1/runs"))[0] == 200  # the server is fine
 
 
