@@ -5,7 +5,7 @@ event stream, against a server process that drives them (as `dagrun serve api --
 `dagrun orchestrator`).
 
 Every run is a 10-step flow (a root, 8 parallel steps, a join). It is checked from its stream: every
-step went `running` then `succeeded`, once, and the run `succeeded`; then its outputs are checked over
+step went `queued`, `running` then `succeeded`, once, and the run `succeeded`; then its outputs are checked over
 REST. Prints one JSON line per store: runs/s, steps/s, the p50/p99 latency from a run's POST to its
 terminal event at the client and of the POST alone, and the server processes' CPU per run (from /proc).
 
@@ -145,12 +145,15 @@ async def polled_runs(
     return outcomes
 
 
+STEP_STATES = ["queued", "running", "succeeded"]  # what every step of a run goes through, once each
+
+
 def check_events(run_id: str, events: list[dict[str, Any]]) -> None:
-    """Every step `running` then `succeeded`, once; the run `running` then `succeeded`; seqs gap-free."""
+    """Every step `queued`, `running` then `succeeded`, once; the run `running` then `succeeded`; seqs gap-free."""
     by_step: dict[str | None, list[str]] = {}
     for event in events:
         by_step.setdefault(event["step_id"], []).append(event["status"])
-    wrong = {step: seen for step, seen in by_step.items() if step is not None and seen != ["running", "succeeded"]}
+    wrong = {step: seen for step, seen in by_step.items() if step is not None and seen != STEP_STATES}
     if wrong or set(by_step) - {None} != set(DAG) or by_step.get(None) != ["running", "succeeded"]:
         shown = "\n".join(json.dumps(event) for event in events)
         raise SystemExit(f"run {run_id}: wrong events: steps {wrong or by_step}; its events:\n{shown}")
@@ -189,7 +192,7 @@ async def load(url: str, token: str, args: argparse.Namespace, servers: list[int
         wall_s = max(outcome.ended_at for outcome in outcomes) - started  # to the last run's end
         server_cpu_s = cpu_s(servers) - cpu_before
         await asyncio.gather(*(bounded(check_outputs(client, outcome.run_id)) for outcome in outcomes))
-    checked = "each step running then succeeded once; outputs"
+    checked = "each step queued, running then succeeded once; outputs"
     cpu = {"server_cpu_ms_per_run": round(server_cpu_s * 1000 / len(outcomes), 2)} if server_cpu_s >= 0 else {}
     extra = {"watch": args.watch, "concurrency": args.concurrency, "checked": checked}
     return figures(outcomes, wall_s) | cpu | extra

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.local import settings_from_url
@@ -36,15 +36,17 @@ class InlineExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker; what the worker refuses (a request over its size limit) or fails to
-        run comes back as an ErrorKind.WORKER failure, as from a worker server."""
+        run comes back as an ErrorKind.WORKER failure, as from a worker server. `dispatch` reaches the
+        worker's pool, as a remote worker's start and withdrawal would."""
         if self._is_closed:
             raise RuntimeError("InlineExecutor is closed")
         if not self._is_started:
             self._is_started = True
             await self.worker.__aenter__()  # the pool warms up; the first step waits for it
-        return decode_result(await self.worker.answer(encode_request(request), origin="an inline call"))
+        envelope = await self.worker.answer(encode_request(request), origin="an inline call", dispatch=dispatch)
+        return decode_result(envelope)
 
     async def aclose(self) -> None:
         """Close the worker and its sandbox pool; safe twice."""

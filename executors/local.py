@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from dagrun.worker.script_worker import ScriptWorker
@@ -22,13 +22,13 @@ class LocalExecutor:
         self._pool = SandboxPool(settings, functions=options.functions)
         self._started: asyncio.Task[None] | None = None
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         if self._started is None:
             self._started = asyncio.ensure_future(self._pool.start())
         if not self._started.done():
             await asyncio.shield(self._started)  # concurrent first calls wait for the same start
         self._started.result()  # a start that failed fails every call with its ExecutorError
-        return await self._pool.run(request)
+        return await self._pool.run(request, dispatch)
 
     async def aclose(self) -> None:
         await self._pool.aclose()  # stops a start still under way, once

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ErrorKind, StepRequest, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
@@ -35,10 +35,12 @@ class ScriptedExecutor:
         self.max_in_flight = 0
         self.closed = False
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         missing = [d for d in self.depends_on.get(request.step_id, ()) if d not in self.finished]
         assert not missing, f"{request.step_id} called before {missing}"
         self.calls.append((request.step_id, request.attempt))
+        if dispatch is not None:
+            dispatch.started()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -144,14 +146,17 @@ async def test_retries_until_success_and_records_each_attempt() -> None:
     assert result.steps["flaky"].error is None
     events = [e for e in await store.get_events(result.run_id) if e.step_id == "flaky"]
     assert [(e.status, e.attempt) for e in events] == [
+        ("queued", 1),
         ("running", 1),
         ("ready", 1),
+        ("queued", 2),
         ("running", 2),
         ("ready", 2),
+        ("queued", 3),
         ("running", 3),
         ("succeeded", 3),
     ]
-    assert "retrying in" in events[1].message
+    assert "retrying in" in events[2].message
 
 
 async def test_retries_exhausted_fail_the_step_with_the_last_error() -> None:
@@ -311,8 +316,10 @@ async def test_store_holds_the_whole_story() -> None:
     kinds = [(e.kind, e.status, e.step_id) for e in await store.get_events(result.run_id)]
     assert kinds == [
         ("run", "running", None),
+        ("step", "queued", "a"),
         ("step", "running", "a"),
         ("step", "succeeded", "a"),
+        ("step", "queued", "b"),
         ("step", "running", "b"),
         ("step", "succeeded", "b"),
         ("run", "succeeded", None),

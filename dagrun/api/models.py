@@ -139,7 +139,8 @@ class StepBody(ApiModel):
     attempts: int
     outputs: dict[str, Any]
     error: StepErrorBody | None
-    started_at: float | None
+    queued_at: float | None = Field(description="When its last attempt was handed to its executor.")
+    started_at: float | None = Field(description="When a worker or sandbox process started its last attempt.")
     finished_at: float | None
     elapsed_ms: float
     worker_id: str

@@ -176,6 +176,7 @@ def status(args: argparse.Namespace) -> int:
         else:
             render.run_header(stdout, view.run, driver=view.driver)
             stdout.print(render.steps_table(list(view.steps)))
+            stdout.print(render.steps_tally(list(view.steps)))
         return EXIT_OK if view.run.status != RunStatus.FAILED else EXIT_FAILED
 
     return asyncio.run(show())

@@ -33,6 +33,7 @@ _STYLE = {
     "cancelled": "yellow",
     "skipped": "dim",
     "running": "cyan",
+    "queued": "blue",
     "waiting": "magenta",
     "ready": "blue",
     "pending": "dim",
@@ -63,6 +64,7 @@ class RunProgress:
         self._flow_name = flow_name
         self._total = total_steps
         self._ended: Counter[str] = Counter()
+        self._queued: set[str] = set()
         self._running: set[str] = set()
         self._started = time.monotonic()
         self._live: Live | None = None
@@ -78,10 +80,16 @@ class RunProgress:
             self._live.__exit__(kind, exc, tb)
 
     def on_step(self, record: StepRecord) -> None:
+        self._queued.discard(record.step_id)
+        self._running.discard(record.step_id)
+        if record.status == StepStatus.QUEUED:
+            self._queued.add(record.step_id)
+            return
         if record.status == StepStatus.RUNNING:
             self._running.add(record.step_id)
             return
-        self._running.discard(record.step_id)
+        if record.status == StepStatus.PENDING:  # withdrawn by a pause
+            return
         if record.status.is_terminal:
             self._ended[record.status] += 1
         if self._live is None:
@@ -91,6 +99,8 @@ class RunProgress:
         done = sum(self._ended.values())
         line = Text(f"{self._flow_name}  {done}/{self._total} done  ", style="bold")
         line.append(f"{len(self._running)} running  ", style="cyan")
+        if self._queued:
+            line.append(f"{len(self._queued)} queued  ", style="blue")
         for status in ("succeeded", "failed", "skipped", "cancelled"):
             if self._ended[status]:
                 line.append(f"{self._ended[status]} {status}  ", style=_STYLE[status])
@@ -137,6 +147,20 @@ def steps_table(records: list[StepRecord]) -> Table:
             detail,
         )
     return table
+
+
+def steps_tally(records: list[StepRecord]) -> Text:
+    """How many steps are in each state, in the order a step goes through them: `queued` apart from
+    `running`."""
+    counts = Counter(record.status for record in records)
+    line = Text("steps: ")
+    parts = [(status, counts[status]) for status in StepStatus if counts[status]]
+    for number, (status, count) in enumerate(parts):
+        line.append(f"{count} ")
+        line.append(status.value, style=_STYLE.get(status.value, ""))
+        if number < len(parts) - 1:
+            line.append(", ")
+    return line
 
 
 def runs_table(runs: list[RunRecord]) -> Table:

@@ -23,7 +23,8 @@ class RunStatus(StrEnum):
 
 class StepStatus(StrEnum):
     PENDING = "pending"
-    READY = "ready"
+    READY = "ready"  # waiting to be tried again after a failed attempt
+    QUEUED = "queued"  # handed to an executor, not yet started by a worker or sandbox process
     RUNNING = "running"
     WAITING = "waiting"
     SUCCEEDED = "succeeded"

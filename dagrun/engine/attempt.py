@@ -1,13 +1,14 @@
 """One attempt of a script step: its inputs resolved (from the run's inputs and the outputs of the steps
 that succeeded), its executor called, its declared outputs checked. Whatever goes wrong comes back as a
-failed StepResult (an input that cannot be resolved, an executor that cannot deliver), never raised."""
+failed StepResult (an input that cannot be resolved, an executor that cannot deliver), never raised, but
+for Withdrawn: `dispatch` took it back unrun."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagrun.contract.executor import ErrorKind, Executor, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ErrorKind, Executor, StepRequest, StepResult
 from dagrun.errors import ExecutorError, UnresolvedInput
 from dagrun.flow.model import Step
 from dagrun.flow.references import Outputs
@@ -22,6 +23,7 @@ async def run_attempt(
     outputs_of: Outputs,
     context: Mapping[str, Any],
     executor_of: Callable[[str], Executor],
+    dispatch: Dispatch,
 ) -> StepResult:
     try:
         inputs = step.resolve_inputs(flow_inputs, outputs_of)
@@ -33,7 +35,7 @@ async def run_attempt(
     )  # fmt: skip
     try:
         # No timeout here: a step may wait in a remote queue; only the executor knows when it started.
-        result = await executor_of(step.executor).call(request)
+        result = await executor_of(step.executor).call(request, dispatch)
     except ExecutorError as exc:
         return StepResult.failure(ErrorKind.WORKER, type(exc).__name__, str(exc))
     if result.ok and step.outputs is not None:

@@ -22,7 +22,15 @@ from typing import Any
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.local_runs import local_runs
 from dagrun.engine.signals import check_signal_fields, counted_signal, wait_for_fields
-from dagrun.engine.views import Checkpoint, PendingStep, RunMetrics, RunView, StepFailure, step_metrics
+from dagrun.engine.views import (
+    Checkpoint,
+    PendingStep,
+    RunMetrics,
+    RunView,
+    StepFailure,
+    pending_step,
+    step_metrics,
+)
 from dagrun.errors import ControlError
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.store.base import Command, CommandKind, Event, RunRecord, StepRecord, Store
@@ -109,7 +117,7 @@ class RunControl:
         run = await self.store.get_run(run_id)
         fields = wait_for_fields(run)
         return [
-            PendingStep(step.step_id, step.status, step.attempt, step.started_at, fields.get(step.step_id, ()))
+            pending_step(step, fields.get(step.step_id, ()))
             for step in await self.store.get_steps(run_id)
             if not step.status.is_terminal
         ]

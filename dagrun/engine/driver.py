@@ -13,6 +13,7 @@ resume, signal) come from the run's command log (`CommandLog`), replayed whole w
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -21,23 +22,24 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.executor import ErrorKind, Executor, StepError, StepResult
+from dagrun.contract.executor import Dispatch, Executor, StepResult, Withdrawn
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.attempt import run_attempt
 from dagrun.engine.command_log import CommandLog
 from dagrun.engine.control import end_cancelled
-from dagrun.engine.outcome import RunResult
+from dagrun.engine.outcome import RunResult, StepListener
 from dagrun.engine.pause import PauseGate
 from dagrun.engine.policy import attempt_failed_message, cancelled_by, retry_delay_s, step_failure
 from dagrun.engine.scheduler import Scheduler
 from dagrun.engine.step_state import StepState, SucceededOutputs
+from dagrun.engine.waiting_step import wait_for_signal
 from dagrun.errors import LeaseLost, RunHandedBack
-from dagrun.flow.model import Flow, WaitFor
+from dagrun.flow.model import Flow
 from dagrun.store.base import Command, CommandKind, StepRecord, Store
 
 logger = logging.getLogger(__name__)
 
-StepListener = Callable[[StepRecord], None]
+WITHDRAWN = "withdrawn before a worker took it: the run is paused"
 
 
 class StoredRun(NamedTuple):
@@ -207,12 +209,16 @@ class RunDriver:
             self._states[command.step_id].deliver_signal(command.values)
 
     async def _pause(self) -> None:
+        """No step starts: those queued are withdrawn where no worker has taken them yet."""
         if self._gate.is_closed:
             return
         assert self._task_group is not None
         self._gate.close()
         self._gate.hold(self._task_group)
         await self._store.set_run_status(self.run_id, RunStatus.PAUSED, at=time.time())
+        for state in self._states.values():
+            if state.dispatch is not None:
+                state.dispatch.withdraw()
 
     async def _resume(self) -> None:
         if not self._gate.is_closed:
@@ -251,7 +257,11 @@ class RunDriver:
         if state.step.wait_for is None:
             status = await self._attempt_until_done(state)
         else:
-            status = await self._wait_for_signal(state, state.step.wait_for)
+            status = await wait_for_signal(
+                state, state.step.wait_for, run_id=self.run_id, record=self._record, listener=self._listener
+            )
+        if status == StepStatus.FAILED:
+            self._failed(state)
         state.task = None
         self._running -= 1
         decisions = self._scheduler.complete(state.step.id, status)
@@ -264,15 +274,11 @@ class RunDriver:
         self._pump()
 
     async def _attempt_until_done(self, state: StepState) -> StepStatus:
-        step = state.step
         while True:
-            await self._gate.wait_open()  # a retry waits out a pause
-            attempt = state.begin_attempt()
-            await self._record(StepRecord(self.run_id, step.id, StepStatus.RUNNING, attempt, state.started_at))
-            result = await run_attempt(
-                step, attempt, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of,
-                context=self._context, executor_of=self._executor_of,
-            )  # fmt: skip
+            await self._gate.wait_open()  # a retry, or an attempt a pause withdrew, waits out the pause
+            result = await self._attempt(state)
+            if result is None:
+                continue
             if result.ok:
                 await self._succeed(state, result)
                 return StepStatus.SUCCEEDED
@@ -281,6 +287,40 @@ class RunDriver:
                 return StepStatus.FAILED
             await asyncio.sleep(delay_s)  # the retry backoff, not a poll
 
+    async def _attempt(self, state: StepState) -> StepResult | None:
+        """One attempt: queued, then running when its executor says it started. None when a pause withdrew
+        it before a worker took it: it is pending again, and its number is the next attempt's."""
+        step = state.step
+        attempt = state.begin_attempt()
+        await self._record(StepRecord(self.run_id, step.id, StepStatus.QUEUED, attempt, queued_at=state.queued_at))
+        state.dispatch = dispatch = Dispatch(functools.partial(self._started, state))
+        if self._gate.is_closed:  # paused while it was recorded
+            dispatch.withdraw()
+        try:
+            result = await run_attempt(
+                step, attempt, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of,
+                context=self._context, executor_of=self._executor_of, dispatch=dispatch,
+            )  # fmt: skip
+        except Withdrawn:
+            state.take_back_attempt()
+            await self._record(StepRecord(self.run_id, step.id, StepStatus.PENDING, state.attempt), message=WITHDRAWN)
+            return None
+        finally:
+            state.dispatch = None
+        if state.started_write is not None:  # its running record goes before its result's
+            await state.started_write
+            state.started_write = None
+        return result
+
+    def _started(self, state: StepState, at: float) -> None:
+        """The executor started the step's attempt: record it running (the step's task awaits the write)."""
+        assert self._task_group is not None
+        state.started_at = at
+        record = StepRecord(
+            self.run_id, state.step.id, StepStatus.RUNNING, state.attempt, at, queued_at=state.queued_at
+        )
+        state.started_write = self._task_group.create_task(self._record(record))
+
     async def _succeed(self, state: StepState, result: StepResult) -> None:
         message = ""
         if result.context_ops:
@@ -288,9 +328,10 @@ class RunDriver:
             message = "; ".join(rejected)
         state.outputs = result.outputs
         state.error = None
+        now = time.time()
         record = StepRecord(
-            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started_at, time.time(),
-            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms,
+            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started(now, result), now,
+            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms, state.queued_at,
         )  # fmt: skip
         await self._record(record, message=message)
 
@@ -300,55 +341,14 @@ class RunDriver:
         state.error = result.error
         state.failures += 1
         delay_s = retry_delay_s(state.step.retries, state.failures)
+        now = time.time()
         record = StepRecord(
             self.run_id, state.step.id, StepStatus.FAILED if delay_s is None else StepStatus.READY, state.attempt,
-            state.started_at, time.time(), error=result.error, logs=result.logs, worker_id=result.worker_id,
-            elapsed_ms=result.elapsed_ms,
+            state.started(now, result), now, error=result.error, logs=result.logs, worker_id=result.worker_id,
+            elapsed_ms=result.elapsed_ms, queued_at=state.queued_at,
         )  # fmt: skip
         await self._record(record, message=attempt_failed_message(state.attempt, result.error, delay_s))
-        if delay_s is None:
-            self._failed(state)
         return delay_s
-
-    async def _wait_for_signal(self, state: StepState, wait_for: WaitFor) -> StepStatus:
-        """A human-input step: `waiting` until a signal brings its fields, or failed at its timeout."""
-        await self._begin_waiting(state, wait_for)
-        try:
-            values = await state.receive_signal()
-        except TimeoutError:
-            error = StepError(ErrorKind.TIMEOUT, "SignalTimeout", f"no signal within {wait_for.timeout_s:g} s")
-            return await self._fail_waiting(state, error)
-        state.outputs = {field: values.get(field) for field in wait_for.fields}
-        record = StepRecord(
-            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started_at, time.time(),
-            state.outputs,
-        )  # fmt: skip
-        await self._record(record, message="signalled")
-        return StepStatus.SUCCEEDED
-
-    async def _begin_waiting(self, state: StepState, wait_for: WaitFor) -> None:
-        resumed, state.resumed = state.resumed, None
-        if resumed is not None and resumed.started_at is not None:  # keep waiting where the last driver was
-            attempt, started_at = resumed.attempt, resumed.started_at
-            if self._listener is not None:  # already recorded as waiting: told, not written again
-                self._listener(resumed)
-        else:
-            attempt, started_at = state.attempt + 1, time.time()
-            await self._record(
-                StepRecord(self.run_id, state.step.id, StepStatus.WAITING, attempt, started_at),
-                message=f"waiting for a signal with {', '.join(wait_for.fields)}",
-            )
-        state.attempt, state.started_at = attempt, started_at
-        state.deadline = None if wait_for.timeout_s is None else started_at + wait_for.timeout_s
-
-    async def _fail_waiting(self, state: StepState, error: StepError) -> StepStatus:
-        state.error = error
-        self._failed(state)
-        record = StepRecord(
-            self.run_id, state.step.id, StepStatus.FAILED, state.attempt, state.started_at, time.time(), error=error
-        )
-        await self._record(record, message=str(error))
-        return StepStatus.FAILED
 
     def _failed(self, state: StepState) -> None:
         """The step failed: the first step to fail names the run's error."""
@@ -356,7 +356,7 @@ class RunDriver:
 
     # --- records -----------------------------------------------------------------------------------
 
-    async def _record(self, record: StepRecord, *, message: str = "") -> None:
+    async def _record(self, record: StepRecord, message: str = "") -> None:
         if self._stop is not None:
             # Stopped: the cancel on its way may be lost (see dagrun.cancellation); a step writes nothing more.
             raise asyncio.CancelledError

@@ -21,9 +21,9 @@ from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus
 from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
-from dagrun.engine.driver import RunDriver, StepListener, Stop, StoredRun
+from dagrun.engine.driver import RunDriver, Stop, StoredRun
 from dagrun.engine.local_runs import local_runs
-from dagrun.engine.outcome import RunResult, StepOutcome
+from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
 from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.flow.limits import NO_LIMITS

@@ -1,12 +1,17 @@
-"""What a run ended with: its status, its context and each step's outcome (`dagrun run --json`)."""
+"""What a run gives its caller: each step record as it is written (a `StepListener`, for progress views),
+and what it ended with: its status, its context and each step's outcome (`dagrun run --json`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.store.base import StepRecord
+
+StepListener = Callable[[StepRecord], None]
 
 
 class StepOutcome(NamedTuple):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagrun.contract.executor import StepError
+from dagrun.contract.executor import Dispatch, StepError, StepResult
 from dagrun.contract.states import StepStatus
 from dagrun.engine.outcome import StepOutcome
 from dagrun.flow.model import Step
@@ -23,8 +23,8 @@ from dagrun.store.base import StepRecord
 
 class StepState:
     __slots__ = (
-        "attempt", "deadline", "error", "failures", "outputs", "resumed", "signal", "signal_waiter", "started_at",
-        "step", "task",
+        "attempt", "deadline", "dispatch", "error", "failures", "outputs", "queued_at", "resumed", "signal",
+        "signal_waiter", "started_at", "started_write", "step", "task",
     )  # fmt: skip
 
     def __init__(self, step: Step) -> None:
@@ -33,7 +33,10 @@ class StepState:
         self.failures = 0  # failed attempts; an attempt that was cut off (its driver stopped) is not one
         self.outputs: dict[str, Any] | None = None  # set once it succeeded
         self.error: StepError | None = None  # its last failed attempt's, until an attempt succeeds
+        self.queued_at: float | None = None  # when its current attempt was handed to its executor
         self.started_at: float | None = None  # when its current attempt started (or it began waiting)
+        self.dispatch: Dispatch | None = None  # its current attempt's link with its executor, while it runs
+        self.started_write: asyncio.Task[None] | None = None  # recording that the current attempt started
         self.deadline: float | None = None  # a waiting step's: when it fails unless signalled (None: never)
         self.resumed: StepRecord | None = None  # the stored record of a step that waited when the run was taken over
         self.task: asyncio.Task[None] | None = None  # while it runs
@@ -57,9 +60,23 @@ class StepState:
         return StepOutcome(status, self.attempt, self.outputs if self.outputs is not None else {}, self.error)
 
     def begin_attempt(self) -> int:
+        """A new attempt, queued from now until its executor says it started."""
         self.attempt += 1
-        self.started_at = time.time()
+        self.queued_at, self.started_at = time.time(), None
         return self.attempt
+
+    def started(self, now: float, result: StepResult) -> float:
+        """When the current attempt started: as its executor said, else (it said nothing before the result)
+        as long before `now` as the result says it ran, but not before it was queued."""
+        if self.started_at is None:
+            ran_from = now - result.elapsed_ms / 1000
+            self.started_at = ran_from if self.queued_at is None else max(self.queued_at, ran_from)
+        return self.started_at
+
+    def take_back_attempt(self) -> None:
+        """The current attempt was withdrawn unrun: the next one has its number."""
+        self.attempt -= 1
+        self.queued_at = self.started_at = None
 
     def deliver_signal(self, values: dict[str, Any]) -> None:
         """Hand a signal to the step waiting for it, or keep it (only the first) until it waits."""
@@ -85,7 +102,7 @@ class StepState:
 
 def failed_attempts(record: StepRecord) -> int:
     """How many of a stored step's attempts failed: all of them when it failed or waits to retry (READY
-    after a failure), all but the last when the last was cut off (RUNNING, WAITING)."""
+    after a failure), all but the last when the last was cut off (QUEUED, RUNNING, WAITING)."""
     if record.status in (StepStatus.FAILED, StepStatus.READY):
         return record.attempt
     return max(record.attempt - 1, 0)

@@ -67,7 +67,7 @@ class PendingStep(NamedTuple):
     step_id: str
     status: StepStatus
     attempt: int
-    since: float | None  # when its current attempt started (or it began waiting)
+    since: float | None  # when its current attempt was queued, or started (or it began waiting)
     waiting_for: tuple[str, ...]  # the fields a `wait_for` step needs; () for a script step
 
     def to_json(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class StepMetrics(NamedTuple):
     retries: int
     duration_s: float | None  # wall time of its last attempt, dispatch to end
     run_s: float | None  # how long its script ran in that attempt, by the executor's clock
-    queue_wait_s: float | None  # the rest of the attempt: queued, in transit, starting
+    queue_wait_s: float | None  # queued: from dispatch until a worker or sandbox process started it
 
     def to_json(self) -> dict[str, Any]:
         return self._asdict() | {"status": self.status.value}
@@ -131,13 +131,22 @@ class RunMetrics:
         }
 
 
+def pending_step(step: StepRecord, waiting_for: tuple[str, ...]) -> PendingStep:
+    """A step that has not ended: running (or waiting) since it started, queued since it was dispatched."""
+    since = step.started_at if step.started_at is not None else step.queued_at
+    return PendingStep(step.step_id, step.status, step.attempt, since, waiting_for)
+
+
 def step_metrics(step: StepRecord) -> StepMetrics:
     duration_s = run_s = queue_wait_s = None
-    if step.started_at is not None and step.finished_at is not None:
-        duration_s = step.finished_at - step.started_at
-        if step.elapsed_ms:
-            run_s = step.elapsed_ms / 1000
-            queue_wait_s = max(duration_s - run_s, 0.0)
+    dispatched_at = step.queued_at if step.queued_at is not None else step.started_at
+    if dispatched_at is not None and step.finished_at is not None:
+        duration_s = step.finished_at - dispatched_at
+        run_s = step.elapsed_ms / 1000 if step.elapsed_ms else None
+    if step.queued_at is not None and step.started_at is not None:
+        queue_wait_s = max(step.started_at - step.queued_at, 0.0)
+    elif duration_s is not None and run_s is not None:  # recorded before steps were queued: the rest of it
+        queue_wait_s = max(duration_s - run_s, 0.0)
     return StepMetrics(
         step.step_id, step.status, step.attempt, max(step.attempt - 1, 0), duration_s, run_s, queue_wait_s
     )
@@ -162,6 +171,7 @@ def step_json(step: StepRecord) -> dict[str, Any]:
         "attempts": step.attempt,
         "outputs": step.outputs,
         "error": step.error.to_json() if step.error else None,
+        "queued_at": step.queued_at,
         "started_at": step.started_at,
         "finished_at": step.finished_at,
         "elapsed_ms": step.elapsed_ms,

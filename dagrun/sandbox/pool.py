@@ -13,13 +13,14 @@ anything a script does. Host function calls are served by `host_calls`, the pipe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Mapping
 from types import TracebackType
 
 from dagrun.contract.envelope import encode_request
-from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ErrorKind, HostFunction, StepRequest, StepResult, Withdrawn
 from dagrun.sandbox.children import Children
 from dagrun.sandbox.deadlines import Deadlines
 from dagrun.sandbox.domains import DomainDispatcher
@@ -43,7 +44,7 @@ class SandboxPool:
             on_ready=self._on_child_ready, on_hopeless=self._fail_waiting,
         )  # fmt: skip
         self._deadlines = Deadlines(self._on_timeout)
-        self._domains = DomainDispatcher(self._settings, self._children, on_start=self._deadlines.start)
+        self._domains = DomainDispatcher(self._settings, self._children, on_start=self._job_started)
         self._is_closed = False
 
     async def __aenter__(self) -> SandboxPool:
@@ -67,9 +68,10 @@ class SandboxPool:
         self._check_open()
         await self._children.start()
 
-    async def run(self, request: StepRequest) -> StepResult:
+    async def run(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step; a failed StepResult for anything the script did. Raises only CancelledError,
-        and RuntimeError once the pool is closed."""
+        Withdrawn (`dispatch` took it back before a child had it), and RuntimeError once the pool is
+        closed. `dispatch` is told when a child starts the step."""
         self._check_open()
         if not 0.0 < request.timeout_s < math.inf:  # a NaN deadline would corrupt the loop's timer heap
             return StepResult.failure(
@@ -79,15 +81,20 @@ class SandboxPool:
             payload = encode_request(request)
         except TypeError as exc:
             return StepResult.failure(ErrorKind.INPUT, "InputError", f"inputs or context are not JSON values: {exc}")
-        job = Job(request, payload, asyncio.get_running_loop().create_future())
+        job = Job(request, payload, asyncio.get_running_loop().create_future(), dispatch)
         if self._children.is_short:
             self._children.top_up()
         self._domains.submit(job)
+        if dispatch is not None:  # after `submit`, which may have handed it to a child already
+            dispatch.offer_withdrawal(functools.partial(self._withdraw, job))
         try:
             return await job.future
         except asyncio.CancelledError:
             self._cancel(job)
             raise
+        finally:
+            if dispatch is not None:
+                dispatch.offer_withdrawal(None)
 
     async def aclose(self) -> None:
         """Kill every child's process group and reap it; idempotent."""
@@ -163,8 +170,15 @@ class SandboxPool:
             self._retire(child)
             return
         if child.jobs:
-            self._deadlines.start(child)
+            self._job_started(child)
         self._domains.dispatch()
+
+    def _job_started(self, child: ChildProcess) -> None:
+        """The child's first job starts running now: time it, and tell its caller."""
+        self._deadlines.start(child)
+        dispatch = child.jobs[0].dispatch
+        if dispatch is not None:
+            dispatch.started()
 
     def _on_timeout(self, child: ChildProcess) -> None:
         request = child.jobs[0].request
@@ -197,6 +211,12 @@ class SandboxPool:
         child.jobs.clear()
         self._children.replace(child)
         self._domains.dispatch()
+
+    def _withdraw(self, job: Job) -> None:
+        """Give a job back to its caller if no child has it yet (one queued on a child runs there)."""
+        if job.child is None and not job.future.done():
+            self._domains.withdraw(job)
+            job.future.set_exception(Withdrawn())
 
     def _cancel(self, job: Job) -> None:
         child = job.child

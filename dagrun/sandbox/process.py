@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dagrun.contract.executor import StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, StepRequest, StepResult
 from dagrun.sandbox import protocol
 from dagrun.sandbox.protocol import Message, ProtocolError
 from dagrun.sandbox.settings import SandboxSettings
@@ -36,6 +36,7 @@ class Job:
     request: StepRequest
     payload: bytes  # the encoded request, sent as is (again, if the job is re-queued)
     future: asyncio.Future[StepResult]
+    dispatch: Dispatch | None = None  # the caller's link: told when the job starts; may withdraw it until then
     child: ChildProcess | None = None
     id: int = 0  # per child; the result must carry it
     started_at: float = 0.0  # loop time when it became the head of its child

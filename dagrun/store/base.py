@@ -58,7 +58,8 @@ class StepRecord(NamedTuple):
     error: StepError | None = None
     logs: str = ""
     worker_id: str = ""
-    elapsed_ms: float = 0.0  # how long the script ran, by the executor's clock; the rest was queue wait
+    elapsed_ms: float = 0.0  # how long the script ran, by the executor's clock
+    queued_at: float | None = None  # when its attempt was handed to an executor; started_at is when it started
 
 
 class Event(NamedTuple):

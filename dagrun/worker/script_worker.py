@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from dagrun.contract.envelope import DEFAULT_MAX_ENVELOPE_BYTES, decode_request, encode_result
-from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ErrorKind, HostFunction, StepRequest, StepResult, Withdrawn
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings
@@ -97,16 +97,17 @@ class ScriptWorker:
         """Parse an untrusted request envelope; ExecutorError says what is wrong (size, JSON, version)."""
         return decode_request(data, max_bytes=self.settings.max_message_bytes)
 
-    async def run(self, request: StepRequest) -> StepResult:
+    async def run(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step in the sandbox; a failed StepResult for anything the script does. Cancelling it
-        stops the script (its sandbox process is killed and replaced) and logs one line."""
+        stops the script (its sandbox process is killed and replaced) and logs one line. `dispatch` is
+        told when a sandbox process starts it, and may withdraw it until then (Withdrawn)."""
         if self._pool_started is not None and not self._pool_started.done():
             await asyncio.shield(self._pool_started)  # a failed start raises its ExecutorError here
         key = id(request)
         self._current[key] = f"{request.run_id}/{request.step_id}#{request.attempt}"
         started = time.monotonic()
         try:
-            result = await self._pool.run(request)
+            result = await self._pool.run(request, dispatch)
         except asyncio.CancelledError:  # the caller gave up, or a shutdown: the pool killed its process
             logger.info(
                 "worker %s run %s step %s attempt %d cancelled after %.1f ms",
@@ -137,7 +138,7 @@ class ScriptWorker:
         )
         return result
 
-    async def answer(self, data: bytes | str, *, origin: object) -> bytes:
+    async def answer(self, data: bytes | str, *, origin: object, dispatch: Dispatch | None = None) -> bytes:
         """The result envelope for a request envelope, whatever happens to it: see `refuse` and
         `answer_request`. `origin` names where it came from in a log line (str() only if logged). Cancelling
         it stops the step."""
@@ -145,7 +146,7 @@ class ScriptWorker:
             request = self.decode(data)
         except ExecutorError as exc:
             return self.refuse(str(exc), origin=origin)
-        return await self.answer_request(request)
+        return await self.answer_request(request, dispatch)
 
     def refuse(self, problem: str, *, origin: object) -> bytes:
         """The result envelope of a request from `origin` refused unrun for `problem`: a WORKER failure."""
@@ -154,11 +155,13 @@ class ScriptWorker:
         message = f"worker {worker_id} refused the request: {problem}"
         return encode_result(StepResult.failure(ErrorKind.WORKER, "ExecutorError", message, worker_id=worker_id))
 
-    async def answer_request(self, request: StepRequest) -> bytes:
+    async def answer_request(self, request: StepRequest, dispatch: Dispatch | None = None) -> bytes:
         """The result envelope of `run`; what goes wrong outside the script (a worker bug, a closed pool)
-        becomes the step's WORKER failure. Cancelling it stops the step."""
+        becomes the step's WORKER failure. Cancelling it stops the step; a withdrawn one raises Withdrawn."""
         try:
-            result = await self.run(request)
+            result = await self.run(request, dispatch)
+        except Withdrawn:
+            raise
         except Exception as exc:  # a bug or a closed pool becomes this step's failure, never a dead server
             worker_id = self.settings.worker_id
             logger.exception(

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
@@ -69,9 +69,10 @@ class HttpExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker. ExecutorError when it refuses the request or no result comes in
-        time, WorkerUnavailable when it cannot be reached."""
+        time, WorkerUnavailable when it cannot be reached. The step counts as started once it has one of
+        the worker's places (`Window.place`); `dispatch` may withdraw it while it waits for one."""
         if self._is_closed:
             raise RuntimeError("HttpExecutor is closed")
         body = encode_request(request)
@@ -79,7 +80,7 @@ class HttpExecutor:
         window = self._window
         assert window is not None  # set by the probe
         window.check_size(len(body), self._target.safe_url, request)
-        async with window.in_flight:
+        async with window.place(dispatch):
             return await self._post(request, body, self._timeout(window.deadline_s(request.timeout_s)))
 
     async def _post(self, request: StepRequest, body: bytes, timeout: aiohttp.ClientTimeout) -> StepResult:

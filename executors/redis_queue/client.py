@@ -8,7 +8,9 @@ the reply stream with XREAD BLOCK COUNT (each over a connection of its own), and
 the calls of a context that has had no live worker for `queue_timeout_s`. Once connected, the executor
 outlives Redis restarts: it retries with backoff and re-submits the requests whose entries Redis lost.
 A call that is cancelled (or fails) withdraws its request: the writer deletes the entry and sends a
-cancel notice in the same write, so a worker that already took it stops the step (`cancellation`).
+cancel notice in the same write, so a worker that already took it stops the step (`cancellation`). A
+call its caller takes back (a pause) leaves the queue only if no worker took it (`taking_back`); a worker
+says when it started a step (a started notice on the reply stream, `replies.STARTED`).
 Requests and notices go out signed with the shared token; a result not signed with it is refused and
 the call goes on waiting (`signing`), and a call whose entry is gone without a reply (a worker refused
 it) fails.
@@ -17,6 +19,7 @@ it) fails.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -27,7 +30,7 @@ from typing import Any
 
 from dagrun.cancellation import cancel_and_wait
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ErrorKind, ExecutorOptions, StepRequest, StepResult, Withdrawn
 from dagrun.errors import ExecutorError, redact
 from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import (
@@ -43,7 +46,9 @@ from executors.redis_queue.connection import (
     open_redis,
     stream_entries,
 )
+from executors.redis_queue.replies import STARTED
 from executors.redis_queue.signing import Signer
+from executors.redis_queue.taking_back import take_back
 from executors.redis_queue.waiting import Call, fail_unserved_calls
 
 logger = logging.getLogger(__name__)
@@ -85,6 +90,7 @@ class RedisExecutor:
         self._check_at = 0.0  # when `_fail_unanswered` looks next
         self._opening: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._taking_back: set[asyncio.Task[None]] = set()
         self._failure: ExecutorError | None = None  # set when a task crashed: the executor is unusable
         self._is_closed = False
 
@@ -94,9 +100,11 @@ class RedisExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """The step's result; WorkerUnavailable when no live worker serves its context for
-        `queue_timeout_s`, ExecutorError when Redis stays unreachable. The worker enforces the timeout."""
+        `queue_timeout_s`, ExecutorError when Redis stays unreachable. The worker enforces the timeout.
+        `dispatch` is told when a worker has run the step a while (`STARTED_NOTICE_AFTER_S`), and may take
+        it back until a worker reads it (Withdrawn)."""
         if self._is_closed:
             raise RuntimeError("RedisExecutor is closed")
         await self._open()
@@ -106,23 +114,29 @@ class RedisExecutor:
         stream = self._keys.requests(context_id)
         fields = self._signer.request_fields(stream, request_id, self._reply, encode_request(request))
         future = asyncio.get_running_loop().create_future()
-        call = Call(request, request_id, context_id, stream, fields, future, time.monotonic())
+        call = Call(request, request_id, context_id, stream, fields, future, time.monotonic(), dispatch)
         self._waiting[request_id] = call
         self._queue(call)
+        if dispatch is not None:
+            dispatch.offer_withdrawal(functools.partial(self._take_back, call))
         try:
             return await call.future
+        except Withdrawn:
+            raise  # its entry is gone, unread
         except BaseException:
             self._withdraw(call)  # cancelled or given up: no worker takes it now, and one that did stops it
             raise
         finally:
             del self._waiting[request_id]
+            if dispatch is not None:
+                dispatch.offer_withdrawal(None)
 
     async def aclose(self) -> None:
         """Stop the tasks, fail calls still waiting, delete the reply stream; safe twice."""
         if self._is_closed:
             return
         self._is_closed = True
-        await cancel_and_wait(*self._tasks, *([self._opening] if self._opening else []))
+        await cancel_and_wait(*self._tasks, *self._taking_back, *([self._opening] if self._opening else []))
         withdrawn = [*self._withdrawn, *((c.context_id, c.entry_id) for c in self._waiting.values() if c.entry_id)]
         self._fail_waiting(ExecutorError("the redis executor was closed while the step waited"))
         if self._tasks:
@@ -190,6 +204,20 @@ class RedisExecutor:
             self._withdrawn.append((call.context_id, call.entry_id))
             self._send_due.set()
 
+    def _take_back(self, call: Call) -> None:
+        """Withdraw the call's request unless a worker has read it: at once while it is unsent, once
+        written if its XADD is on the way."""
+        if call.future.done():
+            return
+        call.is_wanted_back = True
+        if call.entry_id is None and call in self._unsent:
+            self._unsent.remove(call)
+            call.future.set_exception(Withdrawn())
+        elif call.entry_id is not None:
+            task = asyncio.create_task(take_back(self._client, call, caller_id=self.caller_id))
+            self._taking_back.add(task)
+            task.add_done_callback(self._taking_back.discard)
+
     async def _write_loop(self) -> None:
         backoff = Backoff()
         while True:
@@ -224,6 +252,8 @@ class RedisExecutor:
                 call.entry_id = entry_id
                 if call.request_id not in self._waiting:
                     self._withdraw(call)  # it gave up while its XADD was on the way
+                elif call.is_wanted_back:
+                    self._take_back(call)  # taken back while its XADD was on the way
 
     def _fail(self, calls: list[Call], message: str) -> None:
         for call in calls:
@@ -282,6 +312,10 @@ class RedisExecutor:
                 logger.debug("redis caller %s: dropping a late or duplicate result for %s", self.caller_id, request_id)
             return
         envelope = self._signer.open_result(self._reply, request_id, data)
+        if envelope == STARTED:
+            if call.dispatch is not None:
+                call.dispatch.started()
+            return
         if envelope is None:  # forged, or replayed from another request: the call waits on for its own result
             logger.warning(
                 "redis caller %s: refusing entry %s of %s: its result for %s is not signed with this caller's token",
@@ -309,7 +343,11 @@ class RedisExecutor:
 
     def _sent(self, most: int) -> list[Call]:
         """The first `most` calls (the oldest) whose entries were written and whose results have not come."""
-        sent = (call for call in self._waiting.values() if call.entry_id is not None and not call.future.done())
+        sent = (
+            call
+            for call in self._waiting.values()
+            if call.entry_id is not None and not call.future.done() and not call.is_wanted_back
+        )
         return list(itertools.islice(sent, most))
 
     async def _unanswered(self, calls: list[Call]) -> list[Call]:

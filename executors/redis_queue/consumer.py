@@ -10,7 +10,8 @@ once); while steps are quick, up to `prefetch` more wait in the pool's queue. A 
 entry (`cancellation`) cancels its step, and the entry is acknowledged with no reply; one for an entry
 not held is remembered a while, in case the entry is still on its way here. An entry not signed with
 the worker's token (`signing`) is refused: acknowledged and deleted unrun, with no reply, and logged
-without its contents.
+without its contents. A step still running STARTED_NOTICE_AFTER_S after its sandbox process started it
+tells its caller so (a started notice, written with the replies).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import redis.exceptions
 from redis.typing import StreamIdT
 
 from dagrun.cancellation import cancel_and_wait
+from dagrun.contract.executor import Dispatch
 from dagrun.errors import ExecutorError, redact
 from dagrun.worker.script_worker import ScriptWorker
 from executors.redis_queue.cancellation import CancelReader
@@ -46,6 +48,7 @@ from executors.redis_queue.signing import Signer
 logger = logging.getLogger(__name__)
 
 QUICK_STEP_S = 0.05  # steps shorter than this on average are worth reading ahead
+STARTED_NOTICE_AFTER_S = 0.05  # a step still running this long after it started says so to its caller
 FLUSH_TIMEOUT_S = 5.0  # on shutdown, how long replies may take to reach Redis after the grace period
 EARLY_NOTICES = 1000  # cancel notices kept for entries not held (yet): a notice may overtake its entry
 REFUSED_OR_LOST: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
@@ -73,6 +76,7 @@ class Consumer:
         self._early_notices: dict[tuple[str, bytes], None] = {}  # withdrawn entries not held, oldest first
         self._running: set[asyncio.Task[None]] = set()
         self._ended: list[HeldEntry] = []  # steps that ended, their replies not written yet
+        self._starts: list[HeldEntry] = []  # steps that started, their started notices not written yet
         self._reply_due = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._is_draining = False  # no new work: no reads, no claims
@@ -190,6 +194,9 @@ class Consumer:
     def _step_ended(self, entry: HeldEntry, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         entry.task = None
+        if entry.started_notice is not None:
+            entry.started_notice.cancel()
+            entry.started_notice = None
         self._slot_freed.set()
         if entry.is_withdrawn and entry.reply is None:
             self._acknowledge(entry)
@@ -219,23 +226,38 @@ class Consumer:
             problem = f"entry fields {sorted(entry.fields)!r} lack 'id' or 'req'"
             entry.reply = self._worker.refuse(problem, origin=entry)
         else:
-            entry.reply = await self._worker.answer(data, origin=entry)
+            dispatch = Dispatch(functools.partial(self._step_started, entry))
+            entry.reply = await self._worker.answer(data, origin=entry, dispatch=dispatch)
         self._ended.append(entry)
         self._reply_due.set()
+
+    def _step_started(self, entry: HeldEntry, at: float) -> None:
+        """Tell the caller the step started, unless it ends within STARTED_NOTICE_AFTER_S: a quick step's
+        result says it all, and costs no notice."""
+        loop = asyncio.get_running_loop()
+        entry.started_notice = loop.call_later(STARTED_NOTICE_AFTER_S, self._announce_start, entry)
+
+    def _announce_start(self, entry: HeldEntry) -> None:
+        entry.started_notice = None
+        if entry.reply is None and not entry.is_withdrawn:
+            self._starts.append(entry)
+            self._reply_due.set()
 
     # --- replying ---
 
     async def _reply_loop(self) -> None:
         backoff = Backoff()
-        while self._ended or not self._is_closing:
-            if not self._ended:
+        while self._ended or self._starts or not self._is_closing:
+            if not (self._ended or self._starts):
                 self._reply_due.clear()
                 await self._reply_due.wait()
                 continue
             batch, self._ended = self._ended, []
+            starts = [entry for entry in self._starts if entry.reply is None]  # an ended one's result says it
+            self._starts = []
             while True:
                 try:
-                    await self._replies.write(batch)
+                    await self._replies.write(batch, starts)
                     break
                 except CONNECTION_ERRORS as exc:
                     if not backoff.failures:

@@ -4,6 +4,8 @@ Per batch, one reply entry per caller ({request id: signed result, ...}; XADD NO
 caller's stream stays gone), then XACK and XDEL of the entries per request stream, all in one command, so
 that an entry is never gone before its reply is written. The entry of a withdrawn request (its caller
 gave up) or of a refused one (not signed with the worker's token) is acknowledged and deleted with no reply.
+A batch may also say that steps started: for each, its request id with a signed empty result (`STARTED`)
+in its caller's reply entry, its entry left held.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from executors.redis_queue.signing import Signer
 
 logger = logging.getLogger(__name__)
 
+STARTED = b""  # the envelope of a started notice: a reply that is no result
 REPLY_CHUNK = 1000  # entries per reply script at most (Lua's unpack takes a few thousand values)
 # The replies of a batch (XADD NOMKSTREAM per caller), then XACK + XDEL of its entries per request stream,
 # in one round trip. KEYS: reply streams, then request streams; ARGV: the group, the number of reply
@@ -59,6 +62,7 @@ class HeldEntry:
     fields: dict[bytes, bytes]
     reply: bytes | None = None  # the encoded result, once the step has ended
     task: asyncio.Task[None] | None = None  # the step's, while it runs
+    started_notice: asyncio.TimerHandle | None = None  # says it started unless it ends first
     is_withdrawn: bool = False  # its caller gave up, or it was refused: it is acknowledged with no reply
 
     def __str__(self) -> str:
@@ -75,12 +79,14 @@ class ReplyWriter:
         self._signer = signer
         self._worker_id = worker_id
 
-    async def write(self, batch: Sequence[HeldEntry]) -> None:
-        """Write the replies and acknowledge the entries, REPLY_CHUNK per command. What Redis refuses is
-        logged; a connection error is raised (the batch may then be written again: callers drop
-        duplicates, and acknowledging twice is harmless)."""
-        for start in range(0, len(batch), REPLY_CHUNK):
-            keys, args = self._script_arguments(batch[start : start + REPLY_CHUNK])
+    async def write(self, batch: Sequence[HeldEntry], starts: Sequence[HeldEntry] = ()) -> None:
+        """Write the replies of `batch` and acknowledge its entries, REPLY_CHUNK per command, after the
+        started notices of `starts` (a worker holds fewer than REPLY_CHUNK). What Redis refuses is logged;
+        a connection error is raised (the batch may then be written again: callers drop duplicates, and
+        acknowledging twice is harmless)."""
+        chunks = [batch[start : start + REPLY_CHUNK] for start in range(0, len(batch), REPLY_CHUNK)] or [()]
+        for number, chunk in enumerate(chunks):
+            keys, args = self._script_arguments(chunk, starts if number == 0 else ())
             try:
                 refusals = await self._run_script(keys, args)
             except redis.exceptions.ResponseError as exc:  # the script itself refused (scripting disabled, BUSY...)
@@ -88,9 +94,16 @@ class ReplyWriter:
             for refusal in refusals:
                 logger.warning("worker %s: a reply was refused: %s", self._worker_id, refusal.decode(errors="replace"))
 
-    def _script_arguments(self, batch: Sequence[HeldEntry]) -> tuple[list[Argument], list[Argument]]:
+    def _script_arguments(
+        self, batch: Sequence[HeldEntry], starts: Sequence[HeldEntry]
+    ) -> tuple[list[Argument], list[Argument]]:
         replies: dict[bytes, list[Argument]] = {}
         acked: dict[str, list[Argument]] = {}
+        for entry in starts:
+            reply_to, request_id = entry.fields.get(b"reply", b""), entry.fields.get(b"id")
+            if self._keys.is_reply_stream(reply_to) and request_id is not None:
+                notices = replies.setdefault(reply_to, [])
+                notices += (request_id, self._signer.seal_result(reply_to, request_id, STARTED))
         for entry in batch:
             reply_to, request_id = entry.fields.get(b"reply", b""), entry.fields.get(b"id")
             if self._keys.is_reply_stream(reply_to) and request_id is not None and entry.reply is not None:

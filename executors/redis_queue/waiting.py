@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from dagrun.contract.executor import StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, StepRequest, StepResult
 from dagrun.errors import WorkerUnavailable, redact
 from executors.redis_queue.connection import CONNECTION_ERRORS, QueueSettings
 from executors.redis_queue.liveness import consumers
@@ -31,7 +31,9 @@ class Call:
     fields: tuple[bytes, ...]  # of its XADD: id, reply stream, envelope and signature (`Signer.request_fields`)
     future: asyncio.Future[StepResult]
     submitted_at: float  # time.monotonic()
+    dispatch: Dispatch | None = None  # its caller's link: told when the step started, may take it back
     entry_id: bytes | None = None  # its entry in the request stream, once written
+    is_wanted_back: bool = False  # its caller is taking it back (`taking_back`): not lost, not refused
 
 
 async def fail_unserved_calls(client: aioredis.Redis, settings: QueueSettings, waiting: Mapping[bytes, Call]) -> None:

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from websockets.frames import CloseCode
 
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
 from dagrun.worker.limits import Limits
@@ -81,9 +81,10 @@ class WebSocketExecutor:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker. ExecutorError when it refuses the request or no result comes in
-        time, WorkerUnavailable when it cannot be reached."""
+        time, WorkerUnavailable when it cannot be reached. The step counts as started once it has one of
+        the worker's places (`Window.place`); `dispatch` may withdraw it while it waits for one."""
         if self._is_closed:
             raise RuntimeError("WebSocketExecutor is closed")
         envelope = encode_request(request)
@@ -93,7 +94,7 @@ class WebSocketExecutor:
         window = self._window
         assert window is not None  # set by the first connect
         window.check_size(len(envelope), self._target.safe_url, request)
-        async with window.in_flight:
+        async with window.place(dispatch):
             reply = await self._exchange(request, key, frame, window.deadline_s(request.timeout_s))
         if reply[:1] == RESULT:
             return decode_result(reply[1:])

@@ -40,13 +40,15 @@ async def test_events_are_paged_by_after_and_limit(api: Api) -> None:
     assert status == 200
     assert [(e.kind, e.step_id, e.status) for e in events] == [
         ("run", None, "running"),
+        ("step", "greet", "queued"),
         ("step", "greet", "running"),
         ("step", "greet", "succeeded"),
+        ("step", "shout", "queued"),
         ("step", "shout", "running"),
         ("step", "shout", "succeeded"),
         ("run", None, "succeeded"),
     ]
-    assert [e.seq for e in events] == list(range(1, 7))
+    assert [e.seq for e in events] == list(range(1, 9))
     status, body = await api.call("GET", f"/v1/runs/{run_id}/events", params={"after": "2", "limit": "3"})
     assert status == 200 and [e["seq"] for e in body["events"]] == [3, 4, 5]
 

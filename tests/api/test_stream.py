@@ -92,11 +92,11 @@ async def test_an_ended_run_replays_after_last_event_id_then_says_no_content(api
     run_id = await api.submit(HELLO)
     await api.until_ended(run_id)
     whole = await stream_of(api, run_id)
-    assert whole.status == 200 and whole.ended and whole.ids == [1, 2, 3, 4, 5, 6]
-    resumed = await stream_of(api, run_id, headers={"Last-Event-ID": "4"}, after="1")  # the header wins
-    assert resumed.ids == [5, 6] and resumed.frames == whole.frames[4:]
-    assert (await stream_of(api, run_id, after="2")).ids == [3, 4, 5, 6]
-    assert (await stream_of(api, run_id, headers={"Last-Event-ID": "6"})).status == 204  # EventSource: stop
+    assert whole.status == 200 and whole.ended and whole.ids == list(range(1, 9))
+    resumed = await stream_of(api, run_id, headers={"Last-Event-ID": "6"}, after="1")  # the header wins
+    assert resumed.ids == [7, 8] and resumed.frames == whole.frames[6:]
+    assert (await stream_of(api, run_id, after="2")).ids == [3, 4, 5, 6, 7, 8]
+    assert (await stream_of(api, run_id, headers={"Last-Event-ID": "8"})).status == 204  # EventSource: stop
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from dagrun import Orchestrator, RunHandedBack, RunStatus, parse_flow
 from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import StepRequest, StepResult
+from dagrun.contract.executor import Dispatch, StepRequest, StepResult
 from tests.store.conftest import (
     StoreFactory,
     clients,  # noqa: F401  (the fixture: separate clients of one store)
@@ -30,7 +30,7 @@ class DecidingExecutor:
         if not hold:
             self.released.set()
 
-    async def call(self, request: StepRequest) -> StepResult:
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         self.decided.set()
         await self.released.wait()
         return StepResult(True, {"by": self.by}, (ContextOp(ContextOpKind.INCR, "n", 1),))

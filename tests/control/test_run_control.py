@@ -309,7 +309,8 @@ async def test_errors_and_metrics_describe_a_failed_run(stores: StoreFactory) ->
     assert metrics.attempts == 3 and metrics.retries == 1
     ok = by_step["ok"]
     assert ok.duration_s is not None and ok.run_s is not None and ok.queue_wait_s is not None
-    assert ok.run_s > 0 and abs(ok.run_s + ok.queue_wait_s - ok.duration_s) < 1e-6
+    # queued until a sandbox process started it, then it ran; the rest is the trip of the request and result
+    assert ok.run_s > 0 and ok.queue_wait_s >= 0 and ok.run_s + ok.queue_wait_s <= ok.duration_s + 1e-3
     document = metrics.to_json()
     assert document["steps_by_status"] == {"succeeded": 1, "failed": 1}
     assert document["wall_s"] is not None and document["wall_s"] >= document["queue_wait_s"] / 2

@@ -296,8 +296,9 @@ end
 return found
 """)
 
-# A step's state: (status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms).
-PENDING_STEP = orjson.dumps((StepStatus.PENDING, 0, None, None, {}, None, "", "", 0.0))
+# A step's state: (status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms,
+# queued_at).
+PENDING_STEP = orjson.dumps((StepStatus.PENDING, 0, None, None, {}, None, "", "", 0.0, None))
 
 
 def number_arg(value: float | None) -> str:
@@ -329,11 +330,14 @@ def decode_run(values: Sequence[str | None]) -> RunRecord | None:
 
 
 def decode_step(run_id: str, step_id: str, text: str) -> StepRecord:
-    """A step's state as PENDING_STEP lays it out; states written before `elapsed_ms` was kept lack it."""
+    """A step's state as PENDING_STEP lays it out; states written before `elapsed_ms` or `queued_at` were
+    kept lack them."""
     status, attempt, started_at, finished_at, outputs, error, logs, worker_id, *rest = orjson.loads(text)
+    elapsed_ms = rest[0] if rest else 0.0
+    queued_at = rest[1] if len(rest) > 1 else None
     return StepRecord(
         run_id, step_id, StepStatus(status), attempt, started_at, finished_at, outputs, decode_error(error), logs,
-        worker_id, rest[0] if rest else 0.0,
+        worker_id, elapsed_ms, queued_at,
     )  # fmt: skip
 
 

@@ -180,6 +180,7 @@ class RedisStore:
                 (
                     status, attempt, step.started_at, step.finished_at, step.outputs,
                     None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
+                    step.queued_at,
                 )
             )  # fmt: skip
         except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything

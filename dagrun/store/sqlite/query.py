@@ -21,7 +21,9 @@ from dagrun.store.sqlite.control import read_notice_cursor
 from dagrun.store.sqlite.schema import require_run
 
 _RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error"
-_STEP_COLUMNS = "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms"
+_STEP_COLUMNS = (
+    "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms, queued_at"
+)
 
 
 def read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
@@ -117,7 +119,7 @@ def read_data_version(conn: sqlite3.Connection) -> int:
 
 
 def _step_from_row(run_id: str, row: tuple[Any, ...]) -> StepRecord:
-    step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms = row
+    step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms, queued_at = row
     return StepRecord(
         run_id=run_id,
         step_id=step_id,
@@ -130,6 +132,7 @@ def _step_from_row(run_id: str, row: tuple[Any, ...]) -> StepRecord:
         logs=logs,
         worker_id=worker_id,
         elapsed_ms=elapsed_ms,
+        queued_at=queued_at,
     )
 
 

@@ -2,7 +2,7 @@
 
     runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error)
     steps(run_id, step_id, position, status, attempt, started_at, finished_at, outputs JSON, error JSON,
-          logs, worker_id, elapsed_ms; PK(run_id, step_id))  position is the step's place in the flow
+          logs, worker_id, elapsed_ms, queued_at; PK(run_id, step_id))  position: the step's place in the flow
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
@@ -64,6 +64,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (  # fencing: each claim that is not a renewal raises the run's epoch, which writes are checked against
         "ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     ),
+    ("ALTER TABLE steps ADD COLUMN queued_at REAL",),  # the queued state: dispatched, not yet started
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -97,11 +98,12 @@ def _values_sql(head: str, width: int, tail: str, rows: int) -> str:
 # position is kept from the first insert: it is the step's place in the flow.
 UPSERT_STEPS = RowsStatement(
     """INSERT INTO steps (run_id, step_id, position, status, attempt, started_at, finished_at, outputs, error,
-    logs, worker_id, elapsed_ms)""",
-    12,
+    logs, worker_id, elapsed_ms, queued_at)""",
+    13,
     """ON CONFLICT (run_id, step_id) DO UPDATE SET status = excluded.status, attempt = excluded.attempt,
     started_at = excluded.started_at, finished_at = excluded.finished_at, outputs = excluded.outputs,
-    error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id, elapsed_ms = excluded.elapsed_ms""",
+    error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id, elapsed_ms = excluded.elapsed_ms,
+    queued_at = excluded.queued_at""",
 )
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
 INSERT_EVENTS = RowsStatement("INSERT INTO events (run_id, at, kind, status, step_id, attempt, message, seq)", 8)

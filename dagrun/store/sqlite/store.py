@@ -127,7 +127,7 @@ class SqliteStore:
         for step_id in step_ids:
             positions.setdefault(step_id, len(positions))
         step_rows = [
-            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "", 0.0)
+            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "", 0.0, None)
             for step_id, position in positions.items()
         ]
         async with self._load_lock:
@@ -184,6 +184,7 @@ class SqliteStore:
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
                 None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
+                step.queued_at,
             ),
             (run_id, time.time(), "step", status, step_id, attempt, message),
             self._fences.epochs.get(run_id, 0),
