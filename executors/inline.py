@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 
+from dagrun.contract.dispatch import Dispatch
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.local import settings_from_url

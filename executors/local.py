@@ -11,7 +11,8 @@ import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from dagrun.worker.script_worker import ScriptWorker

@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, Withdrawn
+from dagrun.contract.dispatch import Dispatch, acquire_unless_withdrawn
+from dagrun.contract.executor import ExecutorOptions, StepRequest
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, redact
 from dagrun.serving.lobby import AUTHORIZATION
@@ -115,15 +115,10 @@ class Window:
 
     @contextlib.asynccontextmanager
     async def place(self, dispatch: Dispatch | None) -> AsyncIterator[None]:
-        """One of the worker's places for a request, held until the block ends: the step is taken (and
-        said started) once it has one. Withdrawn when `dispatch` takes it back while it waits for one."""
-        if dispatch is not None and self.in_flight.locked():
-            await _acquire_unless_withdrawn(self.in_flight, dispatch)
-        else:
-            await self.in_flight.acquire()
+        """One of the worker's places for a request, held until the block ends. Withdrawn when `dispatch`
+        takes the step back while it waits for one."""
+        await acquire_unless_withdrawn(self.in_flight, dispatch)
         try:
-            if dispatch is not None:
-                dispatch.started()
             yield
         finally:
             self.in_flight.release()
@@ -141,35 +136,6 @@ class Window:
         the sandbox child (assumed no longer than the longest this client sent), this step, and GRACE_S."""
         self._longest_s = max(self._longest_s, timeout_s)
         return MAX_QUEUE_WAIT_S + (self.limits.pipeline_depth - 1) * self._longest_s + timeout_s + GRACE_S
-
-
-async def _acquire_unless_withdrawn(semaphore: asyncio.Semaphore, dispatch: Dispatch) -> None:
-    """Acquire `semaphore`, or raise Withdrawn if `dispatch` is withdrawn first."""
-    withdrawn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def withdraw() -> None:
-        if not withdrawn.done():
-            withdrawn.set_result(None)
-
-    dispatch.offer_withdrawal(withdraw)
-    acquiring = asyncio.ensure_future(semaphore.acquire())
-    try:
-        await asyncio.wait((acquiring, withdrawn), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        dispatch.offer_withdrawal(None)
-        await _give_back(acquiring, semaphore)
-        raise
-    dispatch.offer_withdrawal(None)
-    if not acquiring.done():
-        await _give_back(acquiring, semaphore)
-        raise Withdrawn
-
-
-async def _give_back(acquiring: asyncio.Task[bool], semaphore: asyncio.Semaphore) -> None:
-    """Stop waiting for a place; give it back if it was got meanwhile."""
-    await cancel_and_wait(acquiring)
-    if not acquiring.cancelled():
-        semaphore.release()
 
 
 def status_from_health(document: Mapping[str, Any]) -> WorkerStatus:

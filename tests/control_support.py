@@ -8,13 +8,17 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dagrun.contract.states import RunStatus
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
-from dagrun.store.base import Event, Store
+from dagrun.flow.model import Flow
+from dagrun.flow.parser import parse_flow
+from dagrun.store.base import Event, RunRecord, Store
 from tests.conftest import require_program
 
 WAIT_S = 30.0
@@ -32,6 +36,36 @@ async def wait_for_event(store: Store, run_id: str, wanted: str, step_id: str | 
 
 async def wait_until_waiting(orchestrator: Orchestrator, run_id: str, step_id: str) -> Event:
     return await wait_for_event(orchestrator.store, run_id, "waiting", step_id)
+
+
+class Holds:
+    """The host function `hold(n)`, for steps that hold their sandbox process: returns n once released,
+    and counts the runs of each step."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.ran: Counter[int] = Counter()
+
+    async def hold(self, n: int) -> int:
+        self.ran[n] += 1
+        await self.released.wait()
+        return n
+
+
+def held_flow(count: int, *, executor: str = "local") -> Flow:
+    """`count` independent steps `s0`, `s1`...: step n outputs {"n": n} once `Holds` releases it."""
+    steps = [{"id": f"s{n}", "script": f"outputs['n'] = hold({n})"} for n in range(count)]
+    return parse_flow({"name": "held", "defaults": {"executor": executor}, "steps": steps})
+
+
+async def assert_each_held_step_ran_once(store: Store, run: RunRecord, holds: Holds, count: int) -> None:
+    """The run of `held_flow(count)` succeeded, each step in its first attempt, run once, with its output."""
+    assert run.status == RunStatus.SUCCEEDED
+    records = await store.get_steps(run.run_id)
+    assert {record.step_id: (record.outputs, record.attempt) for record in records} == {
+        f"s{n}": ({"n": n}, 1) for n in range(count)
+    }
+    assert holds.ran == Counter(range(count))
 
 
 def read_only_mount(directory: Path) -> list[str]:

@@ -131,6 +131,8 @@ def test_failed_run_exits_1_and_the_store_can_be_read_back(tmp_path: Path) -> No
     assert document["steps"]["divide"]["error"]["type"] == "ZeroDivisionError"
     assert document["steps"]["publish"]["status"] == "skipped"
     assert "context" in document
+    table = dagrun("status", run_id, cwd=tmp_path)  # the steps counted by state, in the order they go through
+    assert table.stdout.splitlines()[-1] == "steps: 3 succeeded, 1 failed, 1 skipped"
 
     outputs = dagrun("outputs", run_id, "cleanup", cwd=tmp_path)
     assert json.loads(outputs.stdout) == {"removed": "scratch-42"}

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import Dispatch, ErrorKind, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError

@@ -7,7 +7,6 @@ core never names one.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -16,6 +15,7 @@ from typing import Annotated, Any, NamedTuple, Protocol
 import pydantic
 
 from dagrun.contract.context import ContextOp
+from dagrun.contract.dispatch import Dispatch
 
 HostFunction = Callable[..., Any] | Callable[..., Awaitable[Any]]
 
@@ -79,51 +79,6 @@ class StepResult(NamedTuple):
     @classmethod
     def failure(cls, kind: ErrorKind, type_: str, message: str, *, line: int | None = None, **extra: Any) -> StepResult:
         return cls(ok=False, error=StepError(kind, type_, message, line), **extra)
-
-
-class Withdrawn(Exception):
-    """`call` gave its step back unrun: its caller withdrew it (`Dispatch.withdraw`) before a worker took it."""
-
-
-class Dispatch:
-    """One call's link with its caller while the step waits to start.
-
-    The executor says `started()` when a worker or sandbox process starts the step (its queue wait ends
-    there). Until a worker takes the step, the executor offers a way to take it back (`offer_withdrawal`);
-    `withdraw()` uses it, at once or as soon as it is offered: the call then ends with Withdrawn, or, when
-    a worker took the step meanwhile, runs on and returns its result as usual. A step is taken when a
-    worker holds it (a Redis worker read it, a sandbox process has it in its pipe), which may be a little
-    before it starts."""
-
-    __slots__ = ("_is_wanted_back", "_on_started", "_withdrawer", "started_at")
-
-    def __init__(self, on_started: Callable[[float], None] | None = None) -> None:
-        self._on_started = on_started
-        self._withdrawer: Callable[[], None] | None = None
-        self._is_wanted_back = False
-        self.started_at: float | None = None  # time.time() by the caller's clock, once started
-
-    def started(self, at: float | None = None) -> None:
-        """The step started (at `at`, else now); once only, and it can no longer be withdrawn."""
-        if self.started_at is None:
-            self.started_at = time.time() if at is None else at
-            self._withdrawer = None
-            if self._on_started is not None:
-                self._on_started(self.started_at)
-
-    def offer_withdrawal(self, withdrawer: Callable[[], None] | None) -> None:
-        """The executor's way to take the step back (None: it cannot be, a worker has it). Used at once
-        when the caller already asked for the step back."""
-        self._withdrawer = None if self.started_at is not None else withdrawer
-        if self._is_wanted_back:
-            self.withdraw()
-
-    def withdraw(self) -> None:
-        """Ask for the step back: now if the executor offers a way, else as soon as it does."""
-        self._is_wanted_back = True
-        withdrawer, self._withdrawer = self._withdrawer, None
-        if withdrawer is not None:
-            withdrawer()
 
 
 class Executor(Protocol):

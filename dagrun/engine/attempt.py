@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from dagrun.contract.executor import Dispatch, ErrorKind, Executor, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import ErrorKind, Executor, StepRequest, StepResult
 from dagrun.errors import ExecutorError, UnresolvedInput
 from dagrun.flow.model import Step
 from dagrun.flow.references import Outputs

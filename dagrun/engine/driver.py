@@ -22,7 +22,8 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.executor import Dispatch, Executor, StepResult, Withdrawn
+from dagrun.contract.dispatch import Dispatch, Withdrawn
+from dagrun.contract.executor import Executor, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.attempt import run_attempt
 from dagrun.engine.command_log import CommandLog

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from dagrun.contract.executor import Dispatch, StepError, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import StepError, StepResult
 from dagrun.contract.states import StepStatus
 from dagrun.engine.outcome import StepOutcome
 from dagrun.flow.model import Step

@@ -19,8 +19,9 @@ import math
 from collections.abc import Mapping
 from types import TracebackType
 
+from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.envelope import encode_request
-from dagrun.contract.executor import Dispatch, ErrorKind, HostFunction, StepRequest, StepResult, Withdrawn
+from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
 from dagrun.sandbox.children import Children
 from dagrun.sandbox.deadlines import Deadlines
 from dagrun.sandbox.domains import DomainDispatcher

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dagrun.contract.executor import Dispatch, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import StepRequest, StepResult
 from dagrun.sandbox import protocol
 from dagrun.sandbox.protocol import Message, ProtocolError
 from dagrun.sandbox.settings import SandboxSettings

@@ -3,7 +3,8 @@
 A request is admitted at once or refused (the server answers busy): at most `Limits.capacity` are held.
 An admitted request runs when one of the `Limits.running` pool slots frees up, or is refused as `Busy`
 after `max_queue_wait_s` (never more than MAX_QUEUE_WAIT_S: clients count on it), or as `Stopping` once
-the server stops. Either refusal means nothing ran, so the client may send the request again.
+the server stops. Either refusal means nothing ran, so the client may send the request again. A request
+its caller takes back while it waits for a slot (a pause) ends Withdrawn, unrun.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from dagrun.contract.dispatch import Dispatch, acquire_unless_withdrawn
 from dagrun.contract.executor import StepRequest
 from dagrun.worker.limits import Limits
 from dagrun.worker.script_worker import ScriptWorker
@@ -56,16 +58,17 @@ class Admission:
         if self._held == 0:
             self._idle.set()
 
-    async def run(self, request: StepRequest) -> bytes:
+    async def run(self, request: StepRequest, dispatch: Dispatch | None = None) -> bytes:
         """The result envelope of an admitted request (`ScriptWorker.answer_request`), once a pool slot is free;
-        Busy after max_queue_wait_s, Stopping once the server stops."""
-        await self._acquire()
+        Busy after max_queue_wait_s, Stopping once the server stops; Withdrawn when `dispatch` takes it
+        back before it started."""
+        await self._acquire(dispatch)
         try:
-            return await self.worker.answer_request(request)
+            return await self.worker.answer_request(request, dispatch)
         finally:
             self._running.release()
 
-    async def _acquire(self) -> None:
+    async def _acquire(self, dispatch: Dispatch | None) -> None:
         if self.is_closed:
             raise Stopping
         if self._running.locked():
@@ -73,7 +76,7 @@ class Admission:
                 async with asyncio.timeout(self.max_queue_wait_s) as deadline:
                     self._waiting.add(deadline)
                     try:
-                        await self._running.acquire()
+                        await acquire_unless_withdrawn(self._running, dispatch)
                     finally:
                         self._waiting.discard(deadline)
             except TimeoutError:

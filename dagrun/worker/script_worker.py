@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.envelope import DEFAULT_MAX_ENVELOPE_BYTES, decode_request, encode_result
-from dagrun.contract.executor import Dispatch, ErrorKind, HostFunction, StepRequest, StepResult, Withdrawn
+from dagrun.contract.executor import ErrorKind, HostFunction, StepRequest, StepResult
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError
 from dagrun.sandbox import SandboxPool, SandboxSettings

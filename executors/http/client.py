@@ -20,8 +20,9 @@ from ssl import SSLContext
 import aiohttp
 import orjson
 
+from dagrun.contract.dispatch import Dispatch
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
@@ -72,7 +73,8 @@ class HttpExecutor:
     async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker. ExecutorError when it refuses the request or no result comes in
         time, WorkerUnavailable when it cannot be reached. The step counts as started once it has one of
-        the worker's places (`Window.place`); `dispatch` may withdraw it while it waits for one."""
+        the worker's places (`Window.place`): the worker admits it then, and says no more until its result;
+        `dispatch` may take it back while it waits for a place."""
         if self._is_closed:
             raise RuntimeError("HttpExecutor is closed")
         body = encode_request(request)
@@ -81,6 +83,8 @@ class HttpExecutor:
         assert window is not None  # set by the probe
         window.check_size(len(body), self._target.safe_url, request)
         async with window.place(dispatch):
+            if dispatch is not None:
+                dispatch.started()
             return await self._post(request, body, self._timeout(window.deadline_s(request.timeout_s)))
 
     async def _post(self, request: StepRequest, body: bytes, timeout: aiohttp.ClientTimeout) -> StepResult:

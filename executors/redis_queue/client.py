@@ -29,8 +29,9 @@ import time
 from typing import Any
 
 from dagrun.cancellation import cancel_and_wait
+from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import Dispatch, ErrorKind, ExecutorOptions, StepRequest, StepResult, Withdrawn
+from dagrun.contract.executor import ErrorKind, ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, redact
 from executors.redis_queue.cancellation import withdraw_commands
 from executors.redis_queue.connection import (
@@ -103,8 +104,8 @@ class RedisExecutor:
     async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """The step's result; WorkerUnavailable when no live worker serves its context for
         `queue_timeout_s`, ExecutorError when Redis stays unreachable. The worker enforces the timeout.
-        `dispatch` is told when a worker has run the step a while (`STARTED_NOTICE_AFTER_S`), and may take
-        it back until a worker reads it (Withdrawn)."""
+        `dispatch` is told when a worker has run the step a while (`StartedNotice`), and may take it back
+        until a worker reads it (Withdrawn)."""
         if self._is_closed:
             raise RuntimeError("RedisExecutor is closed")
         await self._open()

@@ -10,8 +10,8 @@ once); while steps are quick, up to `prefetch` more wait in the pool's queue. A 
 entry (`cancellation`) cancels its step, and the entry is acknowledged with no reply; one for an entry
 not held is remembered a while, in case the entry is still on its way here. An entry not signed with
 the worker's token (`signing`) is refused: acknowledged and deleted unrun, with no reply, and logged
-without its contents. A step still running STARTED_NOTICE_AFTER_S after its sandbox process started it
-tells its caller so (a started notice, written with the replies).
+without its contents. A step still running a while after its sandbox process started it tells its caller
+so (`StartedNotice`; a started notice, written with the replies).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import redis.exceptions
 from redis.typing import StreamIdT
 
 from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.executor import Dispatch
 from dagrun.errors import ExecutorError, redact
 from dagrun.worker.script_worker import ScriptWorker
+from dagrun.worker.started import StartedNotice
 from executors.redis_queue.cancellation import CancelReader
 from executors.redis_queue.connection import (
     CLEANUP_ERRORS,
@@ -48,7 +48,6 @@ from executors.redis_queue.signing import Signer
 logger = logging.getLogger(__name__)
 
 QUICK_STEP_S = 0.05  # steps shorter than this on average are worth reading ahead
-STARTED_NOTICE_AFTER_S = 0.05  # a step still running this long after it started says so to its caller
 FLUSH_TIMEOUT_S = 5.0  # on shutdown, how long replies may take to reach Redis after the grace period
 EARLY_NOTICES = 1000  # cancel notices kept for entries not held (yet): a notice may overtake its entry
 REFUSED_OR_LOST: tuple[type[Exception], ...] = (*CONNECTION_ERRORS, redis.exceptions.ResponseError)
@@ -194,9 +193,6 @@ class Consumer:
     def _step_ended(self, entry: HeldEntry, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         entry.task = None
-        if entry.started_notice is not None:
-            entry.started_notice.cancel()
-            entry.started_notice = None
         self._slot_freed.set()
         if entry.is_withdrawn and entry.reply is None:
             self._acknowledge(entry)
@@ -226,19 +222,16 @@ class Consumer:
             problem = f"entry fields {sorted(entry.fields)!r} lack 'id' or 'req'"
             entry.reply = self._worker.refuse(problem, origin=entry)
         else:
-            dispatch = Dispatch(functools.partial(self._step_started, entry))
-            entry.reply = await self._worker.answer(data, origin=entry, dispatch=dispatch)
+            notice = StartedNotice(functools.partial(self._announce_start, entry))
+            try:
+                entry.reply = await self._worker.answer(data, origin=entry, dispatch=notice.dispatch)
+            finally:
+                notice.cancel()
         self._ended.append(entry)
         self._reply_due.set()
 
-    def _step_started(self, entry: HeldEntry, at: float) -> None:
-        """Tell the caller the step started, unless it ends within STARTED_NOTICE_AFTER_S: a quick step's
-        result says it all, and costs no notice."""
-        loop = asyncio.get_running_loop()
-        entry.started_notice = loop.call_later(STARTED_NOTICE_AFTER_S, self._announce_start, entry)
-
     def _announce_start(self, entry: HeldEntry) -> None:
-        entry.started_notice = None
+        """Have the reply loop tell the caller that the step started (`StartedNotice`)."""
         if entry.reply is None and not entry.is_withdrawn:
             self._starts.append(entry)
             self._reply_due.set()

@@ -62,7 +62,6 @@ class HeldEntry:
     fields: dict[bytes, bytes]
     reply: bytes | None = None  # the encoded result, once the step has ended
     task: asyncio.Task[None] | None = None  # the step's, while it runs
-    started_notice: asyncio.TimerHandle | None = None  # says it started unless it ends first
     is_withdrawn: bool = False  # its caller gave up, or it was refused: it is acknowledged with no reply
 
     def __str__(self) -> str:

@@ -14,7 +14,7 @@ import logging
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from dagrun.contract.executor import Withdrawn
+from dagrun.contract.dispatch import Withdrawn
 from dagrun.errors import redact
 from executors.redis_queue.connection import CONNECTION_ERRORS, GROUP
 from executors.redis_queue.waiting import Call

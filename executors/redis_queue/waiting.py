@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from dagrun.contract.executor import Dispatch, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import StepRequest, StepResult
 from dagrun.errors import WorkerUnavailable, redact
 from executors.redis_queue.connection import CONNECTION_ERRORS, QueueSettings
 from executors.redis_queue.liveness import consumers

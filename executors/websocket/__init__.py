@@ -4,7 +4,10 @@ Every message is binary: ``id`` (8 bytes, big-endian, chosen by the client) + ``
 
     client -> worker   Q  request envelope   run this step
                        C  -                  cancel it: the caller gave up
-    worker -> client   R  result envelope    the step ran (or failed in the sandbox)
+                       W  -                  withdraw it unless it started: its run was paused
+    worker -> client   S  -                  it started (sent once it has run a while: `StartedNotice`)
+                       T  -                  taken back before it started (after W); nothing ran
+                       R  result envelope    the step ran (or failed in the sandbox)
                        E  UTF-8 message      refused: malformed, wrong protocol version ...; nothing ran
                        B  -                  busy: no pool slot freed up in time; nothing ran, send later
                        G  -                  going away: the worker is stopping; nothing ran

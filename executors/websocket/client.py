@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Coroutine
@@ -21,8 +22,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import CloseCode
 
+from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.envelope import decode_result, encode_request
-from dagrun.contract.executor import Dispatch, ExecutorOptions, StepRequest, StepResult
+from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
 from dagrun.worker.limits import Limits
@@ -38,6 +40,9 @@ from executors.websocket.frames import (
     PING_TIMEOUT_S,
     REQUEST,
     RESULT,
+    STARTED,
+    TAKEN_BACK,
+    WITHDRAW,
     wire_logger,
 )
 from executors.worker_client import (
@@ -69,6 +74,7 @@ class WebSocketExecutor:
         self._live: set[ClientConnection] = set()  # the current one, and retired ones still draining
         self._connecting: asyncio.Task[ClientConnection] | None = None
         self._pending: dict[bytes, tuple[ClientConnection, asyncio.Future[bytes]]] = {}
+        self._dispatches: dict[bytes, Dispatch] = {}  # of the calls that have one, by request id
         self._tasks: set[asyncio.Task[None]] = set()  # a reader per open connection, cancel notices
         self._window: Window | None = None  # the worker's limits, learned at the first connect
         self._ids = itertools.count(1)
@@ -83,8 +89,9 @@ class WebSocketExecutor:
 
     async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker. ExecutorError when it refuses the request or no result comes in
-        time, WorkerUnavailable when it cannot be reached. The step counts as started once it has one of
-        the worker's places (`Window.place`); `dispatch` may withdraw it while it waits for one."""
+        time, WorkerUnavailable when it cannot be reached. `dispatch` is told when the worker says the step
+        started (S), and may take it back (Withdrawn) while it waits for a place at the worker (`Window.place`)
+        or for a pool slot there (W, answered T)."""
         if self._is_closed:
             raise RuntimeError("WebSocketExecutor is closed")
         envelope = encode_request(request)
@@ -95,9 +102,16 @@ class WebSocketExecutor:
         assert window is not None  # set by the first connect
         window.check_size(len(envelope), self._target.safe_url, request)
         async with window.place(dispatch):
-            reply = await self._exchange(request, key, frame, window.deadline_s(request.timeout_s))
+            if dispatch is not None:
+                self._dispatches[key] = dispatch
+            try:
+                reply = await self._exchange(request, key, frame, window.deadline_s(request.timeout_s))
+            finally:
+                self._dispatches.pop(key, None)
         if reply[:1] == RESULT:
             return decode_result(reply[1:])
+        if reply[:1] == TAKEN_BACK:
+            raise Withdrawn
         refusal = reply[1:].decode(errors="replace")
         raise ExecutorError(f"{self._target.safe_url}: {describe(request)}: the worker refused it: {refusal}")
 
@@ -114,9 +128,12 @@ class WebSocketExecutor:
                     raise WorkerUnavailable(
                         f"{self._target.safe_url}: {describe(request)}: connection lost {resends} times ({exc})"
                     ) from None
+                self._unless_wanted_back(key)
                 logger.info("%s: %s: %s; sending it again", self._target.safe_url, describe(request), exc)
                 continue
             kind = reply[:1]
+            if kind in (BUSY, GOING_AWAY):  # nothing ran
+                self._unless_wanted_back(key)
             if kind == BUSY:
                 await asyncio.sleep(busy_delay_s)  # back off while the worker is saturated, not a poll
                 busy_delay_s = min(busy_delay_s * 2, BUSY_MAX_DELAY_S)
@@ -130,8 +147,11 @@ class WebSocketExecutor:
     ) -> bytes:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[key] = (connection, future)
+        dispatch = self._dispatches.get(key)
         try:
             await connection.send(frame)
+            if dispatch is not None:  # the worker takes it back unless it started (T, or its result)
+                dispatch.offer_withdrawal(functools.partial(self._notify, connection, key + WITHDRAW))
             async with asyncio.timeout(deadline_s):
                 return await future
         except ConnectionClosed as exc:
@@ -146,11 +166,23 @@ class WebSocketExecutor:
             raise
         finally:
             del self._pending[key]
+            if dispatch is not None:
+                dispatch.offer_withdrawal(None)
+
+    def _unless_wanted_back(self, key: bytes) -> None:
+        """Withdrawn, instead of sending again, a request that did not run and that its caller wants back."""
+        dispatch = self._dispatches.get(key)
+        if dispatch is not None and dispatch.is_wanted_back and dispatch.started_at is None:
+            raise Withdrawn
 
     def _notify_cancel(self, connection: ClientConnection, key: bytes) -> None:
         """Tell the worker to stop a step nobody waits for; best effort."""
+        self._notify(connection, key + CANCEL)
+
+    def _notify(self, connection: ClientConnection, frame: bytes) -> None:
+        """Send a frame about a request (cancel, withdraw) without waiting; best effort."""
         if not self._is_closed:
-            self._spawn(self._send_quietly(connection, key + CANCEL))
+            self._spawn(self._send_quietly(connection, frame))
 
     async def _send_quietly(self, connection: ClientConnection, frame: bytes) -> None:
         with contextlib.suppress(ConnectionClosed):  # the worker cancels a closed connection's steps itself
@@ -225,6 +257,9 @@ class WebSocketExecutor:
             async for message in connection:
                 if isinstance(message, str) or len(message) < HEADER_BYTES:
                     continue
+                if message[ID_BYTES:HEADER_BYTES] == STARTED:
+                    self._started(message[:ID_BYTES])
+                    continue
                 entry = self._pending.get(message[:ID_BYTES])
                 if entry is not None and entry[0] is connection and not entry[1].done():
                     entry[1].set_result(message[ID_BYTES:])
@@ -238,6 +273,11 @@ class WebSocketExecutor:
             for owner, future in self._pending.values():
                 if owner is connection and not future.done():
                     future.set_exception(_ConnectionLost(reason))
+
+    def _started(self, key: bytes) -> None:
+        dispatch = self._dispatches.get(key)
+        if dispatch is not None:
+            dispatch.started()
 
     def _retire(self, connection: ClientConnection) -> None:
         """Send no new request on `connection`; requests in flight on it still get their replies."""

@@ -30,7 +30,8 @@ wire_logger.addFilter(AuthorizationFilter())
 
 ID_BYTES = 8
 HEADER_BYTES = ID_BYTES + 1
-REQUEST, CANCEL, RESULT, ERROR, BUSY, GOING_AWAY = b"Q", b"C", b"R", b"E", b"B", b"G"
+REQUEST, CANCEL, WITHDRAW = b"Q", b"C", b"W"  # client -> worker
+STARTED, TAKEN_BACK, RESULT, ERROR, BUSY, GOING_AWAY = b"S", b"T", b"R", b"E", b"B", b"G"  # worker -> client
 PING_INTERVAL_S = 20.0
 PING_TIMEOUT_S = 20.0
 OPEN_TIMEOUT_S = 10.0

@@ -3,6 +3,8 @@
 Invariant: each connection's handler holds the task of every request of that connection still running,
 by id; a request runs only if `Admission` has room for it (else B) and the worker is not stopping (else G),
 and when the connection closes the handler cancels what it still holds: nobody can receive those results.
+A request withdrawn (W) while it waits for a pool slot is answered T, unrun; a started one runs on, and a
+step still running a while after it started is announced (S, `StartedNotice`).
 Until its handshake carries the token, a connection waits in the server's lobby (`dagrun.serving.lobby`): capped,
 and closed if the handshake request does not come within the header timeout. The token, TLS, admission,
 /health and the drain on close are every worker server's (`dagrun.worker.server`).
@@ -11,6 +13,7 @@ and closed if the handshake request does not come within the header timeout. The
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from http import HTTPStatus
@@ -23,11 +26,13 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
+from dagrun.contract.dispatch import Withdrawn
 from dagrun.contract.executor import StepRequest
 from dagrun.errors import ExecutorError
 from dagrun.serving.lobby import AUTHORIZATION, Lobby
 from dagrun.worker.admission import Busy, Stopping
 from dagrun.worker.server import WorkerServer
+from dagrun.worker.started import StartedNotice
 from executors.websocket.frames import (
     BUSY,
     CANCEL,
@@ -40,8 +45,13 @@ from executors.websocket.frames import (
     PING_TIMEOUT_S,
     REQUEST,
     RESULT,
+    STARTED,
+    TAKEN_BACK,
+    WITHDRAW,
     wire_logger,
 )
+
+_Held = tuple[asyncio.Task[None], StartedNotice]  # a request's step task, and its link with the caller
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,7 @@ class WebSocketWorkerServer(WorkerServer):
 
     KIND, SCHEMES, PROTOCOL = "ws", ("ws", "wss"), "websocket"
     _server: Server | None = None
+    _notices: set[asyncio.Task[None]]
 
     @property
     def connections(self) -> set[ServerConnection]:
@@ -61,6 +72,7 @@ class WebSocketWorkerServer(WorkerServer):
         return self._server.connections if self._server else set()
 
     async def _listen(self) -> int:
+        self._notices = set()
         settings = self._worker.settings
         tls: dict[str, Any] = {"ssl": self._ssl}
         if self._ssl is not None:  # the TLS handshake ends within the header timeout too
@@ -108,7 +120,7 @@ class WebSocketWorkerServer(WorkerServer):
             response.headers[name] = value
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
-        tasks: dict[bytes, asyncio.Task[None]] = {}  # the requests of this connection, by id
+        tasks: dict[bytes, _Held] = {}  # the requests of this connection, by id
         logger.info("worker %s: connection from %s", self._worker.settings.worker_id, _peer(connection))
         try:
             async for message in connection:
@@ -121,20 +133,22 @@ class WebSocketWorkerServer(WorkerServer):
         except ConnectionClosed:
             pass
         finally:
-            held = list(tasks.values())
+            held = [task for task, _ in tasks.values()]
             for task in held:
                 task.cancel()  # nobody can receive their results; the client sends them again elsewhere
             await asyncio.gather(*held, return_exceptions=True)
             logger.info("worker %s: connection from %s closed", self._worker.settings.worker_id, _peer(connection))
 
-    def _accept(
-        self, connection: ServerConnection, message: bytes, tasks: dict[bytes, asyncio.Task[None]]
-    ) -> bytes | None:
+    def _accept(self, connection: ServerConnection, message: bytes, tasks: dict[bytes, _Held]) -> bytes | None:
         """Start the request in `message` or say why not (the reply to send at once)."""
         key, kind = message[:ID_BYTES], message[ID_BYTES:HEADER_BYTES]
-        if kind == CANCEL:
+        if kind in (CANCEL, WITHDRAW):
             if key in tasks:
-                tasks[key].cancel()
+                task, notice = tasks[key]
+                if kind == CANCEL:
+                    task.cancel()
+                else:
+                    notice.dispatch.withdraw()
             return None
         if kind != REQUEST:
             return key + ERROR + f"unknown frame kind {kind!r}".encode()
@@ -151,22 +165,38 @@ class WebSocketWorkerServer(WorkerServer):
             return key + ERROR + str(exc).encode()
         if not self._admission.admit():
             return key + BUSY
-        task = asyncio.create_task(self._run(connection, key, request))
-        tasks[key] = task
+        notice = StartedNotice(functools.partial(self._send_soon, connection, key + STARTED))
+        task = asyncio.create_task(self._run(connection, key, request, notice))
+        tasks[key] = (task, notice)
         task.add_done_callback(functools.partial(self._request_done, tasks, key))
         return None
 
-    def _request_done(self, tasks: dict[bytes, asyncio.Task[None]], key: bytes, task: asyncio.Task[None]) -> None:
+    def _request_done(self, tasks: dict[bytes, _Held], key: bytes, task: asyncio.Task[None]) -> None:
         del tasks[key]
         self._admission.release()
 
-    async def _run(self, connection: ServerConnection, key: bytes, request: StepRequest) -> None:
+    def _send_soon(self, connection: ServerConnection, frame: bytes) -> None:
+        """Send a frame from a callback (a started notice); it is dropped if the connection has closed."""
+        task = asyncio.create_task(self._send_quietly(connection, frame))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
+
+    @staticmethod
+    async def _send_quietly(connection: ServerConnection, frame: bytes) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(frame)
+
+    async def _run(self, connection: ServerConnection, key: bytes, request: StepRequest, notice: StartedNotice) -> None:
         try:
-            reply = key + RESULT + await self._admission.run(request)
+            reply = key + RESULT + await self._admission.run(request, notice.dispatch)
         except Busy:
             reply = key + BUSY
         except Stopping:
             reply = key + GOING_AWAY
+        except Withdrawn:
+            reply = key + TAKEN_BACK
+        finally:
+            notice.cancel()
         try:
             await connection.send(reply)
         except ConnectionClosed:

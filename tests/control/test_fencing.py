@@ -10,7 +10,8 @@ import pytest
 
 from dagrun import Orchestrator, RunHandedBack, RunStatus, parse_flow
 from dagrun.contract.context import ContextOp, ContextOpKind
-from dagrun.contract.executor import Dispatch, StepRequest, StepResult
+from dagrun.contract.dispatch import Dispatch
+from dagrun.contract.executor import StepRequest, StepResult
 from tests.store.conftest import (
     StoreFactory,
     clients,  # noqa: F401  (the fixture: separate clients of one store)

@@ -1,6 +1,6 @@
-"""Pause on a Redis queue, against a real redis-server and real workers: steps still in the stream are
-taken back unrun, steps a worker took finish, the status says which are queued and which run, and a take
-back racing a worker's read runs the step once or not at all."""
+"""Taking a step back from a Redis queue, against a real redis-server and a real worker: a take-back
+racing a worker's read runs the step once or not at all. (Pause over Redis as a whole:
+tests/control/test_remote_pause.py.)"""
 
 from __future__ import annotations
 
@@ -8,66 +8,13 @@ import asyncio
 import random
 from collections import Counter
 
-from dagrun import Orchestrator, RunStatus, StepStatus, parse_flow
-from dagrun.contract.executor import Dispatch, StepRequest, StepResult, Withdrawn, script_hash
-from dagrun.store import MemoryStore
-from dagrun.store.base import Store
+from dagrun.contract.dispatch import Dispatch, Withdrawn
+from dagrun.contract.executor import StepRequest, StepResult, script_hash
 from executors.redis_queue import QueueSettings, RedisExecutor
-from tests.executors.redis_support import OPTIONS, TOKEN, RedisWorkers
+from tests.control_support import Holds
+from tests.executors.redis_support import OPTIONS, RedisWorkers
 
 STEPS = 17  # as the operator's run in issue 17: 2 workers with one sandbox process each
-
-
-class Holds:
-    """Host functions of the workers: `hold(n)` returns n once released, and counts the steps that ran."""
-
-    def __init__(self) -> None:
-        self.released = asyncio.Event()
-        self.ran: Counter[int] = Counter()
-
-    async def hold(self, n: int) -> int:
-        self.ran[n] += 1
-        await self.released.wait()
-        return n
-
-
-async def count(store: Store, run_id: str) -> Counter[StepStatus]:
-    return Counter(step.status for step in await store.get_steps(run_id))
-
-
-async def test_pause_takes_back_what_no_worker_took_and_resume_completes_the_run(redis_workers: RedisWorkers) -> None:
-    holds = Holds()
-    for _ in range(2):
-        await redis_workers.start(concurrency=1, functions={"hold": holds.hold})
-    steps = [{"id": f"s{n}", "script": f"outputs['n'] = hold({n})"} for n in range(STEPS)]
-    flow = parse_flow({"name": "seventeen", "defaults": {"executor": "remote"}, "steps": steps})
-    store = MemoryStore()
-    async with Orchestrator(store, executors={"remote": redis_workers.url}, token=TOKEN) as orchestrator:
-        run_id = await orchestrator.start_run(flow)
-        async with asyncio.timeout(30):
-            while (await count(store, run_id))[StepStatus.RUNNING] < 2:  # the workers' started notices
-                await asyncio.sleep(0.05)
-        assert await count(store, run_id) == {StepStatus.RUNNING: 2, StepStatus.QUEUED: STEPS - 2}
-
-        await orchestrator.control.pause(run_id)
-        async with asyncio.timeout(30):
-            while (await count(store, run_id))[StepStatus.PENDING] < STEPS - 2:
-                await asyncio.sleep(0.05)
-        assert await count(store, run_id) == {StepStatus.RUNNING: 2, StepStatus.PENDING: STEPS - 2}
-        holds.released.set()  # the two steps the workers took finish ...
-        await asyncio.sleep(1.0)  # ... and nothing starts while paused (an absence: no event to wait for)
-        assert await count(store, run_id) == {StepStatus.SUCCEEDED: 2, StepStatus.PENDING: STEPS - 2}
-        assert sum(holds.ran.values()) == 2
-
-        await orchestrator.control.resume(run_id)
-        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=60)
-
-    assert run.status == RunStatus.SUCCEEDED
-    records = await store.get_steps(run_id)
-    assert {record.step_id: (record.outputs, record.attempt) for record in records} == {
-        f"s{n}": ({"n": n}, 1) for n in range(STEPS)
-    }
-    assert holds.ran == Counter(range(STEPS))  # every step ran once
 
 
 def request(n: int) -> StepRequest:

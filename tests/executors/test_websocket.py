@@ -213,6 +213,8 @@ async def test_a_busy_worker_refuses_at_once_and_the_client_sends_again(
     await connection.send((1).to_bytes(8, "big") + b"Q" + held)
     await gate.started.wait()
     await connection.send((2).to_bytes(8, "big") + b"Q" + encode_request(make_request(DOUBLE, inputs={"x": 1})))
+    started = await asyncio.wait_for(connection.recv(), 5)  # the held step has run a while: said started
+    assert started == (1).to_bytes(8, "big") + b"S"
     busy = await asyncio.wait_for(connection.recv(), 5)
     assert busy == (2).to_bytes(8, "big") + b"B"
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from dagrun.contract.executor import Dispatch, Executor, StepResult, Withdrawn
+from dagrun.contract.dispatch import Dispatch, Withdrawn
+from dagrun.contract.executor import Executor, StepResult
 from tests.executors.contract.steps import HELD, make_request
 from tests.executors.contract.targets import Target, eventually
 
