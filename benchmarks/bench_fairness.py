@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import statistics
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_remote
 import dags
 
-from dagrun import Orchestrator, RunStatus, open_store, parse_flow
+from dagrun import ControlError, Orchestrator, RunStatus, open_store, parse_flow
 from dagrun.engine.orchestrator import DEFAULT_MAX_PARALLEL
 from dagrun.flow.model import Flow
 
@@ -55,12 +56,17 @@ async def beside_big_runs(orchestrator: Orchestrator, small: Flow, big: Flow, co
     big_ids = [await orchestrator.start_run(big) for _ in range(count)]
     await asyncio.sleep(HEAD_START_S)
     try:
-        return await small_run_s(orchestrator, small)
+        took_s = await small_run_s(orchestrator, small)
     finally:
         for run_id in big_ids:
-            await orchestrator.control.cancel(run_id)
+            with contextlib.suppress(ControlError):  # a big run may have ended first: then it was not fair
+                await orchestrator.control.cancel(run_id)
         for run_id in big_ids:
             await orchestrator.control.wait_for_completion(run_id, timeout_s=bench_remote.RUN_TIMEOUT_S)
+    for run_id in big_ids:
+        if (await orchestrator.control.status(run_id)).run.status != RunStatus.CANCELLED:
+            bench_remote.print_line(note=f"big run {run_id} ended before the small one")
+    return took_s
 
 
 async def measure(args: argparse.Namespace, url: str, token: str, store_dir: Path) -> None:

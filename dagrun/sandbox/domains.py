@@ -7,12 +7,17 @@ domain, else to a child that serves nobody yet, else to the child of its domain 
 (at most `pipeline_depth`). When domains wait and no child is free to bind, the idle children of domains
 that wait for nothing are replaced by fresh ones (forked from the zygote: nothing of the old domain's steps
 is in them), after REBIND_GRACE_S.
+
+Runs share the children in time slices: when a domain waits with no child of its own, the child that has
+served its domain longest, for SLICE_S at least, drains (it takes no new job) and is replaced once idle,
+and the fresh child goes to the waiting domain first (`_promised`). So a small run beside a big one on a
+one-process worker waits for a slice, not for the big run's end; a domain alone keeps its children.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from dagrun.sandbox import protocol
@@ -21,6 +26,7 @@ from dagrun.sandbox.process import ChildProcess, Job
 from dagrun.sandbox.settings import SandboxSettings
 
 REBIND_GRACE_S = 0.02  # an idle child stays its run's this long before another run may have it replaced
+SLICE_S = 0.1  # a child serves its run at least this long before another waiting run may have it
 
 
 class DomainDispatcher:
@@ -35,7 +41,8 @@ class DomainDispatcher:
         self._on_start = on_start
         # Jobs no child has taken, per trust domain, the domains in the order of their oldest job.
         self._waiting: dict[str, deque[Job]] = {}
-        self._room_timer: asyncio.TimerHandle | None = None  # `_make_room` again once a grace ends
+        self._room_timer: asyncio.TimerHandle | None = None  # `_make_room` again once a grace or slice ends
+        self._promised: list[str] = []  # waiting domains owed the next fresh child, in the order they asked
         self._is_flush_due = False
         self._is_closed = False
 
@@ -92,7 +99,7 @@ class DomainDispatcher:
         # of runs waiting, the others are skipped rather than looked at on every result.
         unbound = any(child.domain is None for child in children)
         depth = self._settings.pipeline_depth
-        servable = None if unbound else {child.domain for child in children if len(child.jobs) < depth}
+        servable = None if unbound else {c.domain for c in children if len(c.jobs) < depth and not c.is_draining}
         for domain in list(self._waiting):
             if servable is not None and domain not in servable:
                 continue
@@ -113,18 +120,25 @@ class DomainDispatcher:
         least: ChildProcess | None = None
         spare: ChildProcess | None = None
         for child in self._children.ready:
-            if child.domain == domain:
+            if child.domain == domain and not child.is_draining:
                 in_flight = len(child.jobs)
                 if not in_flight:
                     return child
                 if in_flight < self._settings.pipeline_depth and (least is None or in_flight < len(least.jobs)):
                     least = child
-            elif child.domain is None and spare is None:
+            elif child.domain is None and spare is None and self._may_bind(domain):
                 spare = child
         if spare is not None:
-            spare.domain = domain
+            spare.domain, spare.bound_at = domain, asyncio.get_running_loop().time()
+            if domain in self._promised:
+                self._promised.remove(domain)
             return spare
         return least
+
+    def _may_bind(self, domain: str) -> bool:
+        """Whether a fresh child may go to `domain`: first to the domains it was promised to, that still wait."""
+        self._promised = [promised for promised in self._promised if promised in self._waiting]
+        return not self._promised or self._promised[0] == domain
 
     def _hand(self, job: Job, child: ChildProcess, idle: list[ChildProcess]) -> None:
         child.next_id += 1
@@ -148,22 +162,45 @@ class DomainDispatcher:
         wait, which then spread over all of them. None while a child that serves nobody yet is there to take
         a domain. A child whose last step ended within REBIND_GRACE_S is left to its run, whose next step is
         usually on its way (its driver submits it on the result): the room is looked for again when the
-        grace ends."""
+        grace ends. Then share the children out in slices (`_share`)."""
         if any(child.domain is None for child in self._children.ready):
             return
         now = asyncio.get_running_loop().time()
-        graced: list[float] = []
+        later: list[float] = []  # when to look again: a grace or a slice ends
         for child in list(self._children.ready):
-            if child.jobs or child.domain in self._waiting:
+            if child.jobs or (child.domain in self._waiting and not child.is_draining):
                 continue
-            if now - child.last_done < REBIND_GRACE_S:
-                graced.append(child.last_done + REBIND_GRACE_S)
+            if now - child.last_done < REBIND_GRACE_S and not child.is_draining:
+                later.append(child.last_done + REBIND_GRACE_S)
             else:
                 self._children.replace(child)
-        if graced and (self._room_timer is None or self._room_timer.when() > min(graced)):
+        later += self._share(now)
+        if later and (self._room_timer is None or self._room_timer.when() > min(later)):
             if self._room_timer is not None:
                 self._room_timer.cancel()
-            self._room_timer = asyncio.get_running_loop().call_at(min(graced), self._look_for_room)
+            self._room_timer = asyncio.get_running_loop().call_at(min(later), self._look_for_room)
+
+    def _share(self, now: float) -> list[float]:
+        """For each waiting domain without a child (and not yet promised one), drain the child that has
+        served its domain longest, from the domain with the most children, once it has served SLICE_S; the
+        fresh child replacing it is promised to the waiting domain. When a slice ends, if none has yet."""
+        children = [child for child in self._children.ready if not child.is_draining]
+        served = {child.domain for child in children}
+        for domain in self._waiting:
+            if domain in served or domain in self._promised:
+                continue
+            if not children:
+                return []
+            counts = Counter(child.domain for child in children)
+            child = max(children, key=lambda c: (counts[c.domain], now - c.bound_at))
+            if now - child.bound_at < SLICE_S:
+                return [child.bound_at + SLICE_S]
+            child.is_draining = True
+            children.remove(child)
+            self._promised.append(domain)
+            if not child.jobs:
+                self._children.replace(child)
+        return []
 
     def _look_for_room(self) -> None:
         self._room_timer = None

@@ -90,6 +90,8 @@ class ChildProcess:
         self.pid = 0
         self.worker_id = "local:?"
         self.domain: str | None = None  # the run (trust domain) it serves; None until its first job
+        self.bound_at = 0.0  # loop time it was bound to `domain`
+        self.is_draining = False  # its domain's slice is over: it takes no new job, and is replaced once idle
         self.last_done = 0.0  # loop time its last job ended
         self.jobs: deque[Job] = deque()
         self.outbox: list[bytes] = []  # requests handed to this child, not written yet
