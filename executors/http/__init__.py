@@ -1,13 +1,19 @@
 """The HTTP transport: one ``POST /execute`` per step over a pooled keep-alive session.
 
     POST /execute   request envelope -> 200 result envelope
+    POST /withdraw  take back the request whose Dagrun-Request-Id this names, unless it started -> 204
     GET  /health    the worker's status, its Limits and whether it is stopping (JSON)
+
+A step still running 50 ms after it started has its 200 headers sent ahead with ``Dagrun-Started: true``
+(its caller learns it started) and its result envelope after. A request its caller takes back before it
+started is answered 409 taken_back (nothing ran).
 
 Every request needs ``Authorization: Bearer <token>``, checked by a middleware before the body is read;
 a declared Content-Length over the limit is refused before reading too (aiohttp's client_max_size is
 the backstop for chunked bodies). Refusals are JSON ``{"error": message, "code": code}``: 401
 unauthorized, 413 too_large, 400 malformed (bad JSON, wrong protocol version; nothing ran), 503 busy
-(no pool slot freed up in time: the client sends it again after a backoff) or stopping. The client
+(no pool slot freed up in time: the client sends it again after a backoff, unless it is wanted back),
+503 stopping, or 409 taken_back. The client
 probes /health once (token and reachability fail early and clearly; the limits it reads cap its
 requests in flight and their size) and gives each request the deadline `Window.deadline_s`. A call that
 is cancelled (or gives up) closes its connection, and the worker stops the step: closing the connection

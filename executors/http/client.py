@@ -12,22 +12,27 @@ with backoff for `reconnect_s` (`executors.reconnection`) before it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import secrets
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from ssl import SSLContext
+from typing import Any
 
 import aiohttp
 import orjson
 
-from dagrun.contract.dispatch import Dispatch
+from dagrun.cancellation import cancel_and_wait
+from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.envelope import decode_result, encode_request
 from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
 from dagrun.contract.transport import WorkerStatus
 from dagrun.errors import ExecutorError, WorkerUnavailable
 from dagrun.serving.listening import os_reason
 from dagrun.worker.limits import Limits
-from executors.http.refusals import BUSY, JSON, STOPPING, error_of
+from executors.http.wire import BUSY, JSON, REQUEST_ID, STARTED, STOPPING, TAKEN_BACK, error_of
 from executors.reconnection import RECONNECT_S, Reconnection
 from executors.worker_client import (
     BUSY_FIRST_DELAY_S,
@@ -58,6 +63,8 @@ class HttpExecutor:
         self._target = parse_target(url, options, known={"connections": CONNECTIONS, "reconnect_s": RECONNECT_S})
         base = self._target.url.rstrip("/")
         self._execute_url, self._health_url = f"{base}/execute", f"{base}/health"
+        self._withdraw_url = f"{base}/withdraw"
+        self._withdrawing: set[asyncio.Task[None]] = set()  # `POST /withdraw`s under way
         self._session: aiohttp.ClientSession | None = None
         self._probe: asyncio.Task[None] | None = None
         self._window: Window | None = None  # the worker's limits, read from /health
@@ -72,9 +79,9 @@ class HttpExecutor:
 
     async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
         """Run one step on the worker. ExecutorError when it refuses the request or no result comes in
-        time, WorkerUnavailable when it cannot be reached. The step counts as started once it has one of
-        the worker's places (`Window.place`): the worker admits it then, and says no more until its result;
-        `dispatch` may take it back while it waits for a place."""
+        time, WorkerUnavailable when it cannot be reached. `dispatch` is told when the worker sends the
+        result's headers ahead (`wire.STARTED`), and may take the step back (Withdrawn) while it waits for a
+        place at the worker (`Window.place`) or for a pool slot there (`POST /withdraw`)."""
         if self._is_closed:
             raise RuntimeError("HttpExecutor is closed")
         body = encode_request(request)
@@ -83,15 +90,32 @@ class HttpExecutor:
         assert window is not None  # set by the probe
         window.check_size(len(body), self._target.safe_url, request)
         async with window.place(dispatch):
-            if dispatch is not None:
-                dispatch.started()
-            return await self._post(request, body, self._timeout(window.deadline_s(request.timeout_s)))
+            timeout = self._timeout(window.deadline_s(request.timeout_s))
+            if dispatch is None:
+                return await self._post(request, body, timeout, None)
+            request_id = secrets.token_hex(16)
+            dispatch.offer_withdrawal(functools.partial(self._take_back, request_id))
+            try:
+                return await self._post(request, body, timeout, dispatch, request_id)
+            finally:
+                dispatch.offer_withdrawal(None)
 
-    async def _post(self, request: StepRequest, body: bytes, timeout: aiohttp.ClientTimeout) -> StepResult:
-        """POST until a result or a refusal: again after a dropped connection (MAX_RESENDS), when busy, and
-        while the worker is away within the reconnect window."""
+    async def _post(
+        self,
+        request: StepRequest,
+        body: bytes,
+        timeout: aiohttp.ClientTimeout,
+        dispatch: Dispatch | None,
+        request_id: str = "",
+    ) -> StepResult:
+        """POST until a result or a refusal: again after a dropped connection (MAX_RESENDS), when busy (unless
+        it is wanted back), and while the worker is away within the reconnect window."""
         resends, busy_delay_s = 0, BUSY_FIRST_DELAY_S
-        post = functools.partial(self._send_to_running_worker, self._execute_url, body, timeout)
+        headers = {"Content-Type": JSON, REQUEST_ID: request_id} if request_id else {"Content-Type": JSON}
+        on_started = dispatch.started if dispatch is not None else None
+        post = functools.partial(
+            self._send_to_running_worker, self._execute_url, body, timeout, headers=headers, on_started=on_started
+        )
         while True:
             try:
                 status, payload = await self._reconnection.connect(post)
@@ -106,30 +130,43 @@ class HttpExecutor:
             if status == HTTPStatus.OK:
                 return decode_result(payload)
             code, message = error_of(payload)
+            if code == TAKEN_BACK or (code == BUSY and dispatch is not None and dispatch.is_wanted_back):
+                raise Withdrawn  # nothing ran
             if status != HTTPStatus.SERVICE_UNAVAILABLE or code != BUSY:
                 raise self._refusal(f"{self._target.safe_url}: {describe(request)}", status, code, message)
             await asyncio.sleep(busy_delay_s)  # back off while the worker is saturated, not a poll
             busy_delay_s = min(busy_delay_s * 2, BUSY_MAX_DELAY_S)
 
     async def _send_to_running_worker(
-        self, url: str, body: bytes | None, timeout: aiohttp.ClientTimeout
+        self, url: str, body: bytes | None, timeout: aiohttp.ClientTimeout, **options: Any
     ) -> tuple[int, bytes]:
         """`_send`, and WorkerUnavailable when the worker answers that it is stopping (it may be restarting)."""
-        status, payload = await self._send(url, body, timeout)
+        status, payload = await self._send(url, body, timeout, **options)
         if status == HTTPStatus.SERVICE_UNAVAILABLE:
             code, message = error_of(payload)
             if code == STOPPING:
                 raise WorkerUnavailable(f"{self._target.safe_url}: {message}")
         return status, payload
 
-    async def _send(self, url: str, body: bytes | None, timeout: aiohttp.ClientTimeout) -> tuple[int, bytes]:
-        """One exchange; WorkerUnavailable when the worker cannot be reached, ExecutorError past the deadline."""
+    async def _send(
+        self,
+        url: str,
+        body: bytes | None,
+        timeout: aiohttp.ClientTimeout,
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> tuple[int, bytes]:
+        """One exchange (a GET without a body); `on_started` when the headers come ahead of the body
+        (`wire.STARTED`). WorkerUnavailable when the worker cannot be reached, ExecutorError past the deadline."""
         session = self._session_or_new()
         try:
             if body is None:
                 async with session.get(url, timeout=timeout) as response:
                     return response.status, await response.read()
-            async with session.post(url, data=body, headers={"Content-Type": JSON}, timeout=timeout) as response:
+            async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
+                if on_started is not None and response.headers.get(STARTED):
+                    on_started()
                 return response.status, await response.read()
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise WorkerUnavailable(f"{self._target.safe_url}: cannot connect: {_reason(exc)}") from None
@@ -139,6 +176,18 @@ class HttpExecutor:
             raise _Dropped(_reason(exc)) from None
         except aiohttp.ClientError as exc:
             raise ExecutorError(f"{self._target.safe_url}: {_reason(exc)}") from None
+
+    def _take_back(self, request_id: str) -> None:
+        """Ask the worker for a request back (`POST /withdraw`), without waiting; best effort."""
+        task = asyncio.ensure_future(self._send_withdraw(request_id))
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
+
+    async def _send_withdraw(self, request_id: str) -> None:
+        with contextlib.suppress(ExecutorError, _Dropped):  # the step then runs, and answers as any other
+            await self._send(
+                self._withdraw_url, b"", self._timeout(CONNECT_TIMEOUT_S), headers={REQUEST_ID: request_id}
+            )
 
     def _refusal(self, where: str, status: int, code: str, message: str) -> ExecutorError:
         if status == HTTPStatus.UNAUTHORIZED:
@@ -205,6 +254,7 @@ class HttpExecutor:
         self._is_closed = True
         if self._probe is not None:
             self._probe.cancel()
+        await cancel_and_wait(*self._withdrawing)
         if self._session is not None:
             await self._session.close()
 

@@ -3,24 +3,45 @@
 Every request needs the token, checked by a middleware before the body is read; a declared Content-Length
 over the limit is refused before reading too (aiohttp's client_max_size is the backstop for chunked
 bodies). A client that disconnects (its caller gave up on the step) cancels its handler, whose cancelled
-step has its sandbox process killed and replaced. The token, TLS, admission, the lobby, /health and the
-drain on close are every worker server's (`dagrun.worker.server`).
+step has its sandbox process killed and replaced. A step still running a while after it started gets
+its response headers sent ahead (`wire.STARTED`: its caller learns it started), its result after; one
+its caller takes back (`POST /withdraw`, `withdrawals`) before it started is answered 409 taken_back.
+The token, TLS, admission, the lobby, /health and the drain on close are every worker server's
+(`dagrun.worker.server`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 
+from dagrun.contract.dispatch import Withdrawn
+from dagrun.contract.executor import StepRequest
 from dagrun.errors import ExecutorError
 from dagrun.serving.lobby import AUTHORIZATION
 from dagrun.serving.lobby_site import start_app
 from dagrun.worker.admission import Busy, Stopping
 from dagrun.worker.server import WorkerServer
-from executors.http.refusals import BUSY, JSON, MALFORMED, STOPPING, TOO_LARGE, UNAUTHORIZED, dumps, refusal
+from dagrun.worker.started import StartedNotice
+from executors.http.wire import (
+    BUSY,
+    JSON,
+    MALFORMED,
+    REQUEST_ID,
+    STARTED,
+    STOPPING,
+    TAKEN_BACK,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    dumps,
+    refusal,
+)
+from executors.http.withdrawals import Withdrawals
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +62,9 @@ class HttpWorkerServer(WorkerServer):
         settings = self._worker.settings
         app = web.Application(middlewares=[self._guard], client_max_size=settings.max_message_bytes)
         app.router.add_post("/execute", self._execute)
+        app.router.add_post("/withdraw", self._withdraw)
         app.router.add_get("/health", self._health)
+        self._withdrawals = Withdrawals()
         # handler_cancellation: a client that disconnects (its caller gave up on the step) cancels the
         # handler, which stops the step's script; aiohttp >= 3.9 lets handlers run on by default
         self._runner, port = await start_app(
@@ -73,7 +96,7 @@ class HttpWorkerServer(WorkerServer):
             return refusal(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, TOO_LARGE, message, close=True)
         return await handler(request)
 
-    async def _execute(self, request: web.Request) -> web.Response:
+    async def _execute(self, request: web.Request) -> web.StreamResponse:
         if self._worker.stopping:
             return refusal(HTTPStatus.SERVICE_UNAVAILABLE, STOPPING, "the worker is stopping")
         try:
@@ -91,15 +114,40 @@ class HttpWorkerServer(WorkerServer):
             return refusal(HTTPStatus.BAD_REQUEST, MALFORMED, str(exc))
         if not self._admission.admit():
             return refusal(HTTPStatus.SERVICE_UNAVAILABLE, BUSY, "the worker is busy; try again")
+        return await self._run(request, step)
+
+    async def _run(self, request: web.Request, step: StepRequest) -> web.StreamResponse:
+        """The result; its headers go ahead of it (`STARTED`) once the step has run a while (`StartedNotice`)."""
+        ahead = web.StreamResponse(headers={STARTED: "true", "Content-Type": JSON})
+        sending: list[asyncio.Task[Any]] = []  # the headers sent ahead, once the notice comes
+        notice = StartedNotice(lambda: sending.append(asyncio.ensure_future(ahead.prepare(request))))
+        request_id = request.headers.get(REQUEST_ID)
+        self._withdrawals.hold(request_id, notice.dispatch)
         try:
-            result = await self._admission.run(step)
+            result = await self._admission.run(step, notice.dispatch)
         except Busy:
             return refusal(HTTPStatus.SERVICE_UNAVAILABLE, BUSY, "the worker is busy; try again")
         except Stopping:
             return refusal(HTTPStatus.SERVICE_UNAVAILABLE, STOPPING, "the worker is stopping")
+        except Withdrawn:
+            return refusal(HTTPStatus.CONFLICT, TAKEN_BACK, "taken back by its caller before it started")
         finally:
+            notice.cancel()
+            self._withdrawals.release(request_id)
             self._admission.release()
-        return web.Response(body=result, content_type=JSON)
+        if not sending:
+            return web.Response(body=result, content_type=JSON)
+        await sending[0]
+        await ahead.write(result)
+        await ahead.write_eof()
+        return ahead
+
+    async def _withdraw(self, request: web.Request) -> web.Response:
+        """Take back the request named by `REQUEST_ID`, unless its step started (it answers 409 then)."""
+        request_id = request.headers.get(REQUEST_ID)
+        if request_id:
+            self._withdrawals.withdraw(request_id)
+        return web.Response(status=HTTPStatus.NO_CONTENT)
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(self.health_document(), dumps=dumps)

@@ -1,8 +1,8 @@
 """Pause on remote queues, as an operator sees it (issue 17): a run of 17 independent steps on two
 worker slots, paused once two steps run. Steps still queued are taken back unrun (`pending`), the two a
 worker runs finish, `status` never shows more steps running than there are slots, and resume completes
-the run with every step run once. Over Redis (two workers with one sandbox process each) and WebSocket
-(one worker with two)."""
+the run with every step run once. Over Redis (two workers with one sandbox process each), WebSocket and
+HTTP (one worker with two)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def token() -> str:
     return "tok-" + secrets.token_hex(16)
 
 
-@pytest.fixture(params=["redis", "ws"])
+@pytest.fixture(params=["redis", "ws", "http"])
 async def remote(
     request: pytest.FixtureRequest, redis_url: str, tmp_path: Path, token: str
 ) -> AsyncIterator[tuple[str, Holds]]:

@@ -13,10 +13,12 @@ import aiohttp
 import orjson
 import pytest
 
+from dagrun.contract.dispatch import Dispatch
 from dagrun.contract.envelope import encode_request
 from dagrun.contract.executor import ExecutorOptions
 from dagrun.contract.transport import open_executor
 from executors.http import HttpExecutor
+from executors.http.withdrawals import EARLY_WITHDRAWALS, Withdrawals
 from tests.executors.conftest import (
     ONE_AT_A_TIME,
     Certificate,
@@ -200,3 +202,21 @@ async def test_dagrun_workers_lists_an_http_worker_from_its_health(worker_proces
     code, _, err = await dagrun_command("workers", url)
     assert code == 3
     assert b"401" in err or b"token" in err
+
+
+def test_a_withdrawal_that_comes_before_its_request_takes_it_back_on_arrival() -> None:
+    withdrawals, early, held = Withdrawals(), Dispatch(), Dispatch()
+    withdrawals.withdraw("early")  # POST /withdraw overtook its POST /execute
+    withdrawals.hold("early", early)
+    withdrawals.hold("held", held)
+    withdrawals.hold("held-again", Dispatch())
+    assert early.is_wanted_back and not held.is_wanted_back
+    withdrawals.withdraw("held")
+    assert held.is_wanted_back
+    withdrawals.release("early")
+    withdrawals.withdraw("late")  # for a request answered already, or that never comes: kept a while
+    for n in range(EARLY_WITHDRAWALS):
+        withdrawals.withdraw(f"gone-{n}")
+    late = Dispatch()
+    withdrawals.hold("late", late)
+    assert not late.is_wanted_back  # the early withdrawals kept are bounded: the oldest went

@@ -1,8 +1,10 @@
-"""The HTTP transport's refusals, as the worker writes them and the client reads them.
+"""What both sides of the HTTP transport put on the wire besides envelopes: the headers, and the
+refusals as the worker writes them and the client reads them.
 
 A refusal is JSON ``{"error": message, "code": code}`` with its HTTP status: 401 UNAUTHORIZED, 413
 TOO_LARGE, 400 MALFORMED (nothing ran), 503 BUSY (no pool slot freed up in time: send it again after a
-backoff) or 503 STOPPING (the worker is stopping, maybe restarting).
+backoff), 503 STOPPING (the worker is stopping, maybe restarting) or 409 TAKEN_BACK (the caller withdrew
+it before it started: nothing ran).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from aiohttp import web
 
 JSON = "application/json"
 UNAUTHORIZED, TOO_LARGE, MALFORMED, BUSY, STOPPING = "unauthorized", "too_large", "malformed", "busy", "stopping"
+TAKEN_BACK = "taken_back"
+REQUEST_ID = "Dagrun-Request-Id"  # the caller's id for a request, which `POST /withdraw` names
+STARTED = "Dagrun-Started"  # on a result's headers sent ahead of its body: the step started (and runs on)
 
 
 def refusal(status: HTTPStatus, code: str, message: str, *, close: bool = False) -> web.Response:
