@@ -114,7 +114,10 @@ class HttpWorkerServer(WorkerServer):
             return refusal(HTTPStatus.BAD_REQUEST, MALFORMED, str(exc))
         if not self._admission.admit():
             return refusal(HTTPStatus.SERVICE_UNAVAILABLE, BUSY, "the worker is busy; try again")
-        return await self._run(request, step)
+        try:
+            return await self._run(request, step)
+        finally:
+            self._admission.release()
 
     async def _run(self, request: web.Request, step: StepRequest) -> web.StreamResponse:
         """The result; its headers go ahead of it (`STARTED`) once the step has run a while (`StartedNotice`)."""
@@ -134,7 +137,6 @@ class HttpWorkerServer(WorkerServer):
         finally:
             notice.cancel()
             self._withdrawals.release(request_id)
-            self._admission.release()
         if not sending:
             return web.Response(body=result, content_type=JSON)
         await sending[0]
