@@ -6,7 +6,8 @@ result arrived). Past its timeout (`deadlines`) a running job fails with ErrorKi
 killed (`children` forks a replacement) and the jobs queued behind it go back to the front of their queue
 (they had not started). A child that dies or breaks the protocol fails only its running job
 (ErrorKind.WORKER). A cancelled `run` leaves no script running: a queued job is dropped, and the child of a
-running one (or of one queued on it, once it would start) is killed and replaced. `run` never raises for
+running one (or of one queued on it, once it would start) is killed and replaced. A job's `Dispatch` is
+told when it starts, and may take it back while no child has it (Withdrawn). `run` never raises for
 anything a script does. Host function calls are served by `host_calls`, the pipes read by `process`.
 """
 
