@@ -54,8 +54,8 @@ class DurableSteps:
 def not_persisted(records: list[StepRecord]) -> str:
     """One line naming the step states the store failed before confirming (the last per step, ended ones
     only): each may or may not have been written; none was reported as done."""
-    started = (StepStatus.QUEUED, StepStatus.RUNNING)
-    last = {record.step_id: record for record in records if record.status not in started}
+    under_way = (StepStatus.PENDING, StepStatus.QUEUED, StepStatus.RUNNING)  # pending again: a pause took it back
+    last = {record.step_id: record for record in records if record.status not in under_way}
     states = ", ".join(f"{step_id} {record.status}" for step_id, record in last.items())
     return f"the store failed before these step states were confirmed written (not reported above): {states or 'none'}"
 
