@@ -217,9 +217,8 @@ class RunDriver:
         self._gate.close()
         self._gate.hold(self._task_group)
         await self._store.set_run_status(self.run_id, RunStatus.PAUSED, at=time.time())
-        for state in self._states.values():
-            if state.dispatch is not None:
-                state.dispatch.withdraw()
+        for dispatch in [state.dispatch for state in self._states.values() if state.dispatch is not None]:
+            dispatch.withdraw()
 
     async def _resume(self) -> None:
         if not self._gate.is_closed:
@@ -302,9 +301,10 @@ class RunDriver:
                 step, attempt, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of,
                 context=self._context, executor_of=self._executor_of, dispatch=dispatch,
             )  # fmt: skip
-        except Withdrawn:
+        except Withdrawn:  # pending again; a retry waits for its retry again (its failures still count)
             state.take_back_attempt()
-            await self._record(StepRecord(self.run_id, step.id, StepStatus.PENDING, state.attempt), message=WITHDRAWN)
+            status = StepStatus.READY if state.failures else StepStatus.PENDING
+            await self._record(StepRecord(self.run_id, step.id, status, state.attempt), message=WITHDRAWN)
             return None
         finally:
             state.dispatch = None

@@ -11,7 +11,9 @@ import asyncio
 
 import pytest
 
-from dagrun import Orchestrator, StepStatus
+from dagrun import Orchestrator, RunStatus, StepStatus, parse_flow
+from dagrun.contract.dispatch import Dispatch, Withdrawn
+from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
 from dagrun.engine.driver import WITHDRAWN
 from dagrun.store import MemoryStore
 from dagrun.store.base import Store
@@ -73,3 +75,54 @@ async def test_a_step_records_when_it_was_queued_and_when_it_started() -> None:
     wait = metrics["s1"].queue_wait_s
     assert wait is not None and 0.2 <= wait == pytest.approx(s1.started_at - s1.queued_at)
     assert pending == []
+
+
+class FailsOnceThenQueues:
+    """An executor whose first call fails and whose later calls wait in its queue (withdrawable) until
+    released, then succeed."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.calls = 0
+
+    async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
+        self.calls += 1
+        if self.calls == 1:
+            return StepResult.failure(ErrorKind.FAIL, "StepFailed", "not yet")
+        assert dispatch is not None
+        withdrawn = asyncio.Event()
+        dispatch.offer_withdrawal(withdrawn.set)
+        released = asyncio.ensure_future(self.released.wait())
+        await asyncio.wait([released, asyncio.ensure_future(withdrawn.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if not released.done():
+            released.cancel()
+            raise Withdrawn
+        dispatch.started()
+        return StepResult(ok=True, outputs={"attempt": request.attempt})
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_retry_taken_back_by_a_pause_waits_ready_and_keeps_its_failures() -> None:
+    store, executor = MemoryStore(), FailsOnceThenQueues()
+    flow = parse_flow({"name": "retry", "steps": [{"id": "s", "script": "pass", "retries": {"max_attempts": 2}}]})
+    async with Orchestrator(store, executors={"local": executor}) as orchestrator:
+        run_id = await orchestrator.start_run(flow)
+
+        async def events() -> list[tuple[str, int, str]]:
+            return [(e.status, e.attempt, e.message) for e in await store.get_events(run_id) if e.step_id == "s"]
+
+        async with asyncio.timeout(30):
+            while ("queued", 2, "") not in await events():  # the first attempt failed; its retry is queued
+                await asyncio.sleep(0.01)
+            await orchestrator.control.pause(run_id)
+            while (await events())[-1][0] == "queued":
+                await asyncio.sleep(0.01)
+        assert (await events())[-1] == ("ready", 1, WITHDRAWN)  # the retry is back, its failure kept
+        executor.released.set()
+        await orchestrator.control.resume(run_id)
+        run = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+    assert run.status == RunStatus.SUCCEEDED
+    step = (await store.get_steps(run_id))[0]
+    assert (step.attempt, step.outputs) == (2, {"attempt": 2})  # the retry is attempt 2, as if never taken back
