@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import queue
 import re
 import resource
+import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -499,3 +503,35 @@ def test_a_store_that_fills_up_mid_run_reports_only_the_steps_it_persisted(tmp_p
     assert set(reported) <= persisted, (reported, persisted)  # every line printed is true
     told = {item.split(" ")[0] for item in unconfirmed.group(1).split(", ")}
     assert persisted <= set(reported) | told, (reported, told, persisted)  # and nothing persisted went unsaid
+
+
+def test_run_says_its_id_at_once_and_the_command_that_signals_a_waiting_step(tmp_path: Path) -> None:
+    processes, store = Processes(str(tmp_path / "default-store"), tmp_path), tmp_path / "chosen"
+    try:
+        running = processes.start("run", str(FLOWS / "approval.json"), "--store", str(store))  # in a pipe
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read_lines() -> None:
+            for line in running.stdout or ():
+                lines.put(line.rstrip("\n"))
+
+        threading.Thread(target=read_lines, daemon=True).start()
+        heading = lines.get(timeout=60)
+        run_id = re.fullmatch(r"run (\S+): flow approval, 4 steps", heading)
+        assert run_id is not None, heading
+        told = ""
+        while "waits for a signal" not in told:
+            told = lines.get(timeout=60)
+        command = told.partition("waits for a signal: ")[2]
+        assert command == f"dagrun signal {run_id[1]} approve approved=VALUE comment=VALUE --store {store}"
+
+        pasted = shlex.split(command.replace("approved=VALUE", "approved=true").replace("=VALUE", "=ok"))
+        assert processes.run(*pasted[1:]).returncode == 0  # the printed command, as a user would paste it
+        assert running.wait(timeout=60) == 0
+    finally:
+        processes.kill_all()
+
+
+def test_version_is_the_installed_distribution_s(tmp_path: Path) -> None:
+    result = dagrun("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, f"dagrun {importlib.metadata.version('dagrun')}")

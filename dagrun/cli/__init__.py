@@ -7,17 +7,18 @@ DAGRUN_DEBUG=1 to see one). Only this package reads environment variables or pri
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from dagrun.contract.states import RunStatus
+from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.errors import ControlError, DagrunError, FlowError, InsecureFile, RunNotFound, StoreNotFound, redact
 
 EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
-DEFAULT_STORE = ".dagrun"
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
+    parser.add_argument("--version", action="version", version=f"dagrun {importlib.metadata.version('dagrun')}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Command, help_: str, *, store: bool = False) -> argparse.ArgumentParser:

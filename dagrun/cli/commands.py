@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
+import shlex
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +28,7 @@ from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus
+from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
 from dagrun.engine.views import event_json, run_json
@@ -57,6 +60,14 @@ async def opened_store(args: argparse.Namespace, *, read_only: bool = False) -> 
         yield store
     finally:
         await store.aclose()
+
+
+def store_option(args: argparse.Namespace) -> str:
+    """The `--store` option that names this command's store in a command printed for the user to run
+    from the same shell ("" for the store it would find by itself); credentials are hidden."""
+    if args.store == os.environ.get("DAGRUN_STORE", DEFAULT_STORE):
+        return ""
+    return f" --store {shlex.quote(redact(args.store))}"
 
 
 def parse_inputs(pairs: list[str], *, option: str = "--input") -> dict[str, Any]:
@@ -124,7 +135,10 @@ async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> 
         opened_store(args) as store,
         orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
     ):
-        progress = render.RunProgress(console, flow.name, len(flow.steps))
+        waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
+        progress = render.RunProgress(
+            console, flow.name, len(flow.steps), waiting_for=waiting_for, store_option=store_option(args)
+        )
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress

@@ -25,11 +25,13 @@ from dagrun.cli.commands import (
     parse_inputs,
     print_json,
     stdout,
+    store_option,
 )
 from dagrun.cli.flow_options import read_flow
 from dagrun.cli.worker import stop_on_signals
 from dagrun.contract.states import RunStatus
 from dagrun.engine.control import RunControl
+from dagrun.engine.signals import wait_for_fields
 from dagrun.errors import redact
 from dagrun.store.base import Command
 
@@ -96,7 +98,10 @@ def resume(args: argparse.Namespace) -> int:
             lease = await store.get_lease(args.run)
             if lease is not None:
                 stdout.print(f"run {args.run}: resume sent; {lease.owner} holds it, waiting to see it is alive")
-            progress = render.RunProgress(stdout, run.flow_name, len(run.flow.get("steps", [])))
+            progress = render.RunProgress(
+                stdout, run.flow_name, len(run.flow.get("steps", [])),
+                waiting_for=wait_for_fields(run), store_option=store_option(args),
+            )  # fmt: skip
             started = time.monotonic()
             with progress:
                 result = await orchestrator.drive(args.run, wait_for_lease=True, listener=progress.on_step)

@@ -10,6 +10,7 @@ import dataclasses
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -57,15 +58,30 @@ def duration(started_at: float | None, finished_at: float | None) -> str:
 
 
 class RunProgress:
-    """Listens to a run's step records; shows a live line on a terminal, plain lines elsewhere."""
+    """Listens to a run's step records; shows a live line on a terminal, plain lines elsewhere. Either way
+    it says the run's id when its first step moves, and once per waiting step the command that signals
+    it (`waiting_for`: the fields each `wait_for` step needs; `store_option`: what names the store in it)."""
 
-    def __init__(self, console: Console, flow_name: str, total_steps: int) -> None:
+    def __init__(
+        self,
+        console: Console,
+        flow_name: str,
+        total_steps: int,
+        *,
+        waiting_for: Mapping[str, tuple[str, ...]] | None = None,
+        store_option: str = "",
+    ) -> None:
         self._console = console
         self._flow_name = flow_name
         self._total = total_steps
+        self._waiting_for = waiting_for or {}
+        self._store_option = store_option
+        self._run_id: str | None = None
         self._ended: Counter[str] = Counter()
         self._queued: set[str] = set()
         self._running: set[str] = set()
+        self._waiting: set[str] = set()
+        self._told_to_signal: set[str] = set()
         self._started = time.monotonic()
         self._live: Live | None = None
 
@@ -80,8 +96,15 @@ class RunProgress:
             self._live.__exit__(kind, exc, tb)
 
     def on_step(self, record: StepRecord) -> None:
-        self._queued.discard(record.step_id)
-        self._running.discard(record.step_id)
+        if self._run_id is None:
+            self._run_id = record.run_id
+            self._say(f"run {record.run_id}: flow {self._flow_name}, {self._total} steps")
+        for under_way in (self._queued, self._running, self._waiting):
+            under_way.discard(record.step_id)
+        if record.status == StepStatus.WAITING:
+            self._waiting.add(record.step_id)
+            self._tell_how_to_signal(record.step_id)
+            return
         if record.status == StepStatus.QUEUED:
             self._queued.add(record.step_id)
             return
@@ -101,11 +124,24 @@ class RunProgress:
         line.append(f"{len(self._running)} running  ", style="cyan")
         if self._queued:
             line.append(f"{len(self._queued)} queued  ", style="blue")
+        if self._waiting:
+            line.append(f"{len(self._waiting)} waiting  ", style="magenta")
         for status in ("succeeded", "failed", "skipped", "cancelled"):
             if self._ended[status]:
                 line.append(f"{self._ended[status]} {status}  ", style=_STYLE[status])
         line.append(f"{time.monotonic() - self._started:.1f} s", style="dim")
         return line
+
+    def _tell_how_to_signal(self, step_id: str) -> None:
+        if step_id in self._told_to_signal:
+            return
+        self._told_to_signal.add(step_id)
+        fields = " ".join(f"{field}=VALUE" for field in self._waiting_for.get(step_id, ()))
+        command = f"dagrun signal {self._run_id} {step_id} {fields}{self._store_option}"
+        self._say(f"step {step_id} waits for a signal: {command}")
+
+    def _say(self, line: str) -> None:
+        self._console.print(line, highlight=False, soft_wrap=True)
 
 
 def plain_step_line(record: StepRecord) -> str:
