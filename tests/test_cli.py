@@ -180,8 +180,7 @@ def test_values_nested_too_deep_are_one_problem_each_never_a_traceback(tmp_path:
     result = dagrun("validate", str(path), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (
         2,
-        f"{path}: steps[0].inputs.n: nested more than 64 levels deep (arrays and objects); flatten it\n"
-        "dagrun: 1 problem found\n",
+        f"{path}: steps[0].inputs.n: nested more than 64 levels deep (arrays and objects); flatten it\n",
     )
 
     result = dagrun("run", str(FLOWS / "hello.json"), "--input", "who=" + "[" * 1000 + "]" * 1000, cwd=tmp_path)

@@ -193,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except FlowError as exc:
         sys.stderr.write(redact(exc.render()) + "\n")
-        count = len(exc.problems)
-        sys.stderr.write(f"dagrun: {count} problem{'s' if count != 1 else ''} found\n")
+        if len(exc.problems) > 1:  # one error is one line
+            sys.stderr.write(f"dagrun: {len(exc.problems)} problems found\n")
         return EXIT_BAD_INPUT
     except (RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
         _complain(str(exc))
