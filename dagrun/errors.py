@@ -6,8 +6,10 @@
     ├── ScriptError        a script that cannot be compiled; `.line` is its script line
     ├── UnresolvedInput    a step input whose reference has no value at run time
     ├── ExecutorError      an executor could not be opened or could not deliver a step
-    │   └── WorkerUnavailable   no worker answers
+    │   ├── WorkerUnavailable   no worker answers
+    │   └── ExecutorSetupError  asked for in a way that cannot work (unknown scheme, bad URL)  [BadInput]
     ├── StoreError         the store cannot be opened, read or written
+    │   ├── StoreUrlError  a store URL whose scheme dagrun does not know               [BadInput]
     │   ├── StoreNotFound  there is no store to read at that path (reading never creates one)
     │   ├── RunNotFound    no run has that id
     │   ├── LeaseLost      a run's writes were refused: another driver took its lease (fencing)
@@ -18,8 +20,12 @@
     ├── ControlError       a command that does not fit the run's state (cancel an ended run, signal a
     │                      step that does not wait for one, or that has a signal with other values);
     │                      `.run_id` names the run
-    └── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
-                           or it was closed); the run can be resumed
+    ├── RunHandedBack      an orchestrator stopped driving a run before it ended (its lease was lost,
+    │                      or it was closed); the run can be resumed
+    └── BadInput           what the caller got wrong (an argument, a URL, a setting), not the
+        │                  environment: the command line exits 2 for it, 3 for the other errors
+        └── UsageError     a command-line argument that does not fit (a missing URL, an unusable
+                           token file, a count below 1)
 
 A failing *script* never raises: it becomes a failed StepResult. These errors are for callers.
 """
@@ -94,8 +100,25 @@ class WorkerUnavailable(ExecutorError):
     """No worker answers (refused, unreachable, or died without a replacement)."""
 
 
+class BadInput(DagrunError):
+    """What the caller got wrong (an argument, a URL, a setting) rather than the environment."""
+
+
+class UsageError(BadInput):
+    """A command-line argument that does not fit: a missing URL, an unusable token file, a count below 1."""
+
+
+class ExecutorSetupError(ExecutorError, BadInput):
+    """An executor or worker asked for in a way that cannot work: an unknown URL scheme, a malformed URL or
+    setting, a worker server for a transport that has none."""
+
+
 class StoreError(DagrunError):
     """The store cannot be opened, read or written."""
+
+
+class StoreUrlError(StoreError, BadInput):
+    """A store URL whose scheme dagrun does not know."""
 
 
 class StoreNotFound(StoreError):

@@ -16,7 +16,7 @@ import asyncio
 from dagrun.contract.dispatch import Dispatch
 from dagrun.contract.envelope import decode_result, encode_request
 from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
-from dagrun.errors import ExecutorError
+from dagrun.errors import ExecutorSetupError
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 from executors.local import settings_from_url
 
@@ -65,7 +65,7 @@ class InlineTransport:
         return InlineExecutor(WorkerSettings(concurrency=sandbox.processes, sandbox=sandbox), options)
 
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
-        raise ExecutorError(
+        raise ExecutorSetupError(
             "the inline executor has no worker server: its worker runs inside each executor; "
             "serve remote steps with `dagrun worker redis|ws|http`"
         )

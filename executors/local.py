@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from dagrun.contract.dispatch import Dispatch
 from dagrun.contract.executor import ExecutorOptions, StepRequest, StepResult
-from dagrun.errors import ExecutorError
+from dagrun.errors import ExecutorSetupError
 from dagrun.sandbox import SandboxPool, SandboxSettings
 from dagrun.worker.script_worker import ScriptWorker
 
@@ -51,15 +51,15 @@ def settings_from_url(url: str, options: ExecutorOptions) -> SandboxSettings:
             continue
         if name not in integer_fields:
             known = ", ".join(sorted(integer_fields | text_fields))
-            raise ExecutorError(f"{url!r}: unknown setting {name!r}; known: {known}")
+            raise ExecutorSetupError(f"{url!r}: unknown setting {name!r}; known: {known}")
         try:
             changes[name] = int(value)
         except ValueError:
-            raise ExecutorError(f"{url!r}: {name} must be an integer, not {value!r}") from None
+            raise ExecutorSetupError(f"{url!r}: {name} must be an integer, not {value!r}") from None
     try:
         return dataclasses.replace(settings, **changes)
     except ValueError as exc:
-        raise ExecutorError(f"{url!r}: {exc}") from None
+        raise ExecutorSetupError(f"{url!r}: {exc}") from None
 
 
 class LocalTransport:
@@ -67,7 +67,9 @@ class LocalTransport:
         return LocalExecutor(settings_from_url(url, options), options)
 
     async def serve_worker(self, worker: ScriptWorker, stop: asyncio.Event) -> None:
-        raise ExecutorError("the local executor has no worker server; start one with `dagrun worker redis|ws|http`")
+        raise ExecutorSetupError(
+            "the local executor has no worker server; start one with `dagrun worker redis|ws|http`"
+        )
 
     async def list_workers(self, url: str, options: ExecutorOptions) -> None:
         """None: no workers; the sandbox processes live in the process that drives each run."""

@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from dagrun.contract.dispatch import Dispatch, acquire_unless_withdrawn
 from dagrun.contract.executor import ExecutorOptions, StepRequest
 from dagrun.contract.transport import WorkerStatus
-from dagrun.errors import ExecutorError, redact
+from dagrun.errors import ExecutorError, ExecutorSetupError, redact
 from dagrun.serving.lobby import AUTHORIZATION
 from dagrun.worker.admission import MAX_QUEUE_WAIT_S
 from dagrun.worker.limits import Limits
@@ -57,9 +57,9 @@ def parse_target(url: str, options: ExecutorOptions, *, known: Mapping[str, floa
     parts = urlsplit(url)
     safe_url = redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
     if parts.username or parts.password:
-        raise ExecutorError(f"{safe_url!r}: credentials in the URL are not used; give the token with --token-file")
+        raise ExecutorSetupError(f"{safe_url!r}: credentials in the URL are not used; give the token with --token-file")
     if not parts.hostname:
-        raise ExecutorError(f"{safe_url!r}: no host; expected {parts.scheme}://HOST:PORT")
+        raise ExecutorSetupError(f"{safe_url!r}: no host; expected {parts.scheme}://HOST:PORT")
     values = dict(known)
     ca_file: str | None = None
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -67,23 +67,23 @@ def parse_target(url: str, options: ExecutorOptions, *, known: Mapping[str, floa
             ca_file = value
             continue
         if name not in values:
-            raise ExecutorError(
+            raise ExecutorSetupError(
                 f"{safe_url!r}: unknown option {name!r}; known: {', '.join(sorted([*values, 'ca_file']))}"
             )
         try:
             values[name] = float(value)
         except ValueError:
-            raise ExecutorError(f"{safe_url!r}: option {name} must be a number, not {value!r}") from None
+            raise ExecutorSetupError(f"{safe_url!r}: option {name} must be a number, not {value!r}") from None
         if values[name] <= 0:
-            raise ExecutorError(f"{safe_url!r}: option {name} must be positive, not {value!r}")
+            raise ExecutorSetupError(f"{safe_url!r}: option {name} must be positive, not {value!r}")
     if not options.token:
-        raise ExecutorError(
+        raise ExecutorSetupError(
             f"{safe_url!r}: no token for this worker; give the shared token with --token-file FILE "
             "(token= in the embedding API)"
         )
     secure = parts.scheme.lower() in ("wss", "https")
     if ca_file is not None and not secure:
-        raise ExecutorError(f"{safe_url!r}: ca_file needs a TLS scheme (wss://, https://)")
+        raise ExecutorSetupError(f"{safe_url!r}: ca_file needs a TLS scheme (wss://, https://)")
     context = ssl.create_default_context(cafile=ca_file) if secure else None
     plain_url = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", "", ""))
     return WorkerTarget(plain_url, safe_url, options.token, context, values)

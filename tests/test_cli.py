@@ -385,11 +385,21 @@ def test_bad_executor_arguments_are_clear_errors(tmp_path: Path, argument: str, 
 
 
 def test_worker_errors_are_one_clear_line(tmp_path: Path) -> None:
-    unknown = dagrun("worker", "carrier-pigeon", cwd=tmp_path)
-    assert unknown.returncode == 3
+    unknown = dagrun("worker", "carrier-pigeon", cwd=tmp_path)  # bad arguments exit 2 ...
+    assert unknown.returncode == 2
     assert "no executor for scheme 'carrier-pigeon'" in unknown.stderr
     local = dagrun("worker", "local", cwd=tmp_path)
-    assert local.returncode == 3
+    assert local.returncode == 2
+    no_url = dagrun("worker", "redis", cwd=tmp_path)
+    assert (no_url.returncode, no_url.stderr) == (2, "dagrun: needs a Redis URL: redis://HOST[:PORT][/DB] (a user "
+                                                     "and password go before HOST), rediss:// for TLS\n")  # fmt: skip
+    no_token = dagrun("worker", "redis", "redis://127.0.0.1:6379/0", "--token-file", "nope", cwd=tmp_path)
+    assert (no_token.returncode, no_token.stderr) == (
+        2,
+        "dagrun: cannot read token file 'nope': No such file or directory\n",
+    )
+    scheme = dagrun("runs", "--store", "zzz://x", cwd=tmp_path)
+    assert scheme.returncode == 2 and "unsupported store URL scheme 'zzz'" in scheme.stderr
     assert "the local executor has no worker server" in local.stderr
     assert_no_traceback(local)
 
@@ -470,7 +480,7 @@ def test_a_worker_that_cannot_connect_says_so_in_one_line(tmp_path: Path) -> Non
         port = probe.getsockname()[1]
     token = write_token_file(tmp_path / "token", "a-token-of-16-chars-or-more")
     url = f"redis://user:secret@127.0.0.1:{port}/0"
-    result = dagrun("worker", "redis", url, "--token-file", str(token), cwd=tmp_path)
+    result = dagrun("worker", "redis", url, "--token-file", str(token), cwd=tmp_path)  # ... the environment 3
     assert result.returncode == 3
     assert result.stderr.startswith("dagrun: cannot connect to redis at redis://***@127.0.0.1")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # nothing after it, no asyncio noise

@@ -16,7 +16,16 @@ from collections.abc import Callable, Sequence
 from dagrun.contract.states import RunStatus
 from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
-from dagrun.errors import ControlError, DagrunError, FlowError, InsecureFile, RunNotFound, StoreNotFound, redact
+from dagrun.errors import (
+    BadInput,
+    ControlError,
+    DagrunError,
+    FlowError,
+    InsecureFile,
+    RunNotFound,
+    StoreNotFound,
+    redact,
+)
 
 EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -196,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(exc.problems) > 1:  # one error is one line
             sys.stderr.write(f"dagrun: {len(exc.problems)} problems found\n")
         return EXIT_BAD_INPUT
-    except (RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
+    except (BadInput, RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
         _complain(str(exc))
         return EXIT_BAD_INPUT
     except DagrunError as exc:

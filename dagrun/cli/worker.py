@@ -16,7 +16,7 @@ import signal
 from dagrun.cli import render
 from dagrun.contract.executor import ExecutorOptions
 from dagrun.contract.transport import find_transport
-from dagrun.errors import ExecutorError, FlowError, Problem
+from dagrun.errors import FlowError, Problem, UsageError
 from dagrun.private_files import read_private_text
 from dagrun.serving.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
@@ -91,9 +91,9 @@ def read_token_file(path: str) -> str:
     try:
         token = read_private_text(path, what="token file").strip()
     except OSError as exc:
-        raise ExecutorError(f"cannot read token file {path!r}: {exc.strerror}") from exc
+        raise UsageError(f"cannot read token file {path!r}: {exc.strerror}") from exc
     if len(token) < MIN_TOKEN_CHARS:
-        raise ExecutorError(f"token file {path!r}: the token must be at least {MIN_TOKEN_CHARS} characters")
+        raise UsageError(f"token file {path!r}: the token must be at least {MIN_TOKEN_CHARS} characters")
     return token
 
 
@@ -111,7 +111,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
     )
     if args.concurrency is not None:
         if args.concurrency < 1:
-            raise ExecutorError(f"--concurrency must be at least 1, not {args.concurrency}")
+            raise UsageError(f"--concurrency must be at least 1, not {args.concurrency}")
         settings = dataclasses.replace(settings, concurrency=args.concurrency)
     if args.worker_id:
         settings = dataclasses.replace(settings, worker_id=args.worker_id)
@@ -128,12 +128,12 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 def list_workers(args: argparse.Namespace) -> int:
     url = args.redis or args.url
     if not url:
-        raise ExecutorError("say where the workers register: dagrun workers redis://HOST:6379/0")
+        raise UsageError("say where the workers register: dagrun workers redis://HOST:6379/0")
     scheme = url.split("://", 1)[0].lower()
     options = ExecutorOptions(token=read_token_file(args.token_file) if args.token_file else None)
     found = asyncio.run(find_transport(scheme).list_workers(url, options))
     if found is None:
-        raise ExecutorError(f"the {scheme} executor has no workers to list; its sandbox processes live in each run")
+        raise UsageError(f"the {scheme} executor has no workers to list; its sandbox processes live in each run")
     render.workers(found, as_json=args.json)
     return 0
 

@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from typing import Any, Protocol
 
 from dagrun.contract.executor import Executor, ExecutorOptions
-from dagrun.errors import ExecutorError
+from dagrun.errors import ExecutorSetupError
 
 ENTRY_POINT_GROUP = "dagrun.executors"
 
@@ -46,7 +46,7 @@ def load_transport(scheme: str) -> Any:
     found = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if scheme not in found:
         known = ", ".join(sorted(found)) or "none (is dagrun installed?)"
-        raise ExecutorError(f"no executor for scheme {scheme!r}; installed: {known}")
+        raise ExecutorSetupError(f"no executor for scheme {scheme!r}; installed: {known}")
     return found[scheme].load()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from dagrun.errors import StoreError, redact
+from dagrun.errors import StoreUrlError, redact
 from dagrun.lazy_exports import lazy_exports
 from dagrun.store.base import Event, RunRecord, StepRecord, Store
 
@@ -77,5 +77,7 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
     opener = _OPENERS.get(scheme.lower())
     if opener is None:
         supported = ", ".join(f"{name}://" for name in _OPENERS)
-        raise StoreError(f"{redact(url)!r}: unsupported store URL scheme {scheme!r}; supported: {supported}, or a path")
+        raise StoreUrlError(
+            f"{redact(url)!r}: unsupported store URL scheme {scheme!r}; supported: {supported}, or a path"
+        )
     return opener(url, read_only=read_only)

@@ -25,7 +25,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from dagrun.errors import ExecutorError, redact
+from dagrun.errors import ExecutorError, ExecutorSetupError, redact
 from dagrun.redis_timing import blocking_read_s
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class QueueSettings:
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             # said in words: the CLI redacts whole messages, which would mangle a USER:PASSWORD@ template
             expected = "a Redis URL: redis://HOST[:PORT][/DB] (a user and password go before HOST), rediss:// for TLS"
-            raise ExecutorError(f"{redact(url)!r} is not {expected}" if url else f"needs {expected}")
+            raise ExecutorSetupError(f"{redact(url)!r} is not {expected}" if url else f"needs {expected}")
         ours = {f.name for f in dataclasses.fields(cls)} - {"redis_url"}
         values: dict[str, Any] = {}  # checked by _parse
         theirs: list[tuple[str, str]] = []
@@ -112,7 +112,7 @@ class QueueSettings:
         redis_url = urlunsplit(parts._replace(query=urlencode(theirs)))
         settings = dataclasses.replace(cls(redis_url), **values)
         if settings.heartbeat_ttl_s <= settings.heartbeat_s:
-            raise ExecutorError(f"{redact(url)!r}: heartbeat_ttl_s must be longer than heartbeat_s")
+            raise ExecutorSetupError(f"{redact(url)!r}: heartbeat_ttl_s must be longer than heartbeat_s")
         return settings
 
     @property
@@ -131,14 +131,14 @@ def _parse(url: str, name: str, value: str) -> str | int | float:
         return value
     if name == "prefetch":
         if not value.isdigit():
-            raise ExecutorError(f"{redact(url)!r}: prefetch must be a whole number >= 0, not {value!r}")
+            raise ExecutorSetupError(f"{redact(url)!r}: prefetch must be a whole number >= 0, not {value!r}")
         return int(value)
     try:
         number = float(value)
     except ValueError:
         number = float("nan")
     if not 0 < number < float("inf"):
-        raise ExecutorError(f"{redact(url)!r}: {name} must be a positive number of seconds, not {value!r}")
+        raise ExecutorSetupError(f"{redact(url)!r}: {name} must be a positive number of seconds, not {value!r}")
     return number
 
 

@@ -312,7 +312,7 @@ async def test_dagrun_worker_ws_serves_steps_and_exits_0_on_sigterm(
     assert listed[0] == 0, listed[2]  # `dagrun workers` reads the worker's GET /health
     [status] = orjson.loads(listed[1])
     assert (status["worker_id"], status["contexts"], status["steps_done"]) == ("w-test", ["default"], 2)
-    assert unauthorized[0] == 3 and b"token" in unauthorized[2]
+    assert unauthorized[0] == 2 and b"token" in unauthorized[2]  # no token given: a bad argument
     assert code == 0, log
     assert f"worker w-test listening on {url}" in log
     assert "run r-cli step s-cli attempt 1 succeeded" in log
