@@ -150,10 +150,10 @@ async def test_it_exits_with_one_line_when_it_cannot_bind(tmp_path: Path, token_
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--token-file", "missing-token"], 3, "cannot read token file 'missing-token'"),
+        (["--token-file", "missing-token"], 2, "cannot read token file 'missing-token'"),
         (["--token-file", "{token}", "--processes", "2"], 2, "--processes: only applies with --orchestrate"),
         (["--token-file", "{token}", "--orchestrate", "--executor", "remote"], 2, "'remote' is not NAME=URL"),
-        (["--token-file", "{token}", "--store", "ftp://x"], 3, "unsupported store URL scheme 'ftp'"),
+        (["--token-file", "{token}", "--store", "ftp://x"], 2, "unsupported store URL scheme 'ftp'"),
         (["--token-file", "{token}", "--max-unauthenticated", "0"], 2, "--max-unauthenticated: must be at least 1"),
     ],
     ids=["no-token-file", "orchestrator-option-alone", "bad-executor", "bad-store", "bad-lobby"],
