@@ -193,6 +193,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)  # inside: Ctrl-C while the commands' modules load is no traceback
         # a worker logs each step it runs, an orchestrator each run it takes up
@@ -205,7 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(exc.problems) > 1:  # one error is one line
             sys.stderr.write(f"dagrun: {len(exc.problems)} problems found\n")
         return EXIT_BAD_INPUT
-    except (BadInput, RunNotFound, StoreNotFound, ControlError, InsecureFile) as exc:
+    except RunNotFound as exc:  # which store was searched: the default one is easily the wrong one
+        store = getattr(args, "store", None)
+        _complain(f"{exc} in the store at {store}" if store else str(exc))
+        return EXIT_BAD_INPUT
+    except (BadInput, StoreNotFound, ControlError, InsecureFile) as exc:
         _complain(str(exc))
         return EXIT_BAD_INPUT
     except DagrunError as exc:
