@@ -34,7 +34,7 @@ class Dispatch:
     def __init__(self, on_started: Callable[[float], None] | None = None) -> None:
         self._on_started = on_started
         self._withdrawer: Callable[[], None] | None = None
-        self.is_wanted_back = False  # its caller asked for it back (a step refused unrun goes back then)
+        self.is_wanted_back = False  # its caller asked for it back (see `give_back_if_wanted`)
         self.started_at: float | None = None  # time.time() by the caller's clock, once started
 
     def started(self, at: float | None = None) -> None:
@@ -51,6 +51,12 @@ class Dispatch:
         self._withdrawer = None if self.started_at is not None else withdrawer
         if self.is_wanted_back:
             self.withdraw()
+
+    def give_back_if_wanted(self) -> None:
+        """Withdrawn, when the caller wants back a step that was refused unrun (a busy worker, a dropped
+        connection) and has not started: the executor gives it back instead of sending it again."""
+        if self.is_wanted_back and self.started_at is None:
+            raise Withdrawn
 
     def withdraw(self) -> None:
         """Ask for the step back: now if the executor offers a way, else as soon as it does."""

@@ -130,8 +130,10 @@ class HttpExecutor:
             if status == HTTPStatus.OK:
                 return decode_result(payload)
             code, message = error_of(payload)
-            if code == TAKEN_BACK or (code == BUSY and dispatch is not None and dispatch.is_wanted_back):
+            if code == TAKEN_BACK:
                 raise Withdrawn  # nothing ran
+            if code == BUSY and dispatch is not None:
+                dispatch.give_back_if_wanted()
             if status != HTTPStatus.SERVICE_UNAVAILABLE or code != BUSY:
                 raise self._refusal(f"{self._target.safe_url}: {describe(request)}", status, code, message)
             await asyncio.sleep(busy_delay_s)  # back off while the worker is saturated, not a poll

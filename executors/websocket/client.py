@@ -172,8 +172,8 @@ class WebSocketExecutor:
     def _unless_wanted_back(self, key: bytes) -> None:
         """Withdrawn, instead of sending again, a request that did not run and that its caller wants back."""
         dispatch = self._dispatches.get(key)
-        if dispatch is not None and dispatch.is_wanted_back and dispatch.started_at is None:
-            raise Withdrawn
+        if dispatch is not None:
+            dispatch.give_back_if_wanted()
 
     def _notify_cancel(self, connection: ClientConnection, key: bytes) -> None:
         """Tell the worker to stop a step nobody waits for; best effort."""
