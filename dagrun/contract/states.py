@@ -28,6 +28,7 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     WAITING = "waiting"
     SUCCEEDED = "succeeded"
+    REUSED = "reused"  # a rerun took its outputs from the run it reruns, where it succeeded; it did not run
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
@@ -35,6 +36,11 @@ class StepStatus(StrEnum):
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL_STEP
+
+    @property
+    def has_outputs(self) -> bool:
+        """It ended with outputs its dependents may use: it succeeded, here or in the run a rerun reuses."""
+        return self in _WITH_OUTPUTS
 
 
 class RunIf(StrEnum):
@@ -46,4 +52,5 @@ class RunIf(StrEnum):
 
 
 _TERMINAL_RUN = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED})
-_TERMINAL_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
+_WITH_OUTPUTS = frozenset({StepStatus.SUCCEEDED, StepStatus.REUSED})
+_TERMINAL_STEP = _WITH_OUTPUTS | {StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}

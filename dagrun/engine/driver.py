@@ -103,7 +103,7 @@ class RunDriver:
         ended: dict[str, StepStatus] = {}
         for step_id, state in self._states.items():  # in flow order: the first to fail names the run's error
             status = state.restore(records[step_id])
-            if status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+            if status.has_outputs or status == StepStatus.FAILED:
                 ended[step_id] = status
             if status == StepStatus.FAILED:
                 self._failed(state)

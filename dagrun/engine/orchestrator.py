@@ -9,29 +9,25 @@ for a serving orchestrator (`serve`), adopts runs that were submitted or whose d
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
-from dagrun.contract.states import RunStatus
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
 from dagrun.engine.driver import RunDriver, Stop, StoredRun
 from dagrun.engine.local_runs import local_runs
 from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
+from dagrun.engine.rerun import plan_rerun
+from dagrun.engine.stored_flow import flow_of
 from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
-from dagrun.flow.limits import NO_LIMITS
 from dagrun.flow.model import Flow, resolve_flow_inputs
-from dagrun.flow.parser import parse_flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
-from dagrun.sandbox.policy import check_script
-from dagrun.store.base import RunRecord, Store
+from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
 
 __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
 
@@ -159,7 +155,31 @@ class Orchestrator:
         ExecutorError for an executor that cannot be opened. A failing step never raises, it fails the
         run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it; RunLost
         when the store loses the run meanwhile."""
-        driver = await self._begin(flow, inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+        self._check_usable(max_parallel)
+        record = new_run_record(new_run_id(), flow, resolve_flow_inputs(flow, inputs or {}))
+        driver = await self._begin(flow, record, None, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+        return await self._drive(driver, RunStatus.PENDING)
+
+    async def rerun(
+        self,
+        run_id: str,
+        *,
+        from_steps: Sequence[str] = (),
+        inputs: Mapping[str, Any] | None = None,
+        max_parallel: int | None = None,
+        fail_fast: bool | None = None,
+        listener: StepListener | None = None,
+    ) -> RunResult:
+        """Rerun an ended run here from where it failed (`engine.rerun`): a new run of its flow, with its
+        inputs overridden by `inputs`, that reuses the outputs of the steps that succeeded and runs the
+        others, the `from_steps` and every step downstream of them. The listener hears the reused steps
+        first. ControlError when the run has not ended, has no such step or leaves nothing to run again;
+        otherwise raises like `run`."""
+        self._check_usable(max_parallel)
+        rerun = await plan_rerun(self.store, run_id, from_steps=from_steps, inputs=inputs)
+        driver = await self._begin(
+            rerun.flow, rerun.record, rerun.reuse, listener, max_parallel=max_parallel, fail_fast=fail_fast
+        )
         return await self._drive(driver, RunStatus.PENDING)
 
     async def start_run(
@@ -172,7 +192,9 @@ class Orchestrator:
     ) -> str:
         """Record a run of `flow` and drive it here in the background; return its id at once (the run
         is in the store when this returns). Raises like `run`."""
-        driver = await self._begin(flow, inputs, None, max_parallel=max_parallel, fail_fast=fail_fast)
+        self._check_usable(max_parallel)
+        record = new_run_record(new_run_id(), flow, resolve_flow_inputs(flow, inputs or {}))
+        driver = await self._begin(flow, record, None, None, max_parallel=max_parallel, fail_fast=fail_fast)
         self._in_background(driver.run_id, self._drive_or_none(driver, RunStatus.PENDING))
         return driver.run_id
 
@@ -206,31 +228,42 @@ class Orchestrator:
         finally:
             await self.aclose()
 
+    def _check_usable(self, max_parallel: int | None) -> None:
+        if max_parallel is not None and max_parallel < 1:
+            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
+        if self._closed:
+            raise RuntimeError("Orchestrator is closed")
+
     async def _begin(
         self,
         flow: Flow,
-        inputs: Mapping[str, Any] | None,
+        record: RunRecord,
+        reuse: Reuse | None,
         listener: StepListener | None,
         *,
         max_parallel: int | None,
         fail_fast: bool | None,
     ) -> RunDriver:
-        if max_parallel is not None and max_parallel < 1:
-            raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
-        if self._closed:
-            raise RuntimeError("Orchestrator is closed")
-        flow_inputs = resolve_flow_inputs(flow, inputs or {})
+        """Record the run (with what it reuses, for a rerun) and its driver here."""
         self.check_executors(flow)  # a bad URL fails here, before anything is persisted
-        run_id = new_run_id()
+        run_id = record.run_id
         await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s)  # before a server could adopt it
-        await self.store.create_run(new_run_record(run_id, flow, flow_inputs), [step.id for step in flow.steps])
-        return self._driver(flow, run_id, flow_inputs, listener, max_parallel=max_parallel, fail_fast=fail_fast)
+        step_ids = [step.id for step in flow.steps]
+        await self.store.create_run(record, step_ids, reuse)
+        driver = self._driver(
+            flow, run_id, dict(record.inputs), listener, max_parallel=max_parallel, fail_fast=fail_fast
+        )
+        if reuse is not None:
+            reused = {step.step_id: step for step in reuse.steps}
+            pending = [reused.get(step_id) or StepRecord(run_id, step_id, StepStatus.PENDING) for step_id in step_ids]
+            driver.restore(StoredRun(pending, reuse.context))
+            if listener is not None:
+                for step in reuse.steps:
+                    listener(step)
+        return driver
 
     async def _restore(self, run: RunRecord, listener: StepListener | None) -> RunDriver:
-        try:
-            flow = _stored_flow(orjson.dumps(run.flow, option=orjson.OPT_SORT_KEYS))
-        except FlowError as exc:  # stored by an older dagrun, or written by hand
-            raise FlowError(exc.problems, source=f"run {run.run_id}") from exc
+        flow = flow_of(run)
         try:
             self.check_executors(flow)
         except (FlowError, ExecutorError) as exc:
@@ -328,11 +361,3 @@ class Orchestrator:
         self._background.pop(run_id, None)
         if not task.cancelled() and task.exception() is not None:
             logger.error("run %s: its driver failed: %s", run_id, task.exception())
-
-
-@functools.lru_cache(maxsize=64)
-def _stored_flow(document: bytes) -> Flow:
-    """The Flow of a stored run's document: an orchestrator that adopts many runs of one flow parses it
-    once (parsing compiles every script). Flows are immutable, so runs may share one. Without limits: they
-    applied when the run was submitted, and a run once accepted stays runnable by any orchestrator."""
-    return parse_flow(orjson.loads(document), source="stored run", check_script=check_script, limits=NO_LIMITS)

@@ -52,15 +52,15 @@ class Scheduler:
         return decisions
 
     def restore(self, ended: Mapping[str, StepStatus]) -> Decisions:
-        """Replay a run driven before: `ended` holds the steps that succeeded or failed. Completions are
-        replayed in dependency order, so a step is reached only as the rules allow; returns the steps to
-        run now and the skips that follow (whether they were recorded before or not)."""
+        """Replay a run driven before: `ended` holds the steps that succeeded (or were reused), or failed.
+        Completions are replayed in dependency order, so a step is reached only as the rules allow; returns
+        the steps to run now and the skips that follow (whether they were recorded before or not)."""
         decisions = Decisions()
         frontier = self.roots()
         while frontier:
             step_id = frontier.pop()
             status = ended.get(step_id)
-            if status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
+            if status is not None and (status.has_outputs or status == StepStatus.FAILED):
                 self.start(step_id)
                 unlocked = self.complete(step_id, status)
                 frontier.extend(unlocked.ready)
@@ -105,7 +105,7 @@ class Scheduler:
             return True
         if rule == RunIf.ANY_FAILED:
             return self._is_tainted_upstream(step_id)
-        return all(self.status[dependency] == StepStatus.SUCCEEDED for dependency in self._depends_on[step_id])
+        return all(self.status[dependency].has_outputs for dependency in self._depends_on[step_id])
 
     def _is_tainted_upstream(self, step_id: str) -> bool:
         return any(dependency in self._tainted for dependency in self._depends_on[step_id])

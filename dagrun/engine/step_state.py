@@ -47,7 +47,7 @@ class StepState:
     def restore(self, record: StepRecord) -> StepStatus:
         """Take up the step as stored by the driver before; its stored status."""
         self.attempt = record.attempt
-        if record.status == StepStatus.SUCCEEDED:
+        if record.status.has_outputs:
             self.outputs = record.outputs
         if record.error is not None:
             self.error = record.error

@@ -166,6 +166,22 @@ def ancestors(flow: Flow, step_id: str) -> set[str]:
     return _ancestors(flow.step(step_id), _first_steps(flow.steps))
 
 
+def downstream(flow: Flow, step_ids: Iterable[str]) -> set[str]:
+    """`step_ids` and every step that depends on one of them, directly or not."""
+    dependents: dict[str, list[str]] = {}
+    for step in flow.steps:
+        for dep in step.depends_on:
+            dependents.setdefault(dep, []).append(step.id)
+    found: set[str] = set()
+    stack = list(step_ids)
+    while stack:
+        step_id = stack.pop()
+        if step_id not in found:
+            found.add(step_id)
+            stack.extend(dependents.get(step_id, ()))
+    return found
+
+
 def _first_steps(steps: Sequence[Step]) -> dict[str, Step]:
     return {step.id: step for step in reversed(steps)}
 

@@ -43,6 +43,7 @@ class RunRecord:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None  # why the run failed or was cancelled, when known
+    rerun_of: str | None = None  # the run this one reruns (`engine.rerun`)
 
 
 class StepRecord(NamedTuple):
@@ -107,15 +108,23 @@ class Lease(NamedTuple):
     epoch: int = 0  # the fencing token: raised by every claim that is not a renewal
 
 
+class Reuse(NamedTuple):
+    """What a rerun starts from, taken from the run it reruns: the steps it does not run again (`reused`,
+    with their outputs) and the shared context."""
+
+    steps: Sequence[StepRecord]
+    context: dict[str, Any]
+
+
 class RunWriter(Protocol):
     """Run records, step states and the shared context, written by the driver of a run (`engine.driver`);
     `create_run` by whoever submits one (the orchestrator, `engine.control.RunControl`), `set_run_status` also
     by whoever ends a run nobody drives. Writes may be queued: `flush` returns once they are durable (the
     CLI reports a step only then)."""
 
-    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
-        """Record a new run and its steps, all `pending`, in that order, and a SUBMITTED notice;
-        StoreError if the id exists."""
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str], reuse: Reuse | None = None) -> None:
+        """Record a new run and its steps, in that order, and a SUBMITTED notice, all at once: the steps
+        `reuse` holds as it holds them (its context too), the others `pending`. StoreError if the id exists."""
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Move the run to `status` (setting started_at/finished_at) and append a run event. A terminal

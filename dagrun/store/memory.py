@@ -23,8 +23,18 @@ from typing import Any, Self, TypeVar
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, merge_context
+from dagrun.store.base import (
+    Command,
+    CommandKind,
+    Event,
+    Lease,
+    Notice,
+    NoticeKind,
+    Reuse,
+    RunRecord,
+    StepRecord,
+)
+from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, encode_json, merge_context
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ class MemoryStore:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str], reuse: Reuse | None = None) -> None:
         self._check_open()
         if run.run_id in self._runs:
             raise StoreError(f"run {run.run_id!r} already exists")
@@ -68,10 +78,13 @@ class MemoryStore:
         record = dataclasses.replace(
             run, flow=copy_json(run.flow, where=f"{where} flow"), inputs=copy_json(run.inputs, where=f"{where} inputs")
         )
+        reused = {step.step_id: step for step in reuse.steps} if reuse else {}
         steps: dict[str, StepRecord] = {}
         for step_id in step_ids:
-            steps.setdefault(step_id, StepRecord(run.run_id, step_id, StepStatus.PENDING))
-        self._runs[run.run_id] = _Run(record, steps, [], EMPTY_OBJECT)
+            step = reused.get(step_id) or StepRecord(run.run_id, step_id, StepStatus.PENDING)
+            steps.setdefault(step_id, step._replace(outputs=copy_json(step.outputs, where=f"{where} step {step_id!r}")))
+        context = encode_json(reuse.context, where=f"{where} context") if reuse else EMPTY_OBJECT
+        self._runs[run.run_id] = _Run(record, steps, [], context)
         self._notice(run.run_id, NoticeKind.SUBMITTED)
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store import StepRecord, Store
+from dagrun.store.base import Reuse
 from tests.store.conftest import StoreFactory, create, make_run
 
 SET, INCR, APPEND = ContextOpKind.SET, ContextOpKind.INCR, ContextOpKind.APPEND
@@ -32,6 +34,21 @@ async def test_created_run_reads_back_with_its_steps_pending(store: StoreFactory
     ]
     assert await s.get_context("r1") == {}
     assert await s.get_events("r1") == []
+
+
+async def test_a_rerun_is_created_with_its_reused_steps_context_and_origin_at_once(store: StoreFactory) -> None:
+    s = store()
+    run = dataclasses.replace(make_run("r2", created_at=100.0), rerun_of="r1")
+    reused = StepRecord("r2", "extract", StepStatus.REUSED, outputs={"rows": [1, 2]})
+    await s.create_run(run, ["extract", "load"], Reuse([reused], {"seen": 2}))
+
+    await s.flush()
+    for reader in (s,) if store.kind == "memory" else (s, store()):  # and a process that reads it afresh
+        assert await reader.get_run("r2") == run
+        assert await reader.get_steps("r2") == [reused, StepRecord("r2", "load", StepStatus.PENDING)]
+        assert await reader.get_context("r2") == {"seen": 2}
+    assert await s.apply_context("r2", (ContextOp(INCR, "seen", 1),)) == ({"seen": 3}, [])
+    assert await s.get_events("r2") == []  # states a run is created with are not changes
 
 
 async def test_list_runs_is_newest_first_with_filters_and_limit(store: StoreFactory) -> None:

@@ -17,13 +17,16 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.errors import StoreError
 from dagrun.store.base import Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_json
+from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_error, encode_json
 
 DEFAULT_PREFIX = "dagrun:"
 
 # The run hash fields that make a RunRecord, in RunRecord's order.
-RUN_FIELDS = ("run_id", "flow_name", "status", "flow", "inputs", "created_at", "started_at", "finished_at", "error")
+RUN_FIELDS = (
+    "run_id", "flow_name", "status", "flow", "inputs", "created_at", "started_at", "finished_at", "error", "rerun_of",
+)  # fmt: skip
 STATUSES = tuple(RunStatus)
 ORDER_WIDTH = 16  # hex digits of the creation number that starts each member of the runs sorted sets
 MAX_NOTICES = 10_000  # the notices stream is trimmed to about this many (MAXLEN ~); readers rescan anyway
@@ -121,9 +124,10 @@ def notifying(text: str) -> LuaScript:
 # KEYS: run hash, steps hash, step order, all runs, runs of its status, runs of its flow, creation counter,
 # notices, notice counter.
 # ARGV: the RunRecord fields (numbers as text, '' for none, error after a '0'/'1' flag), a creation token,
-# the state of a pending step, the notice kind, then the step ids. Returns 1, or 0 when the id is taken by
-# another creation (the token makes a create that was retried after a lost reply succeed, without a
-# second notice).
+# the state of a pending step, the notice kind, the context (JSON), the run it reruns ('' for none), the
+# states of the steps it reuses (a JSON object: step id -> state text), then the step ids. Returns 1, or 0
+# when the id is taken by another creation (the token makes a create that was retried after a lost reply
+# succeed, without a second notice).
 CREATE_RUN = notifying("""
 local run = KEYS[1]
 if redis.call('EXISTS', run) == 1 then
@@ -131,15 +135,17 @@ if redis.call('EXISTS', run) == 1 then
 end
 local member = string.format('%016x', redis.call('INCR', KEYS[7])) .. ':' .. ARGV[1]
 redis.call('HSET', run, 'run_id', ARGV[1], 'flow_name', ARGV[2], 'status', ARGV[3], 'flow', ARGV[4],
-  'inputs', ARGV[5], 'created_at', ARGV[6], 'member', member, 'seq', 0, 'context', '{}', 'context_token', '',
+  'inputs', ARGV[5], 'created_at', ARGV[6], 'member', member, 'seq', 0, 'context', ARGV[14], 'context_token', '',
   'created_by', ARGV[11])
 if ARGV[7] ~= '' then redis.call('HSET', run, 'started_at', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', run, 'finished_at', ARGV[8]) end
 if ARGV[9] == '1' then redis.call('HSET', run, 'error', ARGV[10]) end
+if ARGV[15] ~= '' then redis.call('HSET', run, 'rerun_of', ARGV[15]) end
+local reused = cjson.decode(ARGV[16])
 local states, ids = {}, {}
-for i = 14, #ARGV do
+for i = 17, #ARGV do
   states[#states + 1] = ARGV[i]
-  states[#states + 1] = ARGV[12]
+  states[#states + 1] = reused[ARGV[i]] or ARGV[12]
   ids[#ids + 1] = ARGV[i]
   if #ids == 1000 or i == #ARGV then
     redis.call('HSET', KEYS[2], unpack(states))
@@ -296,9 +302,24 @@ end
 return found
 """)
 
-# A step's state: (status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms,
-# queued_at).
-PENDING_STEP = orjson.dumps((StepStatus.PENDING, 0, None, None, {}, None, "", "", 0.0, None))
+
+def encode_step_state(step: StepRecord) -> bytes:
+    """A step's state as the steps hash holds it: (status, attempt, started_at, finished_at, outputs, error,
+    logs, worker_id, elapsed_ms, queued_at)."""
+    error = step.error
+    try:
+        return orjson.dumps(
+            (
+                step.status, step.attempt, step.started_at, step.finished_at, step.outputs,
+                None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
+                step.queued_at,
+            )
+        )  # fmt: skip
+    except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
+        raise StoreError(f"run {step.run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
+
+
+PENDING_STEP = encode_step_state(StepRecord("", "", StepStatus.PENDING))
 
 
 def number_arg(value: float | None) -> str:
@@ -313,7 +334,7 @@ def run_id_of(member: str) -> str:
 
 def decode_run(values: Sequence[str | None]) -> RunRecord | None:
     """The RunRecord from an HMGET of RUN_FIELDS; None when the run hash does not exist."""
-    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error = values
+    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of = values
     if run_id is None:
         return None
     return RunRecord(
@@ -326,6 +347,7 @@ def decode_run(values: Sequence[str | None]) -> RunRecord | None:
         started_at=None if started_at is None else float(started_at),
         finished_at=None if finished_at is None else float(finished_at),
         error=error,
+        rerun_of=rerun_of,
     )
 
 

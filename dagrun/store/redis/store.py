@@ -53,13 +53,13 @@ import orjson
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import encode_error, encode_json, merge_context
+from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, Reuse, RunRecord, StepRecord
+from dagrun.store.codec import EMPTY_OBJECT, encode_json, merge_context
 from dagrun.store.fencing import Fences
 from dagrun.store.redis import control, query
 from dagrun.store.redis.connection import MAX_CONNECTIONS as MAX_CONNECTIONS  # re-exported: tests size their load by it
 from dagrun.store.redis.connection import RedisConnection
-from dagrun.store.redis.layout import CREATE_RUN, PENDING_STEP, encode_command, number_arg
+from dagrun.store.redis.layout import CREATE_RUN, PENDING_STEP, encode_command, encode_step_state, number_arg
 from dagrun.store.redis.writer import STEP_OP_ARGS, Writer, pack, pack_step
 
 logger = logging.getLogger(__name__)
@@ -126,12 +126,14 @@ class RedisStore:
 
     # --- writes: queued, never waiting for I/O (create_run waits for its answer) --------------------------
 
-    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str], reuse: Reuse | None = None) -> None:
         self._check_usable()
         run_id = run.run_id
         where = f"run {run_id!r}"
         flow = encode_json(run.flow, where=f"{where} flow")
         inputs = encode_json(run.inputs, where=f"{where} inputs")
+        context = encode_json(reuse.context, where=f"{where} context") if reuse else EMPTY_OBJECT
+        reused = _dumps({step.step_id: encode_step_state(step).decode() for step in reuse.steps} if reuse else {})
         keys = self.keys
         script_keys = (
             keys.run(run_id), keys.steps(run_id), keys.step_order(run_id), keys.runs,
@@ -141,14 +143,14 @@ class RedisStore:
         args = (
             run_id, run.flow_name, run.status, flow, inputs, number_arg(run.created_at), number_arg(run.started_at),
             number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", self._new_token(),
-            PENDING_STEP, NoticeKind.SUBMITTED, *dict.fromkeys(step_ids),
+            PENDING_STEP, NoticeKind.SUBMITTED, context, run.rerun_of or "", reused, *dict.fromkeys(step_ids),
         )  # fmt: skip
         creating = CREATE_RUN(self._redis.client, script_keys, args)
         created = await self._redis.call(creating, doing=f"creating run {run_id!r}")
         if not created:
             raise StoreError(f"run {run_id!r} already exists")
         self._check_usable()  # closed while we waited?
-        self._states[run_id] = _RunState("{}", "")
+        self._states[run_id] = _RunState(context, "")
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         self._check_usable(run_id)
@@ -172,19 +174,9 @@ class RedisStore:
             self._check_usable(run_id)
         if run_id not in self._states:
             await self._load_state(run_id)
-        error = step.error
         status = step.status
         attempt = step.attempt
-        try:
-            state = _dumps(
-                (
-                    status, attempt, step.started_at, step.finished_at, step.outputs,
-                    None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
-                    step.queued_at,
-                )
-            )  # fmt: skip
-        except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
-            raise StoreError(f"run {run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
+        state = encode_step_state(step)
         event = _dumps((time.time(), "step", status, step.step_id, attempt, message))
         self._writer.add(
             run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS, self._fences.epochs.get(run_id, 0)

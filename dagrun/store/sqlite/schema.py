@@ -1,6 +1,6 @@
 """How the SQLite store lays runs out in its file: the tables, their migrations, and the statements that write them.
 
-    runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error)
+    runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error, rerun_of)
     steps(run_id, step_id, position, status, attempt, started_at, finished_at, outputs JSON, error JSON,
           logs, worker_id, elapsed_ms, queued_at; PK(run_id, step_id))  position: the step's place in the flow
     context(run_id PK, value JSON)
@@ -31,7 +31,8 @@ import orjson
 
 from dagrun.contract.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.codec import EMPTY_OBJECT, merge_context
+from dagrun.store.base import RunRecord, StepRecord
+from dagrun.store.codec import EMPTY_OBJECT, encode_error, encode_json, merge_context
 
 # Migration n takes a file from user_version n - 1 to n. A new file runs them all, so new and upgraded
 # files have one layout; a migration that has shipped is never edited, a change is a new one.
@@ -65,11 +66,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     ),
     ("ALTER TABLE steps ADD COLUMN queued_at REAL",),  # the queued state: dispatched, not yet started
+    ("ALTER TABLE runs ADD COLUMN rerun_of TEXT",),  # reruns: the run a run reruns
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # The writer's statements; the row tuples are built on the event loop in these column orders.
-INSERT_RUN = "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_RUN = "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 UPDATE_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ?, error = ? WHERE run_id = ?"
 )
@@ -105,6 +107,33 @@ UPSERT_STEPS = RowsStatement(
     error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id, elapsed_ms = excluded.elapsed_ms,
     queued_at = excluded.queued_at""",
 )
+
+
+def run_row(run: RunRecord) -> tuple[Any, ...]:
+    """The `runs` row of a new run, in INSERT_RUN's column order."""
+    where = f"run {run.run_id!r}"
+    return (
+        run.run_id, run.flow_name, run.status, encode_json(run.flow, where=f"{where} flow"),
+        encode_json(run.inputs, where=f"{where} inputs"), run.created_at, run.started_at, run.finished_at,
+        run.error, run.rerun_of,
+    )  # fmt: skip
+
+
+def step_row(step: StepRecord, position: int) -> tuple[Any, ...]:
+    """The `steps` row of a step's state, in UPSERT_STEPS's column order."""
+    outputs = step.outputs
+    try:
+        outputs_json = orjson.dumps(outputs).decode() if outputs else EMPTY_OBJECT
+    except TypeError as exc:
+        raise StoreError(f"run {step.run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
+    error = step.error
+    return (
+        step.run_id, step.step_id, position, step.status, step.attempt, step.started_at, step.finished_at,
+        outputs_json, None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
+        step.queued_at,
+    )  # fmt: skip
+
+
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
 INSERT_EVENTS = RowsStatement("INSERT INTO events (run_id, at, kind, status, step_id, attempt, message, seq)", 8)
 

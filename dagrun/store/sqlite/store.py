@@ -25,13 +25,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Self, TypeVar
 
-import orjson
-
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
-from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
+from dagrun.store.base import (
+    Command,
+    CommandKind,
+    Event,
+    Lease,
+    Notice,
+    NoticeKind,
+    Reuse,
+    RunRecord,
+    StepRecord,
+)
+from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_json, merge_context
 from dagrun.store.fencing import Fences
 from dagrun.store.sqlite import control, query, schema
 from dagrun.store.sqlite.cache import RunCache, RunState
@@ -114,32 +122,29 @@ class SqliteStore:
 
     # --- writes: queued; the driver's never wait for I/O --------------------------------------------
 
-    async def create_run(self, run: RunRecord, step_ids: Sequence[str]) -> None:
+    async def create_run(self, run: RunRecord, step_ids: Sequence[str], reuse: Reuse | None = None) -> None:
         writer = self._writable()
         run_id = run.run_id
-        where = f"run {run_id!r}"
-        run_row = (
-            run_id, run.flow_name, run.status, encode_json(run.flow, where=f"{where} flow"),
-            encode_json(run.inputs, where=f"{where} inputs"), run.created_at, run.started_at, run.finished_at,
-            run.error,
-        )  # fmt: skip
+        run_row = schema.run_row(run)
         positions: dict[str, int] = {}
         for step_id in step_ids:
             positions.setdefault(step_id, len(positions))
+        reused = {step.step_id: step for step in reuse.steps} if reuse else {}
         step_rows = [
-            (run_id, step_id, position, StepStatus.PENDING, 0, None, None, EMPTY_OBJECT, None, "", "", 0.0, None)
+            schema.step_row(reused.get(step_id) or StepRecord(run_id, step_id, StepStatus.PENDING), position)
             for step_id, position in positions.items()
         ]
+        context = encode_json(reuse.context, where=f"run {run_id!r} context") if reuse else EMPTY_OBJECT
         async with self._load_lock:
             if self._cache.knows(run_id) or await self._reader.read(schema.run_exists, run_id):
                 raise StoreError(f"run {run_id!r} already exists")
             self._check_usable()  # closed while we read?
             # An orchestrator claims the lease first; a run submitted for another process to drive is not cached.
             if self._cache.drives(run_id):
-                self._cache.add(run_id, positions, EMPTY_OBJECT)
+                self._cache.add(run_id, positions, context)
             else:
                 self._cache.remember_queued(run_id)
-            writer.add_run(run_row, step_rows, (run_id, EMPTY_OBJECT), (run_id, NoticeKind.SUBMITTED))
+            writer.add_run(run_row, step_rows, (run_id, context), (run_id, NoticeKind.SUBMITTED))
 
     async def set_run_status(self, run_id: str, status: RunStatus, *, at: float, error: str | None = None) -> None:
         """Needs no cache: a process that only controls a run (a cancel) does not load one."""
@@ -172,21 +177,9 @@ class SqliteStore:
         position = positions.get(step_id)
         if position is None:  # a step the run was not created with: it goes last
             position = positions[step_id] = len(positions)
-        outputs = step.outputs
-        try:
-            outputs_json = orjson.dumps(outputs).decode() if outputs else EMPTY_OBJECT
-        except TypeError as exc:
-            raise StoreError(f"run {run_id!r} step {step_id!r} outputs: not a JSON value: {exc}") from exc
-        error = step.error
-        status = step.status
-        attempt = step.attempt
         writer.add_step(
-            (
-                run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
-                None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
-                step.queued_at,
-            ),
-            (run_id, time.time(), "step", status, step_id, attempt, message),
+            schema.step_row(step, position),
+            (run_id, time.time(), "step", step.status, step_id, step.attempt, message),
             self._fences.epochs.get(run_id, 0),
         )  # fmt: skip
 
