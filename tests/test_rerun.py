@@ -17,19 +17,20 @@ from dagrun.store import MemoryStore
 
 # a -> b -> c, with a clean-up step after b. b fails while the flow input `fail` is true; each step counts
 # its runs in the context, so a step that was reused has run once over both runs.
+B_SCRIPT = (
+    "context.incr('ran_b')\nif inputs['fail']:\n    raise ValueError('told to fail')\noutputs['y'] = inputs['x'] * 10"
+)
 FLOW = parse_flow(
     {
         "name": "rerun",
         "inputs": {"fail": True, "scale": 2},
         "steps": [
-            {"id": "a", "script": "context.incr('ran_a')\noutputs['x'] = inputs['scale']", "inputs": {"scale": "${flow.scale}"}},
-            {
-                "id": "b",
-                "depends_on": ["a"],
-                "script": "context.incr('ran_b')\nif inputs['fail']:\n    raise ValueError('told to fail')\noutputs['y'] = inputs['x'] * 10",
-                "inputs": {"fail": "${flow.fail}", "x": "${steps.a.x}"},
-            },
-            {"id": "c", "depends_on": ["b"], "script": "context.incr('ran_c')\noutputs['z'] = inputs['y'] + 1", "inputs": {"y": "${steps.b.y}"}},
+            {"id": "a", "script": "context.incr('ran_a')\noutputs['x'] = inputs['scale']",
+             "inputs": {"scale": "${flow.scale}"}},
+            {"id": "b", "depends_on": ["a"], "script": B_SCRIPT,
+             "inputs": {"fail": "${flow.fail}", "x": "${steps.a.x}"}},
+            {"id": "c", "depends_on": ["b"], "script": "context.incr('ran_c')\noutputs['z'] = inputs['y'] + 1",
+             "inputs": {"y": "${steps.b.y}"}},
             {"id": "cleanup", "depends_on": ["b"], "run_if": "any_failed", "script": "context.incr('ran_cleanup')"},
         ],
     }

@@ -62,6 +62,17 @@ class SubmitRequest(ApiModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the flow's declared inputs.")
 
 
+class RerunRequest(ApiModel):
+    """POST /v1/runs/{run_id}/rerun. `{}` reruns from the failed steps."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"from_steps": ["ship"]}]})  # SUBMIT_EXAMPLE's
+
+    from_steps: list[str] = Field(
+        default_factory=list, description="Also run again these steps and every step downstream of them."
+    )
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Overrides of the origin run's inputs.")
+
+
 class SignalRequest(ApiModel):
     """POST /v1/runs/{run_id}/steps/{step_id}/signal: the fields the `wait_for` step waits for."""
 
@@ -121,6 +132,7 @@ class RunBody(ApiModel):
     finished_at: float | None
     error: str | None = Field(description="Why the run failed or was cancelled, when known.")
     inputs: dict[str, Any]
+    rerun_of: str | None = Field(description="The run this one reruns (POST .../rerun), if any.")
 
 
 class RunList(ApiModel):

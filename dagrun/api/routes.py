@@ -19,6 +19,7 @@ from dagrun.api.guard import Handler, json_response, read_model, read_query
 from dagrun.api.stream import EventStreams, last_event_id
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
+from dagrun.engine.rerun import submit_rerun
 from dagrun.engine.views import command_json, event_json, run_json
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
@@ -109,6 +110,14 @@ class RunHandlers:
                   {202: models.CommandBody}, refusals=conflict),
             Route("POST", f"{run}/resume", self.resume_run, "Undo pause", {202: models.CommandBody},
                   refusals=conflict),
+            Route("POST", f"{run}/rerun", self.rerun, "Rerun an ended run from its failures",
+                  {201: models.RunCreated}, body=models.RerunRequest,
+                  refusals={**invalid, HTTPStatus.CONFLICT: "the run has not ended, has no such step, or "
+                            "succeeded with nothing named to run again"},
+                  description="A new run of the same flow that reuses the outputs of the steps that succeeded "
+                  "(recorded `reused`) and runs the failed, skipped and cancelled ones, the `from_steps`, the "
+                  "steps reading a changed input, and everything downstream of them. Its `rerun_of` names the "
+                  "origin. Recorded for an orchestrator serving the store to drive."),
             Route("POST", f"{run}/steps/{{step_id}}/signal", self.signal_step,
                   "Complete a wait_for step with its fields", {202: models.CommandBody}, body=models.SignalRequest,
                   refusals=wrong_signal,
@@ -131,8 +140,7 @@ class RunHandlers:
         )
         if self._orchestrator is not None:
             self._orchestrator.check_executors(flow)  # refuse now what it could not drive
-        run_id = await self._control.submit(flow, inputs=body.inputs)
-        return json_response({"run_id": run_id}, HTTPStatus.CREATED, headers={"Location": f"{PREFIX}/runs/{run_id}"})
+        return _created(await self._control.submit(flow, inputs=body.inputs))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         query = read_query(request, models.ListRunsQuery)
@@ -179,6 +187,14 @@ class RunHandlers:
     async def resume_run(self, request: web.Request) -> web.Response:
         return _accepted(await self._control.resume(_run_id(request)))
 
+    async def rerun(self, request: web.Request) -> web.Response:
+        body = await read_model(request, models.RerunRequest)
+        check_flow = None if self._orchestrator is None else self._orchestrator.check_executors
+        run_id = await submit_rerun(
+            self._control.store, _run_id(request), from_steps=body.from_steps, inputs=body.inputs, check_flow=check_flow
+        )
+        return _created(run_id)
+
     async def signal_step(self, request: web.Request) -> web.Response:
         body = await read_model(request, models.SignalRequest)
         command = await self._control.signal(_run_id(request), request.match_info["step_id"], body.values)
@@ -193,6 +209,10 @@ def _submitted_too_deep(loc: Loc) -> FlowError:
 
 def _run_id(request: web.Request) -> str:
     return request.match_info["run_id"]
+
+
+def _created(run_id: str) -> web.Response:
+    return json_response({"run_id": run_id}, HTTPStatus.CREATED, headers={"Location": f"{PREFIX}/runs/{run_id}"})
 
 
 def _accepted(command: Command) -> web.Response:

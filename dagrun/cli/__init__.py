@@ -33,7 +33,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, control, serve, worker
+    from dagrun.cli import commands, control, rerun, serve, worker
     from dagrun.cli.flow_options import add_flow_arguments
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flow_arguments(p)
     _add_input_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON document with the outcome, nothing else")
+    _add_orchestrator_arguments(p)
+
+    p = command(
+        "rerun", rerun.rerun, "run an ended run again here, reusing the outputs of the steps that succeeded", store=True
+    )
+    rerun.add_arguments(p)
+    _add_input_arguments(p)
     _add_orchestrator_arguments(p)
 
     p = command("submit", control.submit, "record a run for an orchestrator; print its id last", store=True)

@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
@@ -30,7 +30,7 @@ from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus
 from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.control import RunControl
-from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
+from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
 from dagrun.engine.views import event_json, run_json
 from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
 from dagrun.flow.graph import to_dot, to_mermaid
@@ -129,23 +129,37 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, flow: Flow, inputs: dict[str, Any]) -> int:
+    async with opened_store(args) as store:
+        return await drive_here(
+            args, store, flow, lambda orchestrator, listener: orchestrator.run(flow, inputs=inputs, listener=listener)
+        )
+
+
+async def drive_here(
+    args: argparse.Namespace,
+    store: Store,
+    flow: Flow,
+    begin: Callable[[Orchestrator, StepListener], Awaitable[RunResult]],
+    *,
+    rerun_of: str | None = None,
+) -> int:
+    """Run `flow` here to its end, as `begin` starts it, showing its progress, then the summary (or the
+    --json document): what `dagrun run` and `dagrun rerun` do."""
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
-    async with (
-        opened_store(args) as store,
-        orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
-    ):
+    async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:
         waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
         progress = render.RunProgress(
-            console, flow.name, len(flow.steps), waiting_for=waiting_for, store_option=store_option(args)
-        )
+            console, flow.name, len(flow.steps), waiting_for=waiting_for, store_option=store_option(args),
+            rerun_of=rerun_of,
+        )  # fmt: skip
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
         try:
             with shown:
                 try:
-                    result = await orchestrator.run(flow, inputs=inputs, listener=seen.on_step)
+                    result = await begin(orchestrator, seen.on_step)
                 finally:
                     unconfirmed = await durable.drain()
         except RunLost as exc:

@@ -30,6 +30,7 @@ MAX_TABLE_ROWS = 40
 
 _STYLE = {
     "succeeded": "green",
+    "reused": "green dim",
     "failed": "bold red",
     "cancelled": "yellow",
     "skipped": "dim",
@@ -70,12 +71,14 @@ class RunProgress:
         *,
         waiting_for: Mapping[str, tuple[str, ...]] | None = None,
         store_option: str = "",
+        rerun_of: str | None = None,
     ) -> None:
         self._console = console
         self._flow_name = flow_name
         self._total = total_steps
         self._waiting_for = waiting_for or {}
         self._store_option = store_option
+        self._heading = f"flow {flow_name}, {total_steps} steps" + (f", a rerun of run {rerun_of}" if rerun_of else "")
         self._run_id: str | None = None
         self._ended: Counter[str] = Counter()
         self._queued: set[str] = set()
@@ -98,7 +101,7 @@ class RunProgress:
     def on_step(self, record: StepRecord) -> None:
         if self._run_id is None:
             self._run_id = record.run_id
-            self._say(f"run {record.run_id}: flow {self._flow_name}, {self._total} steps")
+            self._say(f"run {record.run_id}: {self._heading}")
         for under_way in (self._queued, self._running, self._waiting):
             under_way.discard(record.step_id)
         if record.status == StepStatus.WAITING:
@@ -126,7 +129,7 @@ class RunProgress:
             line.append(f"{len(self._queued)} queued  ", style="blue")
         if self._waiting:
             line.append(f"{len(self._waiting)} waiting  ", style="magenta")
-        for status in ("succeeded", "failed", "skipped", "cancelled"):
+        for status in ("succeeded", "reused", "failed", "skipped", "cancelled"):
             if self._ended[status]:
                 line.append(f"{self._ended[status]} {status}  ", style=_STYLE[status])
         line.append(f"{time.monotonic() - self._started:.1f} s", style="dim")
@@ -157,7 +160,7 @@ def plain_step_line(record: StepRecord) -> str:
 def run_summary(console: Console, result: RunResult, records: list[StepRecord], elapsed_s: float) -> None:
     """The table after a run: every step when few, else the ones that did not succeed."""
     counts = Counter(outcome.status.value for outcome in result.steps.values())
-    shown = records if len(records) <= MAX_TABLE_ROWS else [r for r in records if r.status != StepStatus.SUCCEEDED]
+    shown = records if len(records) <= MAX_TABLE_ROWS else [r for r in records if not r.status.has_outputs]
     if shown:
         console.print(steps_table(shown[:MAX_TABLE_ROWS]))
     if len(shown) > MAX_TABLE_ROWS:
@@ -220,6 +223,8 @@ def run_header(console: Console, run: RunRecord, *, driver: str | None = None) -
     line.append(f"  created {clock(run.created_at)}  duration {duration(run.started_at, run.finished_at)}")
     if driver is not None:
         line.append(f"  driven by {driver}", style="dim")
+    if run.rerun_of is not None:
+        line.append(f"  rerun of {run.rerun_of}")
     console.print(line)
     if run.error and run.status != RunStatus.SUCCEEDED:
         console.print(Text(run.error, style="red"))

@@ -13,8 +13,9 @@ the origin (`rerun_of`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from dagrun.contract.states import StepStatus
@@ -52,7 +53,7 @@ async def plan_rerun(
     origin = await store.get_run(origin_id)
     if not origin.status.is_terminal:
         raise ControlError(origin_id, f"it is still {origin.status}; a rerun starts from a run that has ended")
-    flow = flow_of(origin)
+    flow = await asyncio.to_thread(flow_of, origin)  # parsing compiles every script: not on the loop
     flow_inputs = {**origin.inputs, **inputs} if inputs else dict(origin.inputs)
     resolve_flow_inputs(flow, inputs or {})  # FlowError for an input the flow does not declare
     steps = await store.get_steps(origin_id)
@@ -71,11 +72,19 @@ async def plan_rerun(
 
 
 async def submit_rerun(
-    store: Store, origin_id: str, *, from_steps: Sequence[str] = (), inputs: Mapping[str, Any] | None = None
+    store: Store,
+    origin_id: str,
+    *,
+    from_steps: Sequence[str] = (),
+    inputs: Mapping[str, Any] | None = None,
+    check_flow: Callable[[Flow], None] | None = None,
 ) -> str:
     """Record the rerun of run `origin_id` for an orchestrator sharing the store to drive (as
-    `RunControl.submit` records a run); return its id. Raises like `plan_rerun`."""
+    `RunControl.submit` records a run); return its id. Raises like `plan_rerun`, and as `check_flow` does
+    before anything is recorded."""
     rerun = await plan_rerun(store, origin_id, from_steps=from_steps, inputs=inputs)
+    if check_flow is not None:
+        check_flow(rerun.flow)
     await store.create_run(rerun.record, rerun.step_ids, rerun.reuse)
     await store.flush()
     logger.info("run %s submitted: a rerun of run %s", rerun.record.run_id, origin_id)

@@ -162,6 +162,7 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "finished_at": run.finished_at,
         "error": run.error,
         "inputs": run.inputs,
+        "rerun_of": run.rerun_of,
     }
 
 

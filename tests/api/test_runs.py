@@ -163,3 +163,37 @@ async def test_a_run_submitted_without_an_orchestrator_here_is_driven_by_one_sha
             halt.set()
             await serving
     assert detail["status"] == "succeeded"
+
+
+async def test_a_rerun_reuses_what_succeeded_and_links_to_its_origin(api: Api) -> None:
+    origin = await api.submit(FAILING)
+    assert (await api.until_ended(origin))["status"] == "failed"
+
+    status, body = await api.call("POST", f"/v1/runs/{origin}/rerun", json={})
+    assert status == 201, body
+    rerun = await api.until_ended(body["run_id"])
+
+    assert rerun["rerun_of"] == origin
+    assert {step: s["status"] for step, s in rerun["steps"].items()} == {
+        "boom": "failed",  # it fails whatever runs it
+        "after": "skipped",
+        "alone": "reused",
+    }
+    assert rerun["steps"]["alone"]["outputs"] == {"x": 2}
+
+
+async def test_a_rerun_that_does_not_fit_the_run_is_refused_and_nothing_is_recorded(api: Api) -> None:
+    origin = await api.submit(FAILING)
+    await api.until_ended(origin)
+
+    refusals = [
+        ({"from_steps": ["nope"]}, 409, "has no step 'nope'"),
+        ({"inputs": {"colour": "red"}}, 422, "invalid flow"),
+    ]
+    for body, expected, message in refusals:
+        status, answer = await api.call("POST", f"/v1/runs/{origin}/rerun", json=body)
+        assert (status, message in answer["error"]) == (expected, True), answer
+    status, answer = await api.call("POST", "/v1/runs/no-such-run/rerun", json={})
+    assert status == 404, answer
+    status, listed = await api.call("GET", "/v1/runs")
+    assert [run["run_id"] for run in listed["runs"]] == [origin]

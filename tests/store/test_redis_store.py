@@ -248,7 +248,8 @@ async def test_a_create_or_command_resent_after_a_lost_reply_is_applied_once(
         keys.runs_of_flow("etl"), keys.run_counter, keys.notices, keys.notice_counter,
     )  # fmt: skip
     create_args = (
-        "r1", "etl", "pending", "{}", "{}", "1.0", "", "", "0", "", "w.1", PENDING_STEP, "submitted", "{}", "", "{}", "a",
+        "r1", "etl", "pending", "{}", "{}", "1.0", "", "", "0", "", "w.1", PENDING_STEP, "submitted",
+        "{}", "", "{}", "a",
     )  # fmt: skip
     command_keys = (keys.run("r1"), keys.commands("r1"), keys.notices, keys.notice_counter)
     command_args = ('[1.0,"cancel",null,{}]', "w.2", "r1", "command")
