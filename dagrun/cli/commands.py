@@ -149,10 +149,7 @@ async def drive_here(
     started = time.monotonic()
     async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:
         waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
-        progress = render.RunProgress(
-            console, flow.name, len(flow.steps), waiting_for=waiting_for, store_option=store_option(args),
-            rerun_of=rerun_of,
-        )  # fmt: skip
+        progress = render.RunProgress(console, flow.name, len(flow.steps), waiting_for, store_option(args), rerun_of)
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress

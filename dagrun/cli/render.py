@@ -68,7 +68,6 @@ class RunProgress:
         console: Console,
         flow_name: str,
         total_steps: int,
-        *,
         waiting_for: Mapping[str, tuple[str, ...]] | None = None,
         store_option: str = "",
         rerun_of: str | None = None,
