@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dagrun import MemoryStore, Orchestrator
 from dagrun.errors import FlowError
 from dagrun.flow import yaml_document
 from dagrun.flow.loader import load_flow
@@ -213,3 +214,18 @@ def test_a_yaml_flow_that_is_not_utf8_is_reported_with_its_place(tmp_path: Path)
     path.write_bytes(b"name: x\nsteps: \xff\n")
 
     assert problems(path) == ["line 2, column 8: not UTF-8 text"]
+
+
+def readme_sample() -> str:
+    """The YAML flow in the README's "Authoring flows"."""
+    section = (FLOWS.parent / "README.md").read_text().split("## Authoring flows", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_yaml_sample_runs_and_its_problem_is_as_told(tmp_path: Path) -> None:
+    async with Orchestrator(MemoryStore(), processes=1) as orchestrator:
+        result = await orchestrator.run(load_flow(write(tmp_path, readme_sample())))
+    assert result.steps["shout"].outputs == {"shouted": "HELLO, WORLD"}
+
+    problem = problems(write(tmp_path, readme_sample().replace("[greet]", "[gret]")))[0]
+    assert f"`flow.yaml: {problem}`" in " ".join((FLOWS.parent / "README.md").read_text().split())

@@ -17,7 +17,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="the flow's name, and of its files: NAME.yaml (or .json) and NAME.py")
+    parser.add_argument(
+        "name", metavar="NAME", help="the flow's name, and of its files: NAME.yaml (or .json) and NAME.py"
+    )
     parser.add_argument("--dir", default=".", metavar="D", help="write them in directory D (default: here)")
     parser.add_argument("--json", action="store_true", help="write NAME.json (no comments) instead of NAME.yaml")
 
@@ -28,7 +30,7 @@ def init(args: argparse.Namespace) -> int:
     directory = Path(args.dir)
     flow_path = directory / f"{args.name}.{'json' if args.json else 'yaml'}"
     script_path = directory / f"{args.name}.py"
-    flow = starter_flow(args.name, flow_path.name, script_path.name)
+    flow = starter_flow(args.name, script_path.name)
     files = {flow_path: _json_text(flow) if args.json else _yaml_text(flow, flow_path.name), script_path: _script()}
     for path in files:
         if path.exists():
@@ -44,11 +46,11 @@ def init(args: argparse.Namespace) -> int:
     return 0
 
 
-def starter_flow(name: str, flow_file: str, script_file: str) -> dict[str, Any]:
+def starter_flow(name: str, script_file: str) -> dict[str, Any]:
     """Two steps, the second after the first: an inline script, then one in `script_file`."""
     return {
         "name": name,
-        "description": f"A starter flow from `dagrun init`. Check it: dagrun validate {flow_file}",
+        "description": "A starter from `dagrun init`, two steps, the second after the first: say here what it does.",
         "inputs": {"who": "world"},
         "steps": [
             {
@@ -101,4 +103,4 @@ def _yaml_text(flow: dict[str, Any], flow_file: str) -> str:
         "#   dagrun schema > flow.schema.json, then start this file with\n"
         "#   # yaml-language-server: $schema=flow.schema.json\n"
     )
-    return header + yaml.dump(flow, Dumper=Dumper, sort_keys=False, width=110)
+    return header + yaml.dump(flow, Dumper=Dumper, sort_keys=False, default_flow_style=None, width=110)
