@@ -10,7 +10,7 @@ from dagrun import MemoryStore, Orchestrator, RunStatus, StepStatus, load_flow, 
 from tests.control_support import wait_until_waiting
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
-ALL_FLOWS = sorted(FLOWS.glob("*.json"))
+ALL_FLOWS = sorted([*FLOWS.glob("*.json"), *FLOWS.glob("*.yaml")])
 
 
 @pytest.mark.parametrize("path", ALL_FLOWS, ids=[p.name for p in ALL_FLOWS])
@@ -38,6 +38,16 @@ async def test_etl_fans_out_and_in_and_shares_context() -> None:
     amounts = [(i * 7) % 11 for i in range(9)]
     assert result.steps["load"].outputs["grand_total"] == sum(amounts)
     assert result.context == {"extracted": 9, "transformed": 9}
+
+
+async def test_the_yaml_twin_of_etl_runs_to_the_same_results() -> None:
+    results = []
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        for name in ("etl.json", "etl.yaml"):
+            result = await orchestrator.run(load_flow(FLOWS / name), inputs={"rows": 9})
+            results.append(({step_id: step.outputs for step_id, step in result.steps.items()}, result.context))
+    assert results[0] == results[1]
+    assert results[1][0]["load"]["grand_total"] == sum((i * 7) % 11 for i in range(9))
 
 
 async def test_cleanup_runs_after_a_failure_and_the_independent_branch_goes_on() -> None:

@@ -33,7 +33,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, control, rerun, serve, worker
+    from dagrun.cli import commands, completion, control, rerun, serve, starter, worker
     from dagrun.cli.flow_options import add_flow_arguments
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
@@ -133,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flow_arguments(p, limits=False)  # a flow's shape can be drawn whatever it asks for
     p.add_argument("--format", choices=["dot", "mermaid"], default="dot")
 
-    command("schema", commands.schema, "print the JSON Schema of flow files")
+    command("schema", commands.schema, "print the JSON Schema of flow files (YAML ones too)")
+
+    p = command("init", starter.init, "write a starter flow NAME.yaml (or NAME.json) and the NAME.py it runs")
+    starter.add_arguments(p)
+
+    p = command("completion", completion.print_completion, "print a shell completion script for dagrun")
+    completion.add_arguments(p)
 
     p = command("worker", worker.run_worker, "serve steps for remote orchestrators (redis, ws, http)")
     worker.add_arguments(p)

@@ -18,7 +18,7 @@ from dagrun.sandbox.policy import check_script
 
 def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) -> None:
     """The flow file, --allow-outside-scripts and, with `limits`, the limit options."""
-    parser.add_argument("flow", help="flow JSON file")
+    parser.add_argument("flow", help="flow file: JSON, or YAML if it ends in .yaml or .yml")
     parser.add_argument(
         "--allow-outside-scripts",
         action="store_true",

@@ -1,6 +1,7 @@
 """Loading flow files: the I/O around `parse_flow`.
 
-A flow file is UTF-8 JSON; each step's `script_file` is read relative to the flow file's directory, and
+A flow file is UTF-8 JSON, or YAML when its name ends in .yaml or .yml (same schema; its problems also say
+their line); each step's `script_file` is read relative to the flow file's directory, and
 only from under it unless allowed (the check is in the one script reader, after symbolic links).
 Every failure, the flow file itself included, comes out as a FlowError naming the file: never a traceback.
 """
@@ -11,14 +12,18 @@ import errno
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.model import Flow
 from dagrun.flow.parser import parse_flow
+from dagrun.flow.references import Loc
 from dagrun.flow.scripts import ScriptChecker, ScriptReader, check_syntax
 
 logger = logging.getLogger(__name__)
+
+YAML_SUFFIXES = frozenset({".yaml", ".yml"})
 
 
 def load_flow(
@@ -39,10 +44,22 @@ def load_flow(
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise FlowError([Problem("", f"cannot read the flow file: {reason}")], source=source) from exc
+    document, lines = _document(data, flow_path, source)
     read_script = _script_reader(flow_path.parent, allow_outside=allow_outside_scripts)
-    flow = parse_flow(data, source=source, read_script=read_script, check_script=check_script, limits=limits)
+    flow = parse_flow(
+        document, source=source, read_script=read_script, check_script=check_script, limits=limits, lines=lines
+    )
     logger.debug("flow %s loaded from %s: %d steps", flow.name, source, len(flow.steps))
     return flow
+
+
+def _document(data: bytes, flow_path: Path, source: str) -> tuple[bytes | dict[str, Any], dict[Loc, int] | None]:
+    """What `parse_flow` takes from the file's bytes: JSON as it is, YAML read into its mapping and lines."""
+    if flow_path.suffix.lower() not in YAML_SUFFIXES:
+        return data, None
+    from dagrun.flow.yaml_document import load_yaml  # PyYAML takes 20 ms to import: only for YAML files
+
+    return load_yaml(data, source=source)
 
 
 def _script_reader(base: Path, *, allow_outside: bool) -> ScriptReader:

@@ -20,14 +20,16 @@ from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits, over_limits
 from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor
 from dagrun.flow.problems import (
     Found,
+    decoded,
     file_position,
     json_problem,
     json_type,
+    line_at,
+    line_place,
     pydantic_findings,
     raw_step_id,
     salvage,
     step_label,
-    utf8_problem,
     value_findings,
 )
 from dagrun.flow.references import Loc, format_location
@@ -51,6 +53,7 @@ def parse_flow(
     read_script: ScriptReader | None = None,
     check_script: ScriptChecker = check_syntax,
     limits: FlowLimits = DEFAULT_LIMITS,
+    lines: Mapping[Loc, int] | None = None,
 ) -> Flow:
     """Validate a flow document (JSON text or an already parsed mapping) into a Flow.
 
@@ -60,14 +63,15 @@ def parse_flow(
     would refuse besides is checked by whoever knows it runs the flow (`dagrun.parse_flow`, the CLI, the
     REST API and the orchestrator pass the sandbox policy's `check_script`): a problem now rather than a
     failed step later. A timeout, attempt count or wait written over `limits` is a problem. Raises
-    FlowError listing every problem, in file order, each with its place.
+    FlowError listing every problem, in file order, each with its place, and the line of that place when
+    `lines` (a mapping document read from a file: YAML) knows it.
     """
     raw, problems = _load_document(document)
     if raw is None:
         raise FlowError(problems, source=source)
     check_json = not isinstance(document, str | bytes)
     scripts = Scripts(read_script=read_script, check_script=check_script)
-    parser = _FlowParser(raw, scripts=scripts, check_json=check_json, limits=limits)
+    parser = _FlowParser(raw, scripts=scripts, check_json=check_json, limits=limits, lines=lines or {})
     flow = parser.parse(source)
     if flow is None or parser.found:
         raise FlowError(parser.problems(), source=source)
@@ -77,14 +81,9 @@ def parse_flow(
 def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[dict[str, Any] | None, list[Problem]]:
     if isinstance(document, Mapping):
         return dict(document), []
-    if isinstance(document, bytes):
-        try:
-            text = document.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, [utf8_problem(document, exc)]
-    else:
-        text = document
-    text = text.removeprefix("\ufeff")  # editors on Windows like to start files with a BOM
+    text = decoded(document)
+    if isinstance(text, Problem):
+        return None, [text]
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -97,8 +96,11 @@ def _load_document(document: str | bytes | Mapping[str, Any]) -> tuple[dict[str,
 class _FlowParser:
     """One parse: collects findings while building the steps, so that every problem is reported."""
 
-    def __init__(self, raw: dict[str, Any], *, scripts: Scripts, check_json: bool, limits: FlowLimits) -> None:
+    def __init__(
+        self, raw: dict[str, Any], *, scripts: Scripts, check_json: bool, limits: FlowLimits, lines: Mapping[Loc, int]
+    ) -> None:
         self.raw = raw
+        self.lines = lines
         self.scripts = scripts
         self.limits = limits
         self.check_json = check_json  # documents parsed from text hold JSON values by construction
@@ -107,7 +109,10 @@ class _FlowParser:
 
     def problems(self) -> list[Problem]:
         ordered = sorted(self.found, key=lambda found: file_position(self.raw, found[0]))
-        return [Problem(format_location(loc) + label, message) for loc, message, label in ordered]
+        return [
+            Problem(line_place(format_location(loc) + label, line_at(self.lines, loc)), message)
+            for loc, message, label in ordered
+        ]
 
     def parse(self, source: str) -> Flow | None:
         header, flow_inputs, defaults = self._header()

@@ -30,6 +30,17 @@ _OBJECT_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{},:]|[^\s\[\]{},:"]+')
 
 
+def decoded(document: str | bytes) -> str | Problem:
+    """The text of a flow file, JSON or YAML: UTF-8 without the byte order mark editors on Windows like to start
+    files with; else the problem, with its place."""
+    if isinstance(document, str):
+        return document.removeprefix("\ufeff")
+    try:
+        return document.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        return utf8_problem(document, exc)
+
+
 def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> Problem:
     line = data.count(b"\n", 0, exc.start) + 1
     column = exc.start - data.rfind(b"\n", 0, exc.start)
@@ -234,6 +245,23 @@ def raw_step_id(raw_step: Any) -> str | None:
 
 def step_label(step_id: str | None) -> str:
     return f" (step {step_id!r})" if step_id is not None else ""
+
+
+def line_place(where: str, line: int | None) -> str:
+    """A problem's place with the line of the file it is on, when known: ``line 12, steps[3].id``."""
+    if line is None:
+        return where
+    return f"line {line}, {where}" if where else f"line {line}"
+
+
+def line_at(lines: Mapping[Loc, int], loc: Loc) -> int | None:
+    """The line of `loc`, or of the nearest place holding it that `lines` knows (a missing field: its object's);
+    None for the document itself, which is the whole file."""
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return line
+    return None
 
 
 def file_position(raw: Any, loc: Loc) -> tuple[int, ...]:
