@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -22,8 +24,12 @@ from typing import Any
 
 import pytest
 
+from dagrun.cli import build_parser
+from dagrun.cli.render import clock
+from dagrun.store import RunRecord, open_store
 from tests.conftest import RedisServers, write_token_file
 from tests.control_support import Processes, read_only_mount
+from tests.store.conftest import make_run
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
 
@@ -222,10 +228,75 @@ def test_a_script_file_outside_the_flow_files_directory_needs_allow_outside_scri
 
 def test_unknown_run_id_exits_2(tmp_path: Path) -> None:
     assert dagrun("submit", str(FLOWS / "hello.json"), cwd=tmp_path).returncode == 0  # a store, without that run
-    for command in (["status", "nope"], ["outputs", "nope"], ["events", "nope"]):
+    for command in (["status", "no-such-run"], ["outputs", "no-such-run"], ["events", "no-such-run"]):
         result = dagrun(*command, cwd=tmp_path)
         assert result.returncode == 2, command
-        assert result.stderr == f"dagrun: no run with id 'nope' in the store at {tmp_path / 'store'}\n"
+        assert result.stderr == f"dagrun: no run with id 'no-such-run' in the store at {tmp_path / 'store'}\n"
+
+
+def commands_taking_a_run_id() -> list[str]:
+    """Every sub-command with a `run` argument, as the parser has them."""
+    (commands,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return [name for name, parser in commands.choices.items() if any(a.dest == "run" for a in parser._actions)]
+
+
+def test_every_command_taking_a_run_id_takes_a_unique_prefix_of_it_or_last(tmp_path: Path) -> None:
+    commands = commands_taking_a_run_id()
+    assert {"status", "pause", "cancel", "resume", "signal", "wait", "errors", "metrics", "pending", "checkpoint",
+            "outputs", "events"} <= set(commands)  # fmt: skip
+    run_id = json.loads(dagrun("run", str(FLOWS / "hello.json"), "--json", cwd=tmp_path).stdout)["run_id"]
+    prefix, sibling = run_id[:-1], run_id[:-2] + ("0" if run_id[-2] != "0" else "1") + run_id[-1]
+    asyncio.run(record_runs(tmp_path / "store", make_run(sibling)))  # shares all of `prefix` but its last digit
+    extra = {"signal": ["greet", "ok=true"]}  # what else a command needs (refused alike: greet waits for none)
+
+    for command in commands:  # the same answer, whole id included (`run X: ...`, or in the error)
+        by_id = dagrun(command, run_id, *extra.get(command, []), cwd=tmp_path)
+        assert "usage:" not in by_id.stderr and "no run with id" not in by_id.stderr, (command, by_id.stderr)
+        by_prefix = dagrun(command, prefix, *extra.get(command, []), cwd=tmp_path)
+        assert (by_prefix.returncode, by_prefix.stdout, by_prefix.stderr) == (
+            by_id.returncode, by_id.stdout, by_id.stderr
+        ), command  # fmt: skip
+    by_last = dagrun("status", "last", cwd=tmp_path)
+    assert by_last.returncode == 0 and f"run {sibling}" in by_last.stdout, by_last.stdout + by_last.stderr
+
+
+async def record_runs(store: Path, *runs: RunRecord) -> None:
+    """Runs recorded straight into the store at `store`, one step each, as a submit would leave them."""
+    async with open_store(str(store)) as opened:
+        for run in runs:
+            await opened.create_run(run, ["a"])
+
+
+def test_a_run_id_prefix_names_one_run_or_lists_the_runs_it_names(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    ids = [f"20261123-153012-a{n:02d}" for n in range(13)]
+    runs = [make_run(run_id, flow_name="etl", created_at=1_800_000_000.0 + n) for n, run_id in enumerate(ids)]
+
+    assert dagrun("status", "last", cwd=tmp_path).returncode == 2  # no store at all yet
+    asyncio.run(open_store(str(store)).aclose())
+    empty = dagrun("status", "last", cwd=tmp_path)
+    assert (empty.returncode, empty.stderr) == (
+        2,
+        f"dagrun: there are no runs in the store at {store}, so 'last' names none\n",
+    )
+    asyncio.run(record_runs(store, *runs, make_run("20261123-153012-b00", created_at=1_800_000_100.0)))
+
+    ambiguous = dagrun("status", "20261123-153012-a", cwd=tmp_path)
+    assert ambiguous.returncode == 2
+    assert ambiguous.stderr.splitlines() == [
+        "dagrun: run id prefix '20261123-153012-a' names 13 runs; type more of the id:",
+        *(f"  {run_id}  etl  pending  {clock(1_800_000_000.0 + n)}" for n, run_id in enumerate(ids[:10])),
+        "  and 3 more",
+    ]
+    assert "20261123-153012-b00" in dagrun("status", "20261123-153012-b", cwd=tmp_path).stdout
+    assert "20261123-153012-b00" in dagrun("status", "last", cwd=tmp_path).stdout
+    short = dagrun("pending", "20261", cwd=tmp_path)
+    assert (short.returncode, short.stderr) == (
+        2,
+        "dagrun: run id prefix '20261' is too short (6 characters at least)\n",
+    )
+    unknown = dagrun("events", "20261124", cwd=tmp_path)
+    assert (unknown.returncode, unknown.stderr) == (2, f"dagrun: no run with id '20261124' in the store at {store}\n")
 
 
 def test_a_store_path_that_cannot_be_written_exits_3(tmp_path: Path) -> None:
@@ -276,13 +347,23 @@ def test_a_store_deleted_while_a_run_writes_fails_the_run_with_exit_3(tmp_path: 
     assert not (store / "dagrun.db").exists()  # nothing made a new, empty store in its place
 
 
-def test_read_commands_on_a_path_without_a_store_exit_2_and_create_nothing(tmp_path: Path) -> None:
-    for command in (["runs"], ["status", "r1"], ["wait", "r1"]):
-        result = dagrun(*command, cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("option", "looked_for"),
+    [
+        ([], "store/dagrun.db"),  # $DAGRUN_STORE
+        (["--store", "./tpyo"], "tpyo/dagrun.db"),
+        (["--store", "sqlite://{tmp_path}/no/such/dir/x.db"], "no/such/dir/x.db"),
+    ],
+)
+def test_read_commands_on_a_path_without_a_store_exit_2_and_create_nothing(
+    tmp_path: Path, option: list[str], looked_for: str
+) -> None:
+    option = [part.format(tmp_path=tmp_path) for part in option]
+    for command in (["runs"], ["status", "r1"], ["wait", "last"], ["events", "20261123"]):
+        result = dagrun(*command, *option, cwd=tmp_path)
         assert result.returncode == 2, command
         assert result.stderr == (
-            f"dagrun: {tmp_path / 'store' / 'dagrun.db'}: there is no store here (reading never creates one); check"
-            " the path\n"
+            f"dagrun: {tmp_path / looked_for}: there is no store here (reading never creates one); check the path\n"
         )
     assert os.listdir(tmp_path) == []
 

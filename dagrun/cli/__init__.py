@@ -35,6 +35,7 @@ Command = Callable[[argparse.Namespace], int]
 def build_parser() -> argparse.ArgumentParser:
     from dagrun.cli import commands, completion, control, rerun, serve, starter, worker
     from dagrun.cli.flow_options import add_flow_arguments
+    from dagrun.cli.run_ids import add_run_argument
 
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_serve_parser(sub)
 
     p = command("status", commands.status, "show a run and its steps", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("--json", action="store_true", help="one JSON document, context included")
 
     for name, handler, help_ in (
@@ -92,20 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", control.cancel, "end a run cancelled: drop its queued steps, stop its running ones"),
     ):
         p = command(name, handler, help_, store=True)
-        p.add_argument("run", help="run id")
+        add_run_argument(p)
 
     p = command("resume", control.resume, "undo pause; drive the run here if nobody does (crash recovery)", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("--detach", action="store_true", help="only send the command; do not drive the run here")
     _add_orchestrator_arguments(p)
 
     p = command("signal", control.signal_step, "complete a step that waits for a signal", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("step", help="the waiting step's id")
     p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="its fields (VALUE read as JSON when it parses)")
 
     p = command("wait", control.wait, "wait for a run to end: exit 0 if it succeeded, 1 if not", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (exit 124)")
 
     for name, handler, help_ in (
@@ -115,16 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         ("checkpoint", control.checkpoint, "print the persisted state a run resumes from, as JSON"),
     ):
         p = command(name, handler, help_, store=True)
-        p.add_argument("run", help="run id")
+        add_run_argument(p)
         if name != "checkpoint":
             p.add_argument("--json", action="store_true", help="one JSON document")
 
     p = command("outputs", commands.outputs, "print the outputs of a run's steps as JSON", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("step", nargs="?", help="only this step's outputs")
 
     p = command("events", commands.events, "print a run's event log", store=True)
-    p.add_argument("run", help="run id")
+    add_run_argument(p)
     p.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing events as they come, until the run ends")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from dagrun.cli import render
 from dagrun.cli.flow_options import read_flow
+from dagrun.cli.run_ids import resolve_run_id
 from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.contract.executor import Executor
@@ -54,9 +55,12 @@ def print_json(document: Any) -> None:
 
 @asynccontextmanager
 async def opened_store(args: argparse.Namespace, *, read_only: bool = False) -> AsyncIterator[Store]:
-    """The --store, closed on exit; `read_only` for commands that only read (they create no store)."""
+    """The --store, closed on exit; `read_only` for commands that only read (they create no store). A command's
+    `run` argument becomes there the whole id of the run it names (a prefix, `last`: see `run_ids`)."""
     store = open_store(args.store, read_only=read_only)
     try:
+        if getattr(args, "run", None) is not None:
+            args.run = await resolve_run_id(store, args.run, where=args.store)
         yield store
     finally:
         await store.aclose()

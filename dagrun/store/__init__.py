@@ -46,7 +46,7 @@ def _open_sqlite(url: str, *, read_only: bool) -> Store:
 def _open_redis(url: str, *, read_only: bool) -> Store:
     from dagrun.store.redis.store import RedisStore
 
-    return RedisStore.from_url(url)  # reading creates nothing there
+    return RedisStore.from_url(url)  # reading creates no store there (it may add the run ids' set to runs)
 
 
 class _Opener(Protocol):

@@ -142,8 +142,9 @@ class RunWriter(Protocol):
 
 class RunReader(Protocol):
     """What the views show: runs, their steps and their context, read by the API, the CLI (`runs`, `status`,
-    `outputs`), `RunControl`, the orchestrator when it resumes a run, and its watcher when it rescans for runs
-    nobody drives. Each read sees every write made through the same store object before it."""
+    `outputs`, and the run ids typed in part), `RunControl`, the orchestrator when it resumes a run, and its
+    watcher when it rescans for runs nobody drives. Each read sees every write made through the same store
+    object before it."""
 
     async def get_run(self, run_id: str) -> RunRecord:
         """RunNotFound when there is no such run."""
@@ -152,6 +153,10 @@ class RunReader(Protocol):
         self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
         """Newest first."""
+
+    async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
+        """The ids of the runs that start with `prefix`, in id order, at most `limit`: how the CLI makes a
+        run id typed in part one run. An index seek where the backend has one, not a scan of every run."""
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """Every step of the run, in the flow's order; RunNotFound when there is no such run."""

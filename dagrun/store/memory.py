@@ -135,6 +135,10 @@ class MemoryStore:
                 found.append(_copy_run(record))
         return found
 
+    async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
+        self._check_open()
+        return sorted(run_id for run_id in self._runs if run_id.startswith(prefix))[: max(limit, 0)]
+
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         self._check_open()
         steps = self._entry(run_id).steps.values()

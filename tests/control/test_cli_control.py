@@ -165,11 +165,12 @@ async def test_operators_control_a_submitted_run_from_the_command_line(dagrun: P
         ("approve", ["approved"]),
         ("ship", []),
     ]
-    assert dagrun.run("pause", run_id).returncode == 0
+    paused = dagrun.run("pause", run_id[:-3])  # a prefix of its id, or `last`, names it too
+    assert paused.returncode == 0 and paused.stdout.startswith(f"run {run_id}: pause sent"), paused.stderr
     await wait_for_event(store, run_id, "paused")
     refused = dagrun.run("signal", run_id, "build", "approved=true")
     assert refused.returncode == 2 and "runs a script" in refused.stderr
-    signalled = dagrun.run("signal", run_id, "approve", "approved=true")
+    signalled = dagrun.run("signal", "last", "approve", "approved=true")
     assert signalled.returncode == 0, signalled.stderr
     await wait_for_event(store, run_id, "succeeded", "approve")
     assert dagrun.run("wait", run_id, "--timeout", "0.5").returncode == 124  # paused: ship does not start

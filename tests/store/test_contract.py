@@ -69,6 +69,24 @@ async def test_list_runs_is_newest_first_with_filters_and_limit(store: StoreFact
     assert await s.list_runs(limit=0) == []
 
 
+async def test_find_run_ids_lists_the_ids_that_start_with_a_prefix_in_id_order(store: StoreFactory) -> None:
+    s = store()
+    ids = ["20261123-153012-4f9a", "20261123-153012-0b1c", "20261123-160000-aaaa", "2026112", "x-1", "é1", "ê"]
+    for run_id in ids:
+        await create(s, run_id, ["a"])
+    await create(s, "a\U0010ffffb", ["a"])  # the greatest character: nothing sorts between it and the next one
+
+    assert await s.find_run_ids("20261123-1530", limit=10) == ["20261123-153012-0b1c", "20261123-153012-4f9a"]
+    assert await s.find_run_ids("20261123", limit=2) == ["20261123-153012-0b1c", "20261123-153012-4f9a"]
+    assert await s.find_run_ids("2026112", limit=10) == sorted(ids[:4])  # a whole id comes first
+    assert await s.find_run_ids("20261123-153012-4f9a", limit=10) == ["20261123-153012-4f9a"]
+    assert await s.find_run_ids("é", limit=10) == ["é1"]
+    assert await s.find_run_ids("a\U0010ffff", limit=10) == ["a\U0010ffffb"]
+    assert await s.find_run_ids("", limit=100) == sorted([*ids, "a\U0010ffffb"])
+    assert await s.find_run_ids("20261124", limit=10) == []
+    assert await s.find_run_ids("x-1", limit=0) == []
+
+
 async def test_creating_a_run_twice_raises_store_error(store: StoreFactory) -> None:
     s = store()
     await create(s, "r1")
@@ -332,6 +350,7 @@ async def test_aclose_twice_is_fine_and_later_use_raises_runtime_error(store: St
         lambda: s.apply_context("r1", (ContextOp(SET, "k", 1),)),
         lambda: s.get_run("r1"),
         lambda: s.list_runs(),
+        lambda: s.find_run_ids("r", limit=1),
         lambda: s.get_steps("r1"),
         lambda: s.get_context("r1"),
         lambda: s.get_events("r1"),

@@ -245,7 +245,7 @@ async def test_a_create_or_command_resent_after_a_lost_reply_is_applied_once(
     keys = Keys(redis_prefix)
     create_keys = (
         keys.run("r1"), keys.steps("r1"), keys.step_order("r1"), keys.runs, keys.runs_with_status("pending"),
-        keys.runs_of_flow("etl"), keys.run_counter, keys.notices, keys.notice_counter,
+        keys.runs_of_flow("etl"), keys.run_counter, keys.notices, keys.notice_counter, keys.run_ids,
     )  # fmt: skip
     create_args = (
         "r1", "etl", "pending", "{}", "{}", "1.0", "", "", "0", "", "w.1", PENDING_STEP, "submitted",
@@ -264,6 +264,24 @@ async def test_a_create_or_command_resent_after_a_lost_reply_is_applied_once(
         assert [c.seq for c in await store.get_commands("r1")] == [1]
         notices = await store.wait_notices(after=0, timeout_s=0)
         assert [n.kind for n in notices] == [NoticeKind.SUBMITTED, NoticeKind.COMMAND]
+
+
+async def test_runs_created_before_the_run_ids_set_are_found_by_prefix(
+    redis_store: StoreFactory, redis_server: RedisServer
+) -> None:
+    store = redis_store()
+    assert isinstance(store, RedisStore)
+    for n in range(2500):  # more than one page of `_index_run_ids`
+        await create(store, f"run-{n:04d}", ["a"])
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        await client.delete(store.keys.run_ids)  # as a dagrun that kept no such set left it
+        assert await redis_store().find_run_ids("run-123", limit=20) == [f"run-123{n}" for n in range(10)]
+        assert await client.zcard(store.keys.run_ids) == 2500
+        await client.zrem(store.keys.run_ids, "run-2499")  # created by such a dagrun since
+        assert await redis_store().find_run_ids("run-2499", limit=2) == ["run-2499"]
+    finally:
+        await client.aclose()
 
 
 async def test_the_notice_log_keeps_about_max_notices_and_the_cursor_goes_on(

@@ -77,6 +77,19 @@ async def test_file_is_in_wal_mode_with_a_schema_version(sqlite_store: StoreFact
         assert conn.execute("SELECT json_extract(inputs, '$.region') FROM runs").fetchone()[0] == "eu"
 
 
+def test_run_ids_by_prefix_are_a_range_of_the_primary_key_not_a_scan(tmp_path: Path) -> None:
+    path = tmp_path / "dagrun.db"
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        schema.prepare(conn, path)
+        plans: list[str] = []
+        conn.set_trace_callback(plans.append)
+        query.read_run_ids(conn, "20261123-15", 10)
+        conn.set_trace_callback(None)
+        (sql,) = plans
+        plan = " ".join(row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "USING COVERING INDEX sqlite_autoindex_runs_1 (run_id>? AND run_id<?)" in plan, plan
+
+
 # The layout of schema version 1, verbatim: files written by dagrun before commands, notices and leases.
 _SCHEMA_V1 = (
     """CREATE TABLE runs (

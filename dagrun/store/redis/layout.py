@@ -43,6 +43,10 @@ class Keys:
         return f"{self.prefix}runs"
 
     @property
+    def run_ids(self) -> str:
+        return f"{self.prefix}runs:ids"
+
+    @property
     def run_counter(self) -> str:
         return f"{self.prefix}runs:created"
 
@@ -122,7 +126,7 @@ def notifying(text: str) -> LuaScript:
 
 
 # KEYS: run hash, steps hash, step order, all runs, runs of its status, runs of its flow, creation counter,
-# notices, notice counter.
+# notices, notice counter, the run ids.
 # ARGV: the RunRecord fields (numbers as text, '' for none, error after a '0'/'1' flag), a creation token,
 # the state of a pending step, the notice kind, the context (JSON), the run it reruns ('' for none), the
 # states of the steps it reuses (a JSON object: step id -> state text), then the step ids. Returns 1, or 0
@@ -154,6 +158,7 @@ for i = 17, #ARGV do
   end
 end
 for i = 4, 6 do redis.call('ZADD', KEYS[i], ARGV[6], member) end
+redis.call('ZADD', KEYS[10], 0, ARGV[1])
 notify(KEYS[8], KEYS[9], ARGV[1], ARGV[13])
 return 1
 """)

@@ -8,6 +8,7 @@ any of these, so each sees every write made before it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -21,6 +22,8 @@ from dagrun.store.redis.layout import LIST_BOTH, RUN_FIELDS, decode_event, decod
 from dagrun.store.redis.wait import Entry, entries_of
 
 logger = logging.getLogger(__name__)
+
+_INDEX_PAGE = 1000  # runs added to the ids' set per round trip by `_index_run_ids`
 
 
 async def read_run(redis: RedisConnection, run_id: str) -> RunRecord:
@@ -53,6 +56,37 @@ async def list_runs(
         pipe.hmget(keys.run(run_id_of(member)), RUN_FIELDS)
     rows = await redis.call(pipe.execute(), doing="listing runs")
     return [run for run in map(decode_run, rows) if run is not None]
+
+
+async def find_run_ids(redis: RedisConnection, prefix: str, *, limit: int) -> list[str]:
+    """The ids starting with `prefix`, in id order: ZRANGEBYLEX on the ids' set, O(log n + limit), in one round
+    trip. When that set holds fewer runs than the runs' set (runs created by a dagrun that kept no such set),
+    the missing ones are added first (`_index_run_ids`)."""
+    if limit <= 0:
+        return []
+    keys, client, doing = redis.keys, redis.client, "finding run ids"
+    # the prefix then a 0xFF byte sorts after every id with the prefix: no UTF-8 text holds that byte
+    lex_range = (f"[{prefix}", b"(" + prefix.encode() + b"\xff")
+    pipe = client.pipeline(transaction=True)
+    pipe.zcard(keys.runs)
+    pipe.zcard(keys.run_ids)
+    pipe.zrangebylex(keys.run_ids, *lex_range, start=0, num=limit)
+    runs, indexed, found = await redis.call(pipe.execute(), doing=doing)
+    if indexed < runs:
+        await _index_run_ids(redis)
+        found = await redis.call(client.zrangebylex(keys.run_ids, *lex_range, start=0, num=limit), doing=doing)
+    return list(found)
+
+
+async def _index_run_ids(redis: RedisConnection) -> None:
+    """Add every run to the ids' set, a page of the runs' set per round trip so that Redis serves other clients
+    in between: O(runs), once (runs are never removed, so afterwards both sets hold as many)."""
+    keys, client, doing = redis.keys, redis.client, "indexing run ids"
+    for start in itertools.count(0, _INDEX_PAGE):
+        members = await redis.call(client.zrange(keys.runs, start, start + _INDEX_PAGE - 1), doing=doing)
+        if not members:
+            return
+        await redis.call(client.zadd(keys.run_ids, dict.fromkeys(map(run_id_of, members), 0)), doing=doing)
 
 
 async def read_steps(redis: RedisConnection, run_id: str) -> list[StepRecord]:

@@ -19,6 +19,8 @@ Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built
                                 runs created at the same instant list the later creation first
     runs:status:{status}  zset  the same, per status (moved by the script that changes the status)
     runs:flow:{name}      zset  the same, per flow; both filters walk the smaller set and probe the other
+    runs:ids              zset  every run id, all scored 0 so that ZRANGEBYLEX finds the ids with a prefix in
+                                O(log n + found); runs created before it existed are added by the first such read
     runs:created          counter of creations;   writer:{id}  hash, a writer's last batch (expires after a day)
     wake:{id}             stream  one entry: a store ends its own blocking read to read more streams (expires
                                 after an hour)
@@ -138,7 +140,7 @@ class RedisStore:
         script_keys = (
             keys.run(run_id), keys.steps(run_id), keys.step_order(run_id), keys.runs,
             keys.runs_with_status(run.status), keys.runs_of_flow(run.flow_name), keys.run_counter, keys.notices,
-            keys.notice_counter,
+            keys.notice_counter, keys.run_ids,
         )  # fmt: skip
         args = (
             run_id, run.flow_name, run.status, flow, inputs, number_arg(run.created_at), number_arg(run.started_at),
@@ -214,6 +216,10 @@ class RedisStore:
     ) -> list[RunRecord]:
         await self.flush()
         return await query.list_runs(self._redis, status=status, flow_name=flow_name, limit=limit)
+
+    async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
+        await self.flush()
+        return await query.find_run_ids(self._redis, prefix, limit=limit)
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         await self.flush()

@@ -9,6 +9,7 @@ watcher's reads (the data version, the channels' marks) are here too.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from typing import Any
 
 import orjson
@@ -46,6 +47,28 @@ def read_runs(conn: sqlite3.Connection, status: RunStatus | None, flow_name: str
     # rowid breaks ties between runs created at the same instant: the later insert is newer.
     sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?"
     return [_run_from_row(row) for row in conn.execute(sql, (*params, max(limit, 0)))]
+
+
+def read_run_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
+    """The ids starting with `prefix`, in id order: a range of the primary key's index (LIKE would scan every
+    run, for it ignores case)."""
+    upper = _text_after(prefix)
+    below = "" if upper is None else " AND run_id < ?"
+    bounds = (prefix,) if upper is None else (prefix, upper)
+    sql = f"SELECT run_id FROM runs WHERE run_id >= ?{below} ORDER BY run_id LIMIT ?"
+    return [run_id for (run_id,) in conn.execute(sql, (*bounds, max(limit, 0)))]
+
+
+def _text_after(prefix: str) -> str | None:
+    """The least text above every text that starts with `prefix` (SQLite compares UTF-8 bytes, which order
+    as the code points do); None when there is none: `prefix` is empty or only U+10FFFF."""
+    stem = prefix.rstrip(chr(sys.maxunicode))
+    if not stem:
+        return None
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:  # surrogates are no text: skip them
+        following = 0xE000
+    return stem[:-1] + chr(following)
 
 
 def read_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:

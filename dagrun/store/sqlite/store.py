@@ -212,6 +212,9 @@ class SqliteStore:
     ) -> list[RunRecord]:
         return await self._query(query.read_runs, status, flow_name, limit)
 
+    async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
+        return await self._query(query.read_run_ids, prefix, limit)
+
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self._query(query.read_steps, run_id)
 
