@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from dagrun.cli.commands import drive_here, opened_store, parse_inputs
+from dagrun.cli.run_ids import add_run_argument
 from dagrun.engine.stored_flow import flow_of
 
 
@@ -30,7 +31,7 @@ def rerun(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="the run to rerun: it must have ended")
+    add_run_argument(p)  # it must have ended
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--from-failed",
