@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.store.base import Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
+from dagrun.store.base import AttemptLog, Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_json
 
 DEFAULT_PREFIX = "dagrun:"
@@ -57,6 +57,9 @@ class Keys:
 
     def step_order(self, run_id: str) -> str:
         return f"{self.prefix}order:{run_id}"
+
+    def logs(self, run_id: str) -> str:
+        return f"{self.prefix}logs:{run_id}"
 
     def events(self, run_id: str) -> str:
         return f"{self.prefix}events:{run_id}"
@@ -198,11 +201,12 @@ if ARGV[3] ~= '' then notify(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) end
 return 1
 """)
 
-# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then five keys per run group:
-# run hash, steps hash, events stream, step order, lease epoch.
+# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then six keys per run group:
+# run hash, steps hash, events stream, step order, lease epoch, attempts' logs.
 # ARGV: batch number, n, the n statuses (in KEYS' order); then per group its argument count, the lease epoch
 # its writes carry (their fence: see `fencing`) and its ops:
 #   S step_id state event                                   upsert a step, append its event
+#   L field log                                             keep an attempt's logs (after the S op ending it)
 #   R status started_at finished_at has_error error event   move the run, append its event
 #   C expected_token new_token context                      compare-and-set the context
 # Event seqs come from the run's `seq` field, here, so writers on any machine share one gap-free order.
@@ -221,10 +225,11 @@ local k, a = n + 1, n + 3
 while a <= #ARGV do
   local run, steps, events, order = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local epoch = tonumber(redis.call('GET', KEYS[k + 5])) or 0
+  local logs = KEYS[k + 6]
   local stop = a + tonumber(ARGV[a])
   local fence = tonumber(ARGV[a + 1])
   a = a + 2
-  k = k + 5
+  k = k + 6
   if redis.call('EXISTS', run) == 0 then
     results[#results + 1] = 0
     a = stop + 1
@@ -242,6 +247,9 @@ while a <= #ARGV do
         seq = seq + 1
         redis.call('XADD', events, seq .. '-0', 'e', ARGV[a + 3])
         a = a + 4
+      elseif op == 'L' then
+        redis.call('HSET', logs, ARGV[a + 1], ARGV[a + 2])
+        a = a + 3
       elseif op == 'R' then
         local status = ARGV[a + 1]
         local old = redis.call('HMGET', run, 'status', 'member', 'created_at')
@@ -339,6 +347,22 @@ def decode_step(run_id: str, step_id: str, text: str) -> StepRecord:
         run_id, step_id, StepStatus(status), attempt, started_at, finished_at, outputs, decode_error(error), logs,
         worker_id, elapsed_ms, queued_at,
     )  # fmt: skip
+
+
+def attempt_log_field(step_id: str, attempt: int) -> str:
+    """The field of the run's logs hash that holds this attempt's logs."""
+    return orjson.dumps((step_id, attempt)).decode()
+
+
+def encode_attempt_log(log: AttemptLog) -> tuple[str, bytes]:
+    """An attempt's logs as a field of the run's logs hash and its value."""
+    return attempt_log_field(log.step_id, log.attempt), orjson.dumps((log.worker_id, log.at, log.text))
+
+
+def decode_attempt_log(field: str, value: str) -> AttemptLog:
+    step_id, attempt = orjson.loads(field)
+    worker_id, at, text = orjson.loads(value)
+    return AttemptLog(step_id, attempt, worker_id, at, text)
 
 
 def seq_of(entry_id: str) -> int:

@@ -6,6 +6,8 @@
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
+    attempt_logs(run_id, step_id, attempt, worker_id, at, text; PK(run_id, step_id, attempt))
+                                                              each attempt's logs (`steps.logs`: the latest's)
     notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
     leases(run_id PK, owner, expires_at, epoch)               expires_at is time.time(); a released lease
                                                               keeps its row (owner '', expires_at 0) and epoch
@@ -65,6 +67,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE leases ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     ),
     ("ALTER TABLE steps ADD COLUMN queued_at REAL",),  # the queued state: dispatched, not yet started
+    (  # every attempt's logs, not only the latest's; a rowid table, as a log can be long
+        """CREATE TABLE attempt_logs (
+            run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL,
+            at REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -105,6 +112,8 @@ UPSERT_STEPS = RowsStatement(
     error = excluded.error, logs = excluded.logs, worker_id = excluded.worker_id, elapsed_ms = excluded.elapsed_ms,
     queued_at = excluded.queued_at""",
 )
+# An attempt recorded again (the same record written twice) keeps one row.
+UPSERT_LOGS = RowsStatement("INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text)", 6)
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
 INSERT_EVENTS = RowsStatement("INSERT INTO events (run_id, at, kind, status, step_id, attempt, message, seq)", 8)
 

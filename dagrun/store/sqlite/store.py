@@ -30,7 +30,18 @@ import orjson
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
-from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
+from dagrun.store.base import (
+    AttemptLog,
+    Command,
+    CommandKind,
+    Event,
+    Lease,
+    Notice,
+    NoticeKind,
+    RunRecord,
+    StepRecord,
+    attempt_log,
+)
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
 from dagrun.store.fencing import Fences
 from dagrun.store.sqlite import control, query, schema
@@ -180,6 +191,7 @@ class SqliteStore:
         error = step.error
         status = step.status
         attempt = step.attempt
+        log = attempt_log(step)
         writer.add_step(
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
@@ -188,6 +200,7 @@ class SqliteStore:
             ),
             (run_id, time.time(), "step", status, step_id, attempt, message),
             self._fences.epochs.get(run_id, 0),
+            None if log is None else (run_id, step_id, attempt, log.worker_id, log.at, log.text),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
@@ -221,6 +234,11 @@ class SqliteStore:
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self._query(query.read_steps, run_id)
+
+    async def get_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> list[AttemptLog]:
+        return await self._query(query.read_logs, run_id, step_id, attempt)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """From the cache when this process drives the run (the same value, without a flush); else what
