@@ -33,6 +33,7 @@ import orjson
 
 from dagrun.contract.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
+from dagrun.store.base import StepRecord, attempt_log
 from dagrun.store.codec import EMPTY_OBJECT, merge_context
 
 # Migration n takes a file from user_version n - 1 to n. A new file runs them all, so new and upgraded
@@ -114,6 +115,14 @@ UPSERT_STEPS = RowsStatement(
 )
 # An attempt recorded again (the same record written twice) keeps one row.
 UPSERT_LOGS = RowsStatement("INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text)", 6)
+
+
+def attempt_log_row(step: StepRecord) -> tuple[Any, ...] | None:
+    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed nothing (`base.attempt_log`)."""
+    log = attempt_log(step)
+    return None if log is None else (step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text)
+
+
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
 INSERT_EVENTS = RowsStatement("INSERT INTO events (run_id, at, kind, status, step_id, attempt, message, seq)", 8)
 

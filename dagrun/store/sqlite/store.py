@@ -30,18 +30,7 @@ import orjson
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
-from dagrun.store.base import (
-    AttemptLog,
-    Command,
-    CommandKind,
-    Event,
-    Lease,
-    Notice,
-    NoticeKind,
-    RunRecord,
-    StepRecord,
-    attempt_log,
-)
+from dagrun.store.base import AttemptLog, Command, CommandKind, Event, Lease, Notice, NoticeKind, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_json, encode_error, encode_json, merge_context
 from dagrun.store.fencing import Fences
 from dagrun.store.sqlite import control, query, schema
@@ -191,7 +180,6 @@ class SqliteStore:
         error = step.error
         status = step.status
         attempt = step.attempt
-        log = attempt_log(step)
         writer.add_step(
             (
                 run_id, step_id, position, status, attempt, step.started_at, step.finished_at, outputs_json,
@@ -200,7 +188,7 @@ class SqliteStore:
             ),
             (run_id, time.time(), "step", status, step_id, attempt, message),
             self._fences.epochs.get(run_id, 0),
-            None if log is None else (run_id, step_id, attempt, log.worker_id, log.at, log.text),
+            schema.attempt_log_row(step),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
