@@ -56,6 +56,9 @@ def test_logs_shows_every_attempt_of_every_step_in_the_order_they_ended(tmp_path
         *(f"check#1 (W) | checked row {i}" for i in range(8)),
     ]
 
+    followed = dagrun("logs", run_id, "--follow", cwd=tmp_path, timeout=4)  # the run has ended: at once
+    assert (followed.returncode, followed.stdout) == (0, result.stdout)
+
     first = dagrun("logs", run_id, "load", "--attempt", "1", cwd=tmp_path)
     assert [line.split(" | ")[1] for line in first.stdout.splitlines()] == ["loading, attempt 1", "rows: 3"]
     documents = [

@@ -114,13 +114,16 @@ class RunControl:
         """The attempts' logs there are (as `RunReader.get_logs`), then each attempt's as it ends, until the
         run ends: an attempt's logs come with its result, so they arrive whole when it ends. Driven by the
         run's events (`follow_events`): the logs of an attempt are read when the event that ends it comes."""
-        # The events are read before the logs: an attempt that ends in between is in both, and `seen` keeps
-        # its logs from coming twice.
-        events = await self.store.get_events(run_id)
+        # The run and its events are read before the logs: an attempt that ends in between is in both, and
+        # `seen` keeps its logs from coming twice; a run that had ended has nothing more to follow.
+        ended = (await self.store.get_run(run_id)).status.is_terminal
+        events = [] if ended else await self.store.get_events(run_id)
         seen: set[tuple[str, int]] = set()
         for log in await self.store.get_logs(run_id, step_id=step_id, attempt=attempt):
             seen.add((log.step_id, log.attempt))
             yield log
+        if ended:
+            return
         async for event in self.follow_events(run_id, after_seq=events[-1].seq if events else 0):
             if not _ends_attempt(event, step_id, attempt):
                 continue
