@@ -52,7 +52,7 @@ class StepFailure(NamedTuple):
     error: StepError
     logs: str
     worker_id: str
-    source_line: str | None = None  # the script's line `error.line`, when the error names one
+    source_line: str | None  # the script's line `error.line` as the run ran it, when the error names one
 
     def to_json(self) -> dict[str, Any]:
         return {
