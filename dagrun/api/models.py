@@ -92,6 +92,11 @@ class EventsQuery(ApiModel):
     limit: int = Field(1000, ge=1, le=MAX_EVENTS_LIMIT, description="At most this many events, oldest first.")
 
 
+class LogsQuery(ApiModel):
+    step: str | None = Field(None, description="Only this step's attempts (none for a step the run does not have).")
+    attempt: int | None = Field(None, ge=1, le=MAX_SEQ, description="Only attempts with this number.")
+
+
 class StreamQuery(ApiModel):
     after: int = Field(
         0, ge=0, le=MAX_SEQ, description="Only events with a greater seq (the Last-Event-ID header wins)."
@@ -202,8 +207,21 @@ class StepFailureBody(ApiModel):
     step_id: str
     attempt: int
     error: StepErrorBody
-    logs: str
+    source_line: str | None = Field(description="The script's line `error.line` as the run ran it, if any.")
+    logs: str = Field(description="What the failed attempt printed.")
     worker_id: str
+
+
+class AttemptLogBody(ApiModel):
+    step_id: str
+    attempt: int
+    worker_id: str
+    at: float = Field(description="When the attempt ended (its logs arrive with its result).")
+    text: str = Field(description="What the attempt printed with log() and print.")
+
+
+class LogList(ApiModel):
+    logs: list[AttemptLogBody] = Field(description="Each attempt that printed, in the order the attempts ended.")
 
 
 class ErrorList(ApiModel):

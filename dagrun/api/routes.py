@@ -20,7 +20,7 @@ from dagrun.api.stream import EventStreams, last_event_id
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.engine.rerun import submit_rerun
-from dagrun.engine.views import command_json, event_json, run_json
+from dagrun.engine.views import attempt_log_json, command_json, event_json, run_json
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.parser import parse_flow
@@ -98,6 +98,10 @@ class RunHandlers:
                   description="Frames `id: <seq>`, `event: run|step`, `data: <Event JSON>`; comment lines keep "
                   "a quiet stream alive. Resumes after the Last-Event-ID header (or `after`). Ends after the "
                   "event that ends the run; 204 when the run has ended with no event after that id."),
+            Route("GET", f"{run}/logs", self.get_logs, "What each attempt of the run's steps printed",
+                  {200: models.LogList}, query=models.LogsQuery,
+                  description="Every attempt's logs, a retried step's earlier attempts included. An attempt's "
+                  "logs arrive with its result: they appear when it ends, not while it runs."),
             Route("GET", f"{run}/errors", self.get_errors, "Steps whose last attempt failed", {200: models.ErrorList}),
             Route("GET", f"{run}/metrics", self.get_metrics, "Timings, attempts and retries",
                   {200: models.MetricsBody}),
@@ -163,6 +167,11 @@ class RunHandlers:
     async def stream_events(self, request: web.Request) -> web.StreamResponse:
         after = last_event_id(request, read_query(request, models.StreamQuery).after)
         return await self._streams.respond(request, self._control, _run_id(request), after)
+
+    async def get_logs(self, request: web.Request) -> web.Response:
+        query = read_query(request, models.LogsQuery)
+        logs = await self._control.store.get_logs(_run_id(request), step_id=query.step, attempt=query.attempt)
+        return json_response({"logs": [attempt_log_json(log) for log in logs]})
 
     async def get_errors(self, request: web.Request) -> web.Response:
         failures = await self._control.errors(_run_id(request))

@@ -33,7 +33,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, completion, control, rerun, serve, starter, worker
+    from dagrun.cli import commands, completion, control, logs, rerun, serve, starter, worker
     from dagrun.cli.flow_options import add_flow_arguments
     from dagrun.cli.run_ids import add_run_argument
 
@@ -123,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("outputs", commands.outputs, "print the outputs of a run's steps as JSON", store=True)
     add_run_argument(p)
     p.add_argument("step", nargs="?", help="only this step's outputs")
+
+    p = command("logs", logs.logs, "print what each attempt of a run's steps printed (log() and print)", store=True)
+    p.add_argument("run", help="run id")
+    p.add_argument("step", nargs="?", help="only this step's logs")
+    p.add_argument("--attempt", type=_positive_int, metavar="N", help="only the logs of attempt N")
+    p.add_argument(
+        "--follow", "-f", action="store_true",
+        help="then print each attempt's logs as it ends, until the run ends (lines arrive at attempt end)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="one JSON object per attempt per line")
+    p.epilog = (
+        "Lines are STEP#ATTEMPT (WORKER) | LINE, in the order the attempts ended. A step's lines reach the store "
+        "with its result: an attempt's appear when it ends, not while it runs."
+    )
 
     p = command("events", commands.events, "print a run's event log", store=True)
     add_run_argument(p)

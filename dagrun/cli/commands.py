@@ -25,7 +25,7 @@ from rich.console import Console
 from dagrun.cli import render
 from dagrun.cli.flow_options import read_flow
 from dagrun.cli.run_ids import resolve_run_id
-from dagrun.cli.run_report import DurableSteps, StepsSeen, not_persisted
+from dagrun.cli.run_report import DurableSteps, StepsSeen, failures_of, not_persisted
 from dagrun.cli.worker import read_token_file
 from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus
@@ -41,7 +41,7 @@ from dagrun.flow.model import Flow
 from dagrun.flow.schema import flow_json_schema
 from dagrun.sandbox.policy import check_script
 from dagrun.store import open_store
-from dagrun.store.base import Event, Store
+from dagrun.store.base import Event, StepRecord, Store
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -176,7 +176,8 @@ async def drive_here(
             print_json(result.to_json())
         else:
             records = await store.get_steps(result.run_id)
-            render.run_summary(console, result, records, time.monotonic() - started)
+            failures = await failures_of(store, result)
+            render.run_summary(console, result, records, failures, time.monotonic() - started)
     return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
 
 
@@ -218,16 +219,21 @@ def outputs(args: argparse.Namespace) -> int:
         if args.step is None:
             print_json({step.step_id: step.outputs for step in steps})
             return EXIT_OK
-        for step in steps:
-            if step.step_id == args.step:
-                print_json(step.outputs)
-                return EXIT_OK
-        known = ", ".join(step.step_id for step in steps[:20])
-        raise FlowError(
-            [Problem(args.step, f"run {args.run!r} has no step {args.step!r} (steps: {known})")], source="command line"
-        )
+        print_json(require_step(args.run, args.step, steps).outputs)
+        return EXIT_OK
 
     return asyncio.run(show())
+
+
+def require_step(run_id: str, step_id: str, steps: list[StepRecord]) -> StepRecord:
+    """The run's step `step_id`; a FlowError (exit 2) naming the run's steps when it has none."""
+    for step in steps:
+        if step.step_id == step_id:
+            return step
+    known = ", ".join(step.step_id for step in steps[:20])
+    raise FlowError(
+        [Problem(step_id, f"run {run_id!r} has no step {step_id!r} (steps: {known})")], source="command line"
+    )
 
 
 def events(args: argparse.Namespace) -> int:

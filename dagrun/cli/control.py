@@ -28,6 +28,7 @@ from dagrun.cli.commands import (
     store_option,
 )
 from dagrun.cli.flow_options import read_flow
+from dagrun.cli.run_report import failures_of
 from dagrun.cli.worker import stop_on_signals
 from dagrun.contract.states import RunStatus
 from dagrun.engine.control import RunControl
@@ -111,7 +112,8 @@ def resume(args: argparse.Namespace) -> int:
                 stdout.print(f"run {args.run}: resume sent; it is driven by {driver}")
                 return EXIT_OK
             records = await store.get_steps(args.run)
-            render.run_summary(stdout, result, records, time.monotonic() - started)
+            failures = await failures_of(store, result)
+            render.run_summary(stdout, result, records, failures, time.monotonic() - started)
             return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
 
     return asyncio.run(resume_here())
@@ -151,12 +153,7 @@ def errors(args: argparse.Namespace) -> int:
         elif not found:
             stdout.print(f"run {args.run}: no errors")
         else:
-            table = _table("step", "attempt", "kind", "error", "worker")
-            for failure in found:
-                table.add_row(
-                    failure.step_id, str(failure.attempt), failure.error.kind, str(failure.error), failure.worker_id
-                )
-            stdout.print(table)
+            render.step_failures(stdout, found)
         return EXIT_OK
 
     return asyncio.run(show())

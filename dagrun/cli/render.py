@@ -24,9 +24,12 @@ from rich.text import Text
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.contract.transport import WorkerStatus
 from dagrun.engine.orchestrator import RunResult
+from dagrun.engine.views import StepFailure
 from dagrun.store.base import Event, RunRecord, StepRecord
 
 MAX_TABLE_ROWS = 40
+LOG_TAIL_LINES = 5  # of a failed step's log, shown with its error
+MAX_FAILURES_SHOWN = 5  # failed steps detailed after a run; `dagrun errors` shows them all
 
 _STYLE = {
     "succeeded": "green",
@@ -156,19 +159,53 @@ def plain_step_line(record: StepRecord) -> str:
     return line
 
 
-def run_summary(console: Console, result: RunResult, records: list[StepRecord], elapsed_s: float) -> None:
-    """The table after a run: every step when few, else the ones that did not succeed."""
+def run_summary(
+    console: Console, result: RunResult, records: list[StepRecord], failures: list[StepFailure], elapsed_s: float
+) -> None:
+    """The table after a run (every step when few, else the ones that did not succeed), what went wrong in
+    its failed steps (`failures`, the first few), and a last line with the outcome."""
     counts = Counter(outcome.status.value for outcome in result.steps.values())
     shown = records if len(records) <= MAX_TABLE_ROWS else [r for r in records if not r.status.has_outputs]
     if shown:
         console.print(steps_table(shown[:MAX_TABLE_ROWS]))
     if len(shown) > MAX_TABLE_ROWS:
         console.print(f"... and {len(shown) - MAX_TABLE_ROWS} more steps (see `dagrun status {result.run_id}`)")
+    step_failures(console, failures[:MAX_FAILURES_SHOWN])
+    if len(failures) > MAX_FAILURES_SHOWN:
+        console.print(
+            f"... and {len(failures) - MAX_FAILURES_SHOWN} more failed steps (see `dagrun errors {result.run_id}`)"
+        )
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     line = Text(f"run {result.run_id} ")
     line.append(result.status.value, style=_STYLE.get(result.status.value, "") + " bold")
     line.append(f" in {elapsed_s:.2f} s: {tally}")
     console.print(line)
+
+
+def step_failures(console: Console, failures: list[StepFailure]) -> None:
+    """Each failed step's error, the script line it names as written, and the last lines of its log: plain
+    lines (the same on a terminal and in a pipe), user text never read as markup."""
+    for failure in failures:
+        error = failure.error
+        worker = f" on {failure.worker_id}" if failure.worker_id else ""
+        head = f"step {failure.step_id} failed (attempt {failure.attempt}{worker}): {error.kind} error {error.type}: "
+        console.print(Text(head + error.message, style="red"), soft_wrap=True)
+        if error.line is not None:
+            console.print(Text(f"  script line {error.line}: {failure.source_line or '?'}"), soft_wrap=True)
+        logged = failure.logs.splitlines()
+        if logged:
+            tail = logged[-LOG_TAIL_LINES:]
+            cut = f" (its last {len(tail)} of {len(logged)} lines)" if len(tail) < len(logged) else ""
+            console.print(Text(f"  log{cut}:"), soft_wrap=True)
+            for line in log_lines(failure.step_id, failure.attempt, failure.worker_id, tail):
+                console.print(Text(f"    {line}"), soft_wrap=True)
+
+
+def log_lines(step_id: str, attempt: int, worker_id: str, lines: list[str]) -> list[str]:
+    """An attempt's log lines as `dagrun logs` prints them, ``STEP#ATTEMPT (WORKER) | line``: each line says
+    whose it is, so they can be grepped and sorted."""
+    prefix = f"{step_id}#{attempt}" + (f" ({worker_id})" if worker_id else "") + " | "
+    return [prefix + line for line in lines]
 
 
 def steps_table(records: list[StepRecord]) -> Table:

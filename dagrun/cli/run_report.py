@@ -1,5 +1,5 @@
 """What `dagrun run` reports of its steps: only what the store has made durable, and, when the store fails
-or loses the run, what it can still say truthfully.
+or loses the run, what it can still say truthfully; after the run, what went wrong in its failed steps.
 
 A step's record is queued for the store's writer, not yet written, when the driver tells its listener.
 `DurableSteps` passes a record on (to the progress output) once a flush begun after it has returned, one
@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import RunResult, StepListener
 from dagrun.engine.outcome import StepOutcome
+from dagrun.engine.views import StepFailure
 from dagrun.errors import StoreError
 from dagrun.flow.model import Flow
 from dagrun.store.base import StepRecord, Store
@@ -49,6 +51,14 @@ class DurableSteps:
             if self._then is not None:
                 for record in confirmed:
                     self._then(record)
+
+
+async def failures_of(store: Store, result: RunResult) -> list[StepFailure]:
+    """The failed steps the summary after a run details (error, script line, log tail); a run that
+    succeeded has none, and nothing is read for it."""
+    if result.status == RunStatus.SUCCEEDED:
+        return []
+    return await RunControl(store).errors(result.run_id)
 
 
 def not_persisted(records: list[StepRecord]) -> str:

@@ -29,11 +29,12 @@ from dagrun.engine.views import (
     RunView,
     StepFailure,
     pending_step,
+    step_failure,
     step_metrics,
 )
 from dagrun.errors import ControlError
 from dagrun.flow.model import Flow, resolve_flow_inputs
-from dagrun.store.base import Command, CommandKind, Event, RunRecord, StepRecord, Store
+from dagrun.store.base import AttemptLog, Command, CommandKind, Event, RunRecord, StepRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ CONTROL_LEASE_S = 10.0  # how long a control call holds an undriven run's lease 
 # in about one such second out of 130; with 6, in one out of two billion.
 RUN_ID_RANDOM_BYTES = 6
 FOLLOW_WAIT_S = 5.0  # one blocking wait of `follow_events`; it loops until the run ends
+# The step states whose record ends an attempt, and so carries its logs (see `store.base.attempt_log`).
+ATTEMPT_ENDS = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.READY})
 
 
 def new_run_id() -> str:
@@ -99,12 +102,35 @@ class RunControl:
         return Checkpoint(view, events[-1].seq if events else 0, tuple(commands))
 
     async def errors(self, run_id: str) -> list[StepFailure]:
-        """The error of each step whose last attempt failed, in flow order."""
+        """The error of each step whose last attempt failed, in flow order, with its script line and logs."""
+        run = await self.store.get_run(run_id)
         return [
-            StepFailure(step.step_id, step.attempt, step.error, step.logs, step.worker_id)
-            for step in await self.store.get_steps(run_id)
-            if step.error is not None
+            step_failure(run, step, step.error) for step in await self.store.get_steps(run_id) if step.error is not None
         ]
+
+    async def follow_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> AsyncIterator[AttemptLog]:
+        """The attempts' logs there are (as `RunReader.get_logs`), then each attempt's as it ends, until the
+        run ends: an attempt's logs come with its result, so they arrive whole when it ends. Driven by the
+        run's events (`follow_events`): the logs of an attempt are read when the event that ends it comes."""
+        # The run and its events are read before the logs: an attempt that ends in between is in both, and
+        # `seen` keeps its logs from coming twice; a run that had ended has nothing more to follow.
+        ended = (await self.store.get_run(run_id)).status.is_terminal
+        events = [] if ended else await self.store.get_events(run_id)
+        seen: set[tuple[str, int]] = set()
+        for log in await self.store.get_logs(run_id, step_id=step_id, attempt=attempt):
+            seen.add((log.step_id, log.attempt))
+            yield log
+        if ended:
+            return
+        async for event in self.follow_events(run_id, after_seq=events[-1].seq if events else 0):
+            if not _ends_attempt(event, step_id, attempt):
+                continue
+            for log in await self.store.get_logs(run_id, step_id=event.step_id, attempt=event.attempt):
+                if (log.step_id, log.attempt) not in seen:
+                    seen.add((log.step_id, log.attempt))
+                    yield log
 
     async def metrics(self, run_id: str) -> RunMetrics:
         run = await self.store.get_run(run_id)
@@ -221,6 +247,16 @@ class RunControl:
         if run.status.is_terminal:
             raise ControlError(run_id, f"it already ended {run.status}")
         return run
+
+
+def _ends_attempt(event: Event, step_id: str | None, attempt: int | None) -> bool:
+    """Whether `event` ends an attempt of `step_id` (any step when None) numbered `attempt` (any when None)."""
+    return (
+        event.step_id is not None
+        and event.status in ATTEMPT_ENDS
+        and step_id in (None, event.step_id)
+        and attempt in (None, event.attempt)
+    )
 
 
 async def apply_to_undriven_run(store: Store, run_id: str, kind: CommandKind) -> None:

@@ -1,6 +1,6 @@
 """What reading a run shows: the views `RunControl` returns (a run with its steps, a checkpoint, its
-failures, its pending steps, its metrics) and the JSON of each, and of the store's records, as the CLI
-and the REST API print them."""
+failures, its pending steps, its metrics) and the JSON of each, and of the store's records (attempts'
+logs included), as the CLI and the REST API print them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.store.base import Command, Event, RunRecord, StepRecord
+from dagrun.store.base import AttemptLog, Command, Event, RunRecord, StepRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +45,44 @@ class Checkpoint:
 
 
 class StepFailure(NamedTuple):
+    """A step whose last attempt failed: its error, the script line it names as written, that attempt's logs."""
+
     step_id: str
     attempt: int
     error: StepError
     logs: str
     worker_id: str
+    source_line: str | None  # the script's line `error.line` as the run ran it, when the error names one
 
     def to_json(self) -> dict[str, Any]:
         return {
             "step_id": self.step_id,
             "attempt": self.attempt,
             "error": self.error.to_json(),
+            "source_line": self.source_line,
             "logs": self.logs,
             "worker_id": self.worker_id,
         }
+
+
+def step_failure(run: RunRecord, step: StepRecord, error: StepError) -> StepFailure:
+    """The failure of `step`, its source line read from the script the run holds (the flow as submitted,
+    scripts inlined), so it is the line that ran even if the flow's files changed since."""
+    return StepFailure(
+        step.step_id, step.attempt, error, step.logs, step.worker_id, script_line(run.flow, step.step_id, error.line)
+    )
+
+
+def script_line(flow: dict[str, Any], step_id: str, line: int | None) -> str | None:
+    """Line `line` (from 1) of the script of step `step_id` in a flow document, stripped; None when there is
+    no such line."""
+    if line is None or line < 1:
+        return None
+    for step in flow.get("steps", ()):
+        if isinstance(step, dict) and step.get("id") == step_id and isinstance(step.get("script"), str):
+            lines = step["script"].splitlines()
+            return lines[line - 1].strip() if line <= len(lines) else None
+    return None
 
 
 class PendingStep(NamedTuple):
@@ -191,6 +215,10 @@ def event_json(event: Event) -> dict[str, Any]:
         "attempt": event.attempt,
         "message": event.message,
     }
+
+
+def attempt_log_json(log: AttemptLog) -> dict[str, Any]:
+    return log._asdict()
 
 
 def command_json(command: Command) -> dict[str, Any]:

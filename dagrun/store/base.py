@@ -22,7 +22,8 @@ It is also how processes that share runs talk to each other, without polling whe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
@@ -61,6 +62,44 @@ class StepRecord(NamedTuple):
     worker_id: str = ""
     elapsed_ms: float = 0.0  # how long the script ran, by the executor's clock
     queued_at: float | None = None  # when its attempt was handed to an executor; started_at is when it started
+
+
+class AttemptLog(NamedTuple):
+    """What one attempt of a step printed (`log()` and `print`): kept for every attempt, a retried step's
+    earlier ones included, while its StepRecord holds only the latest attempt's."""
+
+    step_id: str
+    attempt: int
+    worker_id: str
+    at: float  # time.time() when the attempt ended
+    text: str
+
+
+def attempt_log(step: StepRecord) -> AttemptLog | None:
+    """The logs a step record carries as its attempt's: only the record that ends an attempt (succeeded,
+    failed, or ready to be tried again) carries any, so each store writes them with that record, in the
+    same write. None when the attempt printed nothing (nothing is stored)."""
+    if not step.logs:
+        return None
+    at = step.finished_at if step.finished_at is not None else time.time()
+    return AttemptLog(step.step_id, step.attempt, step.worker_id, at, step.logs)
+
+
+def select_logs(logs: Iterable[AttemptLog], step_id: str | None, attempt: int | None) -> list[AttemptLog]:
+    """The logs of `step_id` (every step when None) and `attempt` (every one when None), in the order of
+    `RunReader.get_logs`: by attempt end, ties by step and attempt."""
+    return sorted(
+        (
+            log
+            for log in logs
+            if (step_id is None or log.step_id == step_id) and (attempt is None or log.attempt == attempt)
+        ),
+        key=_log_order,
+    )
+
+
+def _log_order(log: AttemptLog) -> tuple[float, str, int]:
+    return log.at, log.step_id, log.attempt
 
 
 class Event(NamedTuple):
@@ -131,7 +170,8 @@ class RunWriter(Protocol):
         status returns once durable, and raises LeaseLost when it was refused (see the module docstring)."""
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        """Upsert the step's state and append a step event carrying `message`."""
+        """Upsert the step's state and append a step event carrying `message`; a record with logs also
+        keeps them as its attempt's (`attempt_log`), in the same write."""
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Apply context operations atomically; return the new context and the rejected ops' messages."""
@@ -141,10 +181,10 @@ class RunWriter(Protocol):
 
 
 class RunReader(Protocol):
-    """What the views show: runs, their steps and their context, read by the API, the CLI (`runs`, `status`,
-    `outputs`, and the run ids typed in part), `RunControl`, the orchestrator when it resumes a run, and its
-    watcher when it rescans for runs nobody drives. Each read sees every write made through the same store
-    object before it."""
+    """What the views show: runs, their steps, their attempts' logs and their context, read by the API, the CLI
+    (`runs`, `status`, `outputs`, `logs`, and the run ids typed in part), `RunControl`, the orchestrator when it
+    resumes a run, and its watcher when it rescans for runs nobody drives. Each read sees every write made
+    through the same store object before it."""
 
     async def get_run(self, run_id: str) -> RunRecord:
         """RunNotFound when there is no such run."""
@@ -163,6 +203,12 @@ class RunReader(Protocol):
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """The run's shared context now; RunNotFound when there is no such run."""
+
+    async def get_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> list[AttemptLog]:
+        """The logs of each attempt that printed, of `step_id` and `attempt` when given, in the order the
+        attempts ended (ties by step and attempt); RunNotFound when there is no such run."""
 
 
 class EventLog(Protocol):

@@ -24,6 +24,7 @@ from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store.base import (
+    AttemptLog,
     Command,
     CommandKind,
     Event,
@@ -33,6 +34,8 @@ from dagrun.store.base import (
     Reuse,
     RunRecord,
     StepRecord,
+    attempt_log,
+    select_logs,
 )
 from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, encode_json, merge_context
 
@@ -50,6 +53,7 @@ class _Run:
     events: list[Event]  # events[i].seq == i + 1
     context: str  # JSON text, so that no caller holds a reference into it
     commands: list[Command] = field(default_factory=list)  # commands[i].seq == i + 1
+    logs: dict[tuple[str, int], AttemptLog] = field(default_factory=dict)  # (step id, attempt) -> its logs
 
 
 class MemoryStore:
@@ -104,6 +108,9 @@ class MemoryStore:
         entry = self._entry(step.run_id)
         outputs = copy_json(step.outputs, where=f"run {step.run_id!r} step {step.step_id!r} outputs")
         entry.steps[step.step_id] = step._replace(outputs=outputs)
+        log = attempt_log(step)
+        if log is not None:
+            entry.logs[step.step_id, step.attempt] = log
         seq = len(entry.events) + 1
         at = time.time()
         entry.events.append(Event(seq, step.run_id, at, "step", str(step.status), step.step_id, step.attempt, message))
@@ -148,6 +155,12 @@ class MemoryStore:
         self._check_open()
         value: dict[str, Any] = decode_json(self._entry(run_id).context)
         return value
+
+    async def get_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> list[AttemptLog]:
+        self._check_open()
+        return select_logs(self._entry(run_id).logs.values(), step_id, attempt)
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         self._check_open()

@@ -197,3 +197,36 @@ async def test_a_rerun_that_does_not_fit_the_run_is_refused_and_nothing_is_recor
     assert status == 404, answer
     status, listed = await api.call("GET", "/v1/runs")
     assert [run["run_id"] for run in listed["runs"]] == [origin]
+
+
+async def test_logs_holds_every_attempt_and_errors_the_failed_line(api: Api) -> None:
+    retried = {
+        "name": "retried",
+        "steps": [
+            {"id": "flaky", "script": "log('try', attempt)\nif attempt < 2:\n    fail('not yet')",
+             "retries": {"max_attempts": 2, "backoff_s": 0.01}},
+            {"id": "broken", "depends_on": ["flaky"], "script": "print('about to fail')\nx = 1 / 0"},
+        ],
+    }  # fmt: skip
+    run_id = await api.submit(retried)
+    assert (await api.until_ended(run_id))["status"] == "failed"
+
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/logs")
+    logs = models.LogList.model_validate(body).logs
+    assert status == 200
+    assert [(log.step_id, log.attempt, log.text) for log in logs] == [
+        ("flaky", 1, "try 1\n"),
+        ("flaky", 2, "try 2\n"),
+        ("broken", 1, "about to fail\n"),
+    ]
+    _, body = await api.call("GET", f"/v1/runs/{run_id}/logs", params={"step": "flaky", "attempt": "2"})
+    assert [(log["step_id"], log["attempt"]) for log in body["logs"]] == [("flaky", 2)]
+    _, body = await api.call("GET", f"/v1/runs/{run_id}/logs", params={"step": "nope"})
+    assert body == {"logs": []}
+    status, _ = await api.call("GET", f"/v1/runs/{run_id}/logs", params={"attempt": "0"})
+    assert status == 400
+
+    _, body = await api.call("GET", f"/v1/runs/{run_id}/errors")
+    (failure,) = models.ErrorList.model_validate(body).errors
+    assert (failure.step_id, failure.error.line, failure.source_line) == ("broken", 2, "x = 1 / 0")
+    assert failure.logs == "about to fail\n"

@@ -303,6 +303,7 @@ async def test_errors_and_metrics_describe_a_failed_run(stores: StoreFactory) ->
     assert result.status == RunStatus.FAILED
     assert [(f.step_id, f.attempt, f.error.type, f.error.line) for f in failures] == [("bad", 2, "ValueError", 2)]
     assert "trying" in failures[0].logs
+    assert failures[0].source_line == "raise ValueError('no luck')"
     by_step = {step.step_id: step for step in metrics.steps}
     assert (by_step["bad"].attempts, by_step["bad"].retries) == (2, 1)
     assert (by_step["ok"].attempts, by_step["ok"].retries) == (1, 0)
@@ -391,3 +392,30 @@ async def test_the_driver_completes_a_step_with_the_signal_that_counts(stores: S
             await orchestrator.control.signal(run_id, "gate", {"ok": "second"})
         assert (await orchestrator.control.wait_for_completion(run_id, timeout_s=30)).status == RunStatus.SUCCEEDED
     assert (await store.get_steps(run_id))[1].outputs == {"ok": "first"}
+
+
+async def test_follow_logs_gives_the_logs_there_are_then_each_attempt_s_as_it_ends(stores: StoreFactory) -> None:
+    store = stores()
+    flow = parse_flow(
+        {
+            "name": "logged",
+            "steps": [
+                {"id": "first", "script": "log('first ran')"},
+                {"id": "gate", "depends_on": ["first"], "wait_for": {"fields": ["ok"]}},
+                {"id": "after", "depends_on": ["gate"], "script": "print('after ran', attempt)"},
+            ],
+        }
+    )
+    async with Orchestrator(store, processes=1) as orchestrator:
+        run_id = await orchestrator.start_run(flow)
+        await wait_until_waiting(orchestrator, run_id, "gate")
+        reader = RunControl(await _other(stores, store))
+        followed = reader.follow_logs(run_id)
+        first = await anext(followed)  # there before the follow began
+        after = reader.follow_logs(run_id, step_id="after")
+        await orchestrator.control.signal(run_id, "gate", {"ok": True})
+        rest = [log async for log in followed]  # ends with the run
+        only_after = [log async for log in after]
+    assert (first.step_id, first.attempt, first.text) == ("first", 1, "first ran\n")
+    assert [(log.step_id, log.attempt, log.text) for log in rest] == [("after", 1, "after ran 1\n")]
+    assert only_after == rest

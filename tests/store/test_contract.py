@@ -15,7 +15,7 @@ from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store import StepRecord, Store
-from dagrun.store.base import Reuse
+from dagrun.store.base import AttemptLog, Reuse
 from tests.store.conftest import StoreFactory, create, make_run
 
 SET, INCR, APPEND = ContextOpKind.SET, ContextOpKind.INCR, ContextOpKind.APPEND
@@ -107,6 +107,7 @@ async def test_creating_a_run_twice_raises_store_error(store: StoreFactory) -> N
         "get_steps",
         "get_context",
         "get_events",
+        "get_logs",
         "set_run_status",
         "record_step",
         "apply_context",
@@ -120,6 +121,7 @@ async def test_every_call_on_an_unknown_run_raises_run_not_found(store: StoreFac
         "get_steps": lambda: s.get_steps("ghost"),
         "get_context": lambda: s.get_context("ghost"),
         "get_events": lambda: s.get_events("ghost", after_seq=3),
+        "get_logs": lambda: s.get_logs("ghost", step_id="a"),
         "set_run_status": lambda: s.set_run_status("ghost", RunStatus.RUNNING, at=1.0),
         "record_step": lambda: s.record_step(StepRecord("ghost", "a", StepStatus.RUNNING)),
         "apply_context": lambda: s.apply_context("ghost", (ContextOp(SET, "k", 1),)),
@@ -166,6 +168,34 @@ async def test_outputs_errors_and_logs_round_trip(store: StoreFactory) -> None:
     assert await s.get_steps("r1") == [ok, bad]
     await s.record_step(StepRecord("r1", "bad", StepStatus.FAILED, attempt=3, error=no_line))
     assert (await s.get_steps("r1"))[1].error == no_line
+
+
+async def test_every_attempt_keeps_its_logs_in_the_order_the_attempts_ended(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["load", "report", "quiet"])
+    error = StepError(ErrorKind.SCRIPT, "ValueError", "bad row", line=2)
+    await s.record_step(StepRecord("r1", "load", StepStatus.QUEUED, attempt=1, queued_at=1.0))
+    await s.record_step(
+        StepRecord("r1", "load", StepStatus.READY, 1, 1.0, 2.0, error=error, logs="try 1\n", worker_id="w-1")
+    )
+    await s.record_step(StepRecord("r1", "report", StepStatus.SUCCEEDED, 1, 1.5, 3.0, logs="report ✓\n"))
+    await s.record_step(StepRecord("r1", "quiet", StepStatus.SUCCEEDED, 1, 1.5, 3.5))  # printed nothing
+    await s.record_step(StepRecord("r1", "load", StepStatus.SUCCEEDED, 2, 3.0, 4.0, logs="try 2\n", worker_id="w-2"))
+    # the same record written again (a retried write) keeps one entry
+    await s.record_step(StepRecord("r1", "load", StepStatus.SUCCEEDED, 2, 3.0, 4.0, logs="try 2\n", worker_id="w-2"))
+
+    first = AttemptLog("load", 1, "w-1", 2.0, "try 1\n")
+    second = AttemptLog("load", 2, "w-2", 4.0, "try 2\n")
+    report = AttemptLog("report", 1, "", 3.0, "report ✓\n")
+    assert await s.get_logs("r1") == [first, report, second]
+    assert await s.get_logs("r1", step_id="load") == [first, second]
+    assert await s.get_logs("r1", step_id="load", attempt=2) == [second]
+    assert await s.get_logs("r1", attempt=1) == [first, report]
+    assert await s.get_logs("r1", step_id="quiet") == []
+    assert await s.get_logs("r1", step_id="nope") == []
+    assert (await s.get_steps("r1"))[0].logs == "try 2\n"  # the step itself holds its latest attempt's
+    if store.kind != "memory":  # and another client of the store reads them too
+        assert await store().get_logs("r1", step_id="load") == [first, second]
 
 
 async def test_events_have_gap_free_seqs_in_write_order(store: StoreFactory) -> None:

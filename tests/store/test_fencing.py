@@ -43,7 +43,7 @@ async def test_the_writes_of_a_driver_whose_lease_passed_on_are_refused_whole(cl
     assert await new.claim_lease("r1", "orch-new", ttl_s=30)
 
     # the old driver wakes up with its step's result and writes it, not knowing yet
-    await old.record_step(StepRecord("r1", "s", StepStatus.SUCCEEDED, attempt=1, outputs={"rows": 3}))
+    await old.record_step(StepRecord("r1", "s", StepStatus.SUCCEEDED, attempt=1, outputs={"rows": 3}, logs="old"))
     with pytest.raises(LeaseLost):  # a context write is answered at once
         await old.apply_context("r1", (ContextOp(INCR, "n", 1),))
     with pytest.raises(LeaseLost, match=r"run 'r1': its lease passed to another driver \(lease epoch 2"):
@@ -55,6 +55,7 @@ async def test_the_writes_of_a_driver_whose_lease_passed_on_are_refused_whole(cl
         (StepStatus.RUNNING, 1, {})
     ]
     assert await new.get_context("r1") == {}
+    assert await new.get_logs("r1") == []  # the attempt's logs went with its refused record
     assert (await new.get_run("r1")).status == RunStatus.RUNNING
     assert [(e.kind, e.status) for e in await new.get_events("r1")] == [("run", "running"), ("step", "running")]
     # the new driver's writes land

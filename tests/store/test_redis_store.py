@@ -15,7 +15,8 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store import RedisStore, StepRecord, Store, open_store
 from dagrun.store.base import CommandKind, NoticeKind
-from dagrun.store.redis.layout import CREATE_RUN, MAX_NOTICES, PENDING_STEP, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
+from dagrun.store.redis.layout import CREATE_RUN, MAX_NOTICES, SEND_COMMAND, STATUSES, WRITE_BATCH, Keys
+from dagrun.store.redis.records import PENDING_STEP
 from dagrun.store.redis.store import MAX_CONNECTIONS
 from tests.conftest import RedisServer, RedisServers, free_port
 from tests.store.conftest import StoreFactory, create

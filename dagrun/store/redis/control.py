@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from dagrun.errors import RunNotFound
 from dagrun.store.base import Command, CommandKind, Lease, Notice, NoticeKind
 from dagrun.store.redis.connection import RedisConnection
-from dagrun.store.redis.layout import CLAIM_LEASES, RELEASE_LEASE, SEND_COMMAND, decode_command, decode_notice, seq_of
+from dagrun.store.redis.layout import CLAIM_LEASES, RELEASE_LEASE, SEND_COMMAND
 from dagrun.store.redis.query import read_log, wait_entries
+from dagrun.store.redis.records import decode_command, decode_notice, seq_of
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""How the Redis store lays runs out in Redis: key names (built only by `Keys`), the Lua scripts that
-write them, and the encoding of the values they hold. See `dagrun.store.redis.store` for the key layout.
+"""How the Redis store lays runs out in Redis: key names (built only by `Keys`) and the Lua scripts that
+write them; the encoding of the values they hold is in `records`. See `dagrun.store.redis.store` for the key
+layout.
 
 Every write goes through a Lua script, so each call of a script is applied whole or not at all; the
-scripts touch only the keys they are given. Values the store reads back are decoded here.
+scripts touch only the keys they are given.
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.errors import StoreError
-from dagrun.store.base import Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_error, encode_json
+from dagrun.contract.states import RunStatus
 
 DEFAULT_PREFIX = "dagrun:"
 
@@ -64,6 +61,9 @@ class Keys:
 
     def step_order(self, run_id: str) -> str:
         return f"{self.prefix}order:{run_id}"
+
+    def logs(self, run_id: str) -> str:
+        return f"{self.prefix}logs:{run_id}"
 
     def events(self, run_id: str) -> str:
         return f"{self.prefix}events:{run_id}"
@@ -209,11 +209,12 @@ if ARGV[3] ~= '' then notify(KEYS[2], KEYS[3], ARGV[2], ARGV[3]) end
 return 1
 """)
 
-# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then five keys per run group:
-# run hash, steps hash, events stream, step order, lease epoch.
+# KEYS[1]: this writer's last batch; KEYS[2..n+1]: the runs-of-status sets; then six keys per run group:
+# run hash, steps hash, events stream, step order, lease epoch, attempts' logs.
 # ARGV: batch number, n, the n statuses (in KEYS' order); then per group its argument count, the lease epoch
 # its writes carry (their fence: see `fencing`) and its ops:
 #   S step_id state event                                   upsert a step, append its event
+#   L field log                                             keep an attempt's logs (after the S op ending it)
 #   R status started_at finished_at has_error error event   move the run, append its event
 #   C expected_token new_token context                      compare-and-set the context
 # Event seqs come from the run's `seq` field, here, so writers on any machine share one gap-free order.
@@ -232,10 +233,11 @@ local k, a = n + 1, n + 3
 while a <= #ARGV do
   local run, steps, events, order = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
   local epoch = tonumber(redis.call('GET', KEYS[k + 5])) or 0
+  local logs = KEYS[k + 6]
   local stop = a + tonumber(ARGV[a])
   local fence = tonumber(ARGV[a + 1])
   a = a + 2
-  k = k + 5
+  k = k + 6
   if redis.call('EXISTS', run) == 0 then
     results[#results + 1] = 0
     a = stop + 1
@@ -253,6 +255,9 @@ while a <= #ARGV do
         seq = seq + 1
         redis.call('XADD', events, seq .. '-0', 'e', ARGV[a + 3])
         a = a + 4
+      elseif op == 'L' then
+        redis.call('HSET', logs, ARGV[a + 1], ARGV[a + 2])
+        a = a + 3
       elseif op == 'R' then
         local status = ARGV[a + 1]
         local old = redis.call('HMGET', run, 'status', 'member', 'created_at')
@@ -306,87 +311,3 @@ while #found < limit do
 end
 return found
 """)
-
-
-def encode_step_state(step: StepRecord) -> bytes:
-    """A step's state as the steps hash holds it: (status, attempt, started_at, finished_at, outputs, error,
-    logs, worker_id, elapsed_ms, queued_at)."""
-    error = step.error
-    try:
-        return orjson.dumps(
-            (
-                step.status, step.attempt, step.started_at, step.finished_at, step.outputs,
-                None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
-                step.queued_at,
-            )
-        )  # fmt: skip
-    except TypeError as exc:  # the outputs are the one field of a StepRecord that can hold anything
-        raise StoreError(f"run {step.run_id!r} step {step.step_id!r} outputs: not a JSON value: {exc}") from exc
-
-
-PENDING_STEP = encode_step_state(StepRecord("", "", StepStatus.PENDING))
-
-
-def number_arg(value: float | None) -> str:
-    """A timestamp as a script argument: exact (repr round-trips), '' for none."""
-    return "" if value is None else repr(float(value))
-
-
-def run_id_of(member: str) -> str:
-    """The run id in a member of a runs sorted set (``<creation number in hex>:<run id>``)."""
-    return member[ORDER_WIDTH + 1 :]
-
-
-def decode_run(values: Sequence[str | None]) -> RunRecord | None:
-    """The RunRecord from an HMGET of RUN_FIELDS; None when the run hash does not exist."""
-    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of = values
-    if run_id is None:
-        return None
-    return RunRecord(
-        run_id=run_id,
-        flow_name=flow_name or "",
-        status=RunStatus(status or RunStatus.PENDING),
-        flow=decode_json(flow or EMPTY_OBJECT),
-        inputs=decode_json(inputs or EMPTY_OBJECT),
-        created_at=float(created_at or 0.0),
-        started_at=None if started_at is None else float(started_at),
-        finished_at=None if finished_at is None else float(finished_at),
-        error=error,
-        rerun_of=rerun_of,
-    )
-
-
-def decode_step(run_id: str, step_id: str, text: str) -> StepRecord:
-    """A step's state as PENDING_STEP lays it out; states written before `elapsed_ms` or `queued_at` were
-    kept lack them."""
-    status, attempt, started_at, finished_at, outputs, error, logs, worker_id, *rest = orjson.loads(text)
-    elapsed_ms = rest[0] if rest else 0.0
-    queued_at = rest[1] if len(rest) > 1 else None
-    return StepRecord(
-        run_id, step_id, StepStatus(status), attempt, started_at, finished_at, outputs, decode_error(error), logs,
-        worker_id, elapsed_ms, queued_at,
-    )  # fmt: skip
-
-
-def seq_of(entry_id: str) -> int:
-    """The seq (or notice cursor) of a stream entry, written with the id ``{seq}-0``."""
-    return int(entry_id.partition("-")[0])
-
-
-def decode_event(run_id: str, entry_id: str, fields: dict[str, str]) -> Event:
-    at, kind, status, step_id, attempt, message = orjson.loads(fields["e"])
-    return Event(seq_of(entry_id), run_id, at, kind, status, step_id, attempt, message)
-
-
-def encode_command(run_id: str, at: float, kind: CommandKind, step_id: str | None, values: dict[str, Any]) -> str:
-    """A command as its entry's `c` field holds it; StoreError when `values` is not JSON."""
-    return encode_json((at, kind, step_id, values), where=f"run {run_id!r} {kind} values")
-
-
-def decode_command(run_id: str, seq: int, text: str) -> Command:
-    at, kind, step_id, values = orjson.loads(text)
-    return Command(seq, run_id, at, CommandKind(kind), step_id, values)
-
-
-def decode_notice(entry_id: str, fields: dict[str, str]) -> Notice:
-    return Notice(seq_of(entry_id), fields["run_id"], NoticeKind(fields["kind"]))

@@ -1,4 +1,4 @@
-"""The Redis store's reads of runs, steps, contexts and event logs, answered from what Redis holds now.
+"""The Redis store's reads of runs, steps, attempts' logs, contexts and event logs, answered from what Redis holds now.
 
 Each read is one round trip (two for a list of runs) through `RedisConnection.call`, decoded by `layout`;
 one that must see a run's keys as one snapshot reads them in a MULTI. Invariant: a read of a run whose hash is
@@ -16,9 +16,17 @@ import orjson
 
 from dagrun.contract.states import RunStatus
 from dagrun.errors import RunNotFound
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import AttemptLog, Event, RunRecord, StepRecord, select_logs
 from dagrun.store.redis.connection import RedisConnection
-from dagrun.store.redis.layout import LIST_BOTH, RUN_FIELDS, decode_event, decode_run, decode_step, run_id_of
+from dagrun.store.redis.layout import LIST_BOTH, RUN_FIELDS
+from dagrun.store.redis.records import (
+    attempt_log_field,
+    decode_attempt_log,
+    decode_event,
+    decode_run,
+    decode_step,
+    run_id_of,
+)
 from dagrun.store.redis.wait import Entry, entries_of
 
 logger = logging.getLogger(__name__)
@@ -102,6 +110,25 @@ async def read_steps(redis: RedisConnection, run_id: str) -> list[StepRecord]:
     steps = [decode_step(run_id, step_id, states.pop(step_id)) for step_id in order if step_id in states]
     steps += (decode_step(run_id, step_id, text) for step_id, text in states.items())  # none in practice
     return steps
+
+
+async def read_logs(
+    redis: RedisConnection, run_id: str, *, step_id: str | None, attempt: int | None
+) -> list[AttemptLog]:
+    """The run's attempts' logs, chosen and sorted here: one attempt's is one field (what following a run reads
+    as each attempt ends), else the whole hash is read. RunNotFound when there is no such run."""
+    pipe = redis.client.pipeline(transaction=False)
+    one = None if step_id is None or attempt is None else attempt_log_field(step_id, attempt)
+    if one is None:
+        pipe.hgetall(redis.keys.logs(run_id))
+    else:
+        pipe.hmget(redis.keys.logs(run_id), [one])
+    pipe.exists(redis.keys.run(run_id))
+    found, exists = await redis.call(pipe.execute(), doing=f"reading the logs of run {run_id!r}")
+    if not exists:
+        raise RunNotFound(run_id)
+    fields = found.items() if one is None else [(one, value) for value in found if value is not None]
+    return select_logs((decode_attempt_log(field, value) for field, value in fields), step_id, attempt)
 
 
 async def read_context(redis: RedisConnection, run_id: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built
                                 `command_seq` (last command seq) with `command_token` (the send that wrote it)
     steps:{run_id}        hash  step id -> its state, a JSON array (one field per step: an upsert is one HSET)
     order:{run_id}        list  step ids in the flow's order; a step first recorded later is pushed last
+    logs:{run_id}         hash  JSON [step_id, attempt] -> JSON [worker_id, at, text]: each attempt's logs, written
+                                by the write that ends the attempt (`steps` keeps only the latest attempt's)
     events:{run_id}       stream entry id ``{seq}-0``, field `e`: a JSON array. XRANGE from ``{after_seq+1}-0``
                                 COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
     commands:{run_id}     stream entry id ``{seq}-0``, field `c`: a JSON array (at, kind, step_id, values)
@@ -55,13 +57,26 @@ import orjson
 from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.base import Command, CommandKind, Event, Lease, Notice, NoticeKind, Reuse, RunRecord, StepRecord
+from dagrun.store.base import (
+    AttemptLog,
+    Command,
+    CommandKind,
+    Event,
+    Lease,
+    Notice,
+    NoticeKind,
+    Reuse,
+    RunRecord,
+    StepRecord,
+    attempt_log,
+)
 from dagrun.store.codec import EMPTY_OBJECT, encode_json, merge_context
 from dagrun.store.fencing import Fences
 from dagrun.store.redis import control, query
 from dagrun.store.redis.connection import MAX_CONNECTIONS as MAX_CONNECTIONS  # re-exported: tests size their load by it
 from dagrun.store.redis.connection import RedisConnection
-from dagrun.store.redis.layout import CREATE_RUN, PENDING_STEP, encode_command, encode_step_state, number_arg
+from dagrun.store.redis.layout import CREATE_RUN
+from dagrun.store.redis.records import PENDING_STEP, encode_attempt_log, encode_command, encode_step_state, number_arg
 from dagrun.store.redis.writer import STEP_OP_ARGS, Writer, pack, pack_step
 
 logger = logging.getLogger(__name__)
@@ -180,9 +195,12 @@ class RedisStore:
         attempt = step.attempt
         state = encode_step_state(step)
         event = _dumps((time.time(), "step", status, step.step_id, attempt, message))
-        self._writer.add(
-            run_id, pack_step(step.step_id, state, event), STEP_OP_ARGS, self._fences.epochs.get(run_id, 0)
-        )
+        packed, args = pack_step(step.step_id, state, event), STEP_OP_ARGS
+        log = attempt_log(step)
+        if log is not None:  # one add with the step's op: never split from it into another batch
+            packed += pack("L", *encode_attempt_log(log))
+            args += 3
+        self._writer.add(run_id, packed, args, self._fences.epochs.get(run_id, 0))
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
         """Merged here, written by compare-and-set; merged again on the server's value when another client
@@ -224,6 +242,12 @@ class RedisStore:
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         await self.flush()
         return await query.read_steps(self._redis, run_id)
+
+    async def get_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> list[AttemptLog]:
+        await self.flush()
+        return await query.read_logs(self._redis, run_id, step_id=step_id, attempt=attempt)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """What Redis holds now, written here or by any other client."""

@@ -236,7 +236,8 @@ class Writer:
         arg_parts: list[bytes] = []
         for run_id, group in batch.groups.items():
             run_keys += (
-                keys.run(run_id), keys.steps(run_id), keys.events(run_id), keys.step_order(run_id), keys.epoch(run_id)
+                keys.run(run_id), keys.steps(run_id), keys.events(run_id), keys.step_order(run_id), keys.epoch(run_id),
+                keys.logs(run_id),
             )  # fmt: skip
             arg_parts.append(pack(str(group.args)))
             arg_parts += group.parts

@@ -1,4 +1,4 @@
-"""The SQLite store's reads of runs, steps, contexts and event logs, and the rows they decode.
+"""The SQLite store's reads of runs, steps, attempts' logs, contexts and event logs, and the rows they decode.
 
 Each read runs on the store's reader thread (`reader`) and sees committed data only; the store flushes its
 queued writes before calling any of these, so each sees every write made before it. Invariant: a read that
@@ -16,7 +16,7 @@ import orjson
 
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound
-from dagrun.store.base import Event, RunRecord, StepRecord
+from dagrun.store.base import AttemptLog, Event, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
 from dagrun.store.sqlite.control import read_notice_cursor
 from dagrun.store.sqlite.schema import require_run
@@ -77,6 +77,25 @@ def read_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
     if not steps:
         require_run(conn, run_id)
     return steps
+
+
+def read_logs(conn: sqlite3.Connection, run_id: str, step_id: str | None, attempt: int | None) -> list[AttemptLog]:
+    where = "run_id = ?"  # the primary key's prefix; the run's rows are then sorted
+    params: list[Any] = [run_id]
+    if step_id is not None:
+        where += " AND step_id = ?"
+        params.append(step_id)
+    if attempt is not None:
+        where += " AND attempt = ?"
+        params.append(attempt)
+    rows = conn.execute(
+        f"SELECT step_id, attempt, worker_id, at, text FROM attempt_logs WHERE {where} ORDER BY at, step_id, attempt",
+        params,
+    )
+    logs = [AttemptLog(*row) for row in rows]
+    if not logs:
+        require_run(conn, run_id)
+    return logs
 
 
 def read_context(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:

@@ -6,6 +6,8 @@
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
+    attempt_logs(run_id, step_id, attempt, worker_id, at, text; PK(run_id, step_id, attempt))
+                                                              each attempt's logs (`steps.logs`: the latest's)
     notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
     leases(run_id PK, owner, expires_at, epoch)               expires_at is time.time(); a released lease
                                                               keeps its row (owner '', expires_at 0) and epoch
@@ -31,7 +33,7 @@ import orjson
 
 from dagrun.contract.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.base import RunRecord, StepRecord
+from dagrun.store.base import RunRecord, StepRecord, attempt_log
 from dagrun.store.codec import EMPTY_OBJECT, encode_error, encode_json, merge_context
 
 # Migration n takes a file from user_version n - 1 to n. A new file runs them all, so new and upgraded
@@ -67,6 +69,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     ("ALTER TABLE steps ADD COLUMN queued_at REAL",),  # the queued state: dispatched, not yet started
     ("ALTER TABLE runs ADD COLUMN rerun_of TEXT",),  # reruns: the run a run reruns
+    (  # every attempt's logs, not only the latest's; a rowid table, as a log can be long
+        """CREATE TABLE attempt_logs (
+            run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL,
+            at REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))""",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -132,6 +139,16 @@ def step_row(step: StepRecord, position: int) -> tuple[Any, ...]:
         outputs_json, None if error is None else encode_error(error), step.logs, step.worker_id, step.elapsed_ms,
         step.queued_at,
     )  # fmt: skip
+
+
+# An attempt recorded again (the same record written twice) keeps one row.
+UPSERT_LOGS = RowsStatement("INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text)", 6)
+
+
+def attempt_log_row(step: StepRecord) -> tuple[Any, ...] | None:
+    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed nothing (`base.attempt_log`)."""
+    log = attempt_log(step)
+    return None if log is None else (step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text)
 
 
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).

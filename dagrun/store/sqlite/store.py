@@ -29,6 +29,7 @@ from dagrun.contract.context import ContextOp
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import LeaseLost, RunNotFound, StoreError, redact
 from dagrun.store.base import (
+    AttemptLog,
     Command,
     CommandKind,
     Event,
@@ -181,6 +182,7 @@ class SqliteStore:
             schema.step_row(step, position),
             (run_id, time.time(), "step", step.status, step_id, step.attempt, message),
             self._fences.epochs.get(run_id, 0),
+            schema.attempt_log_row(step),
         )  # fmt: skip
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
@@ -217,6 +219,11 @@ class SqliteStore:
 
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self._query(query.read_steps, run_id)
+
+    async def get_logs(
+        self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
+    ) -> list[AttemptLog]:
+        return await self._query(query.read_logs, run_id, step_id, attempt)
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """From the cache when this process drives the run (the same value, without a flush); else what

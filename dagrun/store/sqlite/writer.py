@@ -53,12 +53,15 @@ class _Call:
 class _Batch:
     """Rows and calls queued since the last swap, one list per statement, each in write order."""
 
-    __slots__ = ("calls", "contexts", "events", "fences", "notices", "run_inserts", "run_updates", "steps", "waiters")
+    __slots__ = (
+        "calls", "contexts", "events", "fences", "logs", "notices", "run_inserts", "run_updates", "steps", "waiters",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.run_inserts: list[Row] = []
         self.run_updates: list[Row] = []
         self.steps: list[Row] = []
+        self.logs: list[Row] = []  # attempts' logs, each with the step row that ends its attempt
         self.contexts: list[Row] = []
         self.events: list[Row] = []  # without their seq: see _numbered
         self.notices: list[Row] = []
@@ -69,8 +72,8 @@ class _Batch:
     def size(self) -> int:
         """What needs a transaction: rows and calls."""
         return (
-            len(self.run_inserts) + len(self.run_updates) + len(self.steps) + len(self.contexts) + len(self.events)
-            + len(self.notices) + len(self.calls)
+            len(self.run_inserts) + len(self.run_updates) + len(self.steps) + len(self.logs) + len(self.contexts)
+            + len(self.events) + len(self.notices) + len(self.calls)
         )  # fmt: skip
 
 
@@ -125,14 +128,17 @@ class Writer:
         if wake:
             self._wake.set()
 
-    def add_step(self, step: Row, event: Row, fence: int) -> None:
-        """The hot path (several calls per step), hence the bare acquire/release: half the cost of `with`."""
+    def add_step(self, step: Row, event: Row, fence: int, log: Row | None = None) -> None:
+        """The hot path (several calls per step), hence the bare acquire/release: half the cost of `with`.
+        `log`: the attempt's logs, when `step` ends an attempt that printed (committed with it)."""
         lock = self._lock
         lock.acquire()
         try:
             batch = self._batch
             batch.steps.append(step)
             batch.events.append(event)
+            if log is not None:
+                batch.logs.append(log)
             batch.fences[step[0]] = fence
             wake = self._idle
             if wake:
@@ -258,6 +264,8 @@ class Writer:
             # Within one transaction only the last state of a step and of a context can ever be seen.
             if batch.steps:
                 _insert_rows(conn, schema.UPSERT_STEPS, _last_by_key(batch.steps, _STEP_KEY))
+            if batch.logs:
+                _insert_rows(conn, schema.UPSERT_LOGS, batch.logs)
             if batch.contexts:
                 conn.executemany(schema.UPSERT_CONTEXT, _last_by_key(batch.contexts, _RUN_KEY))
             if batch.events:
@@ -279,6 +287,7 @@ class Writer:
             return
         batch.run_updates = [row for row in batch.run_updates if row[-1] not in refused]
         batch.steps = [row for row in batch.steps if row[0] not in refused]
+        batch.logs = [row for row in batch.logs if row[0] not in refused]
         batch.contexts = [row for row in batch.contexts if row[0] not in refused]
         batch.events = [row for row in batch.events if row[0] not in refused]
         for run_id, epoch in refused.items():
