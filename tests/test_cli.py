@@ -293,7 +293,7 @@ def test_a_run_id_prefix_names_one_run_or_lists_the_runs_it_names(tmp_path: Path
     short = dagrun("pending", "20261", cwd=tmp_path)
     assert (short.returncode, short.stderr) == (
         2,
-        "dagrun: run id prefix '20261' is too short (6 characters at least)\n",
+        "dagrun: no run with id '20261', and a prefix of one needs 6 characters at least\n",
     )
     unknown = dagrun("events", "20261124", cwd=tmp_path)
     assert (unknown.returncode, unknown.stderr) == (2, f"dagrun: no run with id '20261124' in the store at {store}\n")

@@ -42,7 +42,7 @@ async def resolve_run_id(store: RunReader, typed: str, *, where: str) -> str:
     if found[:1] == [typed]:  # a whole id sorts before every longer id it starts
         return typed
     if is_short:
-        raise BadInput(f"run id prefix {typed!r} is too short ({MIN_PREFIX} characters at least)")
+        raise BadInput(f"no run with id {typed!r}, and a prefix of one needs {MIN_PREFIX} characters at least")
     if not found:
         raise RunNotFound(typed)
     if len(found) > 1:
