@@ -22,8 +22,9 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from dagrun.cli import render
+from dagrun.cli import EXIT_INTERRUPTED, render
 from dagrun.cli.flow_options import read_flow
+from dagrun.cli.interrupt import handing_back_on_interrupt, how_to_resume
 from dagrun.cli.run_ids import resolve_run_id
 from dagrun.cli.run_report import DurableSteps, StepsSeen, failures_of, not_persisted
 from dagrun.cli.worker import read_token_file
@@ -33,7 +34,7 @@ from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
 from dagrun.engine.views import event_json, run_json
-from dagrun.errors import FlowError, Problem, RunLost, StoreError, redact
+from dagrun.errors import FlowError, Problem, RunHandedBack, RunLost, StoreError, redact
 from dagrun.flow.graph import to_dot, to_mermaid
 from dagrun.flow.limits import NO_LIMITS
 from dagrun.flow.loader import load_flow
@@ -157,28 +158,39 @@ async def drive_here(
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
-        try:
-            with shown:
-                try:
-                    result = await begin(orchestrator, seen.on_step)
-                finally:
-                    unconfirmed = await durable.drain()
-        except RunLost as exc:
-            error = StoreError(f"store {redact(args.store)}: {exc}")
-            if args.json:  # the promised document: the run as this process last knew it
-                print_json(seen.result(flow, exc.run_id).to_json() | {"error": str(error)})
-            raise error from exc
-        except StoreError:
-            if unconfirmed:
-                sys.stderr.write(f"dagrun: {not_persisted(unconfirmed)}\n")
-            raise
-        if args.json:
-            print_json(result.to_json())
-        else:
-            records = await store.get_steps(result.run_id)
-            failures = await failures_of(store, result)
-            render.run_summary(console, result, records, failures, time.monotonic() - started)
+        with handing_back_on_interrupt(orchestrator) as interruption:
+            try:
+                with shown:
+                    try:
+                        result = await begin(orchestrator, seen.on_step)
+                    finally:
+                        unconfirmed = await durable.drain()
+            except RunHandedBack as exc:
+                if not interruption.happened:
+                    raise
+                stderr.print(how_to_resume(exc.run_id, store_option(args)), soft_wrap=True)
+                return EXIT_INTERRUPTED
+            except RunLost as exc:
+                error = StoreError(f"store {redact(args.store)}: {exc}")
+                if args.json:  # the promised document: the run as this process last knew it
+                    print_json(seen.result(flow, exc.run_id).to_json() | {"error": str(error)})
+                raise error from exc
+            except StoreError:
+                if unconfirmed:
+                    sys.stderr.write(f"dagrun: {not_persisted(unconfirmed)}\n")
+                raise
+        await _report(args, store, console, result, started)
     return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+async def _report(args: argparse.Namespace, store: Store, console: Console, result: RunResult, started: float) -> None:
+    """What `dagrun run` prints once the run has ended: the --json document, or the summary."""
+    if args.json:
+        print_json(result.to_json())
+    else:
+        records = await store.get_steps(result.run_id)
+        failures = await failures_of(store, result)
+        render.run_summary(console, result, records, failures, time.monotonic() - started)
 
 
 def runs(args: argparse.Namespace) -> int:

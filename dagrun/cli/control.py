@@ -98,7 +98,7 @@ def resume(args: argparse.Namespace) -> int:
             run = await store.get_run(args.run)
             lease = await store.get_lease(args.run)
             if lease is not None:
-                stdout.print(f"run {args.run}: resume sent; {lease.owner} holds it, waiting to see it is alive")
+                stdout.print(f"run {args.run}: resume sent; {lease.owner} holds it; checking that it is alive")
             progress = render.RunProgress(
                 stdout, run.flow_name, len(run.flow.get("steps", [])),
                 waiting_for=wait_for_fields(run), store_option=store_option(args),

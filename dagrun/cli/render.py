@@ -259,6 +259,8 @@ def run_header(console: Console, run: RunRecord, *, driver: str | None = None) -
     line.append(f"  created {clock(run.created_at)}  duration {duration(run.started_at, run.finished_at)}")
     if driver is not None:
         line.append(f"  driven by {driver}", style="dim")
+    elif not run.status.is_terminal and run.status != RunStatus.PENDING:
+        line.append("  no driver: `dagrun resume` continues it", style="yellow")
     if run.rerun_of is not None:
         line.append(f"  rerun of {run.rerun_of}")
     console.print(line)

@@ -236,7 +236,7 @@ class RunDriver:
         if cancelled and task is not None:
             task.uncancel()  # the cancel came from `stop`, which says what follows
         if self._stop is Stop.HAND_BACK:
-            logger.warning("run %s handed back: this driver stopped without ending it", self.run_id)
+            logger.info("run %s handed back: this driver stopped without ending it", self.run_id)
             raise RunHandedBack(self.run_id)
         await asyncio.shield(self._finish_cancelled("cancelled by an operator"))
         logger.info("run %s ended cancelled", self.run_id)

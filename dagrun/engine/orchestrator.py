@@ -27,7 +27,7 @@ from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.flow.schema import DEFAULT_EXECUTOR
-from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
+from dagrun.store.base import Lease, Reuse, RunRecord, StepRecord, Store
 
 __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
 
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PARALLEL = 128
 DEFAULT_LEASE_S = 15.0
+HOLDER_ANSWER_S = 2.0  # how long `drive(wait_for_lease=True)` watches a held lease for a sign of life
+HOLDER_LOOK_S = 0.05
 
 
 class Orchestrator:
@@ -82,13 +84,19 @@ class Orchestrator:
         if self._closed:
             return
         self._closed = True
-        for driver in list(self._drivers.values()):
-            driver.stop(Stop.HAND_BACK)
+        self.hand_back()
         await asyncio.gather(*self._background.values(), return_exceptions=True)
         await self._watcher.aclose()
         opened, self._opened = self._opened, {}
         for executor in reversed(opened.values()):
             await executor.aclose()
+
+    def hand_back(self) -> None:
+        """Stop driving the runs driven here, leaving them to be resumed (what Ctrl-C does to `dagrun run`):
+        their `run` or `drive` calls raise RunHandedBack once the drivers have stopped; their leases are
+        given up with a notice, so a serving orchestrator takes them up at once, or `dagrun resume` does."""
+        for driver in list(self._drivers.values()):
+            driver.stop(Stop.HAND_BACK)
 
     # --- executors ---------------------------------------------------------------------------------
 
@@ -333,7 +341,9 @@ class Orchestrator:
             return None
 
     async def _claim(self, run_id: str, *, wait: bool) -> bool:
-        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder)."""
+        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder). A holder
+        that renews it within HOLDER_ANSWER_S is alive: its watcher renews a lease at once when a command for
+        the run arrives (as `dagrun resume` sends), so a live holder is told apart in milliseconds."""
         last_expiry: float | None = None
         while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
             lease = await self.store.get_lease(run_id)
@@ -341,10 +351,27 @@ class Orchestrator:
                 continue
             if not wait or (last_expiry is not None and lease.expires_at > last_expiry):
                 return False  # renewed since we looked: its holder is alive
+            if last_expiry is None:
+                answer = await self._watch_lease(run_id, lease)
+                if answer is None:
+                    continue  # given up meanwhile: claim it
+                if answer != lease:
+                    return False  # renewed, or taken: someone alive holds it
             last_expiry = lease.expires_at
             logger.info("run %s: waiting for the lease of %s to lapse", run_id, lease.owner)
             await asyncio.sleep(max(lease.expires_at - time.time(), 0) + 0.05)  # a deadline, not a poll
         return True
+
+    async def _watch_lease(self, run_id: str, seen: Lease) -> Lease | None:
+        """The run's lease once it changed (None: given up), or `seen` if it did not within HOLDER_ANSWER_S.
+        Leases have no change notice, so this looks a few times a second, for those two seconds only."""
+        deadline = time.monotonic() + HOLDER_ANSWER_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(HOLDER_LOOK_S)
+            lease = await self.store.get_lease(run_id)
+            if lease != seen:
+                return lease
+        return seen
 
     def _adopt(self, run_id: str) -> None:
         """Drive a run found by the watcher (submitted, or its driver gone) in the background."""

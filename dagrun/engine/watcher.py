@@ -1,7 +1,8 @@
 """The watcher: one per orchestrator, three loops that wait on the store's notices and on two clocks.
 
-It renews the lease of every run driven here (every third of the lease time, in one store call), hands
-each run's new commands to its driver as soon as their notice arrives (and once per lease period looks
+It renews the lease of every run driven here (every third of the lease time, in one store call, and a
+run's at once when a command for it arrives, as a sign of life), hands each run's new commands to its
+driver as soon as their notice arrives (and once per lease period looks
 for commands whose notice was trimmed), and stops a driver whose lease it could not renew in time (a
 timer per run, so that a store call that hangs cannot delay it), before another orchestrator may take
 the run. A serving orchestrator's watcher also adopts runs that nobody drives: on their notice
@@ -111,7 +112,7 @@ class Watcher:
         while True:
             await asyncio.sleep(self._renew_every_s)  # a heartbeat: leases are renewed on a clock
             try:
-                await self._renew()
+                await self._renew(self._held())
             except Exception as exc:  # the deadlines stop the drivers if this goes on
                 logger.warning("watcher: renewing leases failed: %s", exc)
 
@@ -131,13 +132,13 @@ class Watcher:
         if driver is not None:
             if kind == NoticeKind.COMMAND:
                 await driver.apply_new_commands()
+                await self._renew([driver])  # a sign of life for whoever sent it (`Orchestrator.drive` waits for one)
         elif self._serving and kind in (NoticeKind.SUBMITTED, NoticeKind.RELEASED):
             self._adopt(run_id)
 
-    async def _renew(self) -> None:
-        """Renew every lease held here, all at once; a driver whose lease another orchestrator took stops
-        at once."""
-        held = self._held()
+    async def _renew(self, held: list[RunDriver]) -> None:
+        """Renew the leases of these drivers' runs, all at once; a driver whose lease another orchestrator
+        took stops at once."""
         if not held:
             return
         # One call for all: a call per run queued behind the store traffic of every run (and event stream).

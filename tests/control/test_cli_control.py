@@ -289,3 +289,48 @@ async def test_a_driver_stopped_past_its_lease_writes_nothing_once_another_took_
     assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
     outputs = {step.step_id: step.outputs for step in await store.get_steps(run_id)}
     assert outputs == {f"s{i}": {"v": i} for i in range(1, 7)}
+
+
+async def test_ctrl_c_leaves_the_run_unfinished_and_says_how_to_resume_it(dagrun: Processes, store: Store) -> None:
+    runner = dagrun.start("run", dagrun.flow(GATED))  # it waits for a signal until interrupted
+    runs = []
+    while not runs:
+        runs = await store.list_runs()
+    run_id = runs[0].run_id
+    await wait_for_event(store, run_id, "waiting", "approve")
+
+    runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=30)
+
+    assert runner.returncode == 130, err
+    assert err.endswith(
+        f"interrupted: run {run_id} is left unfinished, with no driver; an orchestrator serving its store takes it "
+        f"up, or continue it here with: dagrun resume {run_id}\n"
+    ), err
+    assert "Traceback" not in err
+    assert (await store.get_run(run_id)).status == RunStatus.RUNNING  # not cancelled
+    assert await store.get_lease(run_id) is None  # given up: nothing to wait for
+    status = dagrun.run("status", run_id)
+    assert "no driver: `dagrun resume` continues it" in status.stdout
+    resumer = dagrun.start("resume", run_id)
+    assert dagrun.run("signal", run_id, "approve", "approved=true").returncode == 0
+    _, err = resumer.communicate(timeout=60)  # no lease to wait out: done as soon as it runs
+    assert resumer.returncode == 0, err
+    assert (await store.get_run(run_id)).status == RunStatus.SUCCEEDED
+    assert (await step_events(store, run_id))[("build", "succeeded", 1)] == 1  # not run again
+
+
+async def test_resume_of_a_run_a_live_orchestrator_drives_says_so_without_waiting_out_its_lease(
+    dagrun: Processes, store: Store
+) -> None:
+    dagrun.start("orchestrator", "--lease-s", "60")
+    run_id = dagrun.submit(GATED)
+    await wait_for_event(store, run_id, "waiting", "approve")
+
+    started = asyncio.get_running_loop().time()
+    result = dagrun.run("resume", run_id, "--lease-s", "60")
+    took_s = asyncio.get_running_loop().time() - started
+
+    assert result.returncode == 0, result.stderr
+    assert f"run {run_id}: resume sent; it is driven by orchestrator:" in " ".join(result.stdout.split())
+    assert took_s < 20  # a third of the lease: it did not wait for the lease to lapse (60 s) nor be renewed (20 s)
