@@ -148,8 +148,7 @@ async def drive_here(
     *,
     rerun_of: str | None = None,
 ) -> int:
-    """Run `flow` here to its end, as `begin` starts it, showing its progress, then the summary (or the
-    --json document): what `dagrun run` and `dagrun rerun` do."""
+    """Run `flow` here to its end as `begin` starts it, with progress and summary: `dagrun run`, `rerun`."""
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
     async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from rich.table import Table
 
-from dagrun.cli import render
+from dagrun.cli import EXIT_INTERRUPTED, render
 from dagrun.cli.commands import (
     EXIT_FAILED,
     EXIT_OK,
@@ -24,10 +24,12 @@ from dagrun.cli.commands import (
     orchestrator_from_args,
     parse_inputs,
     print_json,
+    stderr,
     stdout,
     store_option,
 )
 from dagrun.cli.flow_options import read_flow
+from dagrun.cli.interrupt import handing_back_on_interrupt, how_to_resume
 from dagrun.cli.run_report import failures_of
 from dagrun.cli.worker import stop_on_signals
 from dagrun.contract.states import RunStatus
@@ -104,8 +106,11 @@ def resume(args: argparse.Namespace) -> int:
                 waiting_for=wait_for_fields(run), store_option=store_option(args),
             )  # fmt: skip
             started = time.monotonic()
-            with progress:
+            with progress, handing_back_on_interrupt(orchestrator) as interruption:
                 result = await orchestrator.drive(args.run, wait_for_lease=True, listener=progress.on_step)
+            if interruption.happened:
+                stderr.print(how_to_resume(args.run, store_option(args)), soft_wrap=True)
+                return EXIT_INTERRUPTED
             if result is None:
                 holder = await store.get_lease(args.run)
                 driver = holder.owner if holder is not None else "another orchestrator"
