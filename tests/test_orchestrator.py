@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 
 from dagrun.contract.context import ContextOp, ContextOpKind
 from dagrun.contract.dispatch import Dispatch
-from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
+from dagrun.contract.executor import ErrorKind, StepError, StepRequest, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
 from dagrun.flow.parser import parse_flow
-from dagrun.store import MemoryStore
+from dagrun.store import MemoryStore, StepRecord
 
 Behaviour = Callable[[StepRequest], StepResult | Awaitable[StepResult]]
 
@@ -37,7 +38,8 @@ class ScriptedExecutor:
         self.closed = False
 
     async def call(self, request: StepRequest, dispatch: Dispatch | None = None) -> StepResult:
-        missing = [d for d in self.depends_on.get(request.step_id, ()) if d not in self.finished]
+        called = {step_id for step_id, _ in self.calls}  # a dependency never called ended without running
+        missing = [d for d in self.depends_on.get(request.step_id, ()) if d in called and d not in self.finished]
         assert not missing, f"{request.step_id} called before {missing}"
         self.calls.append((request.step_id, request.attempt))
         if dispatch is not None:
@@ -48,9 +50,9 @@ class ScriptedExecutor:
             result = self.behaviour(request)
             if not isinstance(result, StepResult):
                 result = await result
-        finally:
+        finally:  # returned, or cancelled: its call has ended either way
             self.in_flight -= 1
-        self.finished.add(request.step_id)
+            self.finished.add(request.step_id)
         return result
 
     async def aclose(self) -> None:
@@ -202,6 +204,56 @@ async def test_fail_fast_cancels_running_steps_and_pending_ones() -> None:
     assert result.steps["after_slow"].status == StepStatus.CANCELLED
     steps = {s.step_id: s.status for s in await store.get_steps(result.run_id)}
     assert steps == {"slow": "cancelled", "bad": "failed", "after_slow": "cancelled"}
+
+
+async def test_fail_fast_still_runs_the_clean_up_steps_and_what_follows_them() -> None:
+    started = asyncio.Event()
+
+    async def behaviour(request: StepRequest) -> StepResult:
+        if request.step_id == "slow":
+            started.set()
+            await asyncio.sleep(30)
+        if request.step_id == "bad":
+            await started.wait()
+            return StepResult.failure(ErrorKind.SCRIPT, "E", "boom")
+        return StepResult(ok=True, outputs={"v": 1})
+
+    edges = {
+        "slow": [], "bad": [], "after_slow": ["slow"], "cleanup": ["bad", "slow"], "report": ["cleanup"],
+        "on_success": ["slow"], "notify": ["after_slow"],
+    }  # fmt: skip
+    rules = {"cleanup": {"run_if": "any_failed"}, "report": {"run_if": "all_done"}, "notify": {"run_if": "all_done"},
+             "on_success": {"run_if": "all_success"}}  # fmt: skip
+    result, store, executor = await run(chain_flow(edges, **rules), behaviour, fail_fast=True)
+
+    assert result.status == RunStatus.FAILED
+    assert {step_id: str(outcome.status) for step_id, outcome in result.steps.items()} == {
+        "slow": "cancelled", "bad": "failed", "after_slow": "cancelled", "on_success": "cancelled",
+        "cleanup": "succeeded", "report": "succeeded", "notify": "succeeded",
+    }  # fmt: skip
+    assert {step_id for step_id, _ in executor.calls} == {"slow", "bad", "cleanup", "report", "notify"}
+    assert {s.step_id: s.status for s in await store.get_steps(result.run_id)} == {
+        step_id: outcome.status for step_id, outcome in result.steps.items()
+    }
+
+
+async def test_a_fail_fast_run_taken_over_after_its_failure_cancels_what_it_cancels_and_runs_its_clean_ups() -> None:
+    flow = parse_flow(chain_flow({"slow": [], "bad": [], "cleanup": ["bad", "slow"]}, cleanup={"run_if": "all_done"}))
+    store = MemoryStore()
+    run_id = await RunControl(store).submit(flow)
+    error = StepError(ErrorKind.SCRIPT, "E", "boom")
+    await store.record_step(StepRecord(run_id, "bad", StepStatus.FAILED, 1, 1.0, 2.0, error=error))
+    await store.record_step(StepRecord(run_id, "slow", StepStatus.RUNNING, 1, 1.0))  # its driver died here
+    executor = ScriptedExecutor(lambda request: StepResult(ok=True, outputs={"v": 1}))
+
+    async with Orchestrator(store, executors={"local": executor}, fail_fast=True) as orchestrator:
+        result = await orchestrator.drive(run_id)
+
+    assert result is not None and result.status == RunStatus.FAILED
+    assert executor.calls == [("cleanup", 1)]
+    assert {s.step_id: s.status for s in await store.get_steps(run_id)} == {
+        "slow": "cancelled", "bad": "failed", "cleanup": "succeeded",
+    }  # fmt: skip
 
 
 async def test_max_parallel_bounds_steps_in_flight() -> None:

@@ -98,6 +98,33 @@ def test_all_done_steps_always_run(edges: dict[str, list[str]], data: st.DataObj
     assert sorted(started) == sorted(edges)
 
 
+@settings(max_examples=200, deadline=None)
+@given(edges=dags(), data=st.data())
+def test_fail_fast_cancels_every_open_step_but_the_clean_ups_which_are_decided_by_their_rules(
+    edges: dict[str, list[str]], data: st.DataObject
+) -> None:
+    rules = {step_id: data.draw(st.sampled_from(list(RunIf))) for step_id in edges}
+    scheduler = Scheduler(make_flow(edges, rules))
+    ready = scheduler.roots()
+    failing = ready.pop(data.draw(st.integers(0, len(ready) - 1)))
+    for step_id in ready:  # running beside the failure
+        scheduler.start(step_id)
+    scheduler.start(failing)
+    decided = scheduler.complete(failing, StepStatus.FAILED)
+
+    cancelled, unlocked = scheduler.fail_fast()
+
+    open_before = set(edges) - {failing} - set(decided.skipped)
+    assert set(cancelled) == {s for s in open_before if rules[s] == RunIf.ALL_SUCCESS}
+    assert all(scheduler.status[s] == StepStatus.CANCELLED for s in cancelled)
+    clean_ups = open_before - set(cancelled)
+    for step_id in unlocked.ready + decided.ready:  # ready now: a clean-up whose dependencies all ended
+        assert step_id in clean_ups
+        assert all(scheduler.status[d].is_terminal for d in edges[step_id])
+    assert all(scheduler.status[s] == StepStatus.SKIPPED for s in unlocked.skipped)
+    assert not set(unlocked.ready) & set(decided.ready)
+
+
 def test_any_failed_runs_after_a_failure_even_through_skipped_steps() -> None:
     flow = make_flow(
         {"a": [], "b": ["a"], "c": ["b"], "cleanup": ["c"]},

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 from dagrun.cancellation import cancel_and_wait
 from dagrun.contract.dispatch import Dispatch, Withdrawn
@@ -33,6 +33,7 @@ from dagrun.engine.pause import PauseGate
 from dagrun.engine.policy import attempt_failed_message, cancelled_by, retry_delay_s, step_failure
 from dagrun.engine.scheduler import Scheduler
 from dagrun.engine.step_state import StepState, SucceededOutputs
+from dagrun.engine.takeover import StoredRun, take_over
 from dagrun.engine.waiting_step import wait_for_signal
 from dagrun.errors import LeaseLost, RunHandedBack
 from dagrun.flow.model import Flow
@@ -41,13 +42,6 @@ from dagrun.store.base import Command, CommandKind, StepRecord, Store
 logger = logging.getLogger(__name__)
 
 WITHDRAWN = "withdrawn before a worker took it: the run is paused"
-
-
-class StoredRun(NamedTuple):
-    """What a driver taking a run over reads back from the store (commands are read by `drive`)."""
-
-    steps: list[StepRecord]
-    context: dict[str, Any]
 
 
 class Stop(Enum):
@@ -89,6 +83,7 @@ class RunDriver:
         self._first_failure: str | None = None  # the run's error
         self._initial = self._scheduler.roots()
         self._unrecorded_skips: list[str] = []  # skips that follow from a stored run but were never written
+        self._unrecorded_cancels: list[str] = []  # likewise, cancellations of a fail-fast run's failure
         self._task_group: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[Any] | None = None
         self._stop: Stop | None = None
@@ -99,19 +94,11 @@ class RunDriver:
 
     def restore(self, stored: StoredRun) -> None:
         """Take up a run driven before from its stored state, before `drive`."""
-        records = {record.step_id: record for record in stored.steps}
-        ended: dict[str, StepStatus] = {}
-        for step_id, state in self._states.items():  # in flow order: the first to fail names the run's error
-            status = state.restore(records[step_id])
-            if status.has_outputs or status == StepStatus.FAILED:
-                ended[step_id] = status
-            if status == StepStatus.FAILED:
-                self._failed(state)
-        decisions = self._scheduler.restore(ended)
-        self._initial = decisions.ready
-        self._unrecorded_skips = [
-            step_id for step_id in decisions.skipped if records[step_id].status != StepStatus.SKIPPED
-        ]
+        taken = take_over(self._states, self._scheduler, stored, fail_fast=self._fail_fast)
+        for state in taken.failed:  # in flow order: the first to fail names the run's error
+            self._failed(state)
+        self._initial, self._unrecorded_skips = taken.ready, taken.unrecorded_skips
+        self._unrecorded_cancels = taken.unrecorded_cancels
         self._context = stored.context
 
     async def drive(self, *, stored_status: RunStatus) -> RunResult:
@@ -133,6 +120,7 @@ class RunDriver:
                 await self._catch_up(stored_status)
                 if self._stop is None:  # a cancel in the log, or a hand-back meanwhile: no step starts
                     await self._record_skips(self._unrecorded_skips)
+                    await self._record_cancels(self._unrecorded_cancels)
                     if self._gate.is_closed:
                         self._gate.hold(task_group)
                     self._ready.extend(self._initial)
@@ -266,11 +254,11 @@ class RunDriver:
         self._running -= 1
         decisions = self._scheduler.complete(state.step.id, status)
         await self._record_skips(decisions.skipped)
-        cancelled = cancelled_by(status, self._scheduler, fail_fast=self._fail_fast)
+        cancelled, unlocked = cancelled_by(status, self._scheduler, fail_fast=self._fail_fast)
         if cancelled:
             await self._cancel_after_failure(cancelled)
-            return
-        self._ready.extend(decisions.ready)
+            await self._record_skips(unlocked.skipped)
+        self._ready.extend(decisions.ready + unlocked.ready)
         self._pump()
 
     async def _attempt_until_done(self, state: StepState) -> StepStatus:
@@ -372,14 +360,20 @@ class RunDriver:
             await self._record(record, message=f"run_if {self._states[step_id].step.run_if} not met")
 
     async def _cancel_after_failure(self, step_ids: list[str]) -> None:
-        """Fail fast: stop the running steps among `step_ids` (every step not ended) and end them all cancelled."""
-        self._ready.clear()
+        """Fail fast: stop the running steps among `step_ids` and end them all cancelled."""
+        dropped = set(step_ids)
+        self._ready = deque(step_id for step_id in self._ready if step_id not in dropped)  # clean-ups stay
+        stopping = []
         for step_id in step_ids:
             state = self._states[step_id]
             if state.task is not None:
-                state.task.cancel()
+                stopping.append(state.task)
                 state.task = None
                 self._running -= 1
+        await cancel_and_wait(*stopping)  # stopped before a clean-up step starts
+        await self._record_cancels(step_ids)
+
+    async def _record_cancels(self, step_ids: list[str]) -> None:
         now = time.time()
         for step_id in step_ids:
             await self._record(self._cancelled(step_id, now), message="cancelled after a failure (fail fast)")

@@ -18,11 +18,12 @@ from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
-from dagrun.engine.driver import RunDriver, Stop, StoredRun
+from dagrun.engine.driver import RunDriver, Stop
 from dagrun.engine.local_runs import local_runs
 from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
 from dagrun.engine.rerun import plan_rerun
 from dagrun.engine.stored_flow import flow_of
+from dagrun.engine.takeover import StoredRun
 from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.flow.model import Flow, resolve_flow_inputs

@@ -1,12 +1,12 @@
 """What a failure leads to, as rules the driver asks rather than branches inside it: whether a failed
 attempt is tried again and after how long (the step's RetryPolicy), and what a failed step stops in its
-run (fail fast: every step that has not ended, running ones included)."""
+run (fail fast: every step that has not ended, running ones included, but the clean-up steps)."""
 
 from __future__ import annotations
 
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import StepStatus
-from dagrun.engine.scheduler import Scheduler
+from dagrun.engine.scheduler import Decisions, Scheduler
 from dagrun.flow.model import RetryPolicy
 
 
@@ -29,9 +29,10 @@ def step_failure(step_id: str, error: StepError | None) -> str:
     return f"step {step_id!r} failed: {error}"
 
 
-def cancelled_by(status: StepStatus, scheduler: Scheduler, *, fail_fast: bool) -> list[str]:
-    """The steps a step that ended `status` cancels: in a fail-fast run, a failure cancels every step that
-    has not ended, running ones included (marked so in the Scheduler); otherwise none."""
+def cancelled_by(status: StepStatus, scheduler: Scheduler, *, fail_fast: bool) -> tuple[list[str], Decisions]:
+    """The steps a step that ended `status` cancels, and what that unlocks: in a fail-fast run, a failure
+    cancels every step that has not ended, running ones included, but the clean-up steps (`any_failed`,
+    `all_done`), which run or are skipped as their rule says (`Scheduler.fail_fast`); otherwise none."""
     if not fail_fast or status != StepStatus.FAILED:
-        return []
-    return scheduler.cancel_rest()
+        return [], Decisions()
+    return scheduler.fail_fast()

@@ -77,10 +77,33 @@ class Scheduler:
             self._tainted.add(step_id)
         return cancelled
 
+    def fail_fast(self) -> tuple[list[str], Decisions]:
+        """After a failure in a fail-fast run: mark every step that has not ended cancelled (running ones
+        included) but the clean-up steps (a `run_if` other than all_success), which are decided as their
+        rule says, a cancelled step counting as a failure. Returns the cancelled steps and what their ends
+        unlock."""
+        cancelled = [
+            step_id
+            for step_id, status in self.status.items()
+            if not status.is_terminal and self._run_if[step_id] == RunIf.ALL_SUCCESS
+        ]
+        for step_id in cancelled:
+            self.status[step_id] = StepStatus.CANCELLED
+            self._tainted.add(step_id)
+        decisions = Decisions()
+        stack: list[tuple[str, StepStatus]] = []
+        for step_id in cancelled:
+            self._decide_dependents(step_id, decisions, stack)
+        self._settle(stack, decisions)
+        return cancelled, decisions
+
     def _apply(self, step_id: str, status: StepStatus, decisions: Decisions) -> None:
         if not status.is_terminal:
             raise ValueError(f"step {step_id!r}: {status} is not a final state")
-        stack = [(step_id, status)]
+        self._settle([(step_id, status)], decisions)
+
+    def _settle(self, stack: list[tuple[str, StepStatus]], decisions: Decisions) -> None:
+        """End the steps on `stack` and decide their dependents; a skip ends its step at once (pushed)."""
         while stack:
             current, current_status = stack.pop()
             if self.status[current].is_terminal:
@@ -88,16 +111,19 @@ class Scheduler:
             self.status[current] = current_status
             if current_status in (StepStatus.FAILED, StepStatus.CANCELLED):
                 self._tainted.add(current)
-            for dependent in self._dependents[current]:
-                self._waiting_on[dependent] -= 1
-                if self._waiting_on[dependent] == 0 and self.status[dependent] == StepStatus.PENDING:
-                    if self._should_run(dependent):
-                        decisions.ready.append(dependent)
-                    else:
-                        if self._is_tainted_upstream(dependent):
-                            self._tainted.add(dependent)
-                        decisions.skipped.append(dependent)
-                        stack.append((dependent, StepStatus.SKIPPED))
+            self._decide_dependents(current, decisions, stack)
+
+    def _decide_dependents(self, step_id: str, decisions: Decisions, stack: list[tuple[str, StepStatus]]) -> None:
+        for dependent in self._dependents[step_id]:
+            self._waiting_on[dependent] -= 1
+            if self._waiting_on[dependent] == 0 and self.status[dependent] == StepStatus.PENDING:
+                if self._should_run(dependent):
+                    decisions.ready.append(dependent)
+                else:
+                    if self._is_tainted_upstream(dependent):
+                        self._tainted.add(dependent)
+                    decisions.skipped.append(dependent)
+                    stack.append((dependent, StepStatus.SKIPPED))
 
     def _should_run(self, step_id: str) -> bool:
         rule = self._run_if[step_id]
