@@ -93,21 +93,21 @@ def resume(args: argparse.Namespace) -> int:
             opened_store(args) as store,
             orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator,
         ):
-            await orchestrator.control.resume(args.run)
             if args.detach:
+                await orchestrator.control.resume(args.run)
                 stdout.print(f"run {args.run}: resume sent")
                 return EXIT_OK
             run = await store.get_run(args.run)
             lease = await store.get_lease(args.run)
             if lease is not None:
-                stdout.print(f"run {args.run}: resume sent; {lease.owner} holds it; checking that it is alive")
+                stdout.print(f"run {args.run}: {lease.owner} holds it; sending resume, waiting for an answer")
             progress = render.RunProgress(
                 stdout, run.flow_name, len(run.flow.get("steps", [])),
                 waiting_for=wait_for_fields(run), store_option=store_option(args),
             )  # fmt: skip
             started = time.monotonic()
             with progress, handing_back_on_interrupt(orchestrator) as interruption:
-                result = await orchestrator.drive(args.run, wait_for_lease=True, listener=progress.on_step)
+                result = await orchestrator.resume(args.run, listener=progress.on_step)
             if interruption.happened:
                 stderr.print(how_to_resume(args.run, store_option(args)), soft_wrap=True)
                 return EXIT_INTERRUPTED

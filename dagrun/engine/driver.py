@@ -209,11 +209,12 @@ class RunDriver:
             dispatch.withdraw()
 
     async def _resume(self) -> None:
-        if not self._gate.is_closed:
-            return
+        """Open the gate. The status is written even when it was open: the event is the answer that
+        `Orchestrator.resume` waits for, to tell a live driver from a dead one."""
         await self._store.set_run_status(self.run_id, RunStatus.RUNNING, at=time.time())
-        self._gate.open()
-        self._pump()
+        if self._gate.is_closed:
+            self._gate.open()
+            self._pump()
 
     async def _stopped(self, *, cancelled: bool) -> RunResult:
         """The drive was stopped: by `stop`, or by a cancel from outside (which counts as a cancel)."""

@@ -28,7 +28,7 @@ from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.flow.schema import DEFAULT_EXECUTOR
-from dagrun.store.base import Lease, Reuse, RunRecord, StepRecord, Store
+from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
 
 __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult", "StepListener", "StepOutcome"]
 
@@ -36,8 +36,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PARALLEL = 128
 DEFAULT_LEASE_S = 15.0
-HOLDER_ANSWER_S = 2.0  # how long `drive(wait_for_lease=True)` watches a held lease for a sign of life
-HOLDER_LOOK_S = 0.05
+HOLDER_ANSWER_S = 2.0  # how long `resume` waits for the driver of a run to answer its command
 
 
 class Orchestrator:
@@ -215,7 +214,20 @@ class Orchestrator:
         live orchestrator holds its lease; with `wait_for_lease`, a lease that lapses unrenewed is waited
         for and taken. FlowError when the run needs an executor this orchestrator does not have; RunLost
         when the store loses the run while it is driven."""
-        if not await self._claim(run_id, wait=wait_for_lease):
+        return await self._drive_claimed(run_id, await self._claim(run_id, wait=wait_for_lease), listener)
+
+    async def resume(self, run_id: str, *, listener: StepListener | None = None) -> RunResult | None:
+        """Undo a pause of the run and, when nobody drives it, drive it here to its end (`dagrun resume`,
+        crash recovery). None when a live orchestrator drives it: its driver answers the resume with a run
+        event at once, waited for HOLDER_ANSWER_S; a holder that stays silent is taken for dead and its lease
+        waited out. ControlError when the run has ended; otherwise raises like `drive`."""
+        seen = await self.store.last_event_seq(run_id)
+        await self.control.resume(run_id)
+        claimed = await self._claim(run_id, wait=True, answer_after=seen)
+        return await self._drive_claimed(run_id, claimed, listener)
+
+    async def _drive_claimed(self, run_id: str, claimed: bool, listener: StepListener | None) -> RunResult | None:
+        if not claimed:
             return None
         try:
             run = await self.store.get_run(run_id)
@@ -341,10 +353,10 @@ class Orchestrator:
         except RunHandedBack:
             return None
 
-    async def _claim(self, run_id: str, *, wait: bool) -> bool:
-        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder). A holder
-        that renews it within HOLDER_ANSWER_S is alive: its watcher renews a lease at once when a command for
-        the run arrives (as `dagrun resume` sends), so a live holder is told apart in milliseconds."""
+    async def _claim(self, run_id: str, *, wait: bool, answer_after: int | None = None) -> bool:
+        """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder). With
+        `answer_after` (the run's last event seq before a command was sent), a holder whose driver writes an
+        event within HOLDER_ANSWER_S is alive: it is not waited for."""
         last_expiry: float | None = None
         while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
             lease = await self.store.get_lease(run_id)
@@ -352,27 +364,16 @@ class Orchestrator:
                 continue
             if not wait or (last_expiry is not None and lease.expires_at > last_expiry):
                 return False  # renewed since we looked: its holder is alive
-            if last_expiry is None:
-                answer = await self._watch_lease(run_id, lease)
-                if answer is None:
-                    continue  # given up meanwhile: claim it
-                if answer != lease:
-                    return False  # renewed, or taken: someone alive holds it
+            answered = last_expiry is None and answer_after is not None and await self._answered(run_id, answer_after)
+            if answered:
+                return False  # its driver wrote an event since the command: it is alive
             last_expiry = lease.expires_at
             logger.info("run %s: waiting for the lease of %s to lapse", run_id, lease.owner)
             await asyncio.sleep(max(lease.expires_at - time.time(), 0) + 0.05)  # a deadline, not a poll
         return True
 
-    async def _watch_lease(self, run_id: str, seen: Lease) -> Lease | None:
-        """The run's lease once it changed (None: given up), or `seen` if it did not within HOLDER_ANSWER_S.
-        Leases have no change notice, so this looks a few times a second, for those two seconds only."""
-        deadline = time.monotonic() + HOLDER_ANSWER_S
-        while time.monotonic() < deadline:
-            await asyncio.sleep(HOLDER_LOOK_S)
-            lease = await self.store.get_lease(run_id)
-            if lease != seen:
-                return lease
-        return seen
+    async def _answered(self, run_id: str, after_seq: int) -> bool:
+        return bool(await self.store.wait_events(run_id, after_seq=after_seq, timeout_s=HOLDER_ANSWER_S))
 
     def _adopt(self, run_id: str) -> None:
         """Drive a run found by the watcher (submitted, or its driver gone) in the background."""

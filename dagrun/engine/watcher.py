@@ -1,8 +1,7 @@
 """The watcher: one per orchestrator, three loops that wait on the store's notices and on two clocks.
 
-It renews the lease of every run driven here (every third of the lease time, in one store call, and a
-run's at once when a command for it arrives, as a sign of life), hands each run's new commands to its
-driver as soon as their notice arrives (and once per lease period looks
+It renews the lease of every run driven here (every third of the lease time, in one store call), hands
+each run's new commands to its driver as soon as their notice arrives (and once per lease period looks
 for commands whose notice was trimmed), and stops a driver whose lease it could not renew in time (a
 timer per run, so that a store call that hangs cannot delay it), before another orchestrator may take
 the run. A serving orchestrator's watcher also adopts runs that nobody drives: on their notice
@@ -132,7 +131,6 @@ class Watcher:
         if driver is not None:
             if kind == NoticeKind.COMMAND:
                 await driver.apply_new_commands()
-                await self._renew([driver])  # a sign of life for whoever sent it (`Orchestrator.drive` waits for one)
         elif self._serving and kind in (NoticeKind.SUBMITTED, NoticeKind.RELEASED):
             self._adopt(run_id)
 

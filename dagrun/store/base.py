@@ -218,6 +218,10 @@ class EventLog(Protocol):
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         """Events with seq > after_seq, oldest first; RunNotFound when there is no such run."""
 
+    async def last_event_seq(self, run_id: str) -> int:
+        """The seq of the run's newest event (0 for none), without reading the log; RunNotFound for an
+        unknown run."""
+
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         """Like `get_events` (no limit), but when there are none yet, wait up to `timeout_s` for some."""
 

@@ -168,6 +168,10 @@ class MemoryStore:
         start = max(after_seq, 0)
         return events[start:] if limit is None else events[start : start + max(limit, 0)]
 
+    async def last_event_seq(self, run_id: str) -> int:
+        self._check_open()
+        return len(self._entry(run_id).events)
+
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         return await self._wait(run_id, lambda: self._entry(run_id).events[max(after_seq, 0) :], timeout_s)
 

@@ -107,6 +107,7 @@ async def test_creating_a_run_twice_raises_store_error(store: StoreFactory) -> N
         "get_steps",
         "get_context",
         "get_events",
+        "last_event_seq",
         "get_logs",
         "set_run_status",
         "record_step",
@@ -122,6 +123,7 @@ async def test_every_call_on_an_unknown_run_raises_run_not_found(store: StoreFac
         "get_context": lambda: s.get_context("ghost"),
         "get_events": lambda: s.get_events("ghost", after_seq=3),
         "get_logs": lambda: s.get_logs("ghost", step_id="a"),
+        "last_event_seq": lambda: s.last_event_seq("ghost"),
         "set_run_status": lambda: s.set_run_status("ghost", RunStatus.RUNNING, at=1.0),
         "record_step": lambda: s.record_step(StepRecord("ghost", "a", StepStatus.RUNNING)),
         "apply_context": lambda: s.apply_context("ghost", (ContextOp(SET, "k", 1),)),
@@ -130,6 +132,18 @@ async def test_every_call_on_an_unknown_run_raises_run_not_found(store: StoreFac
         await calls[call]()
     assert caught.value.run_id == "ghost"
     assert "'ghost'" in str(caught.value)
+
+
+async def test_the_last_event_seq_is_that_of_the_newest_event_written(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a"])
+    assert await s.last_event_seq("r1") == 0
+    await s.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
+    await s.set_run_status("r1", RunStatus.RUNNING, at=1.0)
+    assert await s.last_event_seq("r1") == 2
+    if store.kind != "memory":  # and as another process reads it
+        await s.flush()
+        assert await store().last_event_seq("r1") == 2
 
 
 async def test_step_upserts_keep_the_latest_state_in_flow_order(store: StoreFactory) -> None:

@@ -148,6 +148,14 @@ async def read_events(redis: RedisConnection, run_id: str, *, after_seq: int, li
     return [decode_event(run_id, entry_id, fields) for entry_id, fields in entries]
 
 
+async def read_last_event_seq(redis: RedisConnection, run_id: str) -> int:
+    """The run hash's `seq`: the batch script sets it with each event it appends."""
+    seq = await redis.call(redis.client.hget(redis.keys.run(run_id), "seq"), doing=f"reading run {run_id!r}")
+    if seq is None:
+        raise RunNotFound(run_id)
+    return int(seq)
+
+
 async def wait_events(redis: RedisConnection, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
     """The run's events after `after_seq`, waiting up to `timeout_s` on its stream for the first ones."""
     entries = await wait_entries(

@@ -258,6 +258,10 @@ class RedisStore:
         await self.flush()
         return await query.read_events(self._redis, run_id, after_seq=after_seq, limit=limit)
 
+    async def last_event_seq(self, run_id: str) -> int:
+        await self.flush()
+        return await query.read_last_event_seq(self._redis, run_id)
+
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         """Blocks on the run's events stream, so a write from any client ends the wait at once."""
         events = await self.get_events(run_id, after_seq=after_seq)

@@ -19,7 +19,7 @@ from dagrun.errors import RunNotFound
 from dagrun.store.base import AttemptLog, Event, RunRecord, StepRecord
 from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
 from dagrun.store.sqlite.control import read_notice_cursor
-from dagrun.store.sqlite.schema import require_run
+from dagrun.store.sqlite.schema import LAST_EVENT_SEQ, require_run
 
 _RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of"
 _STEP_COLUMNS = (
@@ -120,6 +120,13 @@ def read_events(conn: sqlite3.Connection, run_id: str, after_seq: int, limit: in
     if not events:
         require_run(conn, run_id)
     return events
+
+
+def read_last_event_seq(conn: sqlite3.Connection, run_id: str) -> int:
+    seq: int = conn.execute(LAST_EVENT_SEQ, (run_id,)).fetchone()[0]
+    if not seq:
+        require_run(conn, run_id)
+    return seq
 
 
 def read_run_state(conn: sqlite3.Connection, run_id: str) -> tuple[dict[str, int], str]:

@@ -238,6 +238,9 @@ class SqliteStore:
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         return await self._query(query.read_events, run_id, after_seq, limit)
 
+    async def last_event_seq(self, run_id: str) -> int:
+        return await self._query(query.read_last_event_seq, run_id)
+
     async def wait_events(self, run_id: str, *, after_seq: int, timeout_s: float) -> list[Event]:
         channel = run_channel(run_id)
         return await self._wait(channel, after_seq, query.read_events, run_id, after_seq, None, timeout_s=timeout_s)
