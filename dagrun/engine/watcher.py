@@ -111,7 +111,7 @@ class Watcher:
         while True:
             await asyncio.sleep(self._renew_every_s)  # a heartbeat: leases are renewed on a clock
             try:
-                await self._renew(self._held())
+                await self._renew()
             except Exception as exc:  # the deadlines stop the drivers if this goes on
                 logger.warning("watcher: renewing leases failed: %s", exc)
 
@@ -134,9 +134,10 @@ class Watcher:
         elif self._serving and kind in (NoticeKind.SUBMITTED, NoticeKind.RELEASED):
             self._adopt(run_id)
 
-    async def _renew(self, held: list[RunDriver]) -> None:
-        """Renew the leases of these drivers' runs, all at once; a driver whose lease another orchestrator
-        took stops at once."""
+    async def _renew(self) -> None:
+        """Renew every lease held here, all at once; a driver whose lease another orchestrator took stops
+        at once."""
+        held = self._held()
         if not held:
             return
         # One call for all: a call per run queued behind the store traffic of every run (and event stream).
