@@ -107,7 +107,7 @@ def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
 def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file: str | None) -> Orchestrator:
     """The orchestrator `run`, `resume`, `orchestrator` and `serve api --orchestrate` configure from the same
     options; `token_file` holds the remote workers' token (each command names that option its own way)."""
-    return Orchestrator(
+    orchestrator = Orchestrator(
         store,
         executors=parse_executors(args.executor),
         processes=args.processes,
@@ -116,6 +116,20 @@ def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file
         max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
         fail_fast=args.fail_fast,
     )
+    orchestrator.open_executors()  # a malformed --executor URL is refused even when no step uses it
+    return orchestrator
+
+
+def warn_of_unused_executors(args: argparse.Namespace, flow: Flow) -> None:
+    """An --executor that no step of `flow` names is most likely a typo in a step's `executor` or here."""
+    used = sorted({step.executor for step in flow.steps if step.wait_for is None})
+    for name in parse_executors(args.executor):
+        if name not in used:
+            stderr.print(
+                f"dagrun: warning: --executor {name} is used by no step of flow {flow.name!r} "
+                f"(its steps use: {', '.join(used) or 'none'})",
+                soft_wrap=True,
+            )
 
 
 def validate(args: argparse.Namespace) -> int:
@@ -151,9 +165,9 @@ async def drive_here(
     """Run `flow` here to its end as `begin` starts it, with progress and summary: `dagrun run`, `rerun`."""
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
+    warn_of_unused_executors(args, flow)
     async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:
-        waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
-        progress = render.RunProgress(console, flow.name, len(flow.steps), waiting_for, store_option(args), rerun_of)
+        progress = _progress(args, flow, console, rerun_of)
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)
         shown: AbstractContextManager[object] = nullcontext() if args.json else progress
@@ -180,6 +194,11 @@ async def drive_here(
                 raise
         await _report(args, store, console, result, started)
     return EXIT_OK if result.status == RunStatus.SUCCEEDED else EXIT_FAILED
+
+
+def _progress(args: argparse.Namespace, flow: Flow, console: Console, rerun_of: str | None) -> render.RunProgress:
+    waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
+    return render.RunProgress(console, flow.name, len(flow.steps), waiting_for, store_option(args), rerun_of)
 
 
 async def _report(args: argparse.Namespace, store: Store, console: Console, result: RunResult, started: float) -> None:

@@ -111,6 +111,12 @@ class Orchestrator:
             self._opened[name] = open_executor(configured, self._options)
         return self._opened[name]
 
+    def open_executors(self) -> None:
+        """Open every configured executor now, used or not, so that a malformed URL or a missing token is
+        refused before any run starts (opening one connects to nothing: that waits for its first step)."""
+        for name in self._configured:
+            self.executor(name)
+
     def check_executors(self, flow: Flow) -> None:
         """FlowError for script steps naming an executor this orchestrator does not have; ExecutorError
         for one that cannot be opened. Opens the ones the flow uses."""

@@ -156,7 +156,7 @@ def open_redis(settings: QueueSettings) -> aioredis.Redis:
             decode_responses=False,
         )
     except ValueError as exc:
-        raise ExecutorError(f"{settings.where}: {redact(str(exc))}") from exc
+        raise ExecutorSetupError(f"{settings.where}: {redact(str(exc))}") from exc
 
 
 def block_ms(client: aioredis.Redis) -> int:

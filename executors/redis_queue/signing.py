@@ -19,7 +19,7 @@ import hmac
 import struct
 from collections.abc import Mapping
 
-from dagrun.errors import ExecutorError
+from dagrun.errors import ExecutorSetupError
 
 KEY_LABEL = b"dagrun redis transport entries v1"  # the key is HMAC(token, KEY_LABEL): never the token itself
 MAC_BYTES = 32  # SHA-256
@@ -38,9 +38,9 @@ class Signer:
 
     @classmethod
     def from_token(cls, token: str | None, *, who: str) -> Signer:
-        """The signer of `token`; ExecutorError naming `who` and the fix when there is no token."""
+        """The signer of `token`; ExecutorSetupError naming `who` and the fix when there is no token."""
         if not token:
-            raise ExecutorError(
+            raise ExecutorSetupError(
                 f"{who}: the redis transport needs the workers' shared token to sign its entries; give it "
                 "with --token-file FILE (the same token on workers and orchestrators; token= in the embedding API)"
             )
