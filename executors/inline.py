@@ -59,6 +59,8 @@ class InlineExecutor:
 
 
 class InlineTransport:
+    queues_by_context = False  # a worker runs whatever it is sent
+
     def open_executor(self, url: str, options: ExecutorOptions) -> InlineExecutor:
         """An executor with a worker of its own; ExecutorError names a bad setting in the URL."""
         sandbox = settings_from_url(url, options)

@@ -63,6 +63,8 @@ def settings_from_url(url: str, options: ExecutorOptions) -> SandboxSettings:
 
 
 class LocalTransport:
+    queues_by_context = False  # a worker runs whatever it is sent
+
     def open_executor(self, url: str, options: ExecutorOptions) -> LocalExecutor:
         return LocalExecutor(settings_from_url(url, options), options)
 

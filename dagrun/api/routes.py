@@ -143,7 +143,7 @@ class RunHandlers:
             parse_flow, body.flow, source=SUBMITTED_SOURCE, check_script=check_script, limits=self._flow_limits
         )
         if self._orchestrator is not None:
-            self._orchestrator.check_executors(flow)  # refuse now what it could not drive
+            self._orchestrator.executors.check(flow)  # refuse now what it could not drive
         return _created(await self._control.submit(flow, inputs=body.inputs))
 
     async def list_runs(self, request: web.Request) -> web.Response:
@@ -198,7 +198,7 @@ class RunHandlers:
 
     async def rerun(self, request: web.Request) -> web.Response:
         body = await read_model(request, models.RerunRequest)
-        check_flow = None if self._orchestrator is None else self._orchestrator.check_executors
+        check_flow = None if self._orchestrator is None else self._orchestrator.executors.check
         run_id = await submit_rerun(
             self._control.store, _run_id(request), from_steps=body.from_steps, inputs=body.inputs, check_flow=check_flow
         )

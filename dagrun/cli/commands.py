@@ -116,12 +116,16 @@ def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file
         max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
         fail_fast=args.fail_fast,
     )
-    orchestrator.open_executors()  # a malformed --executor URL is refused even when no step uses it
+    orchestrator.executors.open_all()  # a malformed --executor URL is refused even when no step uses it
     return orchestrator
 
 
-def warn_of_unused_executors(args: argparse.Namespace, flow: Flow) -> None:
-    """An --executor that no step of `flow` names is most likely a typo in a step's `executor` or here."""
+async def check_executors_here(args: argparse.Namespace, orchestrator: Orchestrator, flow: Flow) -> None:
+    """Before a run of `flow` is recorded: ExecutorError (exit 3) for a remote executor its steps use that
+    cannot be reached or refuses the token; a warning for a context no live worker serves, and for an
+    --executor no step names (most likely a typo in a step's `executor` or here)."""
+    for line in await orchestrator.executors.unserved_contexts(flow):
+        stderr.print(f"dagrun: warning: {line}", soft_wrap=True)
     used = sorted({step.executor for step in flow.steps if step.wait_for is None})
     for name in parse_executors(args.executor):
         if name not in used:
@@ -165,8 +169,8 @@ async def drive_here(
     """Run `flow` here to its end as `begin` starts it, with progress and summary: `dagrun run`, `rerun`."""
     console = Console(stderr=True) if args.json else stdout
     started = time.monotonic()
-    warn_of_unused_executors(args, flow)
     async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:
+        await check_executors_here(args, orchestrator, flow)
         progress = _progress(args, flow, console, rerun_of)
         durable = DurableSteps(store, None if args.json else progress.on_step)
         seen = StepsSeen(durable.on_step)

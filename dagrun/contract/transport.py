@@ -33,6 +33,10 @@ class WorkerStatus:
 class Transport(Protocol):
     """An entry point of the ``dagrun.executors`` group: a transport's client side and its worker side."""
 
+    # Whether its workers take only the steps of the contexts they serve (a queue per context), so that a
+    # context no live worker serves leaves its steps waiting; else a worker runs whatever is sent to it.
+    queues_by_context: bool
+
     def open_executor(self, url: str, options: ExecutorOptions) -> Executor: ...
 
     async def list_workers(self, url: str, options: ExecutorOptions) -> list[WorkerStatus] | None:

@@ -16,16 +16,16 @@ from typing import Any
 
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.contract.transport import WorkerStatus, find_transport, open_executor
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
 from dagrun.engine.driver import RunDriver, Stop
+from dagrun.engine.executors import Executors
 from dagrun.engine.local_runs import local_runs
 from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
 from dagrun.engine.rerun import plan_rerun
 from dagrun.engine.stored_flow import flow_of
 from dagrun.engine.takeover import StoredRun
 from dagrun.engine.watcher import Watcher
-from dagrun.errors import ExecutorError, FlowError, Problem, RunHandedBack, RunLost, RunNotFound
+from dagrun.errors import ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound
 from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.flow.schema import DEFAULT_EXECUTOR
 from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
@@ -40,8 +40,8 @@ HOLDER_ANSWER_S = 2.0  # how long `resume` waits for the driver of a run to answ
 
 
 class Orchestrator:
-    """Runs flows against one store. Executors are named: ``local`` is always there; others are given
-    as Executor objects (owned by the caller) or URLs (opened here, closed by `aclose`)."""
+    """Runs flows against one store. Executors are named (`executors`): ``local`` is always there; others
+    are given as Executor objects (owned by the caller) or URLs (opened here, closed by `aclose`)."""
 
     def __init__(
         self,
@@ -61,9 +61,8 @@ class Orchestrator:
         self.owner = new_owner_id("orchestrator")
         self.control = RunControl(store)  # reads and commands; a run driven here hears its commands at once
         self._local = local_runs(store)
-        self._options = ExecutorOptions(functions=dict(functions or {}), token=token, processes=processes)
-        self._configured: dict[str, Executor | str] = {DEFAULT_EXECUTOR: DEFAULT_EXECUTOR, **(executors or {})}
-        self._opened: dict[str, Executor] = {}
+        options = ExecutorOptions(functions=dict(functions or {}), token=token, processes=processes)
+        self.executors = Executors({DEFAULT_EXECUTOR: DEFAULT_EXECUTOR, **(executors or {})}, options)
         self._lease_s = lease_s
         self._max_parallel = max_parallel
         self._fail_fast = fail_fast
@@ -87,9 +86,7 @@ class Orchestrator:
         self.hand_back()
         await asyncio.gather(*self._background.values(), return_exceptions=True)
         await self._watcher.aclose()
-        opened, self._opened = self._opened, {}
-        for executor in reversed(opened.values()):
-            await executor.aclose()
+        await self.executors.aclose()
 
     def hand_back(self) -> None:
         """Stop driving the runs driven here, leaving them to be resumed (what Ctrl-C does to `dagrun run`):
@@ -97,61 +94,6 @@ class Orchestrator:
         given up with a notice, so a serving orchestrator takes them up at once, or `dagrun resume` does."""
         for driver in list(self._drivers.values()):
             driver.stop(Stop.HAND_BACK)
-
-    # --- executors ---------------------------------------------------------------------------------
-
-    def executor(self, name: str) -> Executor:
-        """The executor called `name`, opened on first use."""
-        if self._closed:
-            raise RuntimeError("Orchestrator is closed")
-        configured = self._configured[name]
-        if not isinstance(configured, str):
-            return configured
-        if name not in self._opened:
-            self._opened[name] = open_executor(configured, self._options)
-        return self._opened[name]
-
-    def open_executors(self) -> None:
-        """Open every configured executor now, used or not, so that a malformed URL or a missing token is
-        refused before any run starts (opening one connects to nothing: that waits for its first step)."""
-        for name in self._configured:
-            self.executor(name)
-
-    def check_executors(self, flow: Flow) -> None:
-        """FlowError for script steps naming an executor this orchestrator does not have; ExecutorError
-        for one that cannot be opened. Opens the ones the flow uses."""
-        script_steps = [step for step in flow.steps if step.wait_for is None]
-        problems = [
-            Problem(
-                f"steps[{step.index}].executor",
-                f"step {step.id!r} uses executor {step.executor!r}, which is not configured "
-                f"(configured: {', '.join(sorted(self._configured))}; add one with --executor NAME=URL)",
-            )
-            for step in script_steps
-            if step.executor not in self._configured
-        ]
-        if problems:
-            raise FlowError(problems, source=flow.source)
-        for name in {step.executor for step in script_steps}:
-            self.executor(name)
-
-    async def workers(self) -> dict[str, list[WorkerStatus]]:
-        """The live workers behind each executor configured by URL whose transport has workers (those of
-        `local` run in this process): empty for those that cannot say."""
-        found: dict[str, list[WorkerStatus]] = {}
-        for name, configured in self._configured.items():
-            if isinstance(configured, str):
-                listed = await self._list_workers(name, configured)
-                if listed is not None:
-                    found[name] = listed
-        return found
-
-    async def _list_workers(self, name: str, url: str) -> list[WorkerStatus] | None:
-        try:
-            return await find_transport(url.split("://", 1)[0].lower()).list_workers(url, self._options)
-        except ExecutorError as exc:
-            logger.warning("executor %s: cannot list workers: %s", name, exc)
-            return []
 
     # --- starting and driving runs -----------------------------------------------------------------
 
@@ -272,7 +214,7 @@ class Orchestrator:
         fail_fast: bool | None,
     ) -> RunDriver:
         """Record the run (with what it reuses, for a rerun) and its driver here."""
-        self.check_executors(flow)  # a bad URL fails here, before anything is persisted
+        self.executors.check(flow)  # a bad URL fails here, before anything is persisted
         run_id = record.run_id
         await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s)  # before a server could adopt it
         step_ids = [step.id for step in flow.steps]
@@ -292,7 +234,7 @@ class Orchestrator:
     async def _restore(self, run: RunRecord, listener: StepListener | None) -> RunDriver:
         flow = flow_of(run)
         try:
-            self.check_executors(flow)
+            self.executors.check(flow)
         except (FlowError, ExecutorError) as exc:
             message = f"orchestrator {self.owner} cannot drive it: {exc}"
             await self.store.set_run_status(run.run_id, RunStatus.FAILED, at=time.time(), error=message)
@@ -314,7 +256,7 @@ class Orchestrator:
         fail_fast: bool | None = None,
     ) -> RunDriver:
         return RunDriver(
-            self.store, self.executor, flow, run_id, flow_inputs,
+            self.store, self.executors.get, flow, run_id, flow_inputs,
             max_parallel=self._max_parallel if max_parallel is None else max_parallel,
             fail_fast=self._fail_fast if fail_fast is None else fail_fast,
             listener=listener,

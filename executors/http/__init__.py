@@ -37,6 +37,8 @@ __all__ = ["HttpExecutor", "HttpTransport", "HttpWorkerServer", "transport"]
 
 
 class HttpTransport:
+    queues_by_context = False  # a worker runs whatever it is sent
+
     def open_executor(self, url: str, options: ExecutorOptions) -> HttpExecutor:
         return HttpExecutor(url, options)
 

@@ -43,6 +43,8 @@ __all__ = ["Keys", "QueueSettings", "RedisExecutor", "RedisQueueTransport", "lis
 
 
 class RedisQueueTransport:
+    queues_by_context = True  # a stream per context, read by the workers serving it
+
     def open_executor(self, url: str, options: ExecutorOptions) -> RedisExecutor:
         """An executor for ``redis://`` URLs; ExecutorError for a bad URL or no token. It connects on its
         first call."""

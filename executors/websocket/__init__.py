@@ -39,6 +39,8 @@ __all__ = ["WebSocketExecutor", "WebSocketTransport", "WebSocketWorkerServer", "
 
 
 class WebSocketTransport:
+    queues_by_context = False  # a worker runs whatever it is sent
+
     def open_executor(self, url: str, options: ExecutorOptions) -> WebSocketExecutor:
         return WebSocketExecutor(url, options)
 

@@ -1,6 +1,6 @@
 """Controlling runs whose steps run on remote workers (Redis, WebSocket and HTTP workers in this process,
 each with one sandbox process): cancel and fail-fast stop the step on its worker, pause lets it finish
-and starts nothing new until resume, and `Orchestrator.workers()` lists the live workers."""
+and starts nothing new until resume, and `Orchestrator.executors.workers()` lists the live workers."""
 
 from __future__ import annotations
 
@@ -214,7 +214,7 @@ async def test_workers_lists_the_live_workers_of_each_remote_executor(factories:
         await wait_for_event(orchestrator.store, run_id, "failed", "bad")
 
         async def listed() -> dict[str, list[WorkerStatus]]:
-            return await orchestrator.workers()
+            return await orchestrator.executors.workers()
 
         async def busy_and_failed_shown() -> bool:
             queued = {status.worker_id: status for status in (await listed())["queue"]}
