@@ -55,6 +55,9 @@ def orchestrator(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+PICKUP_WAIT_S = 1.0  # how long `submit` waits for an orchestrator to take its run up
+
+
 def submit(args: argparse.Namespace) -> int:
     flow = read_flow(args)
     inputs = parse_inputs(args.input)
@@ -62,6 +65,15 @@ def submit(args: argparse.Namespace) -> int:
     async def record() -> int:
         async with opened_store(args) as store:
             run_id = await RunControl(store).submit(flow, inputs=inputs)
+            # A serving orchestrator takes a submitted run up at once (the notice wakes it): no event soon
+            # means that none runs on this store.
+            if not await store.wait_events(run_id, after_seq=0, timeout_s=PICKUP_WAIT_S):
+                stderr.print(
+                    f"dagrun: warning: no orchestrator took run {run_id} up within {PICKUP_WAIT_S:g} s: nothing "
+                    f"drives it until one serves this store (dagrun orchestrator{store_option(args)}), or "
+                    f"`dagrun resume {run_id}{store_option(args)}` drives it here",
+                    soft_wrap=True,
+                )
         print(run_id)  # the last line, for scripts: RUN=$(dagrun submit flow.json | tail -1)
         return EXIT_OK
 

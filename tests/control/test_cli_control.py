@@ -334,3 +334,22 @@ async def test_resume_of_a_run_a_live_orchestrator_drives_says_so_without_waitin
     assert result.returncode == 0, result.stderr
     assert f"run {run_id}: resume sent; it is driven by orchestrator:" in " ".join(result.stdout.split())
     assert took_s < 20  # a third of the lease: it did not wait for the lease to lapse (60 s) nor be renewed (20 s)
+
+
+def test_submit_warns_when_no_orchestrator_takes_the_run_up(dagrun: Processes) -> None:
+    alone = dagrun.run("submit", dagrun.flow(GATED))
+    run_id = alone.stdout.strip()
+    assert alone.returncode == 0, alone.stderr
+    assert "\n" not in run_id  # the id is all that stdout holds
+    assert " ".join(alone.stderr.split()) == (
+        f"dagrun: warning: no orchestrator took run {run_id} up within 1 s: nothing drives it until one serves "
+        f"this store (dagrun orchestrator), or `dagrun resume {run_id}` drives it here"
+    )
+
+    orchestrator = dagrun.start("orchestrator")
+    assert orchestrator.stderr is not None
+    for line in orchestrator.stderr:  # it says so once it listens for submissions
+        if "serving" in line:
+            break
+    served = dagrun.run("submit", dagrun.flow(GATED))
+    assert served.returncode == 0 and served.stderr == "", served.stderr
