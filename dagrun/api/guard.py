@@ -125,10 +125,13 @@ def _dagrun_error(request: web.Request, exc: DagrunError) -> web.Response:
     return error_response(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
 
 
-async def read_model(request: web.Request, model: type[M], *, too_deep: TooDeep | None = None) -> M:
-    """The request's JSON body as `model`; ApiError 413 past the size limit (a chunked body), 400 for
-    malformed JSON or a body the model refuses. A body nested too deep for the JSON parser is malformed,
-    unless `too_deep` turns the place where it is (a JSON path in the body) into an error to raise."""
+async def read_model(
+    request: web.Request, model: type[M], *, too_deep: TooDeep | None = None, required: bool = True
+) -> M:
+    """The request's JSON body as `model` (no body: `{}`, unless `required`); ApiError 413 past the size
+    limit (a chunked body), 400 for malformed JSON or a body the model refuses. A body nested too deep for
+    the JSON parser is malformed, unless `too_deep` turns the place where it is (a JSON path in the body)
+    into an error to raise."""
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -140,6 +143,8 @@ async def read_model(request: web.Request, model: type[M], *, too_deep: TooDeep 
         if too_deep is not None and is_too_deep(exc):
             raise too_deep(nesting_path(body.decode(errors="replace"), exc.pos)) from exc
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: malformed JSON: {exc}") from exc
+    if document is None and not required and not body:
+        document = {}
     if document is None:
         raise ApiError(HTTPStatus.BAD_REQUEST, f"request body: expected a JSON object ({model.__name__})")
     return validated(model, document, "request body")

@@ -92,7 +92,10 @@ def _operation(route: Route, routes: Sequence[Route]) -> dict[str, Any]:
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(route.body)}}}
+        operation["requestBody"] = {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": _ref(route.body)}},
+        }
     operation["responses"] = _successes(route, routes) | _refusals(route)
     return operation
 

@@ -41,6 +41,7 @@ class Route:
     summary: str
     ok: Mapping[int, type[BaseModel] | None]  # success status -> its JSON body's model (None: no JSON body)
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False: no body reads as `{}` (every field of `body` has a default)
     query: type[BaseModel] | None = None
     refusals: Mapping[int, str] = field(default_factory=dict)  # statuses only this route answers -> when
     public: bool = False  # served without the token
@@ -115,7 +116,7 @@ class RunHandlers:
             Route("POST", f"{run}/resume", self.resume_run, "Undo pause", {202: models.CommandBody},
                   refusals=conflict),
             Route("POST", f"{run}/rerun", self.rerun, "Rerun an ended run from its failures",
-                  {201: models.RunCreated}, body=models.RerunRequest,
+                  {201: models.RunCreated}, body=models.RerunRequest, body_required=False,
                   refusals={**invalid, HTTPStatus.CONFLICT: "the run has not ended, has no such step, or "
                             "succeeded with nothing named to run again"},
                   description="A new run of the same flow that reuses the outputs of the steps that succeeded "
@@ -197,7 +198,7 @@ class RunHandlers:
         return _accepted(await self._control.resume(_run_id(request)))
 
     async def rerun(self, request: web.Request) -> web.Response:
-        body = await read_model(request, models.RerunRequest)
+        body = await read_model(request, models.RerunRequest, required=False)
         check_flow = None if self._orchestrator is None else self._orchestrator.executors.check
         run_id = await submit_rerun(
             self._control.store, _run_id(request), from_steps=body.from_steps, inputs=body.inputs, check_flow=check_flow
