@@ -7,10 +7,11 @@ import asyncio
 
 from dagrun.cli.commands import drive_here, opened_store, parse_inputs
 from dagrun.cli.run_ids import add_run_argument
-from dagrun.engine.stored_flow import flow_of
 
 
 def rerun(args: argparse.Namespace) -> int:
+    from dagrun.engine.stored_flow import flow_of  # here: building the parser loads no flow model
+
     inputs = parse_inputs(args.input)
     from_steps = args.from_steps or []
 
