@@ -2,10 +2,11 @@
 """How long the `dagrun` command takes to start: the median of --repeat cold starts (new processes) of
 `dagrun --help`, `dagrun status RUN` and `dagrun runs`, against `python -c pass` timed in the same run.
 
-The commands run as `python -m dagrun` from this checkout (PYTHONPATH), on a SQLite store in a temporary
+The commands run as `python -m dagrun` in this checkout (whatever is installed), on a SQLite store in a temporary
 directory that holds one finished run (a one-step flow run first). Each command runs once untimed, so
-that bytecode caches exist; then the commands take turns, so that a busy moment of the machine falls on
-all of them alike. Prints a table: each command's median and how much longer it takes than Python alone.
+that bytecode caches exist (even where $PYTHONDONTWRITEBYTECODE is set); then the commands take turns,
+so that a busy moment of the machine falls on all of them alike. Prints a table: each command's median
+and how much longer it takes than Python alone.
 
     python benchmarks/bench_startup.py
     python benchmarks/bench_startup.py --repeat 20
@@ -28,9 +29,11 @@ FLOW = {"name": "tiny", "steps": [{"id": "one", "script": "outputs['n'] = 1"}]}
 
 
 def environment(store: Path) -> dict[str, str]:
-    """This checkout's dagrun, whatever is installed, and the benchmark's store."""
+    """This checkout's dagrun, whatever is installed, and the benchmark's store (the commands also run in
+    this checkout: `python -m` looks in the current directory first)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DAGRUN_STORE": str(store)}
     env.pop("DAGRUN_DEBUG", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # a start-up reads bytecode caches; compiling is not what we time
     return env
 
 
@@ -39,7 +42,7 @@ def finished_run(directory: Path, env: dict[str, str]) -> str:
     flow = directory / "tiny.json"
     flow.write_text(json.dumps(FLOW))
     ran = subprocess.run(
-        [sys.executable, "-m", "dagrun", "run", str(flow), "--json"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "dagrun", "run", str(flow), "--json"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     if ran.returncode != 0:
         raise SystemExit(f"the run the benchmark reads failed: {ran.stderr.strip()}")
@@ -49,7 +52,7 @@ def finished_run(directory: Path, env: dict[str, str]) -> str:
 def start_s(command: list[str], env: dict[str, str]) -> float:
     """Wall time of one process running `command` to its end (output into a pipe, as a script reads it)."""
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True)
     elapsed_s = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}: {done.stderr.decode().strip()}")
