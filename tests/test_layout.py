@@ -3,6 +3,7 @@ only what is used. The arrows between parts are checked by import-linter (`lint-
 
 from __future__ import annotations
 
+import argparse
 import ast
 import subprocess
 import sys
@@ -73,3 +74,18 @@ def test_the_commands_that_read_a_sqlite_store_load_no_flow_model_sandbox_server
     loaded = _loaded_after("import dagrun.cli.commands, dagrun.cli.control, dagrun.cli.logs, dagrun.store.sqlite.store")
     unwanted = loaded & (SLOW_TO_LOAD | {"rich.live", "dagrun.flow.model", "dagrun.engine.orchestrator"})
     assert not unwanted, unwanted
+
+
+def test_each_command_names_a_function_its_cli_module_defines() -> None:
+    from dagrun.cli import LaterCommand, build_parser
+
+    parsers, later = [build_parser()], []
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+                later += [sub.get_default("handler") for sub in action.choices.values()]
+    later = [handler for handler in later if isinstance(handler, LaterCommand)]
+    assert len(later) >= 15
+    for handler in later:
+        assert callable(handler.resolve()), f"dagrun.cli.{handler.module} has no {handler.name}"

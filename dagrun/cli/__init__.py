@@ -10,6 +10,7 @@ commands that use them, so that `dagrun --help` and the commands that only read 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -39,10 +40,11 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, completion, control, logs, rerun, serve, starter, worker
+    from dagrun.cli import completion, rerun, serve, starter, worker
     from dagrun.cli.flow_options import add_flow_arguments
     from dagrun.cli.run_ids import add_run_argument
 
+    commands, control, logs = _Later("commands"), _Later("control"), _Later("logs")
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
     parser.add_argument("--version", action=_Version, help="show the installed version and exit")
@@ -168,6 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("workers", worker.list_workers, "list live remote workers")
     worker.add_list_arguments(p)
     return parser
+
+
+class _Later:
+    """A CLI module whose commands load it when they run: building the parser loads none of what `commands`,
+    `control` and `logs` need (rich, asyncio, the stores, the engine); the other modules the parser uses
+    are light themselves."""
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> LaterCommand:
+        return LaterCommand(self._module, name)
+
+
+class LaterCommand:
+    """The command `name` of the CLI module `module`, imported when called."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def resolve(self) -> Command:
+        found: Command = getattr(importlib.import_module(f"{__name__}.{self.module}"), self.name)
+        return found
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.resolve()(args)
 
 
 class _Version(argparse.Action):

@@ -14,7 +14,6 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from dagrun.cli import render
 from dagrun.errors import FlowError, Problem, UsageError
 from dagrun.private_files import read_private_text
 from dagrun.serving.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
@@ -140,6 +139,8 @@ def list_workers(args: argparse.Namespace) -> int:
     found = asyncio.run(find_transport(scheme).list_workers(url, options))
     if found is None:
         raise UsageError(f"the {scheme} executor has no workers to list; its sandbox processes live in each run")
+    from dagrun.cli import render  # here: the parser offers the worker options without loading rich
+
     render.workers(found, as_json=args.json)
     return 0
 
