@@ -19,10 +19,8 @@ from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
 from dagrun.flow.model import Flow
 from dagrun.flow.scripts import ScriptChecker, ScriptReader
 from dagrun.sandbox.policy import check_script as sandbox_check
-from dagrun.store import open_store
+from dagrun.store import DEFAULT_STORE, open_store
 from dagrun.store.base import Store
-
-DEFAULT_STORE = ".dagrun"
 
 
 def parse_flow(

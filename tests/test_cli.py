@@ -163,6 +163,27 @@ def test_plain_output_when_not_a_terminal(tmp_path: Path) -> None:
     assert "succeeded" in result.stdout.splitlines()[-1]
 
 
+LONG_NAME = "a-flow-whose-name-is-long-enough-to-squeeze-a-table-of-runs-into-eighty-columns-and-more"
+LONG_ERROR = "this message is long: " + " ".join(["word"] * 40) + " end"
+
+
+def test_in_a_pipe_lines_are_never_wrapped_nor_ids_cut_short(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # with it, the output wraps where it says
+    fails = {"name": LONG_NAME, "steps": [{"id": "fails", "script": f"raise ValueError({LONG_ERROR!r})"}]}
+    ran = dagrun("run", str(write_flow(tmp_path, fails)), "--json", cwd=tmp_path)
+    assert ran.returncode == 1, ran.stderr
+    run_id = json.loads(ran.stdout)["run_id"]
+
+    status = dagrun("status", run_id, cwd=tmp_path)
+    runs = dagrun("runs", cwd=tmp_path)
+
+    assert status.returncode == 1 and runs.returncode == 0, status.stderr + runs.stderr
+    assert any(f"ValueError: {LONG_ERROR} (script line 1)" in line for line in status.stdout.splitlines())
+    assert any(run_id in line and LONG_NAME in line for line in status.stdout.splitlines())
+    assert any(run_id in line and LONG_NAME in line for line in runs.stdout.splitlines())
+    assert "…" not in runs.stdout + status.stdout
+
+
 def test_invalid_flow_creates_no_run(tmp_path: Path) -> None:
     path = write_flow(tmp_path, {"name": "x", "steps": [{"id": "a", "script": "pass", "depends_on": ["a"]}]})
     result = dagrun("run", str(path), cwd=tmp_path)

@@ -11,10 +11,11 @@ import dagrun
 from dagrun.contract.executor import script_hash
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
-from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor, resolve_flow_inputs
+from dagrun.flow.limits import DEFAULT_TIMEOUT_S
+from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.references import MAX_NESTING, TOO_DEEP
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, StepModel, flow_json_schema
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, StepModel, flow_json_schema
 from dagrun.sandbox.policy import check_script
 
 ETL = {
@@ -173,20 +174,20 @@ def test_retry_delay_of_a_huge_attempt_number_is_capped_not_an_overflow():
     assert RetryPolicy(max_attempts=5000, backoff_s=1, max_backoff_s=60).delay_s(5000) == 60
 
 
-# --- resolve_flow_inputs --------------------------------------------------------------------------
+# --- Flow.inputs_with ------------------------------------------------------------------------------
 
 
-def test_resolve_flow_inputs_overrides_declared_defaults():
+def test_flow_inputs_with_overrides_declared_defaults():
     flow = parse_flow(flow_of({"id": "a", "script": ""}, inputs={"region": "eu", "n": 1}))
 
-    assert resolve_flow_inputs(flow, {"n": 5}) == {"region": "eu", "n": 5}
+    assert flow.inputs_with({"n": 5}) == {"region": "eu", "n": 5}
 
 
-def test_resolve_flow_inputs_rejects_unknown_names_listing_declared_ones():
+def test_flow_inputs_with_rejects_unknown_names_listing_declared_ones():
     flow = parse_flow(flow_of({"id": "a", "script": ""}, inputs={"region": "eu"}), source="flows/etl.json")
 
     with pytest.raises(FlowError) as caught:
-        resolve_flow_inputs(flow, {"regoin": "us", "other": 1})
+        flow.inputs_with({"regoin": "us", "other": 1})
 
     assert str(caught.value) == (
         "flows/etl.json: inputs.regoin: unknown flow input; the flow declares: region\n"
@@ -194,11 +195,11 @@ def test_resolve_flow_inputs_rejects_unknown_names_listing_declared_ones():
     )
 
 
-def test_resolve_flow_inputs_rejects_values_that_are_not_json():
+def test_flow_inputs_with_rejects_values_that_are_not_json():
     flow = parse_flow(flow_of({"id": "a", "script": ""}, inputs={"when": None}))
 
     with pytest.raises(FlowError, match=r"inputs\.when: not a JSON value \(got set\)"):
-        resolve_flow_inputs(flow, {"when": {1}})
+        flow.inputs_with({"when": {1}})
 
 
 # --- one problem of each kind, with its place ------------------------------------------------------
@@ -934,12 +935,12 @@ def test_a_document_nested_too_deep_to_parse_is_one_problem():
     assert problems(nested_text(100_000, "[")) == [TOO_DEEP]
 
 
-def test_resolve_flow_inputs_rejects_a_value_nested_too_deep():
+def test_flow_inputs_with_rejects_a_value_nested_too_deep():
     flow = parse_flow(flow_of({"id": "a", "script": ""}, inputs={"x": None}))
 
-    assert resolve_flow_inputs(flow, {"x": nested_value(MAX_NESTING, "[")})["x"] == nested_value(MAX_NESTING, "[")
+    assert flow.inputs_with({"x": nested_value(MAX_NESTING, "[")})["x"] == nested_value(MAX_NESTING, "[")
     with pytest.raises(FlowError) as caught:
-        resolve_flow_inputs(flow, {"x": nested_value(100_000, "{")})
+        flow.inputs_with({"x": nested_value(100_000, "{")})
     assert [str(problem) for problem in caught.value.problems] == [f"inputs.x: {TOO_DEEP}"]
 
 

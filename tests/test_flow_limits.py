@@ -11,9 +11,18 @@ from hypothesis import strategies as st
 from dagrun.contract.states import RunStatus
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
-from dagrun.flow.limits import DEFAULT_LIMITS, FLOORS, NO_LIMITS, FlowLimits
+from dagrun.flow.limits import (
+    DEFAULT_LIMITS,
+    FLOORS,
+    LIMIT_ATTEMPTS,
+    LIMIT_BACKOFF_S,
+    LIMIT_TIMEOUT_S,
+    LIMIT_WAIT_S,
+    NO_LIMITS,
+    FlowLimits,
+)
 from dagrun.flow.parser import parse_flow
-from dagrun.flow.schema import LIMIT_ATTEMPTS, LIMIT_BACKOFF_S, LIMIT_TIMEOUT_S, LIMIT_WAIT_S, flow_json_schema
+from dagrun.flow.schema import flow_json_schema
 from dagrun.store import MemoryStore
 
 SCRIPT = {"id": "a", "script": "pass"}

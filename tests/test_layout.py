@@ -3,6 +3,7 @@ only what is used. The arrows between parts are checked by import-linter (`lint-
 
 from __future__ import annotations
 
+import argparse
 import ast
 import subprocess
 import sys
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*ROOT.glob("dagrun/**/*.py"), *ROOT.glob("executors/**/*.py")])
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 40
+# What `dagrun --help` and the commands that only read a store must start without (issue 13: start-up).
+SLOW_TO_LOAD = {"networkx", "pydantic", "redis", "aiohttp", "RestrictedPython", "dagrun.sandbox"}
 # Tables that are data, one entry per line: the REST routes and the CLI's commands and options.
 LONG_TABLES = {("dagrun/api/routes.py", "routes"), ("dagrun/cli/__init__.py", "build_parser")}
 
@@ -60,3 +63,29 @@ def test_a_sandbox_child_loads_only_the_sandbox_and_the_values_it_shares() -> No
     loaded = {m for m in _loaded_after("import dagrun.sandbox.child") if m.startswith("dagrun")}
     outside = {m for m in loaded if not m.startswith(("dagrun.sandbox", "dagrun.contract"))}
     assert outside <= {"dagrun", "dagrun.lazy_exports", "dagrun.errors"}, outside
+
+
+def test_the_command_line_parser_loads_no_flow_model_sandbox_or_server_library() -> None:
+    loaded = _loaded_after("import dagrun.cli\ndagrun.cli.build_parser()")
+    assert not loaded & SLOW_TO_LOAD, loaded & SLOW_TO_LOAD
+
+
+def test_the_commands_that_read_a_sqlite_store_load_no_flow_model_sandbox_server_library_or_live_display() -> None:
+    loaded = _loaded_after("import dagrun.cli.commands, dagrun.cli.control, dagrun.cli.logs, dagrun.store.sqlite.store")
+    unwanted = loaded & (SLOW_TO_LOAD | {"rich.live", "dagrun.flow.model", "dagrun.engine.orchestrator"})
+    assert not unwanted, unwanted
+
+
+def test_each_command_names_a_function_its_cli_module_defines() -> None:
+    from dagrun.cli import LaterCommand, build_parser
+
+    parsers, later = [build_parser()], []
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += action.choices.values()
+                later += [sub.get_default("handler") for sub in action.choices.values()]
+    later = [handler for handler in later if isinstance(handler, LaterCommand)]
+    assert len(later) >= 15
+    for handler in later:
+        assert callable(handler.resolve()), f"dagrun.cli.{handler.module} has no {handler.name}"

@@ -2,20 +2,23 @@
 
 Every DagrunError becomes its message on stderr and a non-zero exit; a traceback is a bug (set
 DAGRUN_DEBUG=1 to see one). Only this package reads environment variables or prints to a terminal.
+Its modules import the flow model, the sandbox, the engine's orchestrator and the servers inside the
+commands that use them, so that `dagrun --help` and the commands that only read a store start fast
+(tests/test_layout.py checks what building the parser loads).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dagrun.contract.states import RunStatus
-from dagrun.embedding import DEFAULT_STORE
-from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.errors import (
     BadInput,
     ControlError,
@@ -26,20 +29,25 @@ from dagrun.errors import (
     StoreNotFound,
     redact,
 )
+from dagrun.store import DEFAULT_STORE
 
 EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EXIT_INTERRUPTED = 2, 3, 130
+# They log where they serve and each run or step they take up: their INFO lines show without -v.
+LONG_RUNNING = ("orchestrator", "serve", "worker")
+OWN_LOGGERS = ("dagrun", "executors")
 
 Command = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dagrun.cli import commands, completion, control, logs, rerun, serve, starter, worker
+    from dagrun.cli import completion, rerun, serve, starter, worker
     from dagrun.cli.flow_options import add_flow_arguments
     from dagrun.cli.run_ids import add_run_argument
 
+    commands, control, logs = _Later("commands"), _Later("control"), _Later("logs")
     parser = argparse.ArgumentParser(prog="dagrun", description="Run DAGs of sandboxed Python scripts.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv for debug)")
-    parser.add_argument("--version", action="version", version=f"dagrun {importlib.metadata.version('dagrun')}")
+    parser.add_argument("--version", action=_Version, help="show the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Command, help_: str, *, store: bool = False) -> argparse.ArgumentParser:
@@ -164,6 +172,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Later:
+    """A CLI module whose commands load it when they run: building the parser loads none of what `commands`,
+    `control` and `logs` need (rich, asyncio, the stores, the engine); the other modules the parser uses
+    are light themselves."""
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> LaterCommand:
+        return LaterCommand(self._module, name)
+
+
+class LaterCommand:
+    """The command `name` of the CLI module `module`, imported when called."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def resolve(self) -> Command:
+        found: Command = getattr(importlib.import_module(f"{__name__}.{self.module}"), self.name)
+        return found
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.resolve()(args)
+
+
+class _Version(argparse.Action):
+    """--version: the installed distribution's version, looked up only when asked for (the lookup reads
+    the metadata of every installed distribution: too slow for every start)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        import importlib.metadata
+
+        sys.stdout.write(f"dagrun {importlib.metadata.version('dagrun')}\n")
+        parser.exit()
+
+
 def _add_input_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--input",
@@ -224,10 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)  # inside: Ctrl-C while the commands' modules load is no traceback
-        # a worker logs each step it runs, an orchestrator each run it takes up
-        verbosity = args.verbose + (1 if args.command in ("worker", "orchestrator", "serve") else 0)
-        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _configure_logging(args)
         return int(args.handler(args))
     except FlowError as exc:
         sys.stderr.write(redact(exc.render()) + "\n")
@@ -252,6 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _complain(f"internal error: {type(exc).__name__}: {exc} (set DAGRUN_DEBUG=1 for the traceback)")
         return 70
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Warnings and errors; -v adds INFO lines, -vv debug ones. The long-running commands show dagrun's own
+    INFO lines without -v (a library's INFO lines, such as aiohttp's, still need -v)."""
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
+    logging.basicConfig(level=levels[min(args.verbose, 2)], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command in LONG_RUNNING:
+        for name in OWN_LOGGERS:
+            logging.getLogger(name).setLevel(levels[min(args.verbose + 1, 2)])
 
 
 def _complain(message: str) -> None:

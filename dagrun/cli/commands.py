@@ -3,7 +3,8 @@
 Each command takes the parsed arguments and returns the process exit code. Exit codes: 0 success,
 1 the run failed or was cancelled, 2 bad input (invalid flow, unknown run, no store to read), 3 the
 environment failed (store or executor, or a store that lost the run being driven). Commands that only
-read open the store read-only.
+read open the store read-only, and load neither the flow model nor the sandbox nor the orchestrator: the
+commands that need them import them inside.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from rich.console import Console
 
 from dagrun.cli import EXIT_INTERRUPTED, render
 from dagrun.cli.flow_options import read_flow
@@ -28,26 +28,25 @@ from dagrun.cli.interrupt import handing_back_on_interrupt, how_to_resume
 from dagrun.cli.run_ids import resolve_run_id
 from dagrun.cli.run_report import DurableSteps, StepsSeen, failures_of, not_persisted
 from dagrun.cli.worker import read_token_file
-from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus
-from dagrun.embedding import DEFAULT_STORE
 from dagrun.engine.control import RunControl
-from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator, RunResult, StepListener
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.engine.views import event_json, run_json
 from dagrun.errors import FlowError, Problem, RunHandedBack, RunLost, StoreError, redact
-from dagrun.flow.graph import to_dot, to_mermaid
-from dagrun.flow.limits import NO_LIMITS
-from dagrun.flow.loader import load_flow
-from dagrun.flow.model import Flow
-from dagrun.flow.schema import flow_json_schema
-from dagrun.sandbox.policy import check_script
-from dagrun.store import open_store
+from dagrun.store import DEFAULT_STORE, open_store
 from dagrun.store.base import Event, StepRecord, Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dagrun.contract.executor import Executor
+    from dagrun.engine.orchestrator import Orchestrator, RunResult, StepListener
+    from dagrun.flow.model import Flow
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = render.console()
+stderr = render.console(stderr=True)
 
 
 def print_json(document: Any) -> None:
@@ -107,6 +106,8 @@ def parse_executors(pairs: list[str]) -> dict[str, Executor | str]:
 def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file: str | None) -> Orchestrator:
     """The orchestrator `run`, `resume`, `orchestrator` and `serve api --orchestrate` configure from the same
     options; `token_file` holds the remote workers' token (each command names that option its own way)."""
+    from dagrun.engine.orchestrator import Orchestrator
+
     orchestrator = Orchestrator(
         store,
         executors=parse_executors(args.executor),
@@ -167,7 +168,7 @@ async def drive_here(
     rerun_of: str | None = None,
 ) -> int:
     """Run `flow` here to its end as `begin` starts it, with progress and summary: `dagrun run`, `rerun`."""
-    console = Console(stderr=True) if args.json else stdout
+    console = stderr if args.json else stdout
     started = time.monotonic()
     async with orchestrator_from_args(args, store, token_file=args.token_file) as orchestrator:
         await check_executors_here(args, orchestrator, flow)
@@ -285,6 +286,11 @@ def events(args: argparse.Namespace) -> int:
 
 
 def graph(args: argparse.Namespace) -> int:
+    from dagrun.flow.graph import to_dot, to_mermaid
+    from dagrun.flow.limits import NO_LIMITS
+    from dagrun.flow.loader import load_flow
+    from dagrun.sandbox.policy import check_script
+
     flow = load_flow(
         args.flow, check_script=check_script, limits=NO_LIMITS, allow_outside_scripts=args.allow_outside_scripts
     )
@@ -293,6 +299,8 @@ def graph(args: argparse.Namespace) -> int:
 
 
 def schema(args: argparse.Namespace) -> int:
+    from dagrun.flow.schema import flow_json_schema
+
     print_json(flow_json_schema())
     return EXIT_OK
 

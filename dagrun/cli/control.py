@@ -48,8 +48,7 @@ def orchestrator(args: argparse.Namespace) -> int:
         async with opened_store(args) as store:
             orchestrator = orchestrator_from_args(args, store, token_file=args.token_file)
             stop = stop_on_signals(f"orchestrator {orchestrator.owner}", "handing its runs back")
-            logger.warning("orchestrator %s serving runs of %s", orchestrator.owner, redact(args.store))
-            await orchestrator.serve(stop)
+            await orchestrator.serve(stop, where=redact(args.store))
         return EXIT_OK
 
     return asyncio.run(serve())

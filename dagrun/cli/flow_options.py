@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from dagrun.flow.limits import DEFAULT_LIMITS, FLOORS, FlowLimits, bounded_fields, option_name
-from dagrun.flow.loader import load_flow
-from dagrun.flow.model import Flow
-from dagrun.sandbox.policy import check_script
+
+if TYPE_CHECKING:
+    from dagrun.flow.model import Flow
 
 
 def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) -> None:
@@ -32,6 +33,9 @@ def add_flow_arguments(parser: argparse.ArgumentParser, *, limits: bool = True) 
 def read_flow(args: argparse.Namespace) -> Flow:
     """The flow file the options name, validated against the limits they set, its scripts against the sandbox
     policy."""
+    from dagrun.flow.loader import load_flow  # here: the parser offers these options without the flow model
+    from dagrun.sandbox.policy import check_script
+
     return load_flow(
         args.flow,
         check_script=check_script,

@@ -12,8 +12,10 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from dagrun.engine.orchestrator import Orchestrator
+if TYPE_CHECKING:
+    from dagrun.engine.orchestrator import Orchestrator
 
 
 @dataclass

@@ -1,35 +1,42 @@
 """Terminal output of the CLI: the live progress view, tables and plain lines (rich only here).
 
 On a terminal, a run shows one live status line and a summary table; elsewhere (pipes, CI logs) it
-prints one plain line per step that ends, so logs stay greppable.
+prints one plain line per step that ends, so logs stay greppable. On a terminal, lines wrap at its width;
+elsewhere at $COLUMNS when it is set, else never: a script reading the output gets whole lines and whole
+ids, not rich's 80 columns.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.contract.transport import WorkerStatus
-from dagrun.engine.orchestrator import RunResult
 from dagrun.engine.views import StepFailure
 from dagrun.store.base import Event, RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from rich.live import Live
+
+    from dagrun.contract.transport import WorkerStatus
+    from dagrun.engine.outcome import RunResult
 
 MAX_TABLE_ROWS = 40
 LOG_TAIL_LINES = 5  # of a failed step's log, shown with its error
 MAX_FAILURES_SHOWN = 5  # failed steps detailed after a run; `dagrun errors` shows them all
+UNWRAPPED_WIDTH = 100_000  # no line of ours is this long: outside a terminal, a line stays one line
 
 _STYLE = {
     "succeeded": "green",
@@ -44,6 +51,14 @@ _STYLE = {
     "pending": "dim",
     "paused": "yellow",
 }
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console on stdout (or stderr) that wraps as the module says."""
+    found = Console(stderr=stderr, highlight=False)
+    if not found.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        found.width = UNWRAPPED_WIDTH  # else rich takes the width of a terminal on stdin, or 80
+    return found
 
 
 def styled(status: str) -> Text:
@@ -92,6 +107,8 @@ class RunProgress:
 
     def __enter__(self) -> RunProgress:
         if self._console.is_terminal:
+            from rich.live import Live  # here: the commands that only read load no live display
+
             self._live = Live(console=self._console, refresh_per_second=8, transient=True, get_renderable=self._line)
             self._live.__enter__()
         return self
@@ -241,7 +258,7 @@ def steps_tally(records: list[StepRecord]) -> Text:
 def runs_table(runs: list[RunRecord]) -> Table:
     table = Table(show_edge=False, pad_edge=False)
     for column in ("run", "flow", "status", "created", "duration"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # an id cut short with an ellipsis is of no use
     for run in runs:
         table.add_row(
             run.run_id,
@@ -283,14 +300,14 @@ def _short(value: dict[str, Any], limit: int = 80) -> str:
 
 def workers(found: list[WorkerStatus], *, as_json: bool) -> None:
     """`dagrun workers`: one row per live worker, or one JSON document."""
-    console = Console(highlight=False)
     if as_json:
         sys.stdout.write(
             orjson.dumps([dataclasses.asdict(status) for status in found], option=orjson.OPT_INDENT_2).decode() + "\n"
         )
         return
+    out = console()
     if not found:
-        console.print("no live workers")
+        out.print("no live workers")
         return
     table = Table(show_edge=False, pad_edge=False)
     for column in ("worker", "host", "contexts", "current", "done", "errors", "heartbeat"):
@@ -306,4 +323,4 @@ def workers(found: list[WorkerStatus], *, as_json: bool) -> None:
             str(status.errors),
             f"{max(0.0, now - status.heartbeat_at):.1f} s ago",
         )
-    console.print(table)
+    out.print(table)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from dagrun.cli.commands import drive_here, opened_store, parse_inputs
 from dagrun.cli.run_ids import add_run_argument
-from dagrun.engine.stored_flow import flow_of
 
 
 def rerun(args: argparse.Namespace) -> int:
+    from dagrun.cli.commands import drive_here, opened_store, parse_inputs  # here: the parser loads neither
+    from dagrun.engine.stored_flow import flow_of
+
     inputs = parse_inputs(args.input)
     from_steps = args.from_steps or []
 

@@ -9,10 +9,12 @@ takes whole ids only.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from dagrun.cli.render import clock
 from dagrun.errors import BadInput, RunNotFound
-from dagrun.store.base import RunReader
+
+if TYPE_CHECKING:
+    from dagrun.store.base import RunReader
 
 LAST = "last"
 MIN_PREFIX = 6  # shorter prefixes name too many runs to be worth a lookup
@@ -53,6 +55,8 @@ async def resolve_run_id(store: RunReader, typed: str, *, where: str) -> str:
 async def _candidates(store: RunReader, typed: str, found: list[str]) -> str:
     """What an ambiguous prefix says: how many runs it names, then the first ones, a line each."""
     runs = [await store.get_run(run_id) for run_id in found[:SHOWN_CANDIDATES]]
+    from dagrun.cli.render import clock  # here: the parser adds the run argument without loading rich
+
     rows = [(run.run_id, run.flow_name, str(run.status), clock(run.created_at)) for run in runs]
     widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
     at_least = "at least " if len(found) >= COUNTED_CANDIDATES else ""

@@ -9,15 +9,17 @@ flush in flight at a time, so a line that says a step succeeded is never about a
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl
-from dagrun.engine.orchestrator import RunResult, StepListener
-from dagrun.engine.outcome import StepOutcome
+from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
 from dagrun.engine.views import StepFailure
 from dagrun.errors import StoreError
-from dagrun.flow.model import Flow
 from dagrun.store.base import StepRecord, Store
+
+if TYPE_CHECKING:
+    from dagrun.flow.model import Flow
 
 
 class DurableSteps:

@@ -12,15 +12,17 @@ import argparse
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
-from dagrun.cli.commands import orchestrator_from_args, parse_executors
 from dagrun.cli.flow_options import add_limit_arguments, flow_limits
 from dagrun.cli.worker import add_lobby_arguments, lobby_problems, lobby_settings, read_token_file, stop_on_signals
-from dagrun.engine.control import RunControl
-from dagrun.engine.orchestrator import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL, Orchestrator
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.store import open_store
+
+if TYPE_CHECKING:
+    from dagrun.engine.orchestrator import Orchestrator
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +110,15 @@ def check_options(args: argparse.Namespace) -> None:
     problems += lobby_problems(args)
     if problems:
         raise FlowError(problems, source="command line")
+    from dagrun.cli.commands import parse_executors  # here: the parser offers `serve api` without rich or a store
+
     parse_executors(args.executor)  # FlowError for a malformed one, before anything starts
 
 
 async def _serve(args: argparse.Namespace, token: str, settings: ApiSettings) -> int:
     from dagrun.api.server import ApiServer  # here: every other command starts without loading aiohttp
+    from dagrun.cli.commands import orchestrator_from_args
+    from dagrun.engine.control import RunControl
 
     stop = stop_on_signals("api", "stopping")
     async with open_store(args.store) as store:
@@ -136,7 +142,6 @@ async def _serve_orchestrating(
     async with orchestrator:
         halt = asyncio.Event()
         serving = asyncio.create_task(orchestrator.serve(halt), name="dagrun orchestrator")
-        logger.info("api: driving the runs submitted to the store (orchestrator %s)", orchestrator.owner)
         try:
             async with ApiServer(orchestrator.control, token=token, orchestrator=orchestrator, settings=settings):
                 await stop.wait()

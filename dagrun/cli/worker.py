@@ -12,15 +12,15 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from typing import TYPE_CHECKING
 
-from dagrun.cli import render
-from dagrun.contract.executor import ExecutorOptions
-from dagrun.contract.transport import find_transport
 from dagrun.errors import FlowError, Problem, UsageError
 from dagrun.private_files import read_private_text
 from dagrun.serving.lobby import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_UNAUTHENTICATED, LobbySettings
-from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
-from dagrun.worker.transport import WorkerTransport, find_worker_transport
+
+if TYPE_CHECKING:
+    from dagrun.worker.script_worker import WorkerSettings
+    from dagrun.worker.transport import WorkerTransport
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def read_token_file(path: str) -> str:
 
 
 def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    from dagrun.worker.script_worker import WorkerSettings  # here: building the parser loads no sandbox
+
     settings = WorkerSettings(
         url=args.url,
         host=args.host,
@@ -126,6 +128,9 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def list_workers(args: argparse.Namespace) -> int:
+    from dagrun.contract.executor import ExecutorOptions
+    from dagrun.contract.transport import find_transport
+
     url = args.redis or args.url
     if not url:
         raise UsageError("say where the workers register: dagrun workers redis://HOST:6379/0")
@@ -134,11 +139,15 @@ def list_workers(args: argparse.Namespace) -> int:
     found = asyncio.run(find_transport(scheme).list_workers(url, options))
     if found is None:
         raise UsageError(f"the {scheme} executor has no workers to list; its sandbox processes live in each run")
+    from dagrun.cli import render  # here: the parser offers the worker options without loading rich
+
     render.workers(found, as_json=args.json)
     return 0
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from dagrun.worker.transport import find_worker_transport
+
     transport = find_worker_transport(args.kind)
     settings = settings_from_args(args)
     return asyncio.run(_serve(transport, settings))
@@ -163,6 +172,8 @@ def stop_on_signals(who: str, then: str) -> asyncio.Event:
 
 
 async def _serve(transport: WorkerTransport, settings: WorkerSettings) -> int:
+    from dagrun.worker.script_worker import ScriptWorker
+
     stop = stop_on_signals(f"worker {settings.worker_id}", f"draining (grace {settings.grace_s:.0f} s)")
     async with ScriptWorker(settings) as worker:
         await transport.serve_worker(worker, stop)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple, Protocol
 
-import pydantic
+from annotated_types import Ge, Gt
 
 from dagrun.contract.context import ContextOp
 from dagrun.contract.dispatch import Dispatch
@@ -58,13 +58,13 @@ class StepRequest(NamedTuple):
 
     run_id: str
     step_id: str
-    attempt: Annotated[int, pydantic.Field(ge=1)]
+    attempt: Annotated[int, Ge(1)]
     script: str
     script_hash: str
     inputs: Mapping[str, Any]
     context: Mapping[str, Any]
     context_id: str = "default"
-    timeout_s: Annotated[float, pydantic.Field(gt=0)] = 30.0
+    timeout_s: Annotated[float, Gt(0)] = 30.0
 
 
 class StepResult(NamedTuple):

@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.local_runs import local_runs
@@ -33,8 +33,10 @@ from dagrun.engine.views import (
     step_metrics,
 )
 from dagrun.errors import ControlError
-from dagrun.flow.model import Flow, resolve_flow_inputs
 from dagrun.store.base import AttemptLog, Command, CommandKind, Event, RunRecord, StepRecord, Store
+
+if TYPE_CHECKING:
+    from dagrun.flow.model import Flow  # a caller that submits a flow has loaded the flow model
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class RunControl:
     async def submit(self, flow: Flow, *, inputs: Mapping[str, Any] | None = None) -> str:
         """Record a run of `flow` for an orchestrator sharing the store to drive; return its id.
         FlowError for inputs the flow does not declare (nothing is recorded then)."""
-        flow_inputs = resolve_flow_inputs(flow, inputs or {})
+        flow_inputs = flow.inputs_with(inputs or {})
         run_id = new_run_id()
         await self.store.create_run(new_run_record(run_id, flow, flow_inputs), [step.id for step in flow.steps])
         await self.store.flush()

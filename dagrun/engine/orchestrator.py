@@ -17,6 +17,7 @@ from typing import Any
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
 from dagrun.engine.driver import RunDriver, Stop
 from dagrun.engine.executors import Executors
 from dagrun.engine.local_runs import local_runs
@@ -26,7 +27,7 @@ from dagrun.engine.stored_flow import flow_of
 from dagrun.engine.takeover import StoredRun
 from dagrun.engine.watcher import Watcher
 from dagrun.errors import ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound
-from dagrun.flow.model import Flow, resolve_flow_inputs
+from dagrun.flow.model import Flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
 from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
 
@@ -34,8 +35,6 @@ __all__ = ["DEFAULT_LEASE_S", "DEFAULT_MAX_PARALLEL", "Orchestrator", "RunResult
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PARALLEL = 128
-DEFAULT_LEASE_S = 15.0
 HOLDER_ANSWER_S = 2.0  # how long `resume` waits for the driver of a run to answer its command
 
 
@@ -112,7 +111,7 @@ class Orchestrator:
         run. Cancelling the call ends the run cancelled; RunHandedBack when `aclose` interrupts it; RunLost
         when the store loses the run meanwhile."""
         self._check_usable(max_parallel)
-        record = new_run_record(new_run_id(), flow, resolve_flow_inputs(flow, inputs or {}))
+        record = new_run_record(new_run_id(), flow, flow.inputs_with(inputs or {}))
         driver = await self._begin(flow, record, None, listener, max_parallel=max_parallel, fail_fast=fail_fast)
         return await self._drive(driver, RunStatus.PENDING)
 
@@ -149,7 +148,7 @@ class Orchestrator:
         """Record a run of `flow` and drive it here in the background; return its id at once (the run
         is in the store when this returns). Raises like `run`."""
         self._check_usable(max_parallel)
-        record = new_run_record(new_run_id(), flow, resolve_flow_inputs(flow, inputs or {}))
+        record = new_run_record(new_run_id(), flow, flow.inputs_with(inputs or {}))
         driver = await self._begin(flow, record, None, None, max_parallel=max_parallel, fail_fast=fail_fast)
         self._in_background(driver.run_id, self._drive_or_none(driver, RunStatus.PENDING))
         return driver.run_id
@@ -188,9 +187,11 @@ class Orchestrator:
             raise
         return await self._drive_or_none(driver, run.status)
 
-    async def serve(self, stop: asyncio.Event) -> None:
+    async def serve(self, stop: asyncio.Event, *, where: str = "its store") -> None:
         """Drive every run submitted to the store, and every run whose driver died, until `stop` is set;
-        then hand back the runs driven here (see `aclose`)."""
+        then hand back the runs driven here (see `aclose`). `where` names the store in the start-up line
+        (no secret in it)."""
+        logger.info("orchestrator %s serving the runs of %s (lease %g s)", self.owner, where, self._lease_s)
         self._watcher.serve()
         try:
             await stop.wait()

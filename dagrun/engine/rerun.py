@@ -23,7 +23,7 @@ from dagrun.engine.control import new_run_id, new_run_record
 from dagrun.engine.stored_flow import flow_of
 from dagrun.errors import ControlError
 from dagrun.flow.graph import downstream
-from dagrun.flow.model import Flow, resolve_flow_inputs
+from dagrun.flow.model import Flow
 from dagrun.flow.references import Reference, find_references
 from dagrun.store.base import Reuse, RunReader, RunRecord, StepRecord, Store
 
@@ -55,7 +55,7 @@ async def plan_rerun(
         raise ControlError(origin_id, f"it is still {origin.status}; a rerun starts from a run that has ended")
     flow = await asyncio.to_thread(flow_of, origin)  # parsing compiles every script: not on the loop
     flow_inputs = {**origin.inputs, **inputs} if inputs else dict(origin.inputs)
-    resolve_flow_inputs(flow, inputs or {})  # FlowError for an input the flow does not declare
+    flow.inputs_with(inputs or {})  # FlowError for an input the flow does not declare
     steps = await store.get_steps(origin_id)
     again = downstream(flow, _starting_points(flow, origin, steps, from_steps, flow_inputs))
     if not again:

@@ -2,7 +2,8 @@
 
 Validation refuses a flow that writes a larger value, naming its place and the maximum. A limit is never
 below what a flow gets without asking (a 30 s timeout, one attempt, a 60 s backoff cap), so the values a
-step inherits are within the limits too. Pure: a frozen value and a check.
+step inherits are within the limits too. Pure: a frozen value and a check. The numbers live here, not in
+the schema that uses them, so that the command line offers them without loading pydantic.
 """
 
 from __future__ import annotations
@@ -10,25 +11,31 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, fields
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
 from dagrun.flow.references import Loc, format_location
-from dagrun.flow.schema import (
-    DEFAULT_TIMEOUT_S,
-    LIMIT_ATTEMPTS,
-    LIMIT_BACKOFF_S,
-    LIMIT_TIMEOUT_S,
-    LIMIT_WAIT_S,
-    RetriesModel,
-)
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+# What a step gets without asking (the schema's defaults).
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 1
+DEFAULT_MAX_BACKOFF_S = 60.0
+# The default limits: the largest numbers a flow may ask for unless whoever runs dagrun sets others.
+# Generous for real work, yet one flow from any client holds a sandbox process a day per attempt at most,
+# and an attempt count past a hundred is a loop, not a retry policy.
+LIMIT_TIMEOUT_S = 24 * 3600.0  # the longest batch job people run as one step
+LIMIT_ATTEMPTS = 100
+LIMIT_BACKOFF_S = 3600.0  # a wait between attempts holds no process, but it holds the step (and its run)
+LIMIT_WAIT_S = 30 * 24 * 3600.0  # a person's approval can take weeks; waiting holds no process
 
 # The least each limit may be: what a flow that asks for nothing gets (a wait_for without timeout_s waits
 # indefinitely, so any positive wait limit leaves it valid; the floor is there to refuse 0).
 FLOORS = {
     "max_timeout_s": DEFAULT_TIMEOUT_S,
-    "max_attempts": RetriesModel().max_attempts,
-    "max_backoff_s": RetriesModel().max_backoff_s,
+    "max_attempts": DEFAULT_MAX_ATTEMPTS,
+    "max_backoff_s": DEFAULT_MAX_BACKOFF_S,
     "max_wait_s": 1.0,
 }
 

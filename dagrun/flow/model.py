@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
+from dagrun.flow.limits import DEFAULT_TIMEOUT_S
 from dagrun.flow.problems import value_findings
 from dagrun.flow.references import CompiledInputs, Outputs, format_location
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, DEFAULT_TIMEOUT_S, SCRIPT_ONLY_FIELDS
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, SCRIPT_ONLY_FIELDS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -169,21 +170,21 @@ class Flow:
         document["steps"] = [step.to_json() for step in self.steps]
         return document
 
-
-def resolve_flow_inputs(flow: Flow, overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The flow's inputs: its declared defaults, overridden by `overrides`. FlowError for a name the flow
-    does not declare, or a value that is not JSON."""
-    problems: list[Problem] = []
-    declared = ", ".join(sorted(flow.inputs)) or "none"
-    for name, value in overrides.items():
-        if name not in flow.inputs:
-            problems.append(
-                Problem(format_location(("inputs", name)), f"unknown flow input; the flow declares: {declared}")
-            )
-        else:
-            problems.extend(
-                Problem(format_location(loc), message) for loc, message in value_findings(value, ("inputs", name))
-            )
-    if problems:
-        raise FlowError(problems, source=flow.source)
-    return {**flow.inputs, **overrides}
+    def inputs_with(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """The flow's inputs: its declared defaults, overridden by `overrides`. FlowError for a name the flow
+        does not declare, or a value that is not JSON. A method, so that what submits a flow it was given
+        needs no import of the flow model (`dagrun status` starts without it)."""
+        problems: list[Problem] = []
+        declared = ", ".join(sorted(self.inputs)) or "none"
+        for name, value in overrides.items():
+            if name not in self.inputs:
+                problems.append(
+                    Problem(format_location(("inputs", name)), f"unknown flow input; the flow declares: {declared}")
+                )
+            else:
+                problems.extend(
+                    Problem(format_location(loc), message) for loc, message in value_findings(value, ("inputs", name))
+                )
+        if problems:
+            raise FlowError(problems, source=self.source)
+        return {**self.inputs, **overrides}

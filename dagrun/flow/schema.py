@@ -11,16 +11,17 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
 
 from dagrun.contract.states import RunIf
+from dagrun.flow.limits import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BACKOFF_S,
+    DEFAULT_TIMEOUT_S,
+    LIMIT_ATTEMPTS,
+    LIMIT_BACKOFF_S,
+    LIMIT_TIMEOUT_S,
+    LIMIT_WAIT_S,
+)
 from dagrun.flow.references import MAX_NESTING
 
-DEFAULT_TIMEOUT_S = 30.0
-# The default limits (`FlowLimits`): the largest numbers a flow may ask for unless whoever runs dagrun sets
-# others. Generous for real work, yet one flow from any client holds a sandbox process a day per attempt
-# at most, and an attempt count past a hundred is a loop, not a retry policy.
-LIMIT_TIMEOUT_S = 24 * 3600.0  # the longest batch job people run as one step
-LIMIT_ATTEMPTS = 100
-LIMIT_BACKOFF_S = 3600.0  # a wait between attempts holds no process, but it holds the step (and its run)
-LIMIT_WAIT_S = 30 * 24 * 3600.0  # a person's approval can take weeks; waiting holds no process
 DEFAULT_EXECUTOR = "local"
 DEFAULT_CONTEXT_ID = "default"
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -80,7 +81,7 @@ class RetriesModel(_Model):
     model_config = ConfigDict(title="Retries")
 
     max_attempts: int = Field(
-        default=1,
+        default=DEFAULT_MAX_ATTEMPTS,
         ge=1,
         json_schema_extra=_limited(LIMIT_ATTEMPTS),
         description="Attempts in all, the first included (1: no retry)." + _LIMIT_NOTE % LIMIT_ATTEMPTS,
@@ -93,7 +94,7 @@ class RetriesModel(_Model):
         description="Wait before attempt 2; doubles." + _LIMIT_NOTE % LIMIT_BACKOFF_S,
     )
     max_backoff_s: float = Field(
-        default=60.0,
+        default=DEFAULT_MAX_BACKOFF_S,
         ge=0,
         allow_inf_nan=False,
         json_schema_extra=_limited(LIMIT_BACKOFF_S),

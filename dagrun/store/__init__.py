@@ -11,19 +11,39 @@ from typing import TYPE_CHECKING, Protocol
 
 from dagrun.errors import StoreUrlError, redact
 from dagrun.lazy_exports import lazy_exports
-from dagrun.store.base import Event, RunRecord, StepRecord, Store
 
 if TYPE_CHECKING:
+    from dagrun.store.base import Event as Event
+    from dagrun.store.base import RunRecord as RunRecord
+    from dagrun.store.base import StepRecord as StepRecord
+    from dagrun.store.base import Store as Store
     from dagrun.store.memory import MemoryStore as MemoryStore
     from dagrun.store.redis.store import RedisStore as RedisStore
     from dagrun.store.sqlite.store import SqliteStore as SqliteStore
 
-__all__ = ["Event", "MemoryStore", "RedisStore", "RunRecord", "SqliteStore", "StepRecord", "Store", "open_store"]
+__all__ = [
+    "DEFAULT_STORE",
+    "Event",
+    "MemoryStore",
+    "RedisStore",
+    "RunRecord",
+    "SqliteStore",
+    "StepRecord",
+    "Store",
+    "open_store",
+]
 
-# Each kind loads when it is opened: a SQLite user never loads redis-py.
+# Where the command line and `run_flow` keep runs unless told otherwise: a directory holding dagrun.db.
+DEFAULT_STORE = ".dagrun"
+
+# Each kind loads when it is opened: a SQLite user never loads redis-py; naming the default store loads none.
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
+        "Event": "dagrun.store.base",
+        "RunRecord": "dagrun.store.base",
+        "StepRecord": "dagrun.store.base",
+        "Store": "dagrun.store.base",
         "MemoryStore": "dagrun.store.memory",
         "RedisStore": "dagrun.store.redis.store",
         "SqliteStore": "dagrun.store.sqlite.store",

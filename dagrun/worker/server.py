@@ -21,8 +21,6 @@ from dagrun.serving.server import Server
 from dagrun.worker.admission import MAX_QUEUE_WAIT_S, Admission
 from dagrun.worker.script_worker import ScriptWorker, WorkerSettings
 
-logger = logging.getLogger(__name__)
-
 
 class WorkerServer(Server):
     """Serves a ScriptWorker: ``async with SomeWorkerServer(worker) as server``; ExecutorError at once when
@@ -35,8 +33,10 @@ class WorkerServer(Server):
     def __init__(self, worker: ScriptWorker, *, max_queue_wait_s: float = MAX_QUEUE_WAIT_S) -> None:
         settings = worker.settings
         self._worker = worker
+        # each server logs under its own name (executors.websocket.server, ...), not under this base's
+        self._logger = logging.getLogger(type(self).__module__)
         self._token = _require_token(settings, self.KIND)
-        self._ssl = _ssl_context(settings)
+        self._ssl = _ssl_context(settings, self._logger)
         super().__init__(settings.host, settings.port, scheme=self.SCHEMES[self._ssl is not None])
         self._admission = Admission(worker, max_queue_wait_s=max_queue_wait_s)
         self._lobby = Lobby(settings.lobby, name=f"worker {settings.worker_id}")
@@ -44,13 +44,13 @@ class WorkerServer(Server):
     async def start(self) -> None:
         """Listen; ExecutorError when the address cannot be bound."""
         await super().start()
-        logger.info("worker %s listening on %s", self._worker.settings.worker_id, self.url)
+        self._logger.info("worker %s listening on %s", self._worker.settings.worker_id, self.url)
 
     async def _stop(self) -> None:
         """Take no new work, let running steps finish within grace_s, then close."""
         await self._admission.stop()
         await self._close()
-        logger.info("worker %s: %s server closed", self._worker.settings.worker_id, self.PROTOCOL)
+        self._logger.info("worker %s: %s server closed", self._worker.settings.worker_id, self.PROTOCOL)
 
     async def _close(self) -> None:
         """Stop listening and close the connections, cancelling the requests they still hold."""
@@ -68,7 +68,7 @@ class WorkerServer(Server):
         return True
 
     def _log_refused_token(self, what: str) -> None:
-        logger.warning("worker %s: refused %s: missing or wrong token", self._worker.settings.worker_id, what)
+        self._logger.warning("worker %s: refused %s: missing or wrong token", self._worker.settings.worker_id, what)
 
     def health_document(self) -> dict[str, Any]:
         """What ``GET /health`` answers (JSON): the worker's status, its Limits and whether it is stopping."""
@@ -87,7 +87,7 @@ def _require_token(settings: WorkerSettings, kind: str) -> str:
     return settings.token
 
 
-def _ssl_context(settings: WorkerSettings) -> ssl.SSLContext | None:
+def _ssl_context(settings: WorkerSettings, logger: logging.Logger) -> ssl.SSLContext | None:
     """The TLS context of a worker server, or None for plain text; ExecutorError when unusable."""
     cert, key = settings.tls_cert_file, settings.tls_key_file
     if cert is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -75,6 +76,23 @@ def dagrun(store_url: str, tmp_path: Path) -> Iterator[Processes]:
 async def step_events(store: Store, run_id: str) -> Counter[tuple[str, str, int]]:
     """How many times each (step, status, attempt) was recorded."""
     return Counter((e.step_id or "", e.status, e.attempt) for e in await store.get_events(run_id) if e.step_id)
+
+
+def test_an_orchestrator_says_it_started_at_info_under_its_own_logger_and_stops_on_sigterm(
+    dagrun: Processes, store_url: str
+) -> None:
+    orchestrator = dagrun.start("orchestrator", "--processes", "1")
+    assert orchestrator.stderr is not None
+    before = []
+    while "serving the runs" not in (line := orchestrator.stderr.readline()):  # the test's timeout bounds it
+        assert line, "the orchestrator ended without its start-up line"
+        before.append(line)
+    started = re.search(r" (\w+) ([\w.]+): orchestrator \S+ serving the runs of (.+) \(lease 15 s\)$", line)
+    assert started is not None, line
+    assert started.groups() == ("INFO", "dagrun.engine.orchestrator", store_url)
+    assert not [earlier for earlier in before if " WARNING " in earlier or " ERROR " in earlier], before
+    orchestrator.send_signal(signal.SIGTERM)
+    assert orchestrator.wait(timeout=60) == 0
 
 
 def test_a_second_signal_with_other_values_exits_2_naming_the_first_and_a_repeat_exits_0(dagrun: Processes) -> None:
