@@ -306,6 +306,8 @@ class Orchestrator:
         """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder). With
         `answer_after` (the run's last event seq before a command was sent), a holder whose driver writes an
         event within HOLDER_ANSWER_S is alive: it is not waited for."""
+        if run_id in self._drivers or run_id in self._background:
+            return False  # driven here already: claiming would renew our own lease
         last_expiry: float | None = None
         while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
             lease = await self.store.get_lease(run_id)

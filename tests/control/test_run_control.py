@@ -57,6 +57,26 @@ async def test_start_run_returns_at_once_and_the_run_completes_in_the_background
         assert await orchestrator.control.pending_work(run_id) == []
 
 
+async def test_resume_of_a_run_driven_here_or_by_a_live_orchestrator_returns_none_at_once(
+    stores: StoreFactory,
+) -> None:
+    store = stores()
+    async with Orchestrator(store, processes=1) as driving, Orchestrator(await _other(stores, store)) as other:
+        run_id = await driving.start_run(gated_flow())
+        await wait_until_waiting(driving, run_id, "gate")
+
+        assert await driving.resume(run_id) is None  # driven here: no second driver
+        started = time.monotonic()
+        assert await other.resume(run_id) is None  # its driver answered the resume
+        assert time.monotonic() - started < 10  # not the 15 s of the lease (or a third of it, a renewal)
+
+        await driving.control.signal(run_id, "gate", {"ok": True})
+        run = await driving.control.wait_for_completion(run_id, timeout_s=30)
+        assert run.status == RunStatus.SUCCEEDED
+        events = await store.get_events(run_id)
+        assert sum(event.kind == "step" and event.status == "succeeded" for event in events) == 5  # each once
+
+
 async def test_pause_starts_no_new_step_until_resume(stores: StoreFactory) -> None:
     store = stores()
     async with Orchestrator(store, processes=1) as orchestrator:
