@@ -161,6 +161,8 @@ class Orchestrator:
         live orchestrator holds its lease; with `wait_for_lease`, a lease that lapses unrenewed is waited
         for and taken. FlowError when the run needs an executor this orchestrator does not have; RunLost
         when the store loses the run while it is driven."""
+        if self._drives(run_id):
+            return None
         return await self._drive_claimed(run_id, await self._claim(run_id, wait=wait_for_lease), listener)
 
     async def resume(self, run_id: str, *, listener: StepListener | None = None) -> RunResult | None:
@@ -170,8 +172,14 @@ class Orchestrator:
         waited out. ControlError when the run has ended; otherwise raises like `drive`."""
         seen = await self.store.last_event_seq(run_id)
         await self.control.resume(run_id)
+        if self._drives(run_id):
+            return None
         claimed = await self._claim(run_id, wait=True, answer_after=seen)
         return await self._drive_claimed(run_id, claimed, listener)
+
+    def _drives(self, run_id: str) -> bool:
+        """Whether this orchestrator drives the run, or is about to: claiming it would renew its own lease."""
+        return run_id in self._drivers or run_id in self._background
 
     async def _drive_claimed(self, run_id: str, claimed: bool, listener: StepListener | None) -> RunResult | None:
         if not claimed:
@@ -306,8 +314,6 @@ class Orchestrator:
         """Take the run's lease; with `wait`, wait while its holder lets it lapse (a dead holder). With
         `answer_after` (the run's last event seq before a command was sent), a holder whose driver writes an
         event within HOLDER_ANSWER_S is alive: it is not waited for."""
-        if run_id in self._drivers or run_id in self._background:
-            return False  # driven here already: claiming would renew our own lease
         last_expiry: float | None = None
         while not await self.store.claim_lease(run_id, self.owner, ttl_s=self._lease_s):
             lease = await self.store.get_lease(run_id)
@@ -328,8 +334,11 @@ class Orchestrator:
 
     def _adopt(self, run_id: str) -> None:
         """Drive a run found by the watcher (submitted, or its driver gone) in the background."""
-        if run_id not in self._drivers and run_id not in self._background and not self._closed:
-            self._in_background(run_id, self.drive(run_id))
+        if not self._drives(run_id) and not self._closed:
+            self._in_background(run_id, self._take_up(run_id))
+
+    async def _take_up(self, run_id: str) -> RunResult | None:
+        return await self._drive_claimed(run_id, await self._claim(run_id, wait=False), None)
 
     def _in_background(self, run_id: str, drive: Any) -> None:
         task: asyncio.Task[RunResult | None] = asyncio.create_task(drive, name=f"dagrun run {run_id}")
