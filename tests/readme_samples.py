@@ -1,6 +1,6 @@
 """The README's samples as data, for tests/test_readme.py: its fenced code blocks with their language, the
 commands of its shell blocks (each synopsis expanded into the commands it stands for), its links, the file
-paths its code spans name, and the anchors its headings get on GitHub.
+paths and `dagrun` commands its code spans name, and the anchors its headings get on GitHub.
 
 Markdown is read with markdown-it-py (rich's own dependency), so a link or a fence is what GitHub sees.
 """
@@ -84,6 +84,15 @@ def path_spans(text: str) -> list[tuple[int, str]]:
         (line, child.content)
         for line, child in _inline_children(text)
         if child.type == "code_inline" and _RELATIVE_PATH.fullmatch(child.content)
+    ]
+
+
+def command_spans(text: str) -> list[tuple[int, str]]:
+    """Code spans in the text that show a `dagrun` command (`dagrun status last`): (line, command)."""
+    return [
+        (line, child.content)
+        for line, child in _inline_children(text)
+        if child.type == "code_inline" and child.content.startswith("dagrun ")
     ]
 
 

@@ -1,6 +1,7 @@
 """Every sample in README.md works as pasted (issue 13): its Python samples run, its flows validate, its
 JSON parses, every `dagrun` command of its shell blocks parses and runs with its documented exit code
-(remote hosts replaced by loopback ones), and its links and file paths point inside the repository.
+(remote hosts replaced by loopback ones), every `dagrun` command its text names exists with the options
+it names, and its links and file paths point inside the repository.
 
 A shell command the test does not run must be in NOT_RUN with the reason, so a new sample cannot go
 untested unnoticed.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +31,7 @@ from tests.readme_samples import (
     ShellCommand,
     anchors,
     code_blocks,
+    command_spans,
     links,
     path_spans,
     shell_commands,
@@ -65,17 +69,23 @@ def readme_commands() -> list[ShellCommand]:
     return [command for block in blocks_in(*SHELL_LANGUAGES) for command in shell_commands(block)]
 
 
-def parse_problem(args: list[str]) -> str | None:
-    """What dagrun's parser says of `args` if it refuses them; args ending in `...` only name a command."""
-    if "..." in args:
-        args = [*args[: args.index("...")], "--help"]
+def parse(args: list[str]) -> tuple[int, str]:
+    """dagrun's own parser on `args`, in this process: its exit code (0 when it would run) and what it printed."""
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             build_parser().parse_args(args)
     except SystemExit as exit:
-        return None if exit.code == 0 else said.getvalue().strip().splitlines()[-1]
-    return None
+        return int(exit.code or 0), said.getvalue()
+    return 0, said.getvalue()
+
+
+def parse_problem(args: list[str]) -> str | None:
+    """What dagrun's parser says of `args` if it refuses them; args ending in `...` only name a command."""
+    if "..." in args:
+        args = [*args[: args.index("...")], "--help"]
+    code, said = parse(args)
+    return said.strip().splitlines()[-1] if code else None
 
 
 def by_line(blocks: list[Block]) -> list[object]:
@@ -148,6 +158,30 @@ def test_every_shell_command_is_a_dagrun_command_that_parses_or_is_listed(tmp_pa
     written = {command.text for command in readme_commands()}
     problems += [f"NOT_RUN lists {text!r}, which the README no longer has" for text in NOT_RUN if text not in written]
     assert not problems, "\n".join(problems)
+
+
+def test_every_dagrun_command_the_text_names_exists_with_the_options_it_names() -> None:
+    problems = []
+    for line, span in command_spans(TEXT):
+        words = list(itertools.takewhile(re.compile("[a-z]+").fullmatch, span.split()[1:]))
+        helps = (help_text(words[:count]) for count in range(len(words), 0, -1))
+        shown = next((text for text in helps if text is not None), None)
+        if shown is None:
+            problems.append(f"line {line}: `{span}`: dagrun has no such command")
+            continue
+        unknown = [option for option in options(span) if not re.search(rf"{option}(?![\w-])", shown)]
+        problems += [f"line {line}: `{span}`: no option {option}" for option in unknown]
+    assert not problems, "\n".join(problems)
+
+
+def help_text(words: list[str]) -> str | None:
+    """What `dagrun WORDS --help` prints, or None when dagrun has no such command."""
+    code, said = parse([*words, "--help"])
+    return None if code else said
+
+
+def options(command: str) -> set[str]:
+    return set(re.findall(r"(?<!\S)\[?(--[\w-]+)", command))
 
 
 @pytest.mark.slow
