@@ -48,7 +48,7 @@ PLACEHOLDERS = {
 ON_A_WAITING_RUN = {"pause", "resume", "cancel", "signal"}
 # Commands that serve until stopped: started first, as on the README's worker machines, then stopped.
 SERVICES = {"worker", "orchestrator", "serve"}
-_READY = re.compile(r"ready: \d+ sandbox process|serving runs of|api: listening on")
+_READY = re.compile(r"ready: \d+ sandbox process|serving (the )?runs of|api: listening on")
 _RUN_ID = re.compile(r"\b\d{8}-\d{6}-[0-9a-f]{12}\b")
 _REMOTE_FLOW = '{"name": "remote", "defaults": {"executor": "remote"}, "steps": [{"id": "a", "script": "pass"}]}'
 TOKEN = "readme-token-0123456789"
@@ -130,7 +130,10 @@ class ReadmeSession:
     async def _waiting(self, run_id: str) -> Any:
         store = open_store(self.values["redis"])
         async with store:
-            return await wait_for_event(store, run_id, "waiting", "approve")
+            try:
+                return await wait_for_event(store, run_id, "waiting", "approve")
+            except TimeoutError:
+                raise AssertionError(f"no orchestrator drove the submitted run {run_id} to its signal") from None
 
     def stop_services(self) -> dict[str, tuple[int, str]]:
         """SIGTERM every service, newest first: each one's exit code and log."""

@@ -164,7 +164,7 @@ def test_every_dagrun_command_the_text_names_exists_with_the_options_it_names() 
     problems = []
     for line, span in command_spans(TEXT):
         words = list(itertools.takewhile(re.compile("[a-z]+").fullmatch, span.split()[1:]))
-        helps = (help_text(words[:count]) for count in range(len(words), 0, -1))
+        helps = (help_text(words[:count]) for count in range(len(words), -1, -1))
         shown = next((text for text in helps if text is not None), None)
         if shown is None:
             problems.append(f"line {line}: `{span}`: dagrun has no such command")
