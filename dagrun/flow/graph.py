@@ -215,7 +215,7 @@ def _check_references(
         upstream: _Upstream | None = None
         # a join step may reference thousands of direct dependencies: test membership in a set
         direct = step.depends_on if len(step.depends_on) < 8 else frozenset(step.depends_on)
-        for loc, reference in _placed_references(step):
+        for loc, reference in placed_references(step):
             target = reference.step_id
             if target is None:
                 message = _check_flow_reference(step, reference, flow_inputs)
@@ -249,7 +249,7 @@ def _malformed(step: Step) -> list[Finding]:
     return findings
 
 
-def _placed_references(step: Step) -> Iterator[tuple[Loc, Reference]]:
+def placed_references(step: Step) -> Iterator[tuple[Loc, Reference]]:
     """Each reference of a step (its inputs', then its condition's) with its place in the flow."""
     where: Loc = ("steps", step.index, "inputs")
     for reference in step.compiled_inputs.references:
