@@ -114,6 +114,7 @@ def test_a_value_the_condition_cannot_judge_is_an_error_naming_the_condition_and
         ("${steps.a.ok", "malformed reference '${steps.a.ok': '${' is never closed by '}'"),
         ("${step.a.ok}", "malformed reference '${step.a.ok}': expected '${steps.ID.KEY}' or '${flow.KEY}'"),
         ("${steps.a.n} = 3", "unknown operator '='; use one of ==, !=, <, <=, >, >="),
+        ("${steps.a.n} =< 3", "unknown operator '=<'; use one of ==, !=, <, <=, >, >="),
         ("not ${steps.a.n} == 3", "'not' takes a reference alone; to negate a comparison, write the opposite"),
         ("${steps.a.n} == ${steps.b.n}", "a reference is compared with a JSON value, not with another reference"),
         ("${steps.a.n} == [1]", "expected a JSON number, \"string\", true, false or null after '==', not '[1]'"),
@@ -183,8 +184,7 @@ def test_validation_reports_conditions_with_their_places():
         "may not have run yet; add 'other' to depends_on",
         "steps[4].when: step 'c' references undeclared flow input 'mood'; the flow declares: mode "
         "(declare it in the flow's 'inputs')",
-        "steps[5].when: step 'd' has a malformed condition: expected a JSON number, \"string\", true, false or null "
-        "after '==', not '= 1'",
+        "steps[5].when: step 'd' has a malformed condition: unknown operator '==='; use one of ==, !=, <, <=, >, >=",
         "steps[6].when: step 'e' references its own output '${steps.e.ok}'",
         "steps[7].when (step 'f'): input should be a valid string (got true)",
     ]

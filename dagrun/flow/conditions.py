@@ -23,7 +23,7 @@ from dagrun.flow.references import MalformedReference, Outputs, Reference, looku
 from dagrun.flow.schema import CONDITION_GRAMMAR
 
 _SHAPE = re.compile(
-    r"(?P<negated>not\b\s*)?(?P<reference>\$\{[^{}]*\}?)\s*(?:(?P<operator>[=!<>]=?)\s*(?P<literal>.*))?"
+    r"(?P<negated>not\b\s*)?(?P<reference>\$\{[^{}]*\}?)\s*(?:(?P<operator>[=!<>]+)\s*(?P<literal>.*))?"
 )
 _ORDERINGS: Mapping[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
