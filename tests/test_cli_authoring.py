@@ -135,3 +135,55 @@ def test_fish_completion_has_a_line_per_command_and_option(tmp_path: Path) -> No
     assert any("__fish_seen_subcommand_from run'" in line and " -l max-parallel -r " in line for line in lines)
     if shutil.which("fish"):
         assert subprocess.run(["fish", "-n"], input=script, text=True).returncode == 0
+
+
+def test_the_branch_flow_runs_the_branch_its_condition_picks_and_its_events_say_why_the_other_was_skipped(
+    tmp_path: Path,
+) -> None:
+    run = dagrun("run", str(FLOWS / "branch.json"), "-i", "min_score=0.9", "--json", cwd=tmp_path)
+
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert {step_id: step["status"] for step_id, step in result["steps"].items()} == {
+        "check": "succeeded", "publish": "skipped", "quarantine": "succeeded", "report": "succeeded",
+    }  # fmt: skip
+    assert result["steps"]["report"]["outputs"] == {"summary": "score 0.80: quarantine/batch-5-rows"}
+    events = dagrun("events", result["run_id"], cwd=tmp_path)
+    assert re.search(r"step publish skipped: condition \$\{steps\.check\.ok\} is false\n", events.stdout)
+
+
+def test_graph_draws_the_edges_into_a_conditional_step_dashed_and_labelled(tmp_path: Path) -> None:
+    dot = dagrun("graph", str(FLOWS / "branch.json"), cwd=tmp_path)
+    mermaid = dagrun("graph", str(FLOWS / "branch.json"), "--format", "mermaid", cwd=tmp_path)
+
+    assert '  "check" -> "quarantine" [style=dashed, label="not ${steps.check.ok}"];\n' in dot.stdout
+    assert '  "publish" -> "report";\n' in dot.stdout
+    assert '  s0 -.->|"not #36;#123;steps.check.ok#125;"| s2\n' in mermaid.stdout
+    assert "  s1 --> s3\n" in mermaid.stdout
+
+
+def test_a_bad_condition_is_a_problem_at_its_place_and_one_it_cannot_judge_fails_its_step(tmp_path: Path) -> None:
+    steps = [
+        {"id": "check", "script": "outputs['ok'] = 3"},
+        {"id": "go", "depends_on": ["check"], "script": "pass", "when": "${steps.check.ok} =< 3"},
+    ]
+    path = tmp_path / "flow.json"
+    path.write_text(json.dumps({"name": "f", "steps": steps}))
+
+    invalid = dagrun("validate", str(path), cwd=tmp_path)
+    steps[1]["when"] = "${steps.check.ok}"
+    path.write_text(json.dumps({"name": "f", "steps": steps}))
+    failed = dagrun("run", str(path), cwd=tmp_path)
+
+    assert invalid.returncode == 2
+    assert_no_traceback(invalid)
+    assert invalid.stderr.splitlines()[0] == (
+        f"{path}: steps[1].when: step 'go' has a malformed condition: unknown operator '=<'; "
+        "use one of ==, !=, <, <=, >, >="
+    )
+    assert failed.returncode == 1
+    assert_no_traceback(failed)
+    assert (
+        "step go failed (no attempt): input error UnresolvedInput: step 'go' condition '${steps.check.ok}': "
+        "the value is a number (3), not a boolean" in " ".join(failed.stdout.split() + failed.stderr.split())
+    )

@@ -80,6 +80,25 @@ async def test_approval_flow_deploys_only_when_approved(approved: bool) -> None:
     assert steps["report"].outputs == {"summary": f"1.4.42 {verb} (checked by ann)"}
 
 
+@pytest.mark.parametrize(
+    ("min_score", "ran", "skipped", "summary"),
+    [
+        (0.7, "publish", "quarantine", "score 0.80: published/batch-5-rows"),
+        (0.9, "quarantine", "publish", "score 0.80: quarantine/batch-5-rows"),
+    ],
+)
+async def test_branch_flow_publishes_or_quarantines_by_its_quality_check_and_reports_either_way(
+    min_score: float, ran: str, skipped: str, summary: str
+) -> None:
+    async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "branch.json"), inputs={"min_score": min_score})
+    statuses = {step_id: outcome.status for step_id, outcome in result.steps.items()}
+    assert result.status == RunStatus.SUCCEEDED
+    assert statuses == {"check": "succeeded", ran: "succeeded", skipped: "skipped", "report": "succeeded"}
+    assert result.steps["check"].outputs == {"ok": min_score <= 0.8, "score": 0.8}
+    assert result.steps["report"].outputs == {"summary": summary}
+
+
 async def test_retries_flow_needs_three_attempts() -> None:
     async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
         result = await orchestrator.run(load_flow(FLOWS / "retries.json"))

@@ -766,6 +766,7 @@ def test_the_flow_file_and_the_step_value_name_the_same_step_fields():
         "script_hash",
         "script_file",
         "_compiled",
+        "_condition",
     }
 
 

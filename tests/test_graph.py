@@ -213,3 +213,28 @@ def test_references_to_fields_of_a_waiting_step_are_checked_against_them():
             "(it declares: ok)",
         )
     ]
+
+
+BRANCH = {
+    "name": "branch",
+    "steps": [
+        {"id": "check", "script": "", "outputs": ["grade"]},
+        {"id": "publish", "depends_on": ["check"], "script": "", "when": '${steps.check.grade} == "A"'},
+        {"id": "report", "depends_on": ["check", "publish"], "script": "", "run_if": "all_done"},
+    ],
+}
+
+
+def test_to_dot_draws_the_edges_into_a_conditional_step_dashed_and_labelled_with_the_condition():
+    assert to_dot(parse_flow(BRANCH)) == (
+        'digraph "branch" {\n  node [shape=box];\n  "check";\n  "publish";\n  "report";\n'
+        '  "check" -> "publish" [style=dashed, label="${steps.check.grade} == \\"A\\""];\n'
+        '  "check" -> "report";\n  "publish" -> "report";\n}\n'
+    )
+
+
+def test_to_mermaid_draws_the_edges_into_a_conditional_step_dotted_and_labelled_with_the_condition():
+    assert to_mermaid(parse_flow(BRANCH)) == (
+        'flowchart TD\n  s0["check"]\n  s1["publish"]\n  s2["report"]\n'
+        '  s0 -.->|"#36;#123;steps.check.grade#125; #61;#61; #34;A#34;"| s1\n  s0 --> s2\n  s1 --> s2\n'
+    )

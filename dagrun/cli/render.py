@@ -205,7 +205,8 @@ def step_failures(console: Console, failures: list[StepFailure]) -> None:
     for failure in failures:
         error = failure.error
         worker = f" on {failure.worker_id}" if failure.worker_id else ""
-        head = f"step {failure.step_id} failed (attempt {failure.attempt}{worker}): {error.kind} error {error.type}: "
+        attempt = f"attempt {failure.attempt}" if failure.attempt else "no attempt"  # e.g. its condition failed
+        head = f"step {failure.step_id} failed ({attempt}{worker}): {error.kind} error {error.type}: "
         console.print(Text(head + error.message, style="red"), soft_wrap=True)
         if error.line is not None:
             console.print(Text(f"  script line {error.line}: {failure.source_line or '?'}"), soft_wrap=True)

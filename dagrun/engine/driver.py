@@ -27,6 +27,7 @@ from dagrun.contract.executor import Executor, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.attempt import run_attempt
 from dagrun.engine.command_log import CommandLog
+from dagrun.engine.conditions import decide_condition
 from dagrun.engine.control import end_cancelled
 from dagrun.engine.outcome import RunResult, StepListener
 from dagrun.engine.pause import PauseGate
@@ -243,12 +244,13 @@ class RunDriver:
             state.task = self._task_group.create_task(self._run_step(state))
 
     async def _run_step(self, state: StepState) -> None:
-        if state.step.wait_for is None:
+        status = await decide_condition(
+            state, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of, record=self._record
+        )
+        if status is None and state.step.wait_for is None:
             status = await self._attempt_until_done(state)
-        else:
-            status = await wait_for_signal(
-                state, state.step.wait_for, run_id=self.run_id, record=self._record, listener=self._listener
-            )
+        elif status is None:
+            status = await wait_for_signal(state, run_id=self.run_id, record=self._record, listener=self._listener)
         if status == StepStatus.FAILED:
             self._failed(state)
         state.task = None

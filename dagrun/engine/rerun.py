@@ -2,13 +2,13 @@
 
 Like Airflow's "clear downstream" or Temporal's reset. The steps that run again are those that failed or
 were cancelled in the origin (or never ended: its driver could not drive it), those named in `from_steps`,
-those whose inputs refer to a flow input the rerun gives another value, and every step downstream of
-these. Every other step that succeeded in the origin (or was reused there) is recorded `reused`, with the
-origin's outputs, in the same store write that creates the run, so a rerun is never half made; one that
-was skipped is decided again by its trigger rule (which skips it again, since nothing it depends on
-changed). The rerun is then driven, resumed after a crash and controlled like any run. It starts with the
-context the origin ended with (a failed attempt's context writes were never applied), and its record names
-the origin (`rerun_of`).
+those whose inputs or condition refer to a flow input the rerun gives another value, and every step
+downstream of these. Every other step that succeeded in the origin (or was reused there) is recorded
+`reused`, with the origin's outputs, in the same store write that creates the run, so a rerun is never half
+made; one that was skipped is decided again by its trigger rule and its condition (which skip it again,
+since nothing they read changed). The rerun is then driven, resumed after a crash and controlled like any
+run. It starts with the context the origin ended with (a failed attempt's context writes were never
+applied), and its record names the origin (`rerun_of`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dagrun.contract.states import StepStatus
 from dagrun.engine.control import new_run_id, new_run_record
 from dagrun.engine.stored_flow import flow_of
 from dagrun.errors import ControlError
-from dagrun.flow.graph import downstream
+from dagrun.flow.graph import downstream, placed_references
 from dagrun.flow.model import Flow
-from dagrun.flow.references import Reference, find_references
+from dagrun.flow.references import Reference
 from dagrun.store.base import Reuse, RunReader, RunRecord, StepRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -105,12 +105,16 @@ def _starting_points(
     return (
         set(from_steps)
         | {step.step_id for step in steps if not (step.status.has_outputs or step.status == StepStatus.SKIPPED)}
-        | {step.id for step in flow.steps if any(ref.key in changed for ref in _flow_references(step.inputs))}
+        | {
+            step.id
+            for step in flow.steps
+            if any(_reads(reference, changed) for _, reference in placed_references(step))
+        }
     )
 
 
-def _flow_references(inputs: Mapping[str, Any]) -> list[Reference]:
-    return [reference for reference in find_references(inputs) if reference.step_id is None]
+def _reads(reference: Reference, flow_inputs: set[str]) -> bool:
+    return reference.step_id is None and reference.key in flow_inputs
 
 
 _ABSENT = object()

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from dagrun.contract.states import RunIf, StepStatus
 from dagrun.flow.model import Flow
 
+# Besides succeeding: how a step that its run_if let start can have ended (SKIPPED: its condition was false).
+_REPLAYED_ENDS = frozenset({StepStatus.FAILED, StepStatus.SKIPPED})
+
 
 @dataclass(slots=True)
 class Decisions:
@@ -52,15 +55,16 @@ class Scheduler:
         return decisions
 
     def restore(self, ended: Mapping[str, StepStatus]) -> Decisions:
-        """Replay a run driven before: `ended` holds the steps that succeeded (or were reused), or failed.
-        Completions are replayed in dependency order, so a step is reached only as the rules allow; returns
-        the steps to run now and the skips that follow (whether they were recorded before or not)."""
+        """Replay a run driven before: `ended` holds the steps that succeeded (or were reused), failed, or
+        were skipped by their condition. Completions are replayed in dependency order, so a step is reached only
+        as the rules allow (a step skipped by its run_if is not reached: its skip follows again); returns the
+        steps to run now and the skips that follow (whether they were recorded before or not)."""
         decisions = Decisions()
         frontier = self.roots()
         while frontier:
             step_id = frontier.pop()
             status = ended.get(step_id)
-            if status is not None and (status.has_outputs or status == StepStatus.FAILED):
+            if status is not None and (status.has_outputs or status in _REPLAYED_ENDS):
                 self.start(step_id)
                 unlocked = self.complete(step_id, status)
                 frontier.extend(unlocked.ready)

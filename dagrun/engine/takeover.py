@@ -1,5 +1,6 @@
 """Taking a run over from its stored state (crash recovery, `resume`, a rerun's reused steps): what each
-step's record says, and what follows from it for the Scheduler."""
+step's record says, and what follows from it for the Scheduler. A step recorded skipped by its condition
+stays skipped, a clean skip, and is not run; one whose condition was never recorded is decided again."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def take_over(
     failed: list[StepState] = []
     for step_id, state in states.items():
         status = state.restore(records[step_id])
-        if status.has_outputs or status == StepStatus.FAILED:
+        if status.is_terminal and status != StepStatus.CANCELLED:  # the Scheduler replays what it reaches
             ended[step_id] = status
         if status == StepStatus.FAILED:
             failed.append(state)

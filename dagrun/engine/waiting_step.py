@@ -18,10 +18,12 @@ Record = Callable[[StepRecord, str], Awaitable[None]]  # writes a record with it
 
 
 async def wait_for_signal(
-    state: StepState, wait_for: WaitFor, *, run_id: str, record: Record, listener: StepListener | None
+    state: StepState, *, run_id: str, record: Record, listener: StepListener | None
 ) -> StepStatus:
-    """Wait for the step's signal and record how the wait ended: SUCCEEDED with the signalled fields as
-    its outputs, or FAILED (`state.error` says why)."""
+    """Wait for the signal of the step (one with `wait_for`) and record how the wait ended: SUCCEEDED with the
+    signalled fields as its outputs, or FAILED (`state.error` says why)."""
+    wait_for = state.step.wait_for
+    assert wait_for is not None, f"step {state.step.id!r} waits for no signal"
     await _begin_waiting(state, wait_for, run_id=run_id, record=record, listener=listener)
     try:
         values = await state.receive_signal()

@@ -4,7 +4,8 @@ Checks (unknown, self and repeated dependencies, duplicate ids, cycles, referenc
 linear in steps + edges, but for references to steps that are not direct dependencies: each of those
 explores ancestors, at most once per step. Each problem comes back as a (location, message) pair so the
 caller can order problems as they appear in the file. Exports to Graphviz DOT and Mermaid, where a step
-that waits for a signal (a person) is a diamond. Pure: no I/O.
+that waits for a signal (a person) is a diamond and an edge into a step with a condition is dashed and
+labelled with it. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import difflib
 import heapq
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -200,25 +201,21 @@ def _ancestors(step: Step, by_id: Mapping[str, Step]) -> set[str]:
 def _check_references(
     steps: Sequence[Step], flow_inputs: Mapping[str, Any] | None, *, check_ancestry: bool, order: list[str]
 ) -> list[Finding]:
-    """Inputs nested too deep, malformed references, references to unknown steps, to steps that are not
-    ancestors (a race; not checked without `check_ancestry`), to undeclared outputs, and to undeclared flow
-    inputs (not checked when `flow_inputs` is None: unknown). `order` is the topological order of the steps
-    on no cycle. A reference to a direct dependency costs O(1); only references to other steps explore
-    ancestors, once per step and no further than the referenced step's topological rank."""
+    """Inputs nested too deep, malformed references and conditions, references (in inputs and in `when`) to
+    unknown steps, to steps that are not ancestors (a race; not checked without `check_ancestry`), to
+    undeclared outputs, and to undeclared flow inputs (not checked when `flow_inputs` is None: unknown).
+    `order` is the topological order of the steps on no cycle. A reference to a direct dependency costs
+    O(1); only references to other steps explore ancestors, once per step and no further than the
+    referenced step's topological rank."""
     by_id = _first_steps(steps)
     ranks: dict[str, int] | None = None
     findings: list[Finding] = []
     for step in steps:
-        compiled = step.compiled_inputs  # compiled once: the run resolves the same object
-        where: Loc = ("steps", step.index, "inputs")
-        for bad in compiled.malformed:
-            message = f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}"
-            findings.append(((*where, *bad.loc), message))
-        findings.extend(((*where, *loc), TOO_DEEP) for loc in compiled.too_deep)
+        findings.extend(_malformed(step))
         upstream: _Upstream | None = None
         # a join step may reference thousands of direct dependencies: test membership in a set
         direct = step.depends_on if len(step.depends_on) < 8 else frozenset(step.depends_on)
-        for reference in compiled.references:
+        for loc, reference in placed_references(step):
             target = reference.step_id
             if target is None:
                 message = _check_flow_reference(step, reference, flow_inputs)
@@ -231,8 +228,35 @@ def _check_references(
                     upstream = _Upstream(step, by_id, ranks)
                 message = _check_step_reference(step, reference, by_id, is_ancestor=target in upstream)
             if message:
-                findings.append(((*where, *reference.loc), message))
+                findings.append((loc, message))
     return findings
+
+
+def _malformed(step: Step) -> list[Finding]:
+    """A step's malformed references, inputs nested too deep, and a malformed condition."""
+    compiled = step.compiled_inputs  # compiled once: the run resolves the same object
+    where: Loc = ("steps", step.index, "inputs")
+    findings: list[Finding] = [
+        ((*where, *bad.loc), f"step {step.id!r} has a malformed reference {bad.text!r}: {bad.reason}")
+        for bad in compiled.malformed
+    ]
+    findings.extend(((*where, *loc), TOO_DEEP) for loc in compiled.too_deep)
+    condition = step.condition
+    if condition is not None and condition.malformed is not None:
+        findings.append(
+            (("steps", step.index, "when"), f"step {step.id!r} has a malformed condition: {condition.malformed}")
+        )
+    return findings
+
+
+def placed_references(step: Step) -> Iterator[tuple[Loc, Reference]]:
+    """Each reference of a step (its inputs', then its condition's) with its place in the flow."""
+    where: Loc = ("steps", step.index, "inputs")
+    for reference in step.compiled_inputs.references:
+        yield (*where, *reference.loc), reference
+    condition = step.condition
+    if condition is not None and condition.reference is not None:
+        yield ("steps", step.index, "when"), condition.reference
 
 
 class _Upstream:
@@ -303,16 +327,14 @@ def _dot_quote(text: str) -> str:
 
 def to_dot(flow: Flow) -> str:
     """Graphviz DOT: one node per step labelled by its id, a box, or a diamond for a step that waits for a
-    signal; an edge dependency -> dependent."""
+    signal; an edge dependency -> dependent, dashed and labelled with the condition into a step with one."""
     lines = [f"digraph {_dot_quote(flow.name)} {{", "  node [shape=box];"]
     lines.extend(
         f"  {_dot_quote(step.id)}{' [shape=diamond]' if step.wait_for is not None else ''};" for step in flow.steps
     )
-    lines.extend(
-        f"  {_dot_quote(dep)} -> {_dot_quote(step.id)};"
-        for step in flow.steps
-        for dep in dict.fromkeys(step.depends_on)
-    )
+    for step in flow.steps:
+        style = "" if step.when is None else f" [style=dashed, label={_dot_quote(step.when)}]"
+        lines.extend(f"  {_dot_quote(dep)} -> {_dot_quote(step.id)}{style};" for dep in dict.fromkeys(step.depends_on))
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -325,16 +347,14 @@ def _mermaid_label(text: str) -> str:
 
 def to_mermaid(flow: Flow) -> str:
     """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id;
-    a rectangle, or a rhombus for a step that waits for a signal."""
+    a rectangle, or a rhombus for a step that waits for a signal. An edge into a step with a condition is
+    dotted and labelled with it."""
     node = {step.id: f"s{position}" for position, step in reversed(list(enumerate(flow.steps)))}
     lines = ["flowchart TD"]
     for position, step in enumerate(flow.steps):
         opening, closing = ("{", "}") if step.wait_for is not None else ("[", "]")
         lines.append(f'  s{position}{opening}"{_mermaid_label(step.id)}"{closing}')
-    lines.extend(
-        f"  {node[dep]} --> {node[step.id]}"
-        for step in flow.steps
-        for dep in dict.fromkeys(step.depends_on)
-        if dep in node
-    )
+    for step in flow.steps:
+        arrow = "-->" if step.when is None else f'-.->|"{_mermaid_label(step.when)}"|'
+        lines.extend(f"  {node[dep]} {arrow} {node[step.id]}" for dep in dict.fromkeys(step.depends_on) if dep in node)
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagrun.contract.states import RunIf
 from dagrun.errors import FlowError, Problem
+from dagrun.flow.conditions import Condition
 from dagrun.flow.limits import DEFAULT_TIMEOUT_S
 from dagrun.flow.problems import value_findings
 from dagrun.flow.references import CompiledInputs, Outputs, format_location
@@ -77,6 +78,7 @@ class Step:
     inputs: Mapping[str, Any] = field(default_factory=dict)  # raw values; may hold ${...} references
     outputs: tuple[str, ...] | None = None  # declared output keys: the step's contract, when given
     run_if: RunIf = field(default=RunIf.ALL_SUCCESS, metadata=SPELLED_OUT)
+    when: str | None = None  # a condition (`conditions`): once its run_if is met, it runs only if this holds
     # inherited from the flow's `defaults`, so spelled out: a step's JSON means the same wherever it is read
     executor: str = field(default=DEFAULT_EXECUTOR, metadata=SPELLED_OUT)
     context_id: str = field(default=DEFAULT_CONTEXT_ID, metadata=SPELLED_OUT)
@@ -85,6 +87,7 @@ class Step:
     # as written in the flow, for messages; not compared, since to_json() inlines the script
     script_file: str | None = field(default=None, compare=False, metadata=NOT_WRITTEN)
     _compiled: CompiledInputs | None = field(default=None, init=False, repr=False, compare=False, metadata=NOT_WRITTEN)
+    _condition: Condition | None = field(default=None, init=False, repr=False, compare=False, metadata=NOT_WRITTEN)
 
     @property
     def compiled_inputs(self) -> CompiledInputs:
@@ -94,6 +97,15 @@ class Step:
             compiled = CompiledInputs(self.inputs, step_id=self.id)  # validation reports its malformed ones
             object.__setattr__(self, "_compiled", compiled)  # a cache, not state: same result every time
         return compiled
+
+    @property
+    def condition(self) -> Condition | None:
+        """The `when` compiled, built on first use and kept; None without one."""
+        condition = self._condition
+        if condition is None and self.when is not None:
+            condition = Condition(self.when, step_id=self.id)  # validation reports a malformed one
+            object.__setattr__(self, "_condition", condition)  # a cache, like `compiled_inputs`
+        return condition
 
     def resolve_inputs(self, flow_inputs: Mapping[str, Any], outputs_of: Outputs) -> dict[str, Any]:
         """The inputs with references replaced (see CompiledInputs.resolve); raises UnresolvedInput."""

@@ -103,7 +103,8 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _short(value: Any) -> str:
+def short_json(value: Any) -> str:
+    """A value as short JSON text for a message (cut at 60 characters)."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # orjson would write null
     try:
@@ -149,7 +150,7 @@ def _error_message(error: ErrorDetails) -> str:
         message = "expected a JSON array"
     else:
         message = _lower_first(error["msg"])
-    return message if kind in _NO_GOT else f"{message} (got {_short(error['input'])})"
+    return message if kind in _NO_GOT else f"{message} (got {short_json(error['input'])})"
 
 
 def _is_step_id(loc: Loc) -> bool:
@@ -159,7 +160,7 @@ def _is_step_id(loc: Loc) -> bool:
 def _step_id_message(error: ErrorDetails) -> str:
     if error["type"] == "string_pattern_mismatch":
         return f"step id {error['input']!r} must be {ID_RULE}"
-    return f"a step id is a string or an integer (got {_short(error['input'])})"
+    return f"a step id is a string or an integer (got {short_json(error['input'])})"
 
 
 def pydantic_findings(exc: pydantic.ValidationError, model: type[BaseModel], prefix: Loc, label: str) -> list[Found]:

@@ -107,6 +107,21 @@ def _flush(literal: list[str], parts: list[str | Reference | MalformedReference]
         parts.append(joined)
 
 
+def parse_reference(text: str, loc: Loc = ()) -> Reference | MalformedReference:
+    """`text` as exactly one reference, or why it is not one."""
+    parts = _tokenize(text, loc)
+    if len(parts) == 1 and not isinstance(parts[0], str):
+        return parts[0]
+    malformed = [part for part in parts if isinstance(part, MalformedReference)]
+    return malformed[0] if malformed else MalformedReference(text, "expected '${steps.ID.KEY}' or '${flow.KEY}'", loc)
+
+
+def lookup(reference: Reference, where: object) -> Resolver:
+    """Resolves `reference` like an input does (None for a step that did not succeed; UnresolvedInput for a
+    missing key or flow input); `where` names what holds it in messages."""
+    return _Lookup(reference, where)
+
+
 def escape(text: str) -> str:
     """`text` as an input string that resolves to itself: every `${` becomes `$${`."""
     return text.replace("${", "$${")
@@ -156,7 +171,7 @@ class _Lookup:
 
     __slots__ = ("key", "step_id", "where")
 
-    def __init__(self, reference: Reference, where: _Where) -> None:
+    def __init__(self, reference: Reference, where: object) -> None:
         self.step_id = reference.step_id
         self.key = reference.key
         self.where = where
@@ -170,7 +185,7 @@ class _Lookup:
         return _step_output(outputs_of, self.step_id, self.key, self.where)
 
 
-def _step_output(outputs_of: Outputs, step_id: str, key: str, where: _Where) -> Any:
+def _step_output(outputs_of: Outputs, step_id: str, key: str, where: object) -> Any:
     outputs = outputs_of.get(step_id)
     if outputs is None:  # the step did not succeed; this step runs anyway because of its run_if
         return None
@@ -261,8 +276,8 @@ class CompiledInputs:
         prefix = f"step {step_id!r} " if step_id is not None else ""
         found = _Found()
         self._template: dict[str, Any] = {}
-        exact_steps: list[tuple[str, str, str, _Where]] = []
-        exact_flow: list[tuple[str, str, _Where]] = []
+        exact_steps: list[tuple[str, str, str, object]] = []
+        exact_flow: list[tuple[str, str, object]] = []
         dynamic: list[tuple[str, Resolver]] = []
         for name, value in inputs.items():
             is_dynamic, item = _compile_value(value, (name,), prefix, found, 1)

@@ -45,6 +45,11 @@ StepId = Annotated[
 ]
 ID_UNION_TAGS = frozenset({"constrained-str", "int"})  # how pydantic names StepId's members in error locs
 
+# What a step's `when` may say (`dagrun.flow.conditions`), for its description and messages.
+CONDITION_GRAMMAR = (
+    "'${steps.ID.KEY}' or '${flow.KEY}' (a JSON boolean), 'not ${...}', or '${...} OP VALUE' with OP one of "
+    '==, !=, <, <=, >, >= and VALUE a JSON number, "string", true, false or null'
+)
 STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
 # Fields that only say how a script runs: a step that waits for a signal runs none.
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
@@ -188,6 +193,12 @@ class StepModel(_Model):
         strict=False,  # the enum's values are strings; strict would want enum members
         description="all_success: run when every dependency succeeded; all_done: when they all ended; "
         "any_failed: when one failed (clean-up, alerts).",
+    )
+    when: str = _unset(
+        None,
+        "A condition checked once run_if is met; false: the step is skipped (a clean skip: all_success steps after "
+        f"it are skipped, all_done steps run). It is {CONDITION_GRAMMAR}; the step "
+        "it names is an ancestor. A value it cannot judge fails the step.",
     )
     executor: str = _unset(DEFAULT_EXECUTOR, "Executor name; default from 'defaults'.", min_length=1)
     context_id: str = _unset(DEFAULT_CONTEXT_ID, "Worker context; default from 'defaults'.", min_length=1)
