@@ -25,11 +25,15 @@ async def run_attempt(
     context: Mapping[str, Any],
     executor_of: Callable[[str], Executor],
     dispatch: Dispatch,
+    item: Mapping[str, Any] | None = None,
 ) -> StepResult:
+    """`item`: a map instance's item, given as one more input (`{map.as: item}`)."""
     try:
         inputs = step.resolve_inputs(flow_inputs, outputs_of)
     except UnresolvedInput as exc:
         return StepResult.failure(ErrorKind.INPUT, "UnresolvedInput", str(exc))
+    if item is not None:
+        inputs.update(item)
     request = StepRequest(
         run_id=run_id, step_id=step.id, attempt=attempt, script=step.script, script_hash=step.script_hash,
         inputs=inputs, context=context, context_id=step.context_id, timeout_s=step.timeout_s,

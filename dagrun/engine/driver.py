@@ -1,7 +1,8 @@
 """Driving one run: a Scheduler decides what may start, executors run it, the store keeps every change.
 
-Each started step is one task that runs its attempts (`attempt`) or waits for its signal, records every
-state change and, when it ends, hands the Scheduler its completion; whatever that unlocks starts at once.
+Each started step is one task that runs its attempts (`step_runner`) or waits for its signal, records
+every state change and, when it ends, hands the Scheduler its completion; whatever that unlocks starts at
+once.
 Nothing polls: the run ends when its TaskGroup has no task left. What the driver knows of each step is
 one `StepState`; what a failure leads to (a retry, fail fast) it asks of `policy`.
 
@@ -13,7 +14,6 @@ resume, signal) come from the run's command log (`CommandLog`), replayed whole w
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import deque
@@ -22,17 +22,16 @@ from enum import Enum
 from typing import Any
 
 from dagrun.cancellation import cancel_and_wait
-from dagrun.contract.dispatch import Dispatch, Withdrawn
-from dagrun.contract.executor import Executor, StepResult
+from dagrun.contract.executor import Executor
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.engine.attempt import run_attempt
 from dagrun.engine.command_log import CommandLog
 from dagrun.engine.conditions import decide_condition
 from dagrun.engine.control import end_cancelled
 from dagrun.engine.outcome import RunResult, StepListener
 from dagrun.engine.pause import PauseGate
-from dagrun.engine.policy import attempt_failed_message, cancelled_by, retry_delay_s, step_failure
+from dagrun.engine.policy import cancelled_by, step_failure
 from dagrun.engine.scheduler import Scheduler
+from dagrun.engine.step_runner import StepRunner
 from dagrun.engine.step_state import StepState, SucceededOutputs
 from dagrun.engine.takeover import StoredRun, take_over
 from dagrun.engine.waiting_step import wait_for_signal
@@ -41,8 +40,6 @@ from dagrun.flow.model import Flow
 from dagrun.store.base import Command, CommandKind, StepRecord, Store
 
 logger = logging.getLogger(__name__)
-
-WITHDRAWN = "withdrawn before a worker took it: the run is paused"
 
 
 class Stop(Enum):
@@ -80,7 +77,6 @@ class RunDriver:
         self._scheduler = Scheduler(flow)
         self._ready: deque[str] = deque()
         self._running = 0  # steps whose task is running
-        self._context: dict[str, Any] = {}
         self._first_failure: str | None = None  # the run's error
         self._initial = self._scheduler.roots()
         self._unrecorded_skips: list[str] = []  # skips that follow from a stored run but were never written
@@ -92,6 +88,10 @@ class RunDriver:
         self._stepping = False  # steps may be running: stopping must cancel them
         self._gate = PauseGate()
         self._commands = CommandLog(store, run_id)
+        self._steps = StepRunner(
+            store, executor_of, run_id, flow_inputs, self._outputs_of, gate=self._gate, record=self._record,
+            spawn=lambda write: self._group().create_task(write),
+        )  # fmt: skip
 
     def restore(self, stored: StoredRun) -> None:
         """Take up a run driven before from its stored state, before `drive`."""
@@ -100,7 +100,7 @@ class RunDriver:
             self._failed(state)
         self._initial, self._unrecorded_skips = taken.ready, taken.unrecorded_skips
         self._unrecorded_cancels = taken.unrecorded_cancels
-        self._context = stored.context
+        self._steps.context = stored.context
 
     async def drive(self, *, stored_status: RunStatus) -> RunResult:
         """Run to the end and return the outcome. `stored_status` is the run's status in the store (PENDING
@@ -248,7 +248,7 @@ class RunDriver:
             state, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of, record=self._record
         )
         if status is None and state.step.wait_for is None:
-            status = await self._attempt_until_done(state)
+            status = await self._steps.until_done(state)
         elif status is None:
             status = await wait_for_signal(state, run_id=self.run_id, record=self._record, listener=self._listener)
         if status == StepStatus.FAILED:
@@ -263,84 +263,6 @@ class RunDriver:
             await self._record_skips(unlocked.skipped)
         self._ready.extend(decisions.ready + unlocked.ready)
         self._pump()
-
-    async def _attempt_until_done(self, state: StepState) -> StepStatus:
-        while True:
-            await self._gate.wait_open()  # a retry, or an attempt a pause withdrew, waits out the pause
-            result = await self._attempt(state)
-            if result is None:
-                continue
-            if result.ok:
-                await self._succeed(state, result)
-                return StepStatus.SUCCEEDED
-            delay_s = await self._fail_attempt(state, result)
-            if delay_s is None:
-                return StepStatus.FAILED
-            await asyncio.sleep(delay_s)  # the retry backoff, not a poll
-
-    async def _attempt(self, state: StepState) -> StepResult | None:
-        """One attempt: queued, then running when its executor says it started. None when a pause withdrew
-        it before a worker took it: it is pending again, and its number is the next attempt's."""
-        step = state.step
-        attempt = state.begin_attempt()
-        await self._record(StepRecord(self.run_id, step.id, StepStatus.QUEUED, attempt, queued_at=state.queued_at))
-        state.dispatch = dispatch = Dispatch(functools.partial(self._started, state))
-        if self._gate.is_closed:  # paused while it was recorded
-            dispatch.withdraw()
-        try:
-            result = await run_attempt(
-                step, attempt, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of,
-                context=self._context, executor_of=self._executor_of, dispatch=dispatch,
-            )  # fmt: skip
-        except Withdrawn:  # pending again; a retry waits for its retry again (its failures still count)
-            state.take_back_attempt()
-            status = StepStatus.READY if state.failures else StepStatus.PENDING
-            await self._record(StepRecord(self.run_id, step.id, status, state.attempt), message=WITHDRAWN)
-            return None
-        finally:
-            state.dispatch = None
-        if state.started_write is not None:  # its running record goes before its result's
-            await state.started_write
-            state.started_write = None
-        return result
-
-    def _started(self, state: StepState, at: float) -> None:
-        """The executor started the step's attempt: record it running (the step's task awaits the write)."""
-        assert self._task_group is not None
-        state.started_at = at
-        record = StepRecord(
-            self.run_id, state.step.id, StepStatus.RUNNING, state.attempt, at, queued_at=state.queued_at
-        )
-        state.started_write = self._task_group.create_task(self._record(record))
-
-    async def _succeed(self, state: StepState, result: StepResult) -> None:
-        message = ""
-        if result.context_ops:
-            self._context, rejected = await self._store.apply_context(self.run_id, result.context_ops)
-            message = "; ".join(rejected)
-        state.outputs = result.outputs
-        state.error = None
-        now = time.time()
-        record = StepRecord(
-            self.run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started(now, result), now,
-            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms, state.queued_at,
-        )  # fmt: skip
-        await self._record(record, message=message)
-
-    async def _fail_attempt(self, state: StepState, result: StepResult) -> float | None:
-        """Record a failed attempt; how long to wait before the next one, None when the step has failed."""
-        assert result.error is not None
-        state.error = result.error
-        state.failures += 1
-        delay_s = retry_delay_s(state.step.retries, state.failures)
-        now = time.time()
-        record = StepRecord(
-            self.run_id, state.step.id, StepStatus.FAILED if delay_s is None else StepStatus.READY, state.attempt,
-            state.started(now, result), now, error=result.error, logs=result.logs, worker_id=result.worker_id,
-            elapsed_ms=result.elapsed_ms, queued_at=state.queued_at,
-        )  # fmt: skip
-        await self._record(record, message=attempt_failed_message(state.attempt, result.error, delay_s))
-        return delay_s
 
     def _failed(self, state: StepState) -> None:
         """The step failed: the first step to fail names the run's error."""
@@ -394,4 +316,8 @@ class RunDriver:
 
     def _result(self, status: RunStatus) -> RunResult:
         steps = {step_id: state.outcome(self._scheduler.status[step_id]) for step_id, state in self._states.items()}
-        return RunResult(self.run_id, status, self._context, steps)
+        return RunResult(self.run_id, status, self._steps.context, steps)
+
+    def _group(self) -> asyncio.TaskGroup:
+        assert self._task_group is not None, "steps run only while the run is driven"
+        return self._task_group

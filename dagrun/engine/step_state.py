@@ -24,7 +24,7 @@ from dagrun.store.base import StepRecord
 
 class StepState:
     __slots__ = (
-        "attempt", "deadline", "dispatch", "error", "failures", "outputs", "queued_at", "resumed", "signal",
+        "attempt", "deadline", "dispatch", "error", "failures", "item", "outputs", "queued_at", "resumed", "signal",
         "signal_waiter", "started_at", "started_write", "step", "task",
     )  # fmt: skip
 
@@ -43,6 +43,7 @@ class StepState:
         self.task: asyncio.Task[None] | None = None  # while it runs
         self.signal: dict[str, Any] | None = None  # a signal that came before its step waited
         self.signal_waiter: asyncio.Future[dict[str, Any]] | None = None  # while it waits
+        self.item: dict[str, Any] | None = None  # a map instance's item, as the input its map names
 
     def restore(self, record: StepRecord) -> StepStatus:
         """Take up the step as stored by the driver before; its stored status."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import networkx as nx
 
 from dagrun.errors import CycleError
-from dagrun.flow.references import TOO_DEEP, Loc, Reference
+from dagrun.flow.references import TOO_DEEP, Loc, MalformedReference, Reference
 
 if TYPE_CHECKING:
     from dagrun.flow.model import Flow, Step
@@ -246,17 +246,24 @@ def _malformed(step: Step) -> list[Finding]:
         findings.append(
             (("steps", step.index, "when"), f"step {step.id!r} has a malformed condition: {condition.malformed}")
         )
+    over = step.map.reference if step.map is not None else None
+    if isinstance(over, MalformedReference):
+        message = f"step {step.id!r} maps over {over.text!r}, which is not one reference: {over.reason}"
+        findings.append((("steps", step.index, "map", "over"), message))
     return findings
 
 
 def placed_references(step: Step) -> Iterator[tuple[Loc, Reference]]:
-    """Each reference of a step (its inputs', then its condition's) with its place in the flow."""
+    """Each reference of a step (its inputs', its condition's, the list it maps over) with its place."""
     where: Loc = ("steps", step.index, "inputs")
     for reference in step.compiled_inputs.references:
         yield (*where, *reference.loc), reference
     condition = step.condition
     if condition is not None and condition.reference is not None:
         yield ("steps", step.index, "when"), condition.reference
+    over = step.map.reference if step.map is not None else None
+    if isinstance(over, Reference):
+        yield ("steps", step.index, "map", "over"), over
 
 
 class _Upstream:

@@ -19,7 +19,14 @@ from dagrun.errors import FlowError, Problem
 from dagrun.flow.conditions import Condition
 from dagrun.flow.limits import DEFAULT_TIMEOUT_S
 from dagrun.flow.problems import value_findings
-from dagrun.flow.references import CompiledInputs, Outputs, format_location
+from dagrun.flow.references import (
+    CompiledInputs,
+    MalformedReference,
+    Outputs,
+    Reference,
+    format_location,
+    parse_reference,
+)
 from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, SCRIPT_ONLY_FIELDS
 
 if TYPE_CHECKING:
@@ -52,6 +59,22 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MapSpec:
+    """A mapped step: one instance (`ID[i]`) per item of the list `over` refers to, given its item as the
+    input `as_`; at most `max_parallel` instances at once (None: the run's max_parallel)."""
+
+    over: str  # exactly one reference, checked by validation
+    as_: str = field(default="item", metadata=MappingProxyType({"json_name": "as"}))
+    max_parallel: int | None = None
+    on_item_failure: str = "fail"  # or "continue"
+
+    @property
+    def reference(self) -> Reference | MalformedReference:
+        """What `over` refers to, or why it is not exactly one reference (a validation problem)."""
+        return parse_reference(self.over)
+
+
+@dataclass(frozen=True, slots=True)
 class WaitFor:
     """What a step that runs no script waits for: a signal providing `fields`, within `timeout_s` if set."""
 
@@ -73,6 +96,7 @@ class Step:
     script: str  # the source, inline or read from script_file
     script_hash: str = field(metadata=NOT_WRITTEN)
     wait_for: WaitFor | None = None
+    map: MapSpec | None = None
     description: str = ""
     depends_on: tuple[str, ...] = ()
     inputs: Mapping[str, Any] = field(default_factory=dict)  # raw values; may hold ${...} references
@@ -121,23 +145,24 @@ def _json_object(value: DataclassInstance, *, skipped: Collection[str] = ()) -> 
     """A frozen value's fields as a JSON object, in field order, as their metadata says (`SPELLED_OUT`,
     `NOT_WRITTEN`; others only when not at their default), but for those `skipped`."""
     document: dict[str, Any] = {}
-    for name, default, is_spelled_out in _written_fields(type(value)):
+    for name, json_name, default, is_spelled_out in _written_fields(type(value)):
         if name not in skipped:
             item = getattr(value, name)
             if is_spelled_out or item != default:
-                document[name] = _json_value(item)
+                document[json_name] = _json_value(item)
     return document
 
 
 @functools.cache
-def _written_fields(cls: type[DataclassInstance]) -> tuple[tuple[str, Any, bool], ...]:
-    """(name, default, is spelled out) of each field `json_object` writes; a field without a default is
-    always written."""
-    written: list[tuple[str, Any, bool]] = []
+def _written_fields(cls: type[DataclassInstance]) -> tuple[tuple[str, str, Any, bool], ...]:
+    """(name, JSON name, default, is spelled out) of each field `json_object` writes; a field without a
+    default is always written."""
+    written: list[tuple[str, str, Any, bool]] = []
     for item in fields(cls):
         if item.metadata.get("written", True):
             default = item.default_factory() if item.default_factory is not MISSING else item.default
-            written.append((item.name, default, item.metadata.get("spelled_out", False) or default is MISSING))
+            spelled_out = item.metadata.get("spelled_out", False) or default is MISSING
+            written.append((item.name, item.metadata.get("json_name", item.name), default, spelled_out))
     return tuple(written)
 
 

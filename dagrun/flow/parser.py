@@ -17,7 +17,7 @@ import pydantic
 from dagrun.errors import FlowError, Problem
 from dagrun.flow.graph import check_graph
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits, over_limits
-from dagrun.flow.model import Flow, RetryPolicy, Step, WaitFor
+from dagrun.flow.model import Flow, MapSpec, RetryPolicy, Step, WaitFor
 from dagrun.flow.problems import (
     Found,
     decoded,
@@ -39,6 +39,7 @@ from dagrun.flow.schema import (
     DefaultsModel,
     FlowFields,
     FlowHeader,
+    MapModel,
     RetriesModel,
     StepModel,
     WaitForModel,
@@ -203,8 +204,12 @@ class _FlowParser:
             depends_on=tuple(map(str, model.depends_on)),
             retries=inherited.retries_of(model) if "retries" in given else inherited.retries,
             script_file=model.script_file if "script_file" in given else None,
+            map=MapSpec(**_with_fields({}, model.map, _MAP_FIELDS)) if "map" in given else None,
         )
         self._check_inputs(step, where, label)
+        if step.map is not None and step.map.as_ in step.inputs:
+            message = f"the item input {step.map.as_!r} is also one of the step's inputs; name it another way"
+            self.found.append(((*where, "map", "as"), message, label))
         return step
 
     def _check_limits(self, model: StepModel, body: str | None, where: Loc, label: str) -> None:
@@ -244,7 +249,7 @@ class _FlowParser:
     def _waiting_step(self, index: int, model: StepModel, written: frozenset[str], label: str) -> Step:
         """A step that waits for a signal; the fields about a script written on it are problems (those
         inherited from `defaults` are not: it does not inherit them)."""
-        for name in SCRIPT_ONLY_FIELDS:
+        for name in (*SCRIPT_ONLY_FIELDS, "map"):
             if name in written:
                 message = f"a 'wait_for' step runs no script; {name!r} does not apply"
                 if name == "outputs":
@@ -333,8 +338,9 @@ _NOTHING: frozenset[str] = frozenset()
 _SCRIPT_ONLY = frozenset(SCRIPT_ONLY_FIELDS)
 # The step fields with behaviour of their own, in `_step`. The others are plain: the Step field of the same
 # name takes the value written, or else the one in the flow's `defaults` (`_INHERITED`), or else its default.
-_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "depends_on", "retries"})
+_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "depends_on", "retries", "map"})
 _PLAIN = _STEP_FIELDS - _OWN_BEHAVIOUR
 _INHERITED = tuple(name for name in DefaultsModel.model_fields if name in _PLAIN)
 _RETRY_FIELDS = tuple(RetriesModel.model_fields)  # a step's retries inherit field by field
 _WAIT_FOR_FIELDS = tuple(WaitForModel.model_fields)
+_MAP_FIELDS = tuple(MapModel.model_fields)

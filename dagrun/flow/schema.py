@@ -6,7 +6,7 @@ Untrusted JSON is validated by these models (`extra="forbid"`); `flow_parser` tu
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, WithJsonSchema, field_validator
 
@@ -50,6 +50,8 @@ CONDITION_GRAMMAR = (
     "'${steps.ID.KEY}' or '${flow.KEY}' (a JSON boolean), 'not ${...}', or '${...} OP VALUE' with OP one of "
     '==, !=, <, <=, >, >= and VALUE a JSON number, "string", true, false or null'
 )
+# How many items one map may run, unless whoever runs dagrun says otherwise (`--max-map-items`).
+DEFAULT_MAX_MAP_ITEMS = 100_000
 STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
 # Fields that only say how a script runs: a step that waits for a signal runs none.
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
@@ -162,6 +164,32 @@ _WAITS: dict[str, Any] = {
 }
 
 
+class MapModel(_Model):
+    """Run the step once per item of a list produced at run time: each item is an instance, `ID[i]`."""
+
+    model_config = ConfigDict(title="Map", populate_by_name=False)
+
+    over: str = Field(
+        min_length=1,
+        description="The list: exactly one reference, '${steps.ID.KEY}' (an output of an ancestor) or "
+        "'${flow.KEY}' (a flow input), whose value is a JSON array.",
+    )
+    as_: str = Field(
+        default="item",
+        alias="as",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The input each instance gets its item in (default 'item'), beside the step's own inputs.",
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, description="Instances queued or running at once; default: the run's max_parallel."
+    )
+    on_item_failure: Literal["fail", "continue"] = Field(
+        default="fail",
+        description="fail: the first failed instance fails the step, and no new instance starts; continue: "
+        "every instance runs, the step succeeds, and a failed instance's outputs are null in the lists.",
+    )
+
+
 class StepModel(_Model):
     """One step: a sandboxed Python script, or a wait for a signal (a person's approval, say). Exactly one
     of 'script', 'script_file' or 'wait_for'; a 'wait_for' step takes none of the fields about its script."""
@@ -193,6 +221,11 @@ class StepModel(_Model):
         strict=False,  # the enum's values are strings; strict would want enum members
         description="all_success: run when every dependency succeeded; all_done: when they all ended; "
         "any_failed: when one failed (clean-up, alerts).",
+    )
+    map: MapModel = _unset(
+        None,
+        "Run the step once per item of a list: downstream steps see each output key as the list of the "
+        "instances' values, in order. An empty list: the step succeeds with empty lists.",
     )
     when: str = _unset(
         None,

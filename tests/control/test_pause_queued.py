@@ -14,7 +14,7 @@ import pytest
 from dagrun import Orchestrator, RunStatus, StepStatus, parse_flow
 from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
-from dagrun.engine.driver import WITHDRAWN
+from dagrun.engine.step_runner import WITHDRAWN
 from dagrun.store import MemoryStore
 from dagrun.store.base import Store
 from tests.control_support import Holds, assert_each_held_step_ran_once, held_flow, wait_for_event
