@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dagrun.contract.states import RunStatus
-from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_PARALLEL
 from dagrun.errors import (
     BadInput,
     ControlError,
@@ -233,6 +233,13 @@ def _add_orchestrator_arguments(p: argparse.ArgumentParser) -> None:
         help=f"steps of a run running at once (default {DEFAULT_MAX_PARALLEL})",
     )
     p.add_argument("--fail-fast", action="store_true", help="cancel the rest of a run at its first failure")
+    p.add_argument(
+        "--max-map-items",
+        type=_positive_int,
+        default=DEFAULT_MAX_MAP_ITEMS,
+        metavar="N",
+        help=f"items one mapped step may run; a longer list fails it (default {DEFAULT_MAX_MAP_ITEMS})",
+    )
     p.add_argument(
         "--processes",
         type=_positive_int,

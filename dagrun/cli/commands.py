@@ -30,7 +30,7 @@ from dagrun.cli.run_report import DurableSteps, StepsSeen, failures_of, not_pers
 from dagrun.cli.worker import read_token_file
 from dagrun.contract.states import RunStatus
 from dagrun.engine.control import RunControl
-from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_PARALLEL
 from dagrun.engine.views import event_json, run_json
 from dagrun.errors import FlowError, Problem, RunHandedBack, RunLost, StoreError, redact
 from dagrun.store import DEFAULT_STORE, open_store
@@ -116,6 +116,7 @@ def orchestrator_from_args(args: argparse.Namespace, store: Store, *, token_file
         lease_s=DEFAULT_LEASE_S if args.lease_s is None else args.lease_s,
         max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
         fail_fast=args.fail_fast,
+        max_map_items=DEFAULT_MAX_MAP_ITEMS if args.max_map_items is None else args.max_map_items,
     )
     orchestrator.executors.open_all()  # a malformed --executor URL is refused even when no step uses it
     return orchestrator
@@ -203,7 +204,8 @@ async def drive_here(
 
 def _progress(args: argparse.Namespace, flow: Flow, console: Console, rerun_of: str | None) -> render.RunProgress:
     waiting_for = {step.id: step.wait_for.fields for step in flow.steps if step.wait_for is not None}
-    return render.RunProgress(console, flow.name, len(flow.steps), waiting_for, store_option(args), rerun_of)
+    step_ids = [step.id for step in flow.steps]
+    return render.RunProgress(console, flow.name, step_ids, waiting_for, store_option(args), rerun_of)
 
 
 async def _report(args: argparse.Namespace, store: Store, console: Console, result: RunResult, started: float) -> None:

@@ -113,7 +113,7 @@ def resume(args: argparse.Namespace) -> int:
             if lease is not None:
                 stdout.print(f"run {args.run}: {lease.owner} holds it; sending resume, waiting for an answer")
             progress = render.RunProgress(
-                stdout, run.flow_name, len(run.flow.get("steps", [])),
+                stdout, run.flow_name, [str(step.get("id")) for step in run.flow.get("steps", [])],
                 waiting_for=wait_for_fields(run), store_option=store_option(args),
             )  # fmt: skip
             started = time.monotonic()

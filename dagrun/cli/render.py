@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -79,23 +79,26 @@ def duration(started_at: float | None, finished_at: float | None) -> str:
 class RunProgress:
     """Listens to a run's step records; shows a live line on a terminal, plain lines elsewhere. Either way
     it says the run's id when its first step moves, and once per waiting step the command that signals
-    it (`waiting_for`: the fields each `wait_for` step needs; `store_option`: what names the store in it)."""
+    it (`waiting_for`: the fields each `wait_for` step needs; `store_option`: what names the store in it).
+    The instances of a mapped step (`ID[i]`: not among `step_ids`) are counted apart, as items."""
 
     def __init__(
         self,
         console: Console,
         flow_name: str,
-        total_steps: int,
+        step_ids: Collection[str],
         waiting_for: Mapping[str, tuple[str, ...]] | None = None,
         store_option: str = "",
         rerun_of: str | None = None,
     ) -> None:
         self._console = console
         self._flow_name = flow_name
-        self._total = total_steps
+        self._step_ids = frozenset(step_ids)
+        self._total = len(self._step_ids)
+        self._items_done = 0
         self._waiting_for = waiting_for or {}
         self._store_option = store_option
-        self._heading = f"flow {flow_name}, {total_steps} steps" + (f", a rerun of run {rerun_of}" if rerun_of else "")
+        self._heading = f"flow {flow_name}, {self._total} steps" + (f", a rerun of run {rerun_of}" if rerun_of else "")
         self._run_id: str | None = None
         self._ended: Counter[str] = Counter()
         self._queued: set[str] = set()
@@ -135,8 +138,10 @@ class RunProgress:
             return
         if record.status == StepStatus.PENDING:  # withdrawn by a pause
             return
-        if record.status.is_terminal:
+        if record.status.is_terminal and record.step_id in self._step_ids:
             self._ended[record.status] += 1
+        elif record.status.is_terminal:
+            self._items_done += 1
         if self._live is None:
             self._console.print(plain_step_line(record), highlight=False, soft_wrap=True)
 
@@ -144,6 +149,8 @@ class RunProgress:
         done = sum(self._ended.values())
         line = Text(f"{self._flow_name}  {done}/{self._total} done  ", style="bold")
         line.append(f"{len(self._running)} running  ", style="cyan")
+        if self._items_done:
+            line.append(f"{self._items_done} items done  ")
         if self._queued:
             line.append(f"{len(self._queued)} queued  ", style="blue")
         if self._waiting:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from dagrun.api.settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, ApiSettings
 from dagrun.cli.flow_options import add_limit_arguments, flow_limits
 from dagrun.cli.worker import add_lobby_arguments, lobby_problems, lobby_settings, read_token_file, stop_on_signals
-from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_PARALLEL
 from dagrun.errors import FlowError, Problem, redact
 from dagrun.store import open_store
 
@@ -69,6 +69,13 @@ def add_api_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-parallel", type=int, default=None, metavar="N", help=f"steps of a run at once ({DEFAULT_MAX_PARALLEL})"
     )
     group.add_argument("--fail-fast", action="store_true", help="cancel the rest of a run at its first failure")
+    group.add_argument(
+        "--max-map-items",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"items a mapped step may run ({DEFAULT_MAX_MAP_ITEMS})",
+    )
     group.add_argument("--lease-s", type=float, default=None, metavar="S", help=f"run lease ({DEFAULT_LEASE_S:g} s)")
 
 
@@ -95,12 +102,18 @@ def check_options(args: argparse.Namespace) -> None:
         "--max-parallel": args.max_parallel,
         "--fail-fast": args.fail_fast,
         "--lease-s": args.lease_s,
+        "--max-map-items": args.max_map_items,
     }
     problems = []
     if not args.orchestrate:
         given = [name for name, value in orchestrator_options.items() if value not in (None, False, [])]
         problems += [Problem(name, "only applies with --orchestrate") for name in given]
-    for name, value in (("--processes", args.processes), ("--max-parallel", args.max_parallel)):
+    counts = (
+        ("--processes", args.processes),
+        ("--max-parallel", args.max_parallel),
+        ("--max-map-items", args.max_map_items),
+    )
+    for name, value in counts:
         if value is not None and value < 1:
             problems.append(Problem(name, f"must be at least 1, not {value}"))
     if args.lease_s is not None and args.lease_s <= 0:

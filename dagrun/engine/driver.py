@@ -27,6 +27,8 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.command_log import CommandLog
 from dagrun.engine.conditions import decide_condition
 from dagrun.engine.control import end_cancelled
+from dagrun.engine.defaults import DEFAULT_MAX_MAP_ITEMS
+from dagrun.engine.mapping import MapHost, map_of, run_map
 from dagrun.engine.outcome import RunResult, StepListener
 from dagrun.engine.pause import PauseGate
 from dagrun.engine.policy import cancelled_by, step_failure
@@ -63,13 +65,14 @@ class RunDriver:
         max_parallel: int,
         fail_fast: bool,
         listener: StepListener | None,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         self.run_id = run_id
         self._store = store
-        self._executor_of = executor_of
         self._flow = flow
         self._flow_inputs = flow_inputs
         self._max_parallel = max_parallel
+        self._max_map_items = max_map_items
         self._fail_fast = fail_fast
         self._listener = listener
         self._states = {step.id: StepState(step) for step in flow.steps}
@@ -88,10 +91,9 @@ class RunDriver:
         self._stepping = False  # steps may be running: stopping must cancel them
         self._gate = PauseGate()
         self._commands = CommandLog(store, run_id)
-        self._steps = StepRunner(
-            store, executor_of, run_id, flow_inputs, self._outputs_of, gate=self._gate, record=self._record,
-            spawn=lambda write: self._group().create_task(write),
-        )  # fmt: skip
+        self._instances: dict[str, StepState] = {}  # the mapped steps' instances under way
+        self._stored_instances: dict[str, StepRecord] = {}  # their records, read back by a takeover
+        self._steps = self._step_runner(executor_of)
 
     def restore(self, stored: StoredRun) -> None:
         """Take up a run driven before from its stored state, before `drive`."""
@@ -101,6 +103,7 @@ class RunDriver:
         self._initial, self._unrecorded_skips = taken.ready, taken.unrecorded_skips
         self._unrecorded_cancels = taken.unrecorded_cancels
         self._steps.context = stored.context
+        self._stored_instances = {step.step_id: step for step in stored.steps if step.step_id not in self._states}
 
     async def drive(self, *, stored_status: RunStatus) -> RunResult:
         """Run to the end and return the outcome. `stored_status` is the run's status in the store (PENDING
@@ -206,7 +209,8 @@ class RunDriver:
         self._gate.close()
         self._gate.hold(self._task_group)
         await self._store.set_run_status(self.run_id, RunStatus.PAUSED, at=time.time())
-        for dispatch in [state.dispatch for state in self._states.values() if state.dispatch is not None]:
+        under_way = [*self._states.values(), *self._instances.values()]
+        for dispatch in [state.dispatch for state in under_way if state.dispatch is not None]:
             dispatch.withdraw()
 
     async def _resume(self) -> None:
@@ -247,7 +251,9 @@ class RunDriver:
         status = await decide_condition(
             state, run_id=self.run_id, flow_inputs=self._flow_inputs, outputs_of=self._outputs_of, record=self._record
         )
-        if status is None and state.step.wait_for is None:
+        if status is None and state.step.map is not None:
+            status = await run_map(state, self._map_host())
+        elif status is None and state.step.wait_for is None:
             status = await self._steps.until_done(state)
         elif status is None:
             status = await wait_for_signal(state, run_id=self.run_id, record=self._record, listener=self._listener)
@@ -296,7 +302,7 @@ class RunDriver:
                 state.task = None
                 self._running -= 1
         await cancel_and_wait(*stopping)  # stopped before a clean-up step starts
-        await self._record_cancels(step_ids)
+        await self._record_cancels(step_ids + self._instances_of(step_ids))
 
     async def _record_cancels(self, step_ids: list[str]) -> None:
         now = time.time()
@@ -305,18 +311,37 @@ class RunDriver:
 
     async def _finish_cancelled(self, reason: str) -> None:
         now = time.time()
-        cancelled = [self._cancelled(step_id, now) for step_id in self._scheduler.cancel_rest()]
+        ended = self._scheduler.cancel_rest()
+        cancelled = [self._cancelled(step_id, now) for step_id in ended + self._instances_of(ended)]
         await end_cancelled(self._store, self.run_id, cancelled, reason, now)
         if self._listener is not None:
             for record in cancelled:
                 self._listener(record)
 
     def _cancelled(self, step_id: str, now: float) -> StepRecord:
-        return StepRecord(self.run_id, step_id, StepStatus.CANCELLED, self._states[step_id].attempt, None, now)
+        state = self._states.get(step_id) or self._instances.pop(step_id)
+        return StepRecord(self.run_id, step_id, StepStatus.CANCELLED, state.attempt, None, now)
+
+    def _instances_of(self, step_ids: list[str]) -> list[str]:
+        """The instances under way of those of `step_ids` that are mapped steps (a cancel left them so)."""
+        mapped = {step_id for step_id in step_ids if self._states[step_id].step.map is not None}
+        return [instance for instance in self._instances if map_of(instance) in mapped]
+
+    def _map_host(self) -> MapHost:
+        return MapHost(
+            self.run_id, self._flow_inputs, self._outputs_of, self._steps.until_done, self._gate.wait_open,
+            self._record, self._instances, self._stored_instances, self._max_parallel, self._max_map_items,
+        )  # fmt: skip
 
     def _result(self, status: RunStatus) -> RunResult:
         steps = {step_id: state.outcome(self._scheduler.status[step_id]) for step_id, state in self._states.items()}
         return RunResult(self.run_id, status, self._steps.context, steps)
+
+    def _step_runner(self, executor_of: Callable[[str], Executor]) -> StepRunner:
+        return StepRunner(
+            self._store, executor_of, self.run_id, self._flow_inputs, self._outputs_of, gate=self._gate,
+            record=self._record, spawn=lambda write: self._group().create_task(write),
+        )  # fmt: skip
 
     def _group(self) -> asyncio.TaskGroup:
         assert self._task_group is not None, "steps run only while the run is driven"

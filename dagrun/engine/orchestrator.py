@@ -17,7 +17,7 @@ from typing import Any
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl, new_owner_id, new_run_id, new_run_record
-from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_PARALLEL
+from dagrun.engine.defaults import DEFAULT_LEASE_S, DEFAULT_MAX_MAP_ITEMS, DEFAULT_MAX_PARALLEL
 from dagrun.engine.driver import RunDriver, Stop
 from dagrun.engine.executors import Executors
 from dagrun.engine.local_runs import local_runs
@@ -53,6 +53,7 @@ class Orchestrator:
         lease_s: float = DEFAULT_LEASE_S,
         max_parallel: int = DEFAULT_MAX_PARALLEL,
         fail_fast: bool = False,
+        max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
     ) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
@@ -65,6 +66,7 @@ class Orchestrator:
         self._lease_s = lease_s
         self._max_parallel = max_parallel
         self._fail_fast = fail_fast
+        self._max_map_items = max_map_items
         self._drivers: dict[str, RunDriver] = {}
         self._background: dict[str, asyncio.Task[RunResult | None]] = {}
         self._watcher = Watcher(store, self.owner, lease_s=lease_s, drivers=self._drivers, adopt=self._adopt)
@@ -268,7 +270,7 @@ class Orchestrator:
             self.store, self.executors.get, flow, run_id, flow_inputs,
             max_parallel=self._max_parallel if max_parallel is None else max_parallel,
             fail_fast=self._fail_fast if fail_fast is None else fail_fast,
-            listener=listener,
+            listener=listener, max_map_items=self._max_map_items,
         )  # fmt: skip
 
     async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:

@@ -50,8 +50,6 @@ CONDITION_GRAMMAR = (
     "'${steps.ID.KEY}' or '${flow.KEY}' (a JSON boolean), 'not ${...}', or '${...} OP VALUE' with OP one of "
     '==, !=, <, <=, >, >= and VALUE a JSON number, "string", true, false or null'
 )
-# How many items one map may run, unless whoever runs dagrun says otherwise (`--max-map-items`).
-DEFAULT_MAX_MAP_ITEMS = 100_000
 STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
 # Fields that only say how a script runs: a step that waits for a signal runs none.
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
