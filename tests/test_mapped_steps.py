@@ -19,6 +19,7 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
+from dagrun.flow.graph import to_dot, to_mermaid
 from dagrun.flow.parser import parse_flow
 from dagrun.store import MemoryStore, StepRecord
 from tests.test_cli import dagrun, write_flow
@@ -216,3 +217,23 @@ def test_a_fan_out_over_files_runs_through_the_cli(tmp_path: Path) -> None:
     assert document["steps"]["report"]["outputs"] == {"total": 9, "longest": "a.txt"}
     logs = dagrun("logs", "last", "count_words[1]", cwd=tmp_path)
     assert logs.returncode == 0 and "count_words[1]#1" in logs.stdout
+
+
+def test_graph_draws_a_mapped_step_as_one_node_marked_with_its_list() -> None:
+    flow = parse_flow(mapped_flow())
+    assert '  "each" [shape=box3d, label="each [map over ${steps.list.xs}]"];' in to_dot(flow).splitlines()
+    assert '  s1[["each #91;map over #36;#123;steps.list.xs#125;#93;"]]' in to_mermaid(flow).splitlines()
+
+
+async def test_a_rerun_reuses_a_mapped_step_whole_or_runs_it_again_whole() -> None:
+    store = MemoryStore()
+    executor = ScriptedExecutor(behaviour())
+    async with Orchestrator(store, executors={"local": executor}) as orchestrator:
+        first = await orchestrator.run(parse_flow(mapped_flow([1, 2])))
+        rerun = await orchestrator.rerun(first.run_id, from_steps=["total"])
+        again = await orchestrator.rerun(first.run_id, from_steps=["each"])
+
+    assert rerun.steps["each"].status == StepStatus.REUSED and rerun.steps["total"].outputs == {"sum": 30}
+    assert {record.step_id for record in await store.get_steps(rerun.run_id)} == {"list", "each", "total"}
+    assert again.steps["each"].outputs == {"y": [10, 20]}
+    assert [step for step, _ in executor.calls].count("each[0]") == 2  # in the first run and the last

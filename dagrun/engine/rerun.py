@@ -61,11 +61,12 @@ async def plan_rerun(
     if not again:
         raise ControlError(origin_id, "it succeeded and nothing was named to run again (--from STEP)")
     run_id = new_run_id()
+    flow_ids = {step.id for step in flow.steps}  # not the instances of its mapped steps
     reused = [
         StepRecord(run_id, step.step_id, StepStatus.REUSED, outputs=step.outputs)
         for step in steps
-        if step.status.has_outputs and step.step_id not in again
-    ]
+        if step.status.has_outputs and step.step_id not in again and step.step_id in flow_ids
+    ]  # a mapped step is reused whole (its outputs hold its lists), or run again whole
     record = new_run_record(run_id, flow, flow_inputs, rerun_of=origin_id)
     context = await store.get_context(origin_id)
     return Rerun(flow, record, [step.id for step in flow.steps], Reuse(reused, context))

@@ -332,13 +332,20 @@ def _dot_quote(text: str) -> str:
     return f'"{escaped}"'
 
 
+def _dot_node(step: Step) -> str:
+    if step.wait_for is not None:
+        return " [shape=diamond]"
+    if step.map is not None:  # one node for all its instances, marked with its list
+        return f" [shape=box3d, label={_dot_quote(f'{step.id} [map over {step.map.over}]')}]"
+    return ""
+
+
 def to_dot(flow: Flow) -> str:
-    """Graphviz DOT: one node per step labelled by its id, a box, or a diamond for a step that waits for a
-    signal; an edge dependency -> dependent, dashed and labelled with the condition into a step with one."""
+    """Graphviz DOT: one node per step labelled by its id, a box, a diamond for a step that waits for a
+    signal, a 3-D box labelled with its list for a mapped step; an edge dependency -> dependent, dashed and
+    labelled with the condition into a step with one."""
     lines = [f"digraph {_dot_quote(flow.name)} {{", "  node [shape=box];"]
-    lines.extend(
-        f"  {_dot_quote(step.id)}{' [shape=diamond]' if step.wait_for is not None else ''};" for step in flow.steps
-    )
+    lines.extend(f"  {_dot_quote(step.id)}{_dot_node(step)};" for step in flow.steps)
     for step in flow.steps:
         style = "" if step.when is None else f" [style=dashed, label={_dot_quote(step.when)}]"
         lines.extend(f"  {_dot_quote(dep)} -> {_dot_quote(step.id)}{style};" for dep in dict.fromkeys(step.depends_on))
@@ -354,13 +361,15 @@ def _mermaid_label(text: str) -> str:
 
 def to_mermaid(flow: Flow) -> str:
     """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id;
-    a rectangle, or a rhombus for a step that waits for a signal. An edge into a step with a condition is
+    a rectangle, a rhombus for a step that waits for a signal, a subroutine box labelled with its list for a
+    mapped step. An edge into a step with a condition is
     dotted and labelled with it."""
     node = {step.id: f"s{position}" for position, step in reversed(list(enumerate(flow.steps)))}
     lines = ["flowchart TD"]
     for position, step in enumerate(flow.steps):
-        opening, closing = ("{", "}") if step.wait_for is not None else ("[", "]")
-        lines.append(f'  s{position}{opening}"{_mermaid_label(step.id)}"{closing}')
+        opening, closing = ("{", "}") if step.wait_for is not None else ("[[", "]]") if step.map else ("[", "]")
+        label = step.id if step.map is None else f"{step.id} [map over {step.map.over}]"
+        lines.append(f'  s{position}{opening}"{_mermaid_label(label)}"{closing}')
     for step in flow.steps:
         arrow = "-->" if step.when is None else f'-.->|"{_mermaid_label(step.when)}"|'
         lines.extend(f"  {node[dep]} {arrow} {node[step.id]}" for dep in dict.fromkeys(step.depends_on) if dep in node)
