@@ -371,3 +371,46 @@ def test_submit_warns_when_no_orchestrator_takes_the_run_up(dagrun: Processes) -
             break
     served = dagrun.run("submit", dagrun.flow(GATED))
     assert served.returncode == 0 and served.stderr == "", served.stderr
+
+
+async def test_a_map_whose_process_was_killed_mid_map_resumes_each_item_once(dagrun: Processes, store: Store) -> None:
+    spin = "n = 0\nfor _ in range(200_000):\n    n += 1\noutputs['v'] = inputs['item'] * 2"
+    document = {
+        "name": "mapped",
+        "inputs": {"items": list(range(12))},
+        "steps": [
+            {"id": "each", "script": spin, "map": {"over": "${flow.items}", "max_parallel": 2}, "outputs": ["v"]},
+            {
+                "id": "sum",
+                "depends_on": ["each"],
+                "script": "outputs['s'] = sum(inputs['v'])",
+                "inputs": {"v": "${steps.each.v}"},
+            },
+        ],
+    }
+    runner = dagrun.start("run", dagrun.flow(document), "--lease-s", LEASE_S, "--processes", "2")
+    runs = []
+    while not runs:
+        runs = await store.list_runs()
+    run_id = runs[0].run_id
+    await wait_for_event(store, run_id, "succeeded", "each[3]")
+    runner.send_signal(signal.SIGKILL)
+    runner.communicate()
+    done_before = {s.step_id for s in await store.get_steps(run_id) if s.status == "succeeded"}
+    assert "each" not in done_before and "each[3]" in done_before
+
+    result = dagrun.run("resume", run_id, "--lease-s", LEASE_S, "--processes", "2")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    steps = {step.step_id: step for step in await store.get_steps(run_id)}
+    assert steps["each"].outputs == {"v": [i * 2 for i in range(12)]}
+    assert steps["sum"].outputs == {"s": 132}
+    events = await step_events(store, run_id)
+    for i in range(12):  # each item succeeded once; one that ended before the kill did not run again
+        assert events[(f"each[{i}]", "succeeded", steps[f"each[{i}]"].attempt)] == 1
+        assert (
+            sum(count for (step, status, _), count in events.items() if step == f"each[{i}]" and status == "succeeded")
+            == 1
+        )
+    for step_id in done_before:
+        assert steps[step_id].attempt == 1
