@@ -245,3 +245,25 @@ async def test_workers_lists_the_live_workers_of_each_remote_executor(factories:
             return [status.steps_done for status in (await listed())["queue"]] == [1]
 
         await eventually(held_step_counted, timeout_s=10, what="the next heartbeat counts the step")
+
+
+async def test_a_mapped_step_runs_its_instances_on_remote_workers(remote: Remote, token: str) -> None:
+    flow = remote_flow(
+        "remote-map",
+        {"id": "list", "script": "outputs['xs'] = [3, 1, 2]", "outputs": ["xs"]},
+        {"id": "each", "depends_on": ["list"], "map": {"over": "${steps.list.xs}", "as": "x"},
+         "script": "outputs['y'] = inputs['x'] * 10", "outputs": ["y"]},
+        {"id": "sum", "depends_on": ["each"], "script": "outputs['s'] = sum(inputs['ys'])",
+         "inputs": {"ys": "${steps.each.y}"}},
+    )  # fmt: skip
+    async with Orchestrator(remote.store, executors={"remote": remote.url}, token=token) as orchestrator:
+        result = await orchestrator.run(flow)
+
+    assert result.status == RunStatus.SUCCEEDED
+    assert result.steps["each"].outputs == {"y": [30, 10, 20]}
+    assert result.steps["sum"].outputs == {"s": 60}
+    steps = await _steps(remote.store, result.run_id)
+    assert {step_id: steps[step_id] for step_id in ("each[0]", "each[1]", "each[2]")} == {
+        f"each[{i}]": (StepStatus.SUCCEEDED, 1) for i in range(3)
+    }
+    assert remote.worker.status().steps_done == 5  # list, three instances, sum
