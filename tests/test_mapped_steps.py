@@ -237,3 +237,18 @@ async def test_a_rerun_reuses_a_mapped_step_whole_or_runs_it_again_whole() -> No
     assert {record.step_id for record in await store.get_steps(rerun.run_id)} == {"list", "each", "total"}
     assert again.steps["each"].outputs == {"y": [10, 20]}
     assert [step for step, _ in executor.calls].count("each[0]") == 2  # in the first run and the last
+
+
+async def test_errors_show_a_failed_instance_with_its_mapped_steps_script_line() -> None:
+    document = mapped_flow([1, 2], on_item_failure="continue")
+    document["steps"][1]["script"] = "x = inputs['x']\nboom()"
+
+    async def answer(request: StepRequest) -> StepResult:
+        if request.step_id == "each[1]":
+            return StepResult.failure(ErrorKind.SCRIPT, "NameError", "boom", line=2)
+        return await behaviour()(request)
+
+    result, store, _ = await run(document, answer)
+    (failure,) = await RunControl(store).errors(result.run_id)
+
+    assert (failure.step_id, failure.source_line) == ("each[1]", "boom()")

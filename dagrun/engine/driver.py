@@ -28,7 +28,7 @@ from dagrun.engine.command_log import CommandLog
 from dagrun.engine.conditions import decide_condition
 from dagrun.engine.control import end_cancelled
 from dagrun.engine.defaults import DEFAULT_MAX_MAP_ITEMS
-from dagrun.engine.mapping import MapHost, map_of, run_map
+from dagrun.engine.mapping import MapHost, run_map
 from dagrun.engine.outcome import RunResult, StepListener
 from dagrun.engine.pause import PauseGate
 from dagrun.engine.policy import cancelled_by, step_failure
@@ -38,6 +38,7 @@ from dagrun.engine.step_state import StepState, SucceededOutputs
 from dagrun.engine.takeover import StoredRun, take_over
 from dagrun.engine.waiting_step import wait_for_signal
 from dagrun.errors import LeaseLost, RunHandedBack
+from dagrun.flow.instances import map_of
 from dagrun.flow.model import Flow
 from dagrun.store.base import Command, CommandKind, StepRecord, Store
 

@@ -26,20 +26,12 @@ from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.contract.states import StepStatus
 from dagrun.engine.step_state import StepState
 from dagrun.errors import UnresolvedInput
+from dagrun.flow.instances import instance_id
 from dagrun.flow.model import MapSpec, Step
 from dagrun.flow.references import Outputs, Reference, lookup
 from dagrun.store.base import StepRecord
 
 StepRecorder = Callable[[StepRecord, str], Awaitable[None]]
-
-
-def instance_id(step_id: str, index: int) -> str:
-    return f"{step_id}[{index}]"
-
-
-def map_of(instance: str) -> str:
-    """The mapped step an instance id belongs to."""
-    return instance.rsplit("[", 1)[0]
 
 
 class MapHost(NamedTuple):

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.flow.instances import map_of
 from dagrun.store.base import AttemptLog, Command, Event, RunRecord, StepRecord
 
 
@@ -74,12 +75,13 @@ def step_failure(run: RunRecord, step: StepRecord, error: StepError) -> StepFail
 
 
 def script_line(flow: dict[str, Any], step_id: str, line: int | None) -> str | None:
-    """Line `line` (from 1) of the script of step `step_id` in a flow document, stripped; None when there is
-    no such line."""
+    """Line `line` (from 1) of the script of step `step_id` (or of the mapped step whose instance it is) in a
+    flow document, stripped; None when there is no such line."""
     if line is None or line < 1:
         return None
+    ids = (step_id, map_of(step_id))
     for step in flow.get("steps", ()):
-        if isinstance(step, dict) and step.get("id") == step_id and isinstance(step.get("script"), str):
+        if isinstance(step, dict) and step.get("id") in ids and isinstance(step.get("script"), str):
             lines = step["script"].splitlines()
             return lines[line - 1].strip() if line <= len(lines) else None
     return None
