@@ -1,10 +1,13 @@
 """Sub-flows in the engine (`engine/subflows.py`), with a scripted in-process executor: the child run and
 its derived id and parent link, outputs flowing up, a failing child, the parent's pause and cancel
-reaching the child, and a takeover of the parent that finds its child instead of starting another."""
+reaching the child, and a takeover of the parent that finds its child instead of starting another; then
+the real CLI with flows/parent.json."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Any
 
 from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
@@ -14,6 +17,7 @@ from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import RunNotFound
 from dagrun.flow.parser import parse_flow
 from dagrun.store import MemoryStore, StepRecord
+from tests.test_cli import FLOWS, dagrun, write_flow
 from tests.test_orchestrator import ScriptedExecutor
 
 CHILD: dict[str, Any] = {
@@ -138,3 +142,40 @@ async def test_a_takeover_of_the_parent_finds_its_child_instead_of_starting_anot
     assert result.outputs == {"total": 43}
     assert sorted(run.run_id for run in await store.list_runs()) == [run_id, f"{run_id}.sub"]  # no second child
     assert sorted(executor.calls) == [("double", 2), ("use", 1)]
+
+
+def test_dagrun_runs_the_example_parent_flow_and_status_links_the_child_to_it(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "parent.json"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    run_id = document["run_id"]
+    assert document["outputs"] == {"larger": document["steps"]["compare"]["outputs"]["larger"]}
+    assert set(document["steps"]["etl_eu"]["outputs"]) == {"grand_total", "report"}
+
+    status = dagrun("status", f"{run_id}.etl_eu", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"child of {run_id} step etl_eu" in status.stdout
+    child = json.loads(dagrun("status", f"{run_id}.etl_us", "--json", cwd=tmp_path).stdout)
+    assert child["parent"] == f"{run_id}/etl_us" and child["inputs"] == {"region": "us", "rows": 12}
+    assert child["outputs"] == document["steps"]["etl_us"]["outputs"]
+    runs = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
+    assert sorted(run["run_id"] for run in runs) == [run_id, f"{run_id}.etl_eu", f"{run_id}.etl_us"]
+
+
+def test_graph_draws_a_sub_flow_step_as_a_node_naming_its_child_flow(tmp_path: Path) -> None:
+    dot = dagrun("graph", str(FLOWS / "parent.json"), cwd=tmp_path)
+    mermaid = dagrun("graph", str(FLOWS / "parent.json"), "--format", "mermaid", cwd=tmp_path)
+
+    assert '"etl_eu" [shape=component, label="etl_eu [flow etl]", URL="etl.json", tooltip="etl.json"];' in dot.stdout
+    assert 's0[/"etl_eu #91;flow etl#93;"/]' in mermaid.stdout
+
+
+def test_validate_reports_a_missing_sub_flow_file_at_its_place_with_exit_2(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, {"name": "p", "steps": [{"id": "sub", "flow": "gone.json"}]})
+
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"{path}: steps[0].flow (step 'sub'): cannot read 'gone.json': No such file or directory"
+    )

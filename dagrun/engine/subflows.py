@@ -20,9 +20,9 @@ from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl, new_run_record
 from dagrun.engine.step_state import StepState
+from dagrun.engine.views import stored_outputs
 from dagrun.errors import ControlError, FlowError, RunNotFound, UnresolvedInput
 from dagrun.flow.model import Flow
-from dagrun.flow.outputs import resolve_flow_outputs
 from dagrun.flow.references import Outputs
 from dagrun.store.base import CommandKind, RunRecord, StepRecord, Store
 
@@ -86,11 +86,6 @@ async def _fail(state: StepState, host: SubflowHost, error: StepError) -> StepSt
     record = StepRecord(host.run_id, state.step.id, StepStatus.FAILED, 1, state.started_at, time.time(), error=error)
     await host.record(record, str(error))
     return StepStatus.FAILED
-
-
-def stored_outputs(flow_outputs: Mapping[str, str], steps: Iterable[StepRecord]) -> dict[str, Any]:
-    """A run's outputs from its stored steps (nothing of its own is stored)."""
-    return resolve_flow_outputs(flow_outputs, {step.step_id: step.outputs for step in steps if step.status.has_outputs})
 
 
 async def tell_children(
