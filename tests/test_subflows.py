@@ -144,6 +144,25 @@ async def test_a_takeover_of_the_parent_finds_its_child_instead_of_starting_anot
     assert sorted(executor.calls) == [("double", 2), ("use", 1)]
 
 
+async def test_a_paused_parent_handed_back_and_resumed_elsewhere_resumes_its_child() -> None:
+    flow = parse_flow(PARENT)
+    store = MemoryStore()
+    run_id = await RunControl(store).submit(flow)
+    first = Orchestrator(store, executors={"local": ScriptedExecutor(behaviour(gate=asyncio.Event()))})
+    driving = asyncio.create_task(first.drive(run_id))
+    await asyncio.wait_for(child_started(store, f"{run_id}.sub"), 30)
+    await first.control.pause(run_id)
+    assert (await store.get_run(f"{run_id}.sub")).status == RunStatus.PAUSED
+    await first.aclose()
+    assert await driving is None
+
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour())}) as second:
+        result = await asyncio.wait_for(second.resume(run_id), 30)
+
+    assert result is not None and result.status == RunStatus.SUCCEEDED
+    assert (await store.get_run(f"{run_id}.sub")).status == RunStatus.SUCCEEDED
+
+
 def test_dagrun_runs_the_example_parent_flow_and_status_links_the_child_to_it(tmp_path: Path) -> None:
     result = dagrun("run", str(FLOWS / "parent.json"), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

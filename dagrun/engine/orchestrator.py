@@ -9,6 +9,7 @@ for a serving orchestrator (`serve`), adopts runs that were submitted or whose d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from dagrun.engine.stored_flow import flow_of
 from dagrun.engine.subflows import ChildRuns
 from dagrun.engine.takeover import StoredRun
 from dagrun.engine.watcher import Watcher
-from dagrun.errors import ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound, StoreError
+from dagrun.errors import ControlError, ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound, StoreError
 from dagrun.flow.model import Flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
 from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
@@ -282,18 +283,26 @@ class Orchestrator:
         try:
             driver = await self._begin(flow, record, None, None, max_parallel=None, fail_fast=None)
         except StoreError as exc:  # it exists already, or the store failed
-            try:
-                await self.store.get_run(run_id)
-            except RunNotFound:
-                raise exc from None
-            if not self._drives(run_id):
-                self._in_background(run_id, self._take_up(run_id, wait=True))
+            await self._find_child(run_id, exc)
         else:
             self._in_background(run_id, self._drive_or_none(driver, RunStatus.PENDING))
         ended = await self.control.wait_for_completion(run_id)
         while not ended.status.is_terminal:  # handed back, or taken up elsewhere: it ends where it is driven
             ended = await self.control.wait_for_completion(run_id)
         return ended
+
+    async def _find_child(self, run_id: str, refused: StoreError) -> None:
+        """A child run that exists already: take it up here unless it is driven here. Its parent runs (no step
+        starts in a paused run), so a pause the parent passed on to it is over."""
+        try:
+            child = await self.store.get_run(run_id)
+        except RunNotFound:
+            raise refused from None  # it does not exist: the store failed
+        if child.status == RunStatus.PAUSED:
+            with contextlib.suppress(ControlError):  # it ended meanwhile
+                await self.control.resume(run_id)
+        if not self._drives(run_id):
+            self._in_background(run_id, self._take_up(run_id, wait=True))
 
     async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:
         run_id = driver.run_id
