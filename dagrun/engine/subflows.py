@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl, new_run_record
+from dagrun.engine.mapping import StepRecorder
 from dagrun.engine.step_state import StepState
 from dagrun.engine.views import stored_outputs
 from dagrun.errors import ControlError, FlowError, RunNotFound, UnresolvedInput
@@ -28,7 +29,6 @@ from dagrun.store.base import CommandKind, RunRecord, StepRecord, Store
 
 logger = logging.getLogger(__name__)
 
-StepRecorder = Callable[[StepRecord, str], Awaitable[None]]
 RunChild = Callable[[Flow, RunRecord], Awaitable[RunRecord]]  # the orchestrator's: the child's record once ended
 
 
