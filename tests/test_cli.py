@@ -120,7 +120,7 @@ def test_run_json_prints_exactly_one_document(tmp_path: Path) -> None:
     result = dagrun("run", str(FLOWS / "hello.json"), "--input", "who=team", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert set(document) == {"run_id", "status", "context", "steps"}
+    assert set(document) == {"run_id", "status", "context", "outputs", "steps"}
     assert document["status"] == "succeeded"
     assert document["steps"]["shout"] == {
         "status": "succeeded",

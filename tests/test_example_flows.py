@@ -45,9 +45,14 @@ async def test_the_yaml_twin_of_etl_runs_to_the_same_results() -> None:
     async with Orchestrator(MemoryStore(), processes=2) as orchestrator:
         for name in ("etl.json", "etl.yaml"):
             result = await orchestrator.run(load_flow(FLOWS / name), inputs={"rows": 9})
-            results.append(({step_id: step.outputs for step_id, step in result.steps.items()}, result.context))
+            steps = {step_id: step.outputs for step_id, step in result.steps.items()}
+            results.append((steps, result.context, result.outputs))
     assert results[0] == results[1]
     assert results[1][0]["load"]["grand_total"] == sum((i * 7) % 11 for i in range(9))
+    assert results[1][2] == {
+        "grand_total": results[1][0]["load"]["grand_total"],
+        "report": results[1][0]["load"]["report"],
+    }
 
 
 async def test_cleanup_runs_after_a_failure_and_the_independent_branch_goes_on() -> None:

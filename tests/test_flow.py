@@ -277,19 +277,19 @@ def test_invalid_step_ids_are_reported():
     ]
 
 
-def test_a_step_needs_exactly_one_of_script_script_file_and_wait_for():
+def test_a_step_needs_exactly_one_of_script_script_file_wait_for_and_flow():
     document = flow_of(
         {"id": "both", "script": "", "script_file": "x.py"},
         {"id": "neither"},
         {"id": "waits", "script": "", "wait_for": {"fields": ["ok"]}},
         {"id": "all", "script": "", "script_file": "x.py", "wait_for": {"fields": ["ok"]}},
     )
-    exactly_one = "keep one (a step has exactly one of 'script', 'script_file' or 'wait_for')"
+    exactly_one = "keep one (a step has exactly one of 'script', 'script_file', 'wait_for' or 'flow')"
 
     assert problems(document, read_script=lambda path: "") == [
         f"steps[0] (step 'both'): has both 'script' and 'script_file'; {exactly_one}",
         "steps[1] (step 'neither'): needs 'script' (Python source), 'script_file' (a path relative to the flow "
-        "file) or 'wait_for' (the fields a signal must provide)",
+        "file), 'wait_for' (the fields a signal must provide) or 'flow' (a flow to run as a child run)",
         f"steps[2] (step 'waits'): has both 'script' and 'wait_for'; {exactly_one}",
         f"steps[3] (step 'all'): has 'script', 'script_file' and 'wait_for'; {exactly_one}",
     ]
@@ -300,7 +300,7 @@ def test_an_invalid_script_next_to_a_wait_for_is_still_one_too_many():
 
     assert problems(document) == [
         "steps[0] (step 'a'): has both 'script' and 'wait_for'; keep one (a step has exactly one of 'script', "
-        "'script_file' or 'wait_for')",
+        "'script_file', 'wait_for' or 'flow')",
         "steps[0].script (step 'a'): input should be a valid string (got 5)",
     ]
 
@@ -765,6 +765,7 @@ def test_the_flow_file_and_the_step_value_name_the_same_step_fields():
         "index",
         "script_hash",
         "script_file",
+        "flow_file",
         "_compiled",
         "_condition",
     }
@@ -803,10 +804,10 @@ def test_schema_accepts_the_design_example_and_rejects_unknown_fields_and_two_sc
     assert not validator.is_valid(bad_id)
 
 
-def test_schema_says_a_step_has_exactly_one_of_script_script_file_and_wait_for():
+def test_schema_says_a_step_has_exactly_one_of_script_script_file_wait_for_and_flow():
     step = flow_json_schema()["$defs"]["StepModel"]
 
-    assert [branch["required"] for branch in step["oneOf"]] == [["script"], ["script_file"], ["wait_for"]]
+    assert [branch["required"] for branch in step["oneOf"]] == [["script"], ["script_file"], ["wait_for"], ["flow"]]
     assert step["properties"]["wait_for"] == {
         "$ref": "#/$defs/WaitForModel",
         "description": step["properties"]["wait_for"]["description"],
@@ -919,7 +920,10 @@ def test_a_value_that_contains_itself_is_nested_too_deep_not_walked_forever():
     ("field", "expected"),
     [
         ('"description": %s', "description: input should be a valid string (got [[[[[[[...]]]]]]])"),
-        ('"extra": %s', "unknown field 'extra'; known fields: $schema, name, description, inputs, defaults, steps"),
+        (
+            '"extra": %s',
+            "unknown field 'extra'; known fields: $schema, name, description, inputs, defaults, outputs, steps",
+        ),
         ('"defaults": {"retries": %s}', "defaults.retries: expected a JSON object (got [[[[[[[...]]]]]]])"),
     ],
 )

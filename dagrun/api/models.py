@@ -138,6 +138,9 @@ class RunBody(ApiModel):
     error: str | None = Field(description="Why the run failed or was cancelled, when known.")
     inputs: dict[str, Any]
     rerun_of: str | None = Field(description="The run this one reruns (POST .../rerun), if any.")
+    parent: str | None = Field(
+        description="'RUN/STEP': the sub-flow step of the run RUN that this child run runs for, if any."
+    )
 
 
 class RunList(ApiModel):
@@ -167,6 +170,9 @@ class StepBody(ApiModel):
 class RunDetail(RunBody):
     driver: str | None = Field(description="The orchestrator holding the run's lease; null when none drives it.")
     context: dict[str, Any]
+    outputs: dict[str, Any] = Field(
+        description="The flow's declared outputs, from its steps' outputs (null where a step has not succeeded)."
+    )
     steps: dict[str, StepBody] = Field(description="Step id -> its state, in flow order.")
 
 

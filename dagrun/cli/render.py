@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dagrun.contract.states import RunStatus, StepStatus
-from dagrun.engine.views import StepFailure
+from dagrun.engine.views import StepFailure, parent_step
 from dagrun.store.base import Event, RunRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -288,6 +288,9 @@ def run_header(console: Console, run: RunRecord, *, driver: str | None = None) -
         line.append("  no driver: `dagrun resume` continues it", style="yellow")
     if run.rerun_of is not None:
         line.append(f"  rerun of {run.rerun_of}")
+    parent = parent_step(run)
+    if parent is not None:
+        line.append(f"  child of {parent[0]} step {parent[1]}")
     console.print(line)
     if run.error and run.status != RunStatus.SUCCEEDED:
         console.print(Text(run.error, style="red"))

@@ -59,8 +59,12 @@ def new_owner_id(role: str) -> str:
     return f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
-def new_run_record(run_id: str, flow: Flow, flow_inputs: dict[str, Any], *, rerun_of: str | None = None) -> RunRecord:
-    return RunRecord(run_id, flow.name, RunStatus.PENDING, flow.to_json(), flow_inputs, time.time(), rerun_of=rerun_of)
+def new_run_record(
+    run_id: str, flow: Flow, flow_inputs: dict[str, Any], *, rerun_of: str | None = None, parent: str | None = None
+) -> RunRecord:
+    return RunRecord(
+        run_id, flow.name, RunStatus.PENDING, flow.to_json(), flow_inputs, time.time(), rerun_of=rerun_of, parent=parent
+    )
 
 
 class RunControl:

@@ -35,11 +35,13 @@ from dagrun.engine.policy import cancelled_by, step_failure
 from dagrun.engine.scheduler import Scheduler
 from dagrun.engine.step_runner import StepRunner
 from dagrun.engine.step_state import StepState, SucceededOutputs
+from dagrun.engine.subflows import ChildRuns, SubflowHost, run_subflow, tell_children
 from dagrun.engine.takeover import StoredRun, take_over
 from dagrun.engine.waiting_step import wait_for_signal
 from dagrun.errors import LeaseLost, RunHandedBack
 from dagrun.flow.instances import map_of
 from dagrun.flow.model import Flow
+from dagrun.flow.outputs import resolve_flow_outputs
 from dagrun.store.base import Command, CommandKind, StepRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -67,15 +69,15 @@ class RunDriver:
         fail_fast: bool,
         listener: StepListener | None,
         max_map_items: int = DEFAULT_MAX_MAP_ITEMS,
+        children: ChildRuns | None = None,
     ) -> None:
         self.run_id = run_id
         self._store = store
         self._flow = flow
         self._flow_inputs = flow_inputs
-        self._max_parallel = max_parallel
-        self._max_map_items = max_map_items
-        self._fail_fast = fail_fast
-        self._listener = listener
+        self._max_parallel, self._max_map_items = max_parallel, max_map_items
+        self._fail_fast, self._listener = fail_fast, listener
+        self._children = children  # None: no sub-flow step can run (a driver built without an orchestrator)
         self._states = {step.id: StepState(step) for step in flow.steps}
         self._outputs_of = SucceededOutputs(self._states)
         self._scheduler = Scheduler(flow)
@@ -185,6 +187,8 @@ class RunDriver:
             await self._resume()
         else:
             self._apply_at_once(command)
+        if command.kind in (CommandKind.PAUSE, CommandKind.RESUME):  # a cancel reaches them as the run ends
+            await self._tell_children(command.kind, [s.step.id for s in self._states.values() if s.task is not None])
 
     async def _replay(self, command: Command) -> None:
         """Catching up: a pause or resume only moves the gate (`_catch_up` writes the status once)."""
@@ -254,6 +258,8 @@ class RunDriver:
         )
         if status is None and state.step.map is not None:
             status = await run_map(state, self._map_host())
+        elif status is None and state.step.flow is not None:
+            status = await run_subflow(state, self._subflow_host())
         elif status is None and state.step.wait_for is None:
             status = await self._steps.until_done(state)
         elif status is None:
@@ -303,6 +309,7 @@ class RunDriver:
                 state.task = None
                 self._running -= 1
         await cancel_and_wait(*stopping)  # stopped before a clean-up step starts
+        await self._tell_children(CommandKind.CANCEL, step_ids)
         await self._record_cancels(step_ids + self._instances_of(step_ids))
 
     async def _record_cancels(self, step_ids: list[str]) -> None:
@@ -313,6 +320,7 @@ class RunDriver:
     async def _finish_cancelled(self, reason: str) -> None:
         now = time.time()
         ended = self._scheduler.cancel_rest()
+        await self._tell_children(CommandKind.CANCEL, ended)
         cancelled = [self._cancelled(step_id, now) for step_id in ended + self._instances_of(ended)]
         await end_cancelled(self._store, self.run_id, cancelled, reason, now)
         if self._listener is not None:
@@ -334,9 +342,21 @@ class RunDriver:
             self._record, self._instances, self._stored_instances, self._max_parallel, self._max_map_items,
         )  # fmt: skip
 
+    def _subflow_host(self) -> SubflowHost:
+        assert self._children is not None, "a sub-flow step runs under an orchestrator"
+        return SubflowHost(
+            self.run_id, self._flow_inputs, self._outputs_of, self._record, self._children.run, self._store
+        )
+
+    async def _tell_children(self, kind: CommandKind, step_ids: list[str]) -> None:
+        """Send a command of the run on to the child runs of those of `step_ids` that run a flow."""
+        if self._children is not None:
+            await tell_children(self._children.control, self.run_id, self._flow, step_ids, kind)
+
     def _result(self, status: RunStatus) -> RunResult:
         steps = {step_id: state.outcome(self._scheduler.status[step_id]) for step_id, state in self._states.items()}
-        return RunResult(self.run_id, status, self._steps.context, steps)
+        outputs = resolve_flow_outputs(self._flow.outputs, self._outputs_of)
+        return RunResult(self.run_id, status, self._steps.context, steps, outputs)
 
     def _step_runner(self, executor_of: Callable[[str], Executor]) -> StepRunner:
         return StepRunner(

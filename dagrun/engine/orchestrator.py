@@ -9,6 +9,7 @@ for a serving orchestrator (`serve`), adopts runs that were submitted or whose d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -24,9 +25,10 @@ from dagrun.engine.local_runs import local_runs
 from dagrun.engine.outcome import RunResult, StepListener, StepOutcome
 from dagrun.engine.rerun import plan_rerun
 from dagrun.engine.stored_flow import flow_of
+from dagrun.engine.subflows import ChildRuns
 from dagrun.engine.takeover import StoredRun
 from dagrun.engine.watcher import Watcher
-from dagrun.errors import ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound
+from dagrun.errors import ControlError, ExecutorError, FlowError, RunHandedBack, RunLost, RunNotFound, StoreError
 from dagrun.flow.model import Flow
 from dagrun.flow.schema import DEFAULT_EXECUTOR
 from dagrun.store.base import Reuse, RunRecord, StepRecord, Store
@@ -270,8 +272,37 @@ class Orchestrator:
             self.store, self.executors.get, flow, run_id, flow_inputs,
             max_parallel=self._max_parallel if max_parallel is None else max_parallel,
             fail_fast=self._fail_fast if fail_fast is None else fail_fast,
-            listener=listener, max_map_items=self._max_map_items,
+            listener=listener, max_map_items=self._max_map_items, children=ChildRuns(self._run_child, self.control),
         )  # fmt: skip
+
+    async def _run_child(self, flow: Flow, record: RunRecord) -> RunRecord:
+        """A sub-flow step's child run (`engine.subflows`), driven here in the background, or, when it exists
+        already (its parent was taken over), taken up here once its lease is free unless a live orchestrator
+        drives it. Its record once it has ended, wherever it was driven."""
+        run_id = record.run_id
+        try:
+            driver = await self._begin(flow, record, None, None, max_parallel=None, fail_fast=None)
+        except StoreError as exc:  # it exists already, or the store failed
+            await self._find_child(run_id, exc)
+        else:
+            self._in_background(run_id, self._drive_or_none(driver, RunStatus.PENDING))
+        ended = await self.control.wait_for_completion(run_id)
+        while not ended.status.is_terminal:  # handed back, or taken up elsewhere: it ends where it is driven
+            ended = await self.control.wait_for_completion(run_id)
+        return ended
+
+    async def _find_child(self, run_id: str, refused: StoreError) -> None:
+        """A child run that exists already: take it up here unless it is driven here. Its parent runs (no step
+        starts in a paused run), so a pause the parent passed on to it is over."""
+        try:
+            child = await self.store.get_run(run_id)
+        except RunNotFound:
+            raise refused from None  # it does not exist: the store failed
+        if child.status == RunStatus.PAUSED:
+            with contextlib.suppress(ControlError):  # it ended meanwhile
+                await self.control.resume(run_id)
+        if not self._drives(run_id):
+            self._in_background(run_id, self._take_up(run_id, wait=True))
 
     async def _drive(self, driver: RunDriver, stored_status: RunStatus) -> RunResult:
         run_id = driver.run_id
@@ -339,8 +370,8 @@ class Orchestrator:
         if not self._drives(run_id) and not self._closed:
             self._in_background(run_id, self._take_up(run_id))
 
-    async def _take_up(self, run_id: str) -> RunResult | None:
-        return await self._drive_claimed(run_id, await self._claim(run_id, wait=False), None)
+    async def _take_up(self, run_id: str, *, wait: bool = False) -> RunResult | None:
+        return await self._drive_claimed(run_id, await self._claim(run_id, wait=wait), None)
 
     def _in_background(self, run_id: str, drive: Any) -> None:
         task: asyncio.Task[RunResult | None] = asyncio.create_task(drive, name=f"dagrun run {run_id}")

@@ -1,10 +1,11 @@
 """What a run gives its caller: each step record as it is written (a `StepListener`, for progress views),
-and what it ended with: its status, its context and each step's outcome (`dagrun run --json`)."""
+and what it ended with: its status, its context, each step's outcome and the flow's declared outputs
+(`dagrun run --json`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from dagrun.contract.executor import StepError
@@ -27,6 +28,7 @@ class RunResult:
     status: RunStatus
     context: dict[str, Any]
     steps: dict[str, StepOutcome]
+    outputs: dict[str, Any] = field(default_factory=dict)  # the flow's declared outputs (`flow.outputs`)
 
     def to_json(self) -> dict[str, Any]:
         """The document `dagrun run --json` prints."""
@@ -34,6 +36,7 @@ class RunResult:
             "run_id": self.run_id,
             "status": self.status.value,
             "context": self.context,
+            "outputs": self.outputs,
             "steps": {
                 step_id: {
                     "status": outcome.status.value,

@@ -4,12 +4,14 @@ logs included), as the CLI and the REST API print them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.flow.instances import map_of
+from dagrun.flow.outputs import resolve_flow_outputs
 from dagrun.store.base import AttemptLog, Command, Event, RunRecord, StepRecord
 
 
@@ -26,8 +28,24 @@ class RunView:
         return run_json(self.run) | {
             "driver": self.driver,
             "context": self.context,
+            "outputs": stored_outputs(self.run.flow.get("outputs", {}), self.steps),
             "steps": {step.step_id: step_json(step) for step in self.steps},
         }
+
+
+def stored_outputs(flow_outputs: Mapping[str, str], steps: Iterable[StepRecord]) -> dict[str, Any]:
+    """A run's declared outputs from its stored steps (a run stores none of its own)."""
+    return resolve_flow_outputs(flow_outputs, {step.step_id: step.outputs for step in steps if step.status.has_outputs})
+
+
+def parent_step(run: RunRecord) -> tuple[str, str] | None:
+    """The run and step a child run runs for, from its `parent` ('RUN/STEP'; a step id may hold a '/'): its id
+    is 'RUN.STEP', so the two differ only where the run's id ends."""
+    if run.parent is None:
+        return None
+    ends = [i for i, (a, b) in enumerate(zip(run.run_id, run.parent, strict=False)) if a != b]
+    at = ends[0] if len(ends) == 1 and len(run.run_id) == len(run.parent) else run.parent.find("/")
+    return run.parent[:at], run.parent[at + 1 :]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +207,7 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "error": run.error,
         "inputs": run.inputs,
         "rerun_of": run.rerun_of,
+        "parent": run.parent,
     }
 
 

@@ -1,8 +1,9 @@
 """Loading flow files: the I/O around `parse_flow`.
 
 A flow file is UTF-8 JSON, or YAML when its name ends in .yaml or .yml (same schema; its problems also say
-their line); each step's `script_file` is read relative to the flow file's directory, and
-only from under it unless allowed (the check is in the one script reader, after symbolic links).
+their line); each step's `script_file`, and each sub-flow file (a step's `flow`), is read relative to the
+directory of the flow file that names it, and only from under the top flow file's directory unless allowed
+(the check is in the one file reader, after symbolic links).
 Every failure, the flow file itself included, comes out as a FlowError naming the file: never a traceback.
 """
 
@@ -20,6 +21,7 @@ from dagrun.flow.model import Flow
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.references import Loc
 from dagrun.flow.scripts import ScriptChecker, ScriptReader, check_syntax
+from dagrun.flow.subflows import Enclosing, FlowFile, FlowReader
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +47,16 @@ def load_flow(
         reason = exc.strerror or str(exc)
         raise FlowError([Problem("", f"cannot read the flow file: {reason}")], source=source) from exc
     document, lines = _document(data, flow_path, source)
-    read_script = _script_reader(flow_path.parent, allow_outside=allow_outside_scripts)
+    root = Path(os.path.realpath(flow_path.parent))
     flow = parse_flow(
-        document, source=source, read_script=read_script, check_script=check_script, limits=limits, lines=lines
+        document,
+        source=source,
+        read_script=_script_reader(flow_path.parent, root, allow_outside=allow_outside_scripts),
+        read_flow=_flow_reader(flow_path.parent, root, allow_outside=allow_outside_scripts),
+        check_script=check_script,
+        limits=limits,
+        lines=lines,
+        nesting=(Enclosing(os.path.realpath(flow_path), source),),
     )
     logger.debug("flow %s loaded from %s: %d steps", flow.name, source, len(flow.steps))
     return flow
@@ -62,11 +71,11 @@ def _document(data: bytes, flow_path: Path, source: str) -> tuple[bytes | dict[s
     return load_yaml(data, source=source)
 
 
-def _script_reader(base: Path, *, allow_outside: bool) -> ScriptReader:
+def _script_reader(base: Path, root: Path, *, allow_outside: bool) -> ScriptReader:
     """Reads a script_file relative to `base`. Unless `allow_outside`, one that is absolute or resolves
-    outside `base` is refused with an OSError, which the parser reports at the step's script_file: a flow
-    from elsewhere must not make dagrun read (and hand a step) any file the user can read."""
-    root = Path(os.path.realpath(base))
+    outside `root` (the top flow file's directory) is refused with an OSError, which the parser reports at
+    the step's script_file: a flow from elsewhere must not make dagrun read (and hand a step) any file the
+    user can read."""
 
     def read_script(script_file: str) -> str:
         path = base / script_file
@@ -76,6 +85,24 @@ def _script_reader(base: Path, *, allow_outside: bool) -> ScriptReader:
         return path.read_text(encoding="utf-8")
 
     return read_script
+
+
+def _flow_reader(base: Path, root: Path, *, allow_outside: bool) -> FlowReader:
+    """Reads a sub-flow file relative to `base`, under `root` like a script_file; what it names in turn is
+    read relative to its own directory."""
+
+    def read_flow(flow_file: str) -> FlowFile:
+        path = base / flow_file
+        if not allow_outside:
+            _check_inside(root, flow_file, path)
+        document, lines = _document(path.read_bytes(), path, os.fspath(path))
+        return FlowFile(
+            document, os.fspath(path), os.path.realpath(path), lines,
+            _script_reader(path.parent, root, allow_outside=allow_outside),
+            _flow_reader(path.parent, root, allow_outside=allow_outside),
+        )  # fmt: skip
+
+    return read_flow
 
 
 def _check_inside(root: Path, script_file: str, path: Path) -> None:

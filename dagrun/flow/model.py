@@ -27,7 +27,7 @@ from dagrun.flow.references import (
     format_location,
     parse_reference,
 )
-from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, SCRIPT_ONLY_FIELDS
+from dagrun.flow.schema import DEFAULT_CONTEXT_ID, DEFAULT_EXECUTOR, NOT_FOR_SUBFLOWS, SCRIPT_ONLY_FIELDS
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -39,6 +39,7 @@ SPELLED_OUT: Mapping[str, bool] = MappingProxyType({"spelled_out": True})  # eve
 NOT_WRITTEN: Mapping[str, bool] = MappingProxyType({"written": False})  # derived, or not the flow's to say
 # What a step that waits for a signal does not write: the fields about a script (`SCRIPT_ONLY_FIELDS`).
 _NOT_WAITING = ("script", *SCRIPT_ONLY_FIELDS)
+_NOT_RUNNING_A_SCRIPT = ("script", *NOT_FOR_SUBFLOWS)  # nor does a step that runs a flow
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,9 @@ class Step:
     script_hash are "", its outputs are wait_for.fields, its inputs are empty, and executor, context_id,
     timeout_s and retries keep their defaults (its deadline is wait_for.timeout_s).
 
+    With `flow` it runs that flow as a child run: its script and script_hash are "" too, its outputs are the
+    child's declared outputs, and its inputs are the child's flow inputs.
+
     `parse_flow` sets a field from the `StepModel` field of the same name; `to_json` writes the fields in this
     order, as their metadata says (`SPELLED_OUT`, `NOT_WRITTEN`)."""
 
@@ -96,6 +100,7 @@ class Step:
     script: str  # the source, inline or read from script_file
     script_hash: str = field(metadata=NOT_WRITTEN)
     wait_for: WaitFor | None = None
+    flow: Flow | None = None  # a sub-flow: run as a child run (`engine.subflows`), written inline
     map: MapSpec | None = None
     description: str = ""
     depends_on: tuple[str, ...] = ()
@@ -110,6 +115,7 @@ class Step:
     retries: RetryPolicy = field(default_factory=RetryPolicy, metadata=SPELLED_OUT)
     # as written in the flow, for messages; not compared, since to_json() inlines the script
     script_file: str | None = field(default=None, compare=False, metadata=NOT_WRITTEN)
+    flow_file: str | None = field(default=None, compare=False, metadata=NOT_WRITTEN)  # likewise, for `flow`
     _compiled: CompiledInputs | None = field(default=None, init=False, repr=False, compare=False, metadata=NOT_WRITTEN)
     _condition: Condition | None = field(default=None, init=False, repr=False, compare=False, metadata=NOT_WRITTEN)
 
@@ -136,9 +142,11 @@ class Step:
         return self.compiled_inputs.resolve(flow_inputs, outputs_of)
 
     def to_json(self) -> dict[str, Any]:
-        """The step as flow JSON, every inherited field spelled out and the script inlined; a step that
-        waits for a signal has none of the fields about a script."""
-        return _json_object(self, skipped=_NOT_WAITING if self.wait_for is not None else ())
+        """The step as flow JSON, every inherited field spelled out, the script and the sub-flow inlined; a step
+        that waits for a signal has none of the fields about a script, one that runs a flow none but its inputs."""
+        if self.wait_for is not None:
+            return _json_object(self, skipped=_NOT_WAITING)
+        return _json_object(self, skipped=_NOT_RUNNING_A_SCRIPT if self.flow is not None else ())
 
 
 def _json_object(value: DataclassInstance, *, skipped: Collection[str] = ()) -> dict[str, Any]:
@@ -167,6 +175,8 @@ def _written_fields(cls: type[DataclassInstance]) -> tuple[tuple[str, str, Any, 
 
 
 def _json_value(value: Any) -> Any:
+    if isinstance(value, Flow):
+        return value.to_json()
     if is_dataclass(value) and not isinstance(value, type):
         return _json_object(value)
     if isinstance(value, tuple):
@@ -183,8 +193,10 @@ class Flow:
     inputs: Mapping[str, Any] = field(default_factory=dict)  # declared flow inputs with their defaults
     description: str = ""
     source: str = field(default="<flow>", compare=False)  # the file it came from, for messages
-    # The document it was parsed from, scripts inlined: to_json() for free (it is persisted with each run).
+    # The document it was parsed from, scripts and sub-flows inlined: to_json() for free (it is persisted with
+    # each run).
     document: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    outputs: Mapping[str, str] = field(default_factory=dict)  # the run's outputs: name -> '${steps.ID.KEY}'
     _by_id: dict[str, Step] | None = field(default=None, init=False, repr=False, compare=False)
 
     def step(self, step_id: str) -> Step:
@@ -205,6 +217,8 @@ class Flow:
         if self.inputs:
             document["inputs"] = dict(self.inputs)
         document["steps"] = [step.to_json() for step in self.steps]
+        if self.outputs:
+            document["outputs"] = dict(self.outputs)
         return document
 
     def inputs_with(self, overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from dagrun.errors import FlowError, Problem
 from dagrun.flow.graph import check_graph
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits, over_limits
 from dagrun.flow.model import Flow, MapSpec, RetryPolicy, Step, WaitFor
+from dagrun.flow.outputs import check_flow_outputs
 from dagrun.flow.problems import (
     Found,
     decoded,
@@ -34,6 +35,7 @@ from dagrun.flow.problems import (
 )
 from dagrun.flow.references import Loc, format_location
 from dagrun.flow.schema import (
+    NOT_FOR_SUBFLOWS,
     SCRIPT_ONLY_FIELDS,
     STEP_BODIES,
     DefaultsModel,
@@ -45,6 +47,14 @@ from dagrun.flow.schema import (
     WaitForModel,
 )
 from dagrun.flow.scripts import ScriptChecker, ScriptReader, Scripts, check_syntax
+from dagrun.flow.subflows import (
+    Enclosing,
+    FlowReader,
+    SubflowReading,
+    misplaced_findings,
+    parse_subflow,
+    subflow_input_findings,
+)
 
 
 def parse_flow(
@@ -52,14 +62,18 @@ def parse_flow(
     *,
     source: str = "<flow>",
     read_script: ScriptReader | None = None,
+    read_flow: FlowReader | None = None,
     check_script: ScriptChecker = check_syntax,
     limits: FlowLimits = DEFAULT_LIMITS,
     lines: Mapping[Loc, int] | None = None,
+    nesting: tuple[Enclosing, ...] = (),
 ) -> Flow:
     """Validate a flow document (JSON text or an already parsed mapping) into a Flow.
 
     `read_script` reads a step's script_file (relative paths are its business); without one, script_file
-    is a problem. `check_script` lists what is wrong with a script. The default, `check_syntax`, finds what
+    is a problem; `read_flow` likewise reads a sub-flow's file, and `nesting` names the flow files this
+    document is (the loader's) and is within (a sub-flow's), outermost first: a sub-flow file among them is a
+    cycle. `check_script` lists what is wrong with a script. The default, `check_syntax`, finds what
     no Python runs, a problem whatever runs the flow; the flow model knows no sandbox. What the sandbox
     would refuse besides is checked by whoever knows it runs the flow (`dagrun.parse_flow`, the CLI, the
     REST API and the orchestrator pass the sandbox policy's `check_script`): a problem now rather than a
@@ -72,7 +86,8 @@ def parse_flow(
         raise FlowError(problems, source=source)
     check_json = not isinstance(document, str | bytes)
     scripts = Scripts(read_script=read_script, check_script=check_script)
-    parser = _FlowParser(raw, scripts=scripts, check_json=check_json, limits=limits, lines=lines or {})
+    reading = SubflowReading(read_flow, read_script, check_script, limits, nesting or (Enclosing(None, source),))
+    parser = _FlowParser(raw, scripts=scripts, check_json=check_json, reading=reading, lines=lines or {})
     flow = parser.parse(source)
     if flow is None or parser.found:
         raise FlowError(parser.problems(), source=source)
@@ -98,12 +113,19 @@ class _FlowParser:
     """One parse: collects findings while building the steps, so that every problem is reported."""
 
     def __init__(
-        self, raw: dict[str, Any], *, scripts: Scripts, check_json: bool, limits: FlowLimits, lines: Mapping[Loc, int]
+        self,
+        raw: dict[str, Any],
+        *,
+        scripts: Scripts,
+        check_json: bool,
+        reading: SubflowReading,
+        lines: Mapping[Loc, int],
     ) -> None:
         self.raw = raw
         self.lines = lines
         self.scripts = scripts
-        self.limits = limits
+        self.reading = reading
+        self.limits = reading.limits
         self.check_json = check_json  # documents parsed from text hold JSON values by construction
         self.found: list[Found] = []
         self.graph_is_partial = False  # some step's depends_on is unknown: ancestry can't be judged
@@ -131,10 +153,11 @@ class _FlowParser:
         self.found.extend((loc, message, "") for loc, message in graph_findings)
         if header is None or flow_inputs is None:
             return None
+        self.found.extend((loc, message, "") for loc, message in check_flow_outputs(header.outputs, steps))
         if self.found:  # the caller raises FlowError
             return None
-        document = _with_scripts_inlined(orjson.loads(orjson.dumps(self.raw)) if self.check_json else self.raw, steps)
-        return Flow(header.name, tuple(steps), flow_inputs, header.description, source, document)
+        document = _with_files_inlined(orjson.loads(orjson.dumps(self.raw)) if self.check_json else self.raw, steps)
+        return Flow(header.name, tuple(steps), flow_inputs, header.description, source, document, header.outputs)
 
     def _header(self) -> tuple[FlowFields | None, dict[str, Any] | None, DefaultsModel]:
         """The flow's own fields; flow inputs are None when they are invalid (references to them can't
@@ -194,6 +217,8 @@ class _FlowParser:
             self.graph_is_partial = True
         if body == "wait_for":
             return self._waiting_step(index, model, written, label)
+        if body == "flow":
+            return self._subflow_step(index, model, written, label)
         script = "" if body is None or body in dropped else self._script(model, body, where, label)
         step = Step(
             **_with_fields(dict(inherited.fields), model, _PLAIN & given),
@@ -227,21 +252,18 @@ class _FlowParser:
                 )
 
     def _body(self, written: frozenset[str], where: Loc, label: str) -> str | None:
-        """Which of 'script', 'script_file' and 'wait_for' the step has; None (reported) unless exactly one."""
+        """Which of 'script', 'script_file', 'wait_for' and 'flow' the step has; None (reported) unless one."""
         bodies = [name for name in STEP_BODIES if name in written]
         if len(bodies) == 1:
             return bodies[0]
         if bodies:
-            has = (
-                f"has both {bodies[0]!r} and {bodies[1]!r}"
-                if len(bodies) == 2
-                else "has 'script', 'script_file' and 'wait_for'"
-            )
-            message = f"{has}; keep one (a step has exactly one of 'script', 'script_file' or 'wait_for')"
+            listed = " and ".join([", ".join(map(repr, bodies[:-1])), repr(bodies[-1])])
+            has = f"has both {listed}" if len(bodies) == 2 else f"has {listed}"
+            message = f"{has}; keep one (a step has exactly one of 'script', 'script_file', 'wait_for' or 'flow')"
         else:
             message = (
-                "needs 'script' (Python source), 'script_file' (a path relative to the flow file) "
-                "or 'wait_for' (the fields a signal must provide)"
+                "needs 'script' (Python source), 'script_file' (a path relative to the flow file), "
+                "'wait_for' (the fields a signal must provide) or 'flow' (a flow to run as a child run)"
             )
         self.found.append((where, message, label))
         return None
@@ -266,6 +288,30 @@ class _FlowParser:
             outputs=tuple(wait_for.fields) if wait_for is not None else None,
             wait_for=WaitFor(**_with_fields({}, wait_for, _WAIT_FOR_FIELDS)) if wait_for is not None else None,
         )
+
+    def _subflow_step(self, index: int, model: StepModel, written: frozenset[str], label: str) -> Step:
+        """A step that runs a flow as a child run: its outputs are the child's, its inputs the child's flow
+        inputs; the fields about a script, and map and retries (it runs once), are problems on it."""
+        where: Loc = ("steps", index)
+        self.found.extend((loc, message, label) for loc, message in misplaced_findings(written, where))
+        given = model.model_fields_set
+        child, problems = parse_subflow(model.flow, self.reading, parse_flow) if "flow" in given else (None, [])
+        self.found.extend(((*where, "flow"), problem, label) for problem in problems)
+        step = Step(
+            **_with_fields({}, model, _PLAIN & (given - _NOT_FOR_SUBFLOWS)),
+            id=str(model.id),
+            index=index,
+            script="",
+            script_hash="",  # no script: nothing for an executor to look up
+            depends_on=tuple(map(str, model.depends_on)),
+            outputs=tuple(child.outputs) if child is not None else None,
+            flow=child,
+            flow_file=model.flow if isinstance(model.flow, str) else None,
+        )
+        self._check_inputs(step, where, label)
+        if child is not None:
+            self.found.extend((loc, message, label) for loc, message in subflow_input_findings(step, child, where))
+        return step
 
     def _salvage_wait_for(self, index: int) -> WaitForModel | None:
         """An invalid wait_for (already reported) without its invalid fields, so that references to its
@@ -293,14 +339,17 @@ class _FlowParser:
         return source or ""
 
 
-def _with_scripts_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
-    """The raw document (a copy the caller cannot change) with each script_file replaced by its source."""
-    if any(step.script_file is not None for step in steps):
+def _with_files_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
+    """The raw document (a copy the caller cannot change) with each script_file replaced by its source, and
+    each sub-flow by its flow's document (itself inlined)."""
+    if any(step.script_file is not None or step.flow is not None for step in steps):
         raw_steps = list(raw["steps"])
         for step in steps:
             if step.script_file is not None:
                 inlined = {key: value for key, value in raw_steps[step.index].items() if key != "script_file"}
                 raw_steps[step.index] = inlined | {"script": step.script}
+            elif step.flow is not None:
+                raw_steps[step.index] = raw_steps[step.index] | {"flow": step.flow.to_json()}
         raw["steps"] = raw_steps
     return raw
 
@@ -336,9 +385,10 @@ _STEP_LIST = pydantic.TypeAdapter(list[StepModel])
 _STEP_FIELDS = frozenset(StepModel.model_fields)
 _NOTHING: frozenset[str] = frozenset()
 _SCRIPT_ONLY = frozenset(SCRIPT_ONLY_FIELDS)
+_NOT_FOR_SUBFLOWS = frozenset(NOT_FOR_SUBFLOWS)
 # The step fields with behaviour of their own, in `_step`. The others are plain: the Step field of the same
 # name takes the value written, or else the one in the flow's `defaults` (`_INHERITED`), or else its default.
-_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "depends_on", "retries", "map"})
+_OWN_BEHAVIOUR = frozenset({"id", "script", "script_file", "wait_for", "flow", "depends_on", "retries", "map"})
 _PLAIN = _STEP_FIELDS - _OWN_BEHAVIOUR
 _INHERITED = tuple(name for name in DefaultsModel.model_fields if name in _PLAIN)
 _RETRY_FIELDS = tuple(RetriesModel.model_fields)  # a step's retries inherit field by field

@@ -50,9 +50,11 @@ CONDITION_GRAMMAR = (
     "'${steps.ID.KEY}' or '${flow.KEY}' (a JSON boolean), 'not ${...}', or '${...} OP VALUE' with OP one of "
     '==, !=, <, <=, >, >= and VALUE a JSON number, "string", true, false or null'
 )
-STEP_BODIES = ("script", "script_file", "wait_for")  # a step has exactly one
+STEP_BODIES = ("script", "script_file", "wait_for", "flow")  # a step has exactly one
 # Fields that only say how a script runs: a step that waits for a signal runs none.
 SCRIPT_ONLY_FIELDS = ("inputs", "outputs", "executor", "context_id", "timeout_s", "retries")
+# What a sub-flow step does not take: it runs once, as a child run whose outputs are the child's declared ones.
+NOT_FOR_SUBFLOWS = ("outputs", "executor", "context_id", "timeout_s", "retries", "map")
 
 
 def _unset(default: Any, description: str, *, maximum: float | None = None, **constraints: Any) -> Any:
@@ -160,6 +162,10 @@ _WAITS: dict[str, Any] = {
     "required": ["wait_for"],
     "not": {"anyOf": [{"required": [name]} for name in SCRIPT_ONLY_FIELDS]},  # it runs no script
 }
+_RUNS_A_FLOW: dict[str, Any] = {
+    "required": ["flow"],
+    "not": {"anyOf": [{"required": [name]} for name in NOT_FOR_SUBFLOWS]},  # a child run, not a script
+}
 
 
 class MapModel(_Model):
@@ -189,12 +195,15 @@ class MapModel(_Model):
 
 
 class StepModel(_Model):
-    """One step: a sandboxed Python script, or a wait for a signal (a person's approval, say). Exactly one
-    of 'script', 'script_file' or 'wait_for'; a 'wait_for' step takes none of the fields about its script."""
+    """One step: a sandboxed Python script, a wait for a signal (a person's approval, say), or another flow run
+    as a child run. Exactly one of 'script', 'script_file', 'wait_for' or 'flow'; a 'wait_for' step takes none
+    of the fields about its script, a 'flow' step none but its inputs."""
 
     model_config = ConfigDict(
         title="Step",
-        json_schema_extra={"oneOf": [{"required": ["script"]}, {"required": ["script_file"]}, _WAITS]},
+        json_schema_extra={
+            "oneOf": [{"required": ["script"]}, {"required": ["script_file"]}, _WAITS, _RUNS_A_FLOW],
+        },
     )
 
     id: StepId
@@ -206,6 +215,12 @@ class StepModel(_Model):
     # None when absent: defaults are not validated, so null is refused while absence is not; the parser
     # asks `model_fields_set`, like for the other fields whose absence matters
     wait_for: WaitForModel = _unset(None, "Instead of a script: wait for a signal that provides these fields.")
+    flow: str | dict[str, Any] = _unset(
+        None,
+        "Instead of a script: run this flow as a child run, given the step's inputs as its flow inputs; the step's "
+        "outputs are the child's declared 'outputs'. A path relative to the flow file (under its directory), "
+        "or the flow itself, inline.",
+    )
     depends_on: list[StepId] = Field(default=[], description="Ids of the steps that must end before this one.")
     inputs: dict[str, Any] = Field(
         default={},
@@ -253,6 +268,11 @@ class FlowFields(_Model):
         f"{MAX_NESTING} arrays and objects deep), overridable per run; steps read '${{flow.KEY}}'.",
     )
     defaults: DefaultsModel = Field(default=DefaultsModel(), description="Values steps inherit.")
+    outputs: dict[str, str] = Field(
+        default={},
+        description="The run's outputs, resolved when it ends: each is exactly one reference to a step's output, "
+        "'${steps.ID.KEY}'. A flow run as a sub-flow gives these to the step that runs it.",
+    )
 
 
 class FlowModel(FlowFields):

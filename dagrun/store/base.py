@@ -45,6 +45,7 @@ class RunRecord:
     finished_at: float | None = None
     error: str | None = None  # why the run failed or was cancelled, when known
     rerun_of: str | None = None  # the run this one reruns (`engine.rerun`)
+    parent: str | None = None  # 'RUN/STEP': the sub-flow step this run is the child run of (`engine.subflows`)
 
 
 class StepRecord(NamedTuple):

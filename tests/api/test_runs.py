@@ -230,3 +230,20 @@ async def test_logs_holds_every_attempt_and_errors_the_failed_line(api: Api) -> 
     (failure,) = models.ErrorList.model_validate(body).errors
     assert (failure.step_id, failure.error.line, failure.source_line) == ("broken", 2, "x = 1 / 0")
     assert failure.logs == "about to fail\n"
+
+
+async def test_a_sub_flow_step_runs_a_child_run_that_links_to_its_parent(api: Api) -> None:
+    parent = {
+        "name": "parent",
+        "outputs": {"greeting": "${steps.hello.shouted}"},
+        "steps": [{"id": "hello", "flow": HELLO | {"outputs": {"shouted": "${steps.shout.shouted}"}},
+                   "inputs": {"who": "child"}}],
+    }  # fmt: skip
+    run_id = await api.submit(parent)
+    detail = models.RunDetail.model_validate(await api.until_ended(run_id))
+    child = models.RunDetail.model_validate(await api.until_ended(f"{run_id}.hello"))
+
+    assert detail.status == "succeeded" and detail.parent is None
+    assert detail.outputs == {"greeting": "HELLO, CHILD"}
+    assert child.parent == f"{run_id}/hello" and child.inputs == {"who": "child"}
+    assert child.outputs == {"shouted": "HELLO, CHILD"}

@@ -51,6 +51,17 @@ async def test_a_rerun_is_created_with_its_reused_steps_context_and_origin_at_on
     assert await s.get_events("r2") == []  # states a run is created with are not changes
 
 
+async def test_a_child_run_is_read_back_with_its_parent_step(store: StoreFactory) -> None:
+    s = store()
+    run = dataclasses.replace(make_run("p1.load", created_at=100.0), parent="p1/load")
+    await s.create_run(run, ["extract"])
+
+    await s.flush()
+    for reader in (s,) if store.kind == "memory" else (s, store()):  # and a process that reads it afresh
+        assert (await reader.get_run("p1.load")).parent == "p1/load"
+        assert [r.parent for r in await reader.list_runs()] == ["p1/load"]
+
+
 async def test_list_runs_is_newest_first_with_filters_and_limit(store: StoreFactory) -> None:
     s = store()
     await create(s, "old", flow_name="etl", created_at=1.0)

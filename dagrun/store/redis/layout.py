@@ -23,6 +23,7 @@ DEFAULT_PREFIX = "dagrun:"
 # The run hash fields that make a RunRecord, in RunRecord's order.
 RUN_FIELDS = (
     "run_id", "flow_name", "status", "flow", "inputs", "created_at", "started_at", "finished_at", "error", "rerun_of",
+    "parent",
 )  # fmt: skip
 STATUSES = tuple(RunStatus)
 ORDER_WIDTH = 16  # hex digits of the creation number that starts each member of the runs sorted sets
@@ -129,9 +130,9 @@ def notifying(text: str) -> LuaScript:
 # notices, notice counter, the run ids.
 # ARGV: the RunRecord fields (numbers as text, '' for none, error after a '0'/'1' flag), a creation token,
 # the state of a pending step, the notice kind, the context (JSON), the run it reruns ('' for none), the
-# states of the steps it reuses (a JSON object: step id -> state text), then the step ids. Returns 1, or 0
-# when the id is taken by another creation (the token makes a create that was retried after a lost reply
-# succeed, without a second notice).
+# states of the steps it reuses (a JSON object: step id -> state text), the parent step ('' for none), then
+# the step ids. Returns 1, or 0 when the id is taken by another creation (the token makes a create that was
+# retried after a lost reply succeed, without a second notice).
 CREATE_RUN = notifying("""
 local run = KEYS[1]
 if redis.call('EXISTS', run) == 1 then
@@ -145,9 +146,10 @@ if ARGV[7] ~= '' then redis.call('HSET', run, 'started_at', ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('HSET', run, 'finished_at', ARGV[8]) end
 if ARGV[9] == '1' then redis.call('HSET', run, 'error', ARGV[10]) end
 if ARGV[15] ~= '' then redis.call('HSET', run, 'rerun_of', ARGV[15]) end
+if ARGV[17] ~= '' then redis.call('HSET', run, 'parent', ARGV[17]) end
 local reused = cjson.decode(ARGV[16])
 local states, ids = {}, {}
-for i = 17, #ARGV do
+for i = 18, #ARGV do
   states[#states + 1] = ARGV[i]
   states[#states + 1] = reused[ARGV[i]] or ARGV[12]
   ids[#ids + 1] = ARGV[i]

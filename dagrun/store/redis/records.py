@@ -47,7 +47,7 @@ def run_id_of(member: str) -> str:
 
 def decode_run(values: Sequence[str | None]) -> RunRecord | None:
     """The RunRecord from an HMGET of RUN_FIELDS; None when the run hash does not exist."""
-    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of = values
+    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of, parent = values
     if run_id is None:
         return None
     return RunRecord(
@@ -61,6 +61,7 @@ def decode_run(values: Sequence[str | None]) -> RunRecord | None:
         finished_at=None if finished_at is None else float(finished_at),
         error=error,
         rerun_of=rerun_of,
+        parent=parent,
     )
 
 

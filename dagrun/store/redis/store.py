@@ -160,7 +160,8 @@ class RedisStore:
         args = (
             run_id, run.flow_name, run.status, flow, inputs, number_arg(run.created_at), number_arg(run.started_at),
             number_arg(run.finished_at), "0" if run.error is None else "1", run.error or "", self._new_token(),
-            PENDING_STEP, NoticeKind.SUBMITTED, context, run.rerun_of or "", reused, *dict.fromkeys(step_ids),
+            PENDING_STEP, NoticeKind.SUBMITTED, context, run.rerun_of or "", reused, run.parent or "",
+            *dict.fromkeys(step_ids),
         )  # fmt: skip
         creating = CREATE_RUN(self._redis.client, script_keys, args)
         created = await self._redis.call(creating, doing=f"creating run {run_id!r}")

@@ -21,7 +21,7 @@ from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
 from dagrun.store.sqlite.control import read_notice_cursor
 from dagrun.store.sqlite.schema import LAST_EVENT_SEQ, require_run
 
-_RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of"
+_RUN_COLUMNS = "run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of, parent"
 _STEP_COLUMNS = (
     "step_id, status, attempt, started_at, finished_at, outputs, error, logs, worker_id, elapsed_ms, queued_at"
 )
@@ -186,7 +186,7 @@ def _step_from_row(run_id: str, row: tuple[Any, ...]) -> StepRecord:
 
 
 def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
-    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of = row
+    run_id, flow_name, status, flow, inputs, created_at, started_at, finished_at, error, rerun_of, parent = row
     return RunRecord(
         run_id=run_id,
         flow_name=flow_name,
@@ -198,4 +198,5 @@ def _run_from_row(row: tuple[Any, ...]) -> RunRecord:
         finished_at=finished_at,
         error=error,
         rerun_of=rerun_of,
+        parent=parent,
     )

@@ -1,6 +1,7 @@
 """How the SQLite store lays runs out in its file: the tables, their migrations, and the statements that write them.
 
-    runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error, rerun_of)
+    runs(run_id PK, flow_name, status, flow JSON, inputs JSON, created_at, started_at, finished_at, error, rerun_of,
+        parent)
     steps(run_id, step_id, position, status, attempt, started_at, finished_at, outputs JSON, error JSON,
           logs, worker_id, elapsed_ms, queued_at; PK(run_id, step_id))  position: the step's place in the flow
     context(run_id PK, value JSON)
@@ -74,11 +75,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             run_id TEXT NOT NULL, step_id TEXT NOT NULL, attempt INTEGER NOT NULL, worker_id TEXT NOT NULL,
             at REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))""",
     ),
+    ("ALTER TABLE runs ADD COLUMN parent TEXT",),  # sub-flows: the step a child run runs for, 'RUN/STEP'
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 # The writer's statements; the row tuples are built on the event loop in these column orders.
-INSERT_RUN = "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_RUN = "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 UPDATE_RUN = (
     "UPDATE runs SET status = ?, started_at = COALESCE(started_at, ?), finished_at = ?, error = ? WHERE run_id = ?"
 )
@@ -122,7 +124,7 @@ def run_row(run: RunRecord) -> tuple[Any, ...]:
     return (
         run.run_id, run.flow_name, run.status, encode_json(run.flow, where=f"{where} flow"),
         encode_json(run.inputs, where=f"{where} inputs"), run.created_at, run.started_at, run.finished_at,
-        run.error, run.rerun_of,
+        run.error, run.rerun_of, run.parent,
     )  # fmt: skip
 
 

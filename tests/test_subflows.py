@@ -1,0 +1,200 @@
+"""Sub-flows in the engine (`engine/subflows.py`), with a scripted in-process executor: the child run and
+its derived id and parent link, outputs flowing up, a failing child, the parent's pause and cancel
+reaching the child, and a takeover of the parent that finds its child instead of starting another; then
+the real CLI with flows/parent.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
+from dagrun.contract.states import RunStatus, StepStatus
+from dagrun.engine.control import RunControl
+from dagrun.engine.orchestrator import Orchestrator
+from dagrun.errors import RunNotFound
+from dagrun.flow.parser import parse_flow
+from dagrun.store import MemoryStore, StepRecord
+from tests.test_cli import FLOWS, dagrun, write_flow
+from tests.test_orchestrator import ScriptedExecutor
+
+CHILD: dict[str, Any] = {
+    "name": "child",
+    "inputs": {"n": 1},
+    "outputs": {"doubled": "${steps.double.value}"},
+    "steps": [{"id": "double", "script": "pass", "inputs": {"n": "${flow.n}"}, "outputs": ["value"]}],
+}
+PARENT: dict[str, Any] = {
+    "name": "parent",
+    "outputs": {"total": "${steps.use.total}"},
+    "steps": [
+        {"id": "make", "script": "pass", "outputs": ["n"]},
+        {"id": "sub", "depends_on": ["make"], "flow": CHILD, "inputs": {"n": "${steps.make.n}"}},
+        {"id": "use", "depends_on": ["sub"], "script": "pass", "inputs": {"d": "${steps.sub.doubled}"}},
+    ],
+}
+
+
+def behaviour(*, fail_double: bool = False, gate: asyncio.Event | None = None) -> Any:
+    async def answer(request: StepRequest) -> StepResult:
+        if request.step_id == "make":
+            return StepResult(ok=True, outputs={"n": 21})
+        if request.step_id == "double":
+            if gate is not None:
+                await gate.wait()
+            if fail_double:
+                return StepResult.failure(ErrorKind.SCRIPT, "ValueError", "no doubling today")
+            return StepResult(ok=True, outputs={"value": request.inputs["n"] * 2})
+        return StepResult(ok=True, outputs={"total": request.inputs["d"] + 1})
+
+    return answer
+
+
+async def test_the_child_run_gets_the_step_inputs_and_its_declared_outputs_flow_up() -> None:
+    store = MemoryStore()
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour())}) as orchestrator:
+        result = await orchestrator.run(parse_flow(PARENT))
+
+    assert result.status == RunStatus.SUCCEEDED
+    assert result.steps["sub"].outputs == {"doubled": 42}
+    assert result.outputs == {"total": 43} and result.to_json()["outputs"] == {"total": 43}
+    child = await store.get_run(f"{result.run_id}.sub")
+    assert child.parent == f"{result.run_id}/sub" and child.status == RunStatus.SUCCEEDED
+    assert child.inputs == {"n": 21}
+    assert (await store.get_run(result.run_id)).parent is None
+
+
+async def test_a_failing_child_fails_the_step_naming_the_child_and_its_error() -> None:
+    store = MemoryStore()
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour(fail_double=True))}) as orchestrator:
+        result = await orchestrator.run(parse_flow(PARENT))
+
+    assert result.status == RunStatus.FAILED
+    error = result.steps["sub"].error
+    assert error is not None and error.type == "ChildRunFailed"
+    assert error.message.startswith(f"child run {result.run_id}.sub ended failed: ")
+    assert "no doubling today" in error.message
+    assert result.steps["use"].status == StepStatus.SKIPPED
+
+
+async def child_started(store: MemoryStore, child_id: str) -> None:
+    while not [s for s in await _steps(store, child_id) if s.status == StepStatus.RUNNING]:
+        await asyncio.sleep(0.01)
+
+
+async def _steps(store: MemoryStore, run_id: str) -> list[StepRecord]:
+    try:
+        return await store.get_steps(run_id)
+    except RunNotFound:  # not created yet
+        return []
+
+
+async def test_cancelling_the_parent_cancels_the_child() -> None:
+    store = MemoryStore()
+    executor = ScriptedExecutor(behaviour(gate=asyncio.Event()))  # the child's step never ends on its own
+    async with Orchestrator(store, executors={"local": executor}) as orchestrator:
+        run_id = await orchestrator.start_run(parse_flow(PARENT))
+        await asyncio.wait_for(child_started(store, f"{run_id}.sub"), 30)
+        await orchestrator.control.cancel(run_id)
+        parent = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+        child = await orchestrator.control.wait_for_completion(f"{run_id}.sub", timeout_s=30)
+
+    assert parent.status == RunStatus.CANCELLED
+    assert child.status == RunStatus.CANCELLED
+
+
+async def test_pausing_the_parent_pauses_the_child_and_resuming_resumes_it() -> None:
+    store = MemoryStore()
+    gate = asyncio.Event()
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour(gate=gate))}) as orchestrator:
+        run_id = await orchestrator.start_run(parse_flow(PARENT))
+        child_id = f"{run_id}.sub"
+        await asyncio.wait_for(child_started(store, child_id), 30)
+        await orchestrator.control.pause(run_id)
+        assert (await store.get_run(child_id)).status == RunStatus.PAUSED
+        await orchestrator.control.resume(run_id)
+        assert (await store.get_run(child_id)).status == RunStatus.RUNNING
+        gate.set()
+        parent = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+
+    assert parent.status == RunStatus.SUCCEEDED
+
+
+async def test_a_takeover_of_the_parent_finds_its_child_instead_of_starting_another() -> None:
+    flow = parse_flow(PARENT)
+    store = MemoryStore()
+    run_id = await RunControl(store).submit(flow)
+    gate = asyncio.Event()
+    first = Orchestrator(store, executors={"local": ScriptedExecutor(behaviour(gate=gate))})
+    driving = asyncio.create_task(first.drive(run_id))
+    await asyncio.wait_for(child_started(store, f"{run_id}.sub"), 30)
+    await first.aclose()  # handed back, the child with it, while the child's step ran
+    assert await driving is None
+    assert (await store.get_run(f"{run_id}.sub")).status == RunStatus.RUNNING
+
+    executor = ScriptedExecutor(behaviour())
+    async with Orchestrator(store, executors={"local": executor}) as second:
+        result = await second.drive(run_id, wait_for_lease=True)
+
+    assert result is not None and result.status == RunStatus.SUCCEEDED
+    assert result.outputs == {"total": 43}
+    assert sorted(run.run_id for run in await store.list_runs()) == [run_id, f"{run_id}.sub"]  # no second child
+    assert sorted(executor.calls) == [("double", 2), ("use", 1)]
+
+
+async def test_a_paused_parent_handed_back_and_resumed_elsewhere_resumes_its_child() -> None:
+    flow = parse_flow(PARENT)
+    store = MemoryStore()
+    run_id = await RunControl(store).submit(flow)
+    first = Orchestrator(store, executors={"local": ScriptedExecutor(behaviour(gate=asyncio.Event()))})
+    driving = asyncio.create_task(first.drive(run_id))
+    await asyncio.wait_for(child_started(store, f"{run_id}.sub"), 30)
+    await first.control.pause(run_id)
+    assert (await store.get_run(f"{run_id}.sub")).status == RunStatus.PAUSED
+    await first.aclose()
+    assert await driving is None
+
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour())}) as second:
+        result = await asyncio.wait_for(second.resume(run_id), 30)
+
+    assert result is not None and result.status == RunStatus.SUCCEEDED
+    assert (await store.get_run(f"{run_id}.sub")).status == RunStatus.SUCCEEDED
+
+
+def test_dagrun_runs_the_example_parent_flow_and_status_links_the_child_to_it(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "parent.json"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    run_id = document["run_id"]
+    assert document["outputs"] == {"larger": document["steps"]["compare"]["outputs"]["larger"]}
+    assert set(document["steps"]["etl_eu"]["outputs"]) == {"grand_total", "report"}
+
+    status = dagrun("status", f"{run_id}.etl_eu", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"child of {run_id} step etl_eu" in status.stdout
+    child = json.loads(dagrun("status", f"{run_id}.etl_us", "--json", cwd=tmp_path).stdout)
+    assert child["parent"] == f"{run_id}/etl_us" and child["inputs"] == {"region": "us", "rows": 12}
+    assert child["outputs"] == document["steps"]["etl_us"]["outputs"]
+    runs = json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)
+    assert sorted(run["run_id"] for run in runs) == [run_id, f"{run_id}.etl_eu", f"{run_id}.etl_us"]
+
+
+def test_graph_draws_a_sub_flow_step_as_a_node_naming_its_child_flow(tmp_path: Path) -> None:
+    dot = dagrun("graph", str(FLOWS / "parent.json"), cwd=tmp_path)
+    mermaid = dagrun("graph", str(FLOWS / "parent.json"), "--format", "mermaid", cwd=tmp_path)
+
+    assert '"etl_eu" [shape=component, label="etl_eu [flow etl]", URL="etl.json", tooltip="etl.json"];' in dot.stdout
+    assert 's0[/"etl_eu #91;flow etl#93;"/]' in mermaid.stdout
+
+
+def test_validate_reports_a_missing_sub_flow_file_at_its_place_with_exit_2(tmp_path: Path) -> None:
+    path = write_flow(tmp_path, {"name": "p", "steps": [{"id": "sub", "flow": "gone.json"}]})
+
+    result = dagrun("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"{path}: steps[0].flow (step 'sub'): cannot read 'gone.json': No such file or directory"
+    )
