@@ -198,3 +198,12 @@ def test_validate_reports_a_missing_sub_flow_file_at_its_place_with_exit_2(tmp_p
         result.stderr.strip()
         == f"{path}: steps[0].flow (step 'sub'): cannot read 'gone.json': No such file or directory"
     )
+
+
+def test_last_names_the_run_someone_started_not_its_children(tmp_path: Path) -> None:
+    result = dagrun("run", str(FLOWS / "parent.json"), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    parent = json.loads(result.stdout)["run_id"]
+    assert len(json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)) == 3  # the parent and its two children
+    status = dagrun("status", "last", "--json", cwd=tmp_path)
+    assert json.loads(status.stdout)["run_id"] == parent

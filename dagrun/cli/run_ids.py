@@ -1,5 +1,5 @@
 """Run ids as people type them: a whole id, a prefix of one that no other id shares (MIN_PREFIX characters at
-least), or `last`, the newest run in the store.
+least), or `last`, the newest run in the store that is not a sub-flow's child run.
 
 Every command with a `run` argument (`add_run_argument`) has it resolved where its store is opened
 (`commands.opened_store`), so a new command whose argument is named `run` takes the same forms. The REST API
@@ -20,6 +20,7 @@ LAST = "last"
 MIN_PREFIX = 6  # shorter prefixes name too many runs to be worth a lookup
 SHOWN_CANDIDATES = 10  # the runs an ambiguous prefix lists
 COUNTED_CANDIDATES = 1000  # the runs an ambiguous prefix counts; past that it says "at least"
+LAST_LOOKS_AT = 100  # the newest runs `last` looks through for one that is not a sub-flow's child
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -35,10 +36,11 @@ async def resolve_run_id(store: RunReader, typed: str, *, where: str) -> str:
     RunNotFound when no run has that id or prefix; BadInput for a prefix too short or shared by several runs
     (it lists them), or for `last` in a store without runs."""
     if typed == LAST:
-        newest = await store.list_runs(limit=1)
+        newest = await store.list_runs(limit=LAST_LOOKS_AT)
         if not newest:
             raise BadInput(f"there are no runs in the store at {where}, so {LAST!r} names none")
-        return newest[0].run_id
+        # the run someone started, not the child runs its sub-flow steps made after it
+        return next((run.run_id for run in newest if run.parent is None), newest[0].run_id)
     is_short = len(typed) < MIN_PREFIX
     found = await store.find_run_ids(typed, limit=1 if is_short else COUNTED_CANDIDATES)
     if found[:1] == [typed]:  # a whole id sorts before every longer id it starts
