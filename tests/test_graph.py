@@ -3,14 +3,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagrun.errors import CycleError
-from dagrun.flow.graph import (
-    ancestors,
-    check_graph,
-    find_cycles,
-    to_dot,
-    to_mermaid,
-    topological_order,
-)
+from dagrun.flow.drawing import to_dot, to_mermaid
+from dagrun.flow.graph import ancestors, check_graph, find_cycles, topological_order
 from dagrun.flow.model import Flow, Step, WaitFor
 from dagrun.flow.parser import parse_flow
 

@@ -19,7 +19,7 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
 from dagrun.errors import FlowError
-from dagrun.flow.graph import to_dot, to_mermaid
+from dagrun.flow.drawing import to_dot, to_mermaid
 from dagrun.flow.parser import parse_flow
 from dagrun.store import MemoryStore, StepRecord
 from tests.test_cli import dagrun, write_flow
@@ -252,3 +252,18 @@ async def test_errors_show_a_failed_instance_with_its_mapped_steps_script_line()
     (failure,) = await RunControl(store).errors(result.run_id)
 
     assert (failure.step_id, failure.source_line) == ("each[1]", "boom()")
+
+
+def test_a_map_over_a_flow_input_whose_default_is_not_a_list_is_refused() -> None:
+    document = mapped_flow()
+    document["inputs"]["items"] = "a,b"
+    document["steps"][0]["inputs"] = {}
+    document["steps"][1]["map"]["over"] = "${flow.items}"
+    with pytest.raises(FlowError) as caught:
+        parse_flow(document)
+    assert str(caught.value) == (
+        "<flow>: steps[1].map.over: step 'each' maps over flow input 'items', whose default is a str, not a list "
+        "(make it a list, or null for one each run must give)"
+    )
+    document["inputs"]["items"] = None  # each run gives it
+    parse_flow(document)

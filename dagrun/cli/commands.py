@@ -288,7 +288,7 @@ def events(args: argparse.Namespace) -> int:
 
 
 def graph(args: argparse.Namespace) -> int:
-    from dagrun.flow.graph import to_dot, to_mermaid
+    from dagrun.flow.drawing import to_dot, to_mermaid
     from dagrun.flow.limits import NO_LIMITS
     from dagrun.flow.loader import load_flow
     from dagrun.sandbox.policy import check_script

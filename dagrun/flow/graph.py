@@ -3,9 +3,7 @@
 Checks (unknown, self and repeated dependencies, duplicate ids, cycles, references that would race) are
 linear in steps + edges, but for references to steps that are not direct dependencies: each of those
 explores ancestors, at most once per step. Each problem comes back as a (location, message) pair so the
-caller can order problems as they appear in the file. Exports to Graphviz DOT and Mermaid, where a step
-that waits for a signal (a person) is a diamond, a sub-flow step names its child flow, and an edge into a
-step with a condition is dashed and labelled with it. Pure: no I/O.
+caller can order problems as they appear in the file (drawing the DAG is `drawing`'s). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -218,7 +216,9 @@ def _check_references(
         for loc, reference in placed_references(step):
             target = reference.step_id
             if target is None:
-                message = _check_flow_reference(step, reference, flow_inputs)
+                message = _check_flow_reference(step, reference, flow_inputs) or _check_mapped_input(
+                    step, loc, reference, flow_inputs
+                )
             elif not check_ancestry or target in direct or target not in by_id or target == step.id:
                 message = _check_step_reference(step, reference, by_id, is_ancestor=True)
             else:
@@ -302,6 +302,19 @@ def _check_flow_reference(step: Step, reference: Reference, flow_inputs: Mapping
     )
 
 
+def _check_mapped_input(step: Step, loc: Loc, reference: Reference, flow_inputs: Mapping[str, Any] | None) -> str:
+    """A map over a flow input whose default is not a list (nor null: "give it") fails every run that keeps it."""
+    if loc[-2:] != ("map", "over") or flow_inputs is None:
+        return ""
+    default = flow_inputs[reference.key]
+    if default is None or isinstance(default, list):
+        return ""
+    return (
+        f"step {step.id!r} maps over flow input {reference.key!r}, whose default is a {type(default).__name__}, "
+        "not a list (make it a list, or null for one each run must give)"
+    )
+
+
 def _check_step_reference(step: Step, reference: Reference, by_id: Mapping[str, Step], *, is_ancestor: bool) -> str:
     target_id = reference.step_id
     assert target_id is not None
@@ -322,70 +335,3 @@ def _check_step_reference(step: Step, reference: Reference, by_id: Mapping[str, 
             f"{reference.key!r} (it declares: {listed})"
         )
     return ""
-
-
-# --- export ---------------------------------------------------------------------------------------
-
-
-def _dot_quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def _dot_node(step: Step) -> str:
-    if step.wait_for is not None:
-        return " [shape=diamond]"
-    if step.map is not None:  # one node for all its instances, marked with its list
-        return f" [shape=box3d, label={_dot_quote(_label(step))}]"
-    if step.flow is not None:  # linked to the child flow's file, when it came from one
-        file = step.flow_file
-        link = "" if file is None else f", URL={_dot_quote(file)}, tooltip={_dot_quote(file)}"
-        return f" [shape=component, label={_dot_quote(_label(step))}{link}]"
-    return ""
-
-
-def _label(step: Step) -> str:
-    """A step's id, marked with its list (a mapped step) or its child flow (a sub-flow step)."""
-    if step.map is not None:
-        return f"{step.id} [map over {step.map.over}]"
-    return step.id if step.flow is None else f"{step.id} [flow {step.flow.name}]"
-
-
-def to_dot(flow: Flow) -> str:
-    """Graphviz DOT: one node per step labelled by its id, a box, a diamond for a step that waits for a
-    signal, a 3-D box labelled with its list for a mapped step, a component labelled with its child flow (and
-    linked to its file) for a sub-flow step; an edge dependency -> dependent, dashed and
-    labelled with the condition into a step with one."""
-    lines = [f"digraph {_dot_quote(flow.name)} {{", "  node [shape=box];"]
-    lines.extend(f"  {_dot_quote(step.id)}{_dot_node(step)};" for step in flow.steps)
-    for step in flow.steps:
-        style = "" if step.when is None else f" [style=dashed, label={_dot_quote(step.when)}]"
-        lines.extend(f"  {_dot_quote(dep)} -> {_dot_quote(step.id)}{style};" for dep in dict.fromkeys(step.depends_on))
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def _mermaid_label(text: str) -> str:
-    # Mermaid has no backslash escapes: anything that could end the label or be read as markup becomes
-    # an entity code (#quot; style, numeric).
-    return "".join(char if char.isalnum() or char in " _-.:/" else f"#{ord(char)};" for char in text)
-
-
-_MERMAID_SHAPES = {"wait_for": ("{", "}"), "map": ("[[", "]]"), "flow": ("[/", "/]"), "": ("[", "]")}
-
-
-def to_mermaid(flow: Flow) -> str:
-    """A Mermaid flowchart: nodes are s0, s1, ... (ids never clash with Mermaid keywords), labelled by step id;
-    a rectangle, a rhombus for a step that waits for a signal, a subroutine box labelled with its list for a
-    mapped step, a parallelogram labelled with its child flow for a sub-flow step. An edge into a step with a
-    condition is dotted and labelled with it."""
-    node = {step.id: f"s{position}" for position, step in reversed(list(enumerate(flow.steps)))}
-    lines = ["flowchart TD"]
-    for position, step in enumerate(flow.steps):
-        shape = "wait_for" if step.wait_for else "map" if step.map else "flow" if step.flow else ""
-        opening, closing = _MERMAID_SHAPES[shape]
-        lines.append(f'  s{position}{opening}"{_mermaid_label(_label(step))}"{closing}')
-    for step in flow.steps:
-        arrow = "-->" if step.when is None else f'-.->|"{_mermaid_label(step.when)}"|'
-        lines.extend(f"  {node[dep]} {arrow} {node[step.id]}" for dep in dict.fromkeys(step.depends_on) if dep in node)
-    return "\n".join(lines) + "\n"
