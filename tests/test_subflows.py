@@ -207,3 +207,42 @@ def test_last_names_the_run_someone_started_not_its_children(tmp_path: Path) -> 
     assert len(json.loads(dagrun("runs", "--json", cwd=tmp_path).stdout)) == 3  # the parent and its two children
     status = dagrun("status", "last", "--json", cwd=tmp_path)
     assert json.loads(status.stdout)["run_id"] == parent
+
+
+class SlowChildCreation(MemoryStore):
+    """Holds the creation of a child run (an id with a '.') until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.creating = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def create_run(self, run: Any, step_ids: Any, reuse: Any = None) -> None:
+        if "." in run.run_id:
+            self.creating.set()
+            await self.release.wait()
+        await super().create_run(run, step_ids, reuse)
+
+
+async def test_a_pause_while_the_child_run_is_being_created_still_pauses_it() -> None:
+    store = SlowChildCreation()
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour())}) as orchestrator:
+        run_id = await orchestrator.start_run(parse_flow(PARENT))
+        await asyncio.wait_for(store.creating.wait(), 30)
+        await orchestrator.control.pause(run_id)  # no child to reach yet
+        store.release.set()
+        child_id = f"{run_id}.sub"
+        await asyncio.wait_for(wait_for_status(store, child_id, RunStatus.PAUSED), 30)
+        await orchestrator.control.resume(run_id)
+        parent = await orchestrator.control.wait_for_completion(run_id, timeout_s=30)
+
+    assert parent.status == RunStatus.SUCCEEDED
+    kinds = [command.kind for command in await store.get_commands(child_id)]
+    assert kinds == ["pause", "resume"]
+
+
+async def wait_for_status(store: MemoryStore, run_id: str, status: RunStatus) -> None:
+    after = 0
+    while (await store.get_run(run_id)).status != status:
+        events = await store.wait_events(run_id, after_seq=after, timeout_s=1)
+        after = events[-1].seq if events else after

@@ -345,7 +345,13 @@ class RunDriver:
     def _subflow_host(self) -> SubflowHost:
         assert self._children is not None, "a sub-flow step runs under an orchestrator"
         return SubflowHost(
-            self.run_id, self._flow_inputs, self._outputs_of, self._record, self._children.run, self._store
+            self.run_id,
+            self._flow_inputs,
+            self._outputs_of,
+            self._record,
+            self._children.run,
+            self._store,
+            lambda: self._gate.is_closed,
         )
 
     async def _tell_children(self, kind: CommandKind, step_ids: list[str]) -> None:

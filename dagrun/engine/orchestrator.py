@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dagrun.contract.executor import Executor, ExecutorOptions, HostFunction
@@ -275,7 +275,7 @@ class Orchestrator:
             listener=listener, max_map_items=self._max_map_items, children=ChildRuns(self._run_child, self.control),
         )  # fmt: skip
 
-    async def _run_child(self, flow: Flow, record: RunRecord) -> RunRecord:
+    async def _run_child(self, flow: Flow, record: RunRecord, parent_paused: Callable[[], bool]) -> RunRecord:
         """A sub-flow step's child run (`engine.subflows`), driven here in the background, or, when it exists
         already (its parent was taken over), taken up here once its lease is free unless a live orchestrator
         drives it. Its record once it has ended, wherever it was driven."""
@@ -285,6 +285,8 @@ class Orchestrator:
         except StoreError as exc:  # it exists already, or the store failed
             await self._find_child(run_id, exc)
         else:
+            if parent_paused():  # paused since the step started: that pause found no child to reach
+                await self.control.pause(run_id)
             self._in_background(run_id, self._drive_or_none(driver, RunStatus.PENDING))
         ended = await self.control.wait_for_completion(run_id)
         while not ended.status.is_terminal:  # handed back, or taken up elsewhere: it ends where it is driven

@@ -29,7 +29,9 @@ from dagrun.store.base import CommandKind, RunRecord, StepRecord, Store
 
 logger = logging.getLogger(__name__)
 
-RunChild = Callable[[Flow, RunRecord], Awaitable[RunRecord]]  # the orchestrator's: the child's record once ended
+# The orchestrator's: the child's record once ended; it starts the child paused when `paused()` says the
+# parent is, once the child exists (a pause applied before could not reach it).
+RunChild = Callable[[Flow, RunRecord, Callable[[], bool]], Awaitable[RunRecord]]
 
 
 def child_run_id(run_id: str, step_id: str) -> str:
@@ -52,6 +54,7 @@ class SubflowHost(NamedTuple):
     record: StepRecorder
     run_child: RunChild
     store: Store  # the children's steps are read back for their outputs
+    paused: Callable[[], bool]  # whether the parent is paused
 
 
 async def run_subflow(state: StepState, host: SubflowHost) -> StepStatus:
@@ -67,7 +70,7 @@ async def run_subflow(state: StepState, host: SubflowHost) -> StepStatus:
     record = new_run_record(child_run_id(host.run_id, step.id), child, inputs, parent=f"{host.run_id}/{step.id}")
     running = StepRecord(host.run_id, step.id, StepStatus.RUNNING, 1, state.started_at)
     await host.record(running, f"child run {record.run_id}")
-    ended = await host.run_child(child, record)
+    ended = await host.run_child(child, record, host.paused)
     if ended.status != RunStatus.SUCCEEDED:
         message = f"child run {ended.run_id} ended {ended.status}" + (f": {ended.error}" if ended.error else "")
         return await _fail(state, host, StepError(ErrorKind.SCRIPT, "ChildRunFailed", message))
