@@ -9,6 +9,7 @@ field of the same name takes what the flow writes, or what its `defaults` say, o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 import orjson
@@ -278,16 +279,11 @@ class _FlowParser:
                     message += " (its outputs are the 'wait_for' fields)"
                 self.found.append((("steps", index, name), message, label))
         wait_for = model.wait_for if "wait_for" in model.model_fields_set else self._salvage_wait_for(index)
-        return Step(
-            **_with_fields({}, model, _PLAIN & (model.model_fields_set - _SCRIPT_ONLY)),
-            id=str(model.id),
-            index=index,
-            script="",
-            script_hash="",  # no script: nothing for an executor to look up
-            depends_on=tuple(map(str, model.depends_on)),
-            outputs=tuple(wait_for.fields) if wait_for is not None else None,
-            wait_for=WaitFor(**_with_fields({}, wait_for, _WAIT_FOR_FIELDS)) if wait_for is not None else None,
-        )
+        plain = model.model_fields_set - _SCRIPT_ONLY
+        if wait_for is None:
+            return _scriptless_step(index, model, plain)
+        body = WaitFor(**_with_fields({}, wait_for, _WAIT_FOR_FIELDS))
+        return _scriptless_step(index, model, plain, outputs=body.fields, wait_for=body)
 
     def _subflow_step(self, index: int, model: StepModel, written: frozenset[str], label: str) -> Step:
         """A step that runs a flow as a child run: its outputs are the child's, its inputs the child's flow
@@ -297,16 +293,10 @@ class _FlowParser:
         given = model.model_fields_set
         child, problems = parse_subflow(model.flow, self.reading, parse_flow) if "flow" in given else (None, [])
         self.found.extend(((*where, "flow"), problem, label) for problem in problems)
-        step = Step(
-            **_with_fields({}, model, _PLAIN & (given - _NOT_FOR_SUBFLOWS)),
-            id=str(model.id),
-            index=index,
-            script="",
-            script_hash="",  # no script: nothing for an executor to look up
-            depends_on=tuple(map(str, model.depends_on)),
-            outputs=tuple(child.outputs) if child is not None else None,
-            flow=child,
-            flow_file=model.flow if isinstance(model.flow, str) else None,
+        outputs = tuple(child.outputs) if child is not None else None
+        flow_file = model.flow if isinstance(model.flow, str) else None
+        step = _scriptless_step(
+            index, model, given - _NOT_FOR_SUBFLOWS, outputs=outputs, flow=child, flow_file=flow_file
         )
         self._check_inputs(step, where, label)
         if child is not None:
@@ -337,6 +327,19 @@ class _FlowParser:
         if source is None:
             self.found.append((where, f"cannot read {path!r}: {failure}", label))
         return source or ""
+
+
+def _scriptless_step(index: int, model: StepModel, plain: AbstractSet[str], **body: Any) -> Step:
+    """A step that runs no script (it waits for a signal, or runs a flow): its plain fields `plain`, and `body`."""
+    return Step(
+        **_with_fields({}, model, _PLAIN & plain),
+        id=str(model.id),
+        index=index,
+        script="",
+        script_hash="",  # no script: nothing for an executor to look up
+        depends_on=tuple(map(str, model.depends_on)),
+        **body,
+    )
 
 
 def _with_files_inlined(raw: dict[str, Any], steps: list[Step]) -> dict[str, Any]:
