@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dagrun.contract.executor import ErrorKind, StepRequest, StepResult
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.engine.control import RunControl
 from dagrun.engine.orchestrator import Orchestrator
-from dagrun.errors import RunNotFound
+from dagrun.errors import FlowError, RunNotFound
 from dagrun.flow.parser import parse_flow
 from dagrun.store import MemoryStore, StepRecord
 from tests.test_cli import FLOWS, dagrun, write_flow
@@ -246,3 +248,24 @@ async def wait_for_status(store: MemoryStore, run_id: str, status: RunStatus) ->
     while (await store.get_run(run_id)).status != status:
         events = await store.wait_events(run_id, after_seq=after, timeout_s=1)
         after = events[-1].seq if events else after
+
+
+async def test_the_executors_of_a_sub_flows_steps_are_checked_with_the_parent() -> None:
+    child = {**CHILD, "steps": [{**CHILD["steps"][0], "executor": "remote"}]}
+    parent = parse_flow(
+        {**PARENT, "steps": [PARENT["steps"][0], {**PARENT["steps"][1], "flow": child}, PARENT["steps"][2]]}
+    )
+    store = MemoryStore()
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(behaviour())}) as orchestrator:
+        with pytest.raises(FlowError) as caught:
+            await orchestrator.run(parent)
+    assert caught.value.problems[0].path == "steps[1].flow.steps[0].executor"
+    assert await store.list_runs() == []  # refused before anything was recorded
+
+    remote = ScriptedExecutor(behaviour())
+    async with Orchestrator(
+        store, executors={"local": ScriptedExecutor(behaviour()), "remote": remote}
+    ) as orchestrator:
+        result = await orchestrator.run(parent)
+    assert result.status == RunStatus.SUCCEEDED
+    assert [step for step, _ in remote.calls] == ["double"]

@@ -128,7 +128,7 @@ async def check_executors_here(args: argparse.Namespace, orchestrator: Orchestra
     --executor no step names (most likely a typo in a step's `executor` or here)."""
     for line in await orchestrator.executors.unserved_contexts(flow):
         stderr.print(f"dagrun: warning: {line}", soft_wrap=True)
-    used = sorted({step.executor for step in flow.steps if step.wait_for is None})
+    used = sorted({step.executor for _, step in flow.script_steps()})
     for name in parse_executors(args.executor):
         if name not in used:
             stderr.print(

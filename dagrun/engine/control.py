@@ -123,14 +123,14 @@ class RunControl:
         # The run and its events are read before the logs: an attempt that ends in between is in both, and
         # `seen` keeps its logs from coming twice; a run that had ended has nothing more to follow.
         ended = (await self.store.get_run(run_id)).status.is_terminal
-        events = [] if ended else await self.store.get_events(run_id)
+        last_seq = 0 if ended else await self.store.last_event_seq(run_id)
         seen: set[tuple[str, int]] = set()
         for log in await self.store.get_logs(run_id, step_id=step_id, attempt=attempt):
             seen.add((log.step_id, log.attempt))
             yield log
         if ended:
             return
-        async for event in self.follow_events(run_id, after_seq=events[-1].seq if events else 0):
+        async for event in self.follow_events(run_id, after_seq=last_seq):
             if not _ends_attempt(event, step_id, attempt):
                 continue
             for log in await self.store.get_logs(run_id, step_id=event.step_id, attempt=event.attempt):

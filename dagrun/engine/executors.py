@@ -42,21 +42,22 @@ class Executors:
             self.get(name)
 
     def check(self, flow: Flow) -> None:
-        """FlowError for script steps naming an executor that is not configured; ExecutorError for one that
-        cannot be opened. Opens the ones the flow uses."""
-        script_steps = [step for step in flow.steps if step.wait_for is None]
+        """FlowError for script steps naming an executor that is not configured (those of its sub-flows'
+        flows too: their child runs are driven here); ExecutorError for one that cannot be opened. Opens the
+        ones the flow uses."""
+        script_steps = list(flow.script_steps())
         problems = [
             Problem(
-                f"steps[{step.index}].executor",
+                f"{place}.executor",
                 f"step {step.id!r} uses executor {step.executor!r}, which is not configured "
                 f"(configured: {', '.join(sorted(self._configured))}; add one with --executor NAME=URL)",
             )
-            for step in script_steps
+            for place, step in script_steps
             if step.executor not in self._configured
         ]
         if problems:
             raise FlowError(problems, source=flow.source)
-        for name in {step.executor for step in script_steps}:
+        for name in {step.executor for _, step in script_steps}:
             self.get(name)
 
     async def workers(self) -> dict[str, list[WorkerStatus]]:
@@ -79,9 +80,8 @@ class Executors:
         (Redis), that no live worker serves, saying how to start one. ExecutorError when an executor
         configured by URL that its steps use cannot be asked (unreachable, or refusing the token)."""
         needed: dict[str, set[str]] = {}
-        for step in flow.steps:
-            if step.wait_for is None:
-                needed.setdefault(step.executor, set()).add(step.context_id)
+        for _, step in flow.script_steps():
+            needed.setdefault(step.executor, set()).add(step.context_id)
         lines = []
         for name, contexts in sorted(needed.items()):
             url = self._configured.get(name)

@@ -43,8 +43,8 @@ def parent_step(run: RunRecord) -> tuple[str, str] | None:
     is 'RUN.STEP', so the two differ only where the run's id ends."""
     if run.parent is None:
         return None
-    ends = [i for i, (a, b) in enumerate(zip(run.run_id, run.parent, strict=False)) if a != b]
-    at = ends[0] if len(ends) == 1 and len(run.run_id) == len(run.parent) else run.parent.find("/")
+    differ = (i for i, (a, b) in enumerate(zip(run.run_id, run.parent, strict=False)) if a != b)
+    at = next(differ, run.parent.find("/"))  # where '.' in the id is '/' in `parent`
     return run.parent[:at], run.parent[at + 1 :]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import random
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -198,6 +198,16 @@ class Flow:
     document: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
     outputs: Mapping[str, str] = field(default_factory=dict)  # the run's outputs: name -> '${steps.ID.KEY}'
     _by_id: dict[str, Step] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def script_steps(self, where: str = "") -> Iterator[tuple[str, Step]]:
+        """Every step that runs a script, here and in the flows its sub-flow steps run (their child runs use
+        the same executors), each with its place (`steps[2].flow.steps[0]`)."""
+        for step in self.steps:
+            place = f"{where}steps[{step.index}]"
+            if step.flow is not None:
+                yield from step.flow.script_steps(f"{place}.flow.")
+            elif step.wait_for is None:
+                yield place, step
 
     def step(self, step_id: str) -> Step:
         """The step with that id, in O(1); KeyError when there is none."""
