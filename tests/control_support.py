@@ -34,6 +34,17 @@ async def wait_for_event(store: Store, run_id: str, wanted: str, step_id: str | 
     raise AssertionError(f"run {run_id} ended without {step_id or 'the run'} becoming {wanted}")
 
 
+async def first_run_id(store: Store) -> str:
+    """The id of the first run recorded in `store` (by another process), once it is there: woken by the
+    store's notices (the run's creation adds one), not by polling."""
+    cursor = 0
+    async with asyncio.timeout(WAIT_S):
+        while not (runs := await store.list_runs(limit=1)):
+            notices = await store.wait_notices(after=cursor, timeout_s=1)
+            cursor = notices[-1].cursor if notices else cursor
+    return runs[0].run_id
+
+
 async def wait_until_waiting(orchestrator: Orchestrator, run_id: str, step_id: str) -> Event:
     return await wait_for_event(orchestrator.store, run_id, "waiting", step_id)
 

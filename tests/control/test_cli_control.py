@@ -16,7 +16,7 @@ import pytest
 
 from dagrun.contract.states import RunStatus
 from dagrun.store import Store, open_store
-from tests.control_support import Processes, read_only_mount, wait_for_event
+from tests.control_support import Processes, first_run_id, read_only_mount, wait_for_event
 
 pytestmark = pytest.mark.slow
 
@@ -118,10 +118,7 @@ async def test_a_run_whose_process_was_killed_is_resumed_without_rerunning_compl
     dagrun: Processes, store: Store
 ) -> None:
     runner = dagrun.start("run", dagrun.flow(chain_document()), "--lease-s", LEASE_S, "--processes", "1")
-    runs = []
-    while not runs:  # the run is recorded before its first step starts
-        runs = await store.list_runs()
-    run_id = runs[0].run_id
+    run_id = await first_run_id(store)  # the run is recorded before its first step starts
     await wait_for_event(store, run_id, "succeeded", "s3")
     runner.send_signal(signal.SIGKILL)
     runner.communicate()
@@ -288,10 +285,7 @@ async def test_a_driver_stopped_past_its_lease_writes_nothing_once_another_took_
     dagrun: Processes, store: Store
 ) -> None:
     runner = dagrun.start("run", dagrun.flow(chain_document(steps=6)), "--lease-s", LEASE_S, "--processes", "1")
-    runs = []
-    while not runs:
-        runs = await store.list_runs()
-    run_id = runs[0].run_id
+    run_id = await first_run_id(store)  # the run is recorded before its first step starts
     await wait_for_event(store, run_id, "succeeded", "s2")
     runner.send_signal(signal.SIGSTOP)  # paused mid-run, past its lease: its deadline timer cannot fire either
     try:
@@ -311,10 +305,7 @@ async def test_a_driver_stopped_past_its_lease_writes_nothing_once_another_took_
 
 async def test_ctrl_c_leaves_the_run_unfinished_and_says_how_to_resume_it(dagrun: Processes, store: Store) -> None:
     runner = dagrun.start("run", dagrun.flow(GATED))  # it waits for a signal until interrupted
-    runs = []
-    while not runs:
-        runs = await store.list_runs()
-    run_id = runs[0].run_id
+    run_id = await first_run_id(store)  # the run is recorded before its first step starts
     await wait_for_event(store, run_id, "waiting", "approve")
 
     runner.send_signal(signal.SIGINT)
@@ -389,10 +380,7 @@ async def test_a_map_whose_process_was_killed_mid_map_resumes_each_item_once(dag
         ],
     }
     runner = dagrun.start("run", dagrun.flow(document), "--lease-s", LEASE_S, "--processes", "2")
-    runs = []
-    while not runs:
-        runs = await store.list_runs()
-    run_id = runs[0].run_id
+    run_id = await first_run_id(store)  # the run is recorded before its first step starts
     await wait_for_event(store, run_id, "succeeded", "each[3]")
     runner.send_signal(signal.SIGKILL)
     runner.communicate()
