@@ -15,24 +15,34 @@ BUSY = "x = 0\nfor i in range(3000):\n    x = x + i\noutputs['x'] = x"  # about 
 
 
 async def test_a_small_run_beside_a_big_one_waits_for_a_slice_not_for_its_end(pools: PoolFactory) -> None:
+    """The big run never ends on its own: each of its steps that ends submits another until the small run
+    has ended. Without slices the small run would wait forever; with them it waits about one slice. (A big
+    run of a fixed number of steps made the test depend on how many steps this machine runs in a slice.)"""
     pool = await pools(ONE_AT_A_TIME)
-    ended: list[str] = []
+    small_ended = asyncio.Event()
+    big: list[asyncio.Future[StepResult]] = []
 
-    async def run(run_id: str, n: int) -> StepResult:
-        result = await pool.run(make_step(BUSY, run_id=run_id, step_id=f"s{n}"))
-        ended.append(run_id)
+    async def big_step(n: int) -> StepResult:
+        result = await pool.run(make_step(BUSY, run_id="big", step_id=f"s{n}"))
+        if not small_ended.is_set():
+            big.append(asyncio.ensure_future(big_step(len(big))))
         return result
 
-    big = [asyncio.ensure_future(run("big", n)) for n in range(600)]
-    while not ended:  # the big run has the only process
-        await asyncio.sleep(0.005)
-    small = await asyncio.wait_for(run("small", 0), 10)
-    results = await asyncio.gather(*big)
+    big.extend(asyncio.ensure_future(big_step(n)) for n in range(50))
+    await asyncio.wait(big, return_when=asyncio.FIRST_COMPLETED)  # the big run has the only process
+    try:
+        small = await asyncio.wait_for(pool.run(make_step(BUSY, run_id="small", step_id="s0")), 10)
+    except BaseException:
+        for future in big:
+            future.cancel()
+        raise
+    finally:
+        small_ended.set()
+    while not all(future.done() for future in big):
+        await asyncio.gather(*big)
 
-    assert small.ok and all(result.ok for result in results)
-    big_before_small = ended.index("small")
-    assert big_before_small < len(big) / 2, f"the small run waited for {big_before_small} of the big run's steps"
-    assert len({result.worker_id for result in results}) >= 2  # the big run got a fresh process back after
+    assert small.ok and all(future.result().ok for future in big)
+    assert len({future.result().worker_id for future in big}) >= 2  # the big run got a fresh process back after
 
 
 async def test_a_run_alone_keeps_its_process(pools: PoolFactory) -> None:
