@@ -1,9 +1,13 @@
 """The API's guard: the token check and size limit before any body is read, and errors as JSON.
 
+A request is let in with the Bearer token, or with a dashboard session's cookie (`dagrun.api.sessions`):
+then a request that changes state must also carry the session's CSRF token and come from this server's
+origin. Without either, a dashboard page redirects to the sign-in page and anything else is 401.
+
 Every response that is not a success is ``{"error": message}`` (plus ``problems`` for an invalid flow):
 the router's 404/405, refusals, dagrun errors mapped to their status, and a bug as a bare 500 whose
 traceback goes to the log only. The token is compared in constant time and never logged; the first
-request that carries it takes its connection out of the lobby (`dagrun.serving.lobby`).
+request that carries it (or a session) takes its connection out of the lobby (`dagrun.serving.lobby`).
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import orjson
 import pydantic
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from dagrun.api.sessions import CSRF_HEADER, SAFE_METHODS, Session, Sessions, csrf_matches, same_origin
 from dagrun.errors import ControlError, DagrunError, FlowError, RunNotFound
 from dagrun.flow.problems import is_too_deep, nesting_path
 from dagrun.flow.references import Loc
@@ -29,7 +35,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
 TooDeep = Callable[[Loc], DagrunError]  # where a request body nests too deep -> the error to answer with
 
-PUBLIC_PATHS = frozenset({"/health"})  # the only paths served without the token
+PUBLIC_PATHS = frozenset({"/health", "/ui/login"})  # the only paths served without the token or a session
+PUBLIC_PREFIXES = ("/ui/static/",)  # the dashboard's scripts and styles: no data, and the sign-in page needs them
+UI_PREFIX = "/ui"
+SESSION = web.RequestKey("session", Session)  # the session a request came with, for the pages that need its CSRF
 
 
 class ApiError(Exception):
@@ -56,26 +65,63 @@ def error_response(status: int, message: str, *, close: bool = False, **extra: A
     return response
 
 
-def guard(token: str, *, max_body_bytes: int, lobby: Lobby) -> Middleware:
-    """The middleware: 401 without the token, 413 for a declared body over the limit, then the handler
-    with its errors rendered as JSON. A request with the token takes its connection out of `lobby`."""
+def guard(token: str, *, max_body_bytes: int, lobby: Lobby, sessions: Sessions) -> Middleware:
+    """The middleware: the token or a session (else 401, or a redirect to sign in for a dashboard page),
+    413 for a declared body over the limit, then the handler with its errors rendered as JSON. A request
+    with the token or a session takes its connection out of `lobby`."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         with lobby.serving(request.transport):
             if is_authorized(request.headers.getall(AUTHORIZATION, []), token):
                 lobby.leave(request.transport)
-            elif request.path not in PUBLIC_PATHS:
-                logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
-                response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response
+            elif (session := sessions.find(request.headers.get("Cookie"))) is not None:
+                lobby.leave(request.transport)
+                refused = _cross_site(request, session)
+                if refused is not None:
+                    return refused
+                request[SESSION] = session
+            elif not _is_public(request.path):
+                return _unauthorized(request)
+            elif request.method not in SAFE_METHODS and not same_origin(request.headers.get("Origin"), request.host):
+                return _refused_cross_site(request, "came from another site")
             if request.content_length is not None and request.content_length > max_body_bytes:
                 message = f"request body of {request.content_length} bytes is over the {max_body_bytes}-byte limit"
                 return error_response(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, message, close=True)
             return await _handle(request, handler)
 
     return middleware
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _unauthorized(request: web.Request) -> web.Response:
+    if request.method in SAFE_METHODS and (request.path == UI_PREFIX or request.path.startswith(UI_PREFIX + "/")):
+        location = f"{UI_PREFIX}/login?{urlencode({'next': request.path})}"
+        return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+    logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
+    response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _cross_site(request: web.Request, session: Session) -> web.Response | None:
+    """A refusal for a request with a session's cookie that changes state without the session's CSRF token or
+    from another origin; None when it may go on."""
+    if request.method in SAFE_METHODS:
+        return None
+    if not same_origin(request.headers.get("Origin"), request.host):
+        return _refused_cross_site(request, "came from another site")
+    if not csrf_matches(session, request.headers.get(CSRF_HEADER)):
+        return _refused_cross_site(request, f"has no valid {CSRF_HEADER} header")
+    return None
+
+
+def _refused_cross_site(request: web.Request, why: str) -> web.Response:
+    logger.warning("refused %s %s from %s: it %s", request.method, request.path, request.remote, why)
+    return error_response(HTTPStatus.FORBIDDEN, f"refused: the request {why}")
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -18,6 +18,8 @@ from dagrun.store.base import CommandKind
 FLOW_SCHEMA_NAME = "Flow"  # the component holding `flow_json_schema()`
 MAX_LIST_LIMIT = 1000
 MAX_EVENTS_LIMIT = 10_000
+MAX_OFFSET = 1_000_000
+MAX_PREFIX_RUNS = 1000  # the runs an id prefix is looked up among
 MAX_SEQ = 2**63 - 1  # the largest event seq every store can hold (a signed 64-bit integer): larger is refused
 
 
@@ -85,6 +87,11 @@ class ListRunsQuery(ApiModel):
     status: RunStatus | None = Field(None, description="Only runs in this status.")
     flow: str | None = Field(None, description="Only runs of the flow with this name.")
     limit: int = Field(50, ge=1, le=MAX_LIST_LIMIT, description="At most this many runs, newest first.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Skip this many of the newest that match (a page).")
+    id_prefix: str | None = Field(
+        None, min_length=1, max_length=200, description=f"Only runs whose id starts with this (of {MAX_PREFIX_RUNS})."
+    )
+    counts: bool = Field(False, description="Add each run's `step_counts` (a read of its steps per run listed).")
 
 
 class EventsQuery(ApiModel):
@@ -143,8 +150,14 @@ class RunBody(ApiModel):
     )
 
 
+class RunListItem(RunBody):
+    step_counts: dict[StepStatus, int] | None = Field(
+        None, description="With `counts=true`: how many of its steps are in each state (those in none left out)."
+    )
+
+
 class RunList(ApiModel):
-    runs: list[RunBody]
+    runs: list[RunListItem]
 
 
 class StepErrorBody(ApiModel):
@@ -168,6 +181,9 @@ class StepBody(ApiModel):
 
 
 class RunDetail(RunBody):
+    last_event_seq: int = Field(
+        description="The run's last event before this was read: its event stream `after` this seq brings it up to date."
+    )
     driver: str | None = Field(description="The orchestrator holding the run's lease; null when none drives it.")
     context: dict[str, Any]
     outputs: dict[str, Any] = Field(
@@ -267,3 +283,55 @@ class MetricsBody(ApiModel):
     run_s: float
     queue_wait_s: float
     steps: list[StepMetricsBody]
+
+
+class GraphNodeBody(ApiModel):
+    id: str
+    layer: int = Field(description="From 0 at the top: every step is below the steps it depends on.")
+    order: int = Field(description="Its place in its layer, from 0 at the left, ordered to cross few edges.")
+    kind: Literal["script", "wait", "map", "flow"]
+    map_over: str | None = Field(None, description="A mapped step's list.")
+    when: str | None = Field(None, description="A conditional step's condition.")
+    flow: str | None = Field(None, description="A sub-flow step's flow file, or its inline flow's name.")
+    wait_for: list[str] | None = Field(None, description="The fields a wait_for step needs.")
+    trigger_rule: str | None = None
+
+
+class GraphBody(ApiModel):
+    run_id: str
+    nodes: list[GraphNodeBody] = Field(description="In flow order.")
+    edges: list[tuple[str, str]] = Field(description="(dependency, dependent) pairs.")
+
+
+class WorkerBody(ApiModel):
+    worker_id: str
+    host: str
+    pid: int
+    contexts: list[str]
+    current: list[str] = Field(description="'run_id/step_id#attempt' of the steps it runs now.")
+    steps_done: int
+    errors: int
+    started_at: float
+    heartbeat_at: float
+
+
+class WorkersBody(ApiModel):
+    orchestrating: bool = Field(description="Whether this server drives runs; only then does it know executors.")
+    executors: dict[str, list[WorkerBody]] = Field(description="Executor name -> its live workers.")
+
+
+class ValidateRequest(ApiModel):
+    """A flow as a JSON object (`flow`) or as the text of a flow file (`source`, JSON or YAML)."""
+
+    flow: dict[str, Any] | None = None
+    source: str | None = Field(None, description="The text of a flow file.")
+    format: Literal["json", "yaml"] = Field("json", description="How `source` is written.")
+
+
+class ValidateBody(ApiModel):
+    valid: bool
+    problems: list[ProblemBody] = Field(description="Every problem, as `dagrun validate` lists them (YAML: lines).")
+    flow: dict[str, Any] | None = Field(
+        description="The flow as a JSON object to submit (POST /v1/runs), when `valid`."
+    )
+    inputs: dict[str, Any] = Field(description="The flow's declared inputs and their defaults, when `valid`.")

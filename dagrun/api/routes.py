@@ -7,9 +7,11 @@ at once) and never catch dagrun errors: the guard maps those to statuses.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -22,7 +24,9 @@ from dagrun.engine.orchestrator import Orchestrator
 from dagrun.engine.rerun import submit_rerun
 from dagrun.engine.views import attempt_log_json, command_json, event_json, run_json
 from dagrun.errors import FlowError, Problem
+from dagrun.flow.layout import flow_graph
 from dagrun.flow.limits import DEFAULT_LIMITS, FlowLimits
+from dagrun.flow.model import Flow
 from dagrun.flow.parser import parse_flow
 from dagrun.flow.problems import nesting_place
 from dagrun.flow.references import TOO_DEEP, Loc, format_location
@@ -85,12 +89,22 @@ class RunHandlers:
         return [
             Route("GET", "/health", self.health, "Liveness; needs no token", {200: models.HealthBody}, public=True),
             Route("GET", "/openapi.json", self.openapi, "This document", {200: None}),
+            Route("POST", f"{PREFIX}/flows/validate", self.validate_flow, "Check a flow without running it",
+                  {200: models.ValidateBody}, body=models.ValidateRequest,
+                  description="The problems `dagrun validate` finds, for a flow object or a flow file's text (JSON "
+                  "or YAML, with lines); a valid one comes back as the JSON object to submit, with its inputs."),
+            Route("GET", f"{PREFIX}/workers", self.list_workers, "Live workers of this server's executors",
+                  {200: models.WorkersBody},
+                  description="Only a server that drives runs (`--orchestrate`) knows executors; others list none."),
             Route("POST", f"{PREFIX}/runs", self.submit_run, "Submit a run of a flow", {201: models.RunCreated},
                   body=models.SubmitRequest, refusals=invalid,
                   description="Recorded for an orchestrator serving the store to drive. Scripts are inline."),
             Route("GET", f"{PREFIX}/runs", self.list_runs, "List runs, newest first", {200: models.RunList},
                   query=models.ListRunsQuery),
             Route("GET", run, self.get_run, "A run with its steps and context", {200: models.RunDetail}),
+            Route("GET", f"{run}/graph", self.get_graph, "The run's DAG, laid out in layers", {200: models.GraphBody},
+                  description="What the dashboard draws: each step's layer (below its dependencies) and place in "
+                  "its layer, with what marks a mapped, conditional, waiting or sub-flow step."),
             Route("GET", f"{run}/outputs", self.get_outputs, "The outputs of a run's steps", {200: models.RunOutputs}),
             Route("GET", f"{run}/events", self.get_events, "A run's event log", {200: models.EventList},
                   query=models.EventsQuery),
@@ -140,20 +154,55 @@ class RunHandlers:
         body = await read_model(request, models.SubmitRequest, too_deep=_submitted_too_deep)
         # In a thread: compiling the scripts of a large flow would stall every other request (and the
         # lease renewals of an orchestrator sharing the loop).
-        flow = await asyncio.to_thread(
-            parse_flow, body.flow, source=SUBMITTED_SOURCE, check_script=check_script, limits=self._flow_limits
-        )
+        flow = await asyncio.to_thread(parse_submitted, body.flow, limits=self._flow_limits)
         if self._orchestrator is not None:
             self._orchestrator.executors.check(flow)  # refuse now what it could not drive
         return _created(await self._control.submit(flow, inputs=body.inputs))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         query = read_query(request, models.ListRunsQuery)
-        found = await self._control.list_runs(status=query.status, flow_name=query.flow, limit=query.limit)
-        return json_response({"runs": [run_json(run) for run in found]})
+        found = await self._control.list_runs(
+            status=query.status,
+            flow_name=query.flow,
+            limit=query.limit,
+            offset=query.offset,
+            id_prefix=query.id_prefix,
+            among=models.MAX_PREFIX_RUNS,
+        )
+        listed = [run_json(run) for run in found]
+        if query.counts:
+            counts = await asyncio.gather(*(self._control.step_counts(run.run_id) for run in found))
+            listed = [run | {"step_counts": count} for run, count in zip(listed, counts, strict=True)]
+        return json_response({"runs": listed})
 
     async def get_run(self, request: web.Request) -> web.Response:
         return json_response((await self._control.status(_run_id(request))).to_json())
+
+    async def get_graph(self, request: web.Request) -> web.Response:
+        run = await self._control.store.get_run(_run_id(request))
+        return json_response({"run_id": run.run_id} | flow_graph(run.flow))
+
+    async def validate_flow(self, request: web.Request) -> web.Response:
+        body = await read_model(request, models.ValidateRequest)
+        return json_response(await asyncio.to_thread(self._validated, body))
+
+    def _validated(self, body: models.ValidateRequest) -> dict[str, Any]:
+        """`body`'s flow checked as a submitted one would be; its problems, or the JSON object to submit."""
+        try:
+            flow = parse_submitted(body.flow, body.source, body.format, limits=self._flow_limits)
+            if self._orchestrator is not None:
+                self._orchestrator.executors.check(flow)
+        except FlowError as exc:
+            problems = [{"path": problem.path, "message": problem.message} for problem in exc.problems]
+            return {"valid": False, "problems": problems, "flow": None, "inputs": {}}
+        return {"valid": True, "problems": [], "flow": flow.to_json(), "inputs": flow.inputs}
+
+    async def list_workers(self, request: web.Request) -> web.Response:
+        if self._orchestrator is None:
+            return json_response({"orchestrating": False, "executors": {}})
+        found = await self._orchestrator.executors.workers()
+        executors = {name: [dataclasses.asdict(worker) for worker in workers] for name, workers in found.items()}
+        return json_response({"orchestrating": True, "executors": executors})
 
     async def get_outputs(self, request: web.Request) -> web.Response:
         view = await self._control.status(_run_id(request))
@@ -209,6 +258,26 @@ class RunHandlers:
         body = await read_model(request, models.SignalRequest)
         command = await self._control.signal(_run_id(request), request.match_info["step_id"], body.values)
         return _accepted(command)
+
+
+def parse_submitted(
+    flow: Mapping[str, Any] | None, text: str | None = None, text_format: str = "json", *, limits: FlowLimits
+) -> Flow:
+    """A flow sent to the server, as an object or as a flow file's text (JSON, or YAML with its lines), checked
+    with the sandbox's policy and the server's limits; FlowError naming every problem."""
+    if (flow is None) == (text is None):
+        message = "give the flow either as 'flow' (a JSON object) or as 'source' (a flow file's text)"
+        raise FlowError([Problem("", message)], source=SUBMITTED_SOURCE)
+    lines = None
+    document: Mapping[str, Any] | str | None = flow
+    if text is not None and text_format == "yaml":
+        from dagrun.flow.yaml_document import load_yaml  # PyYAML only for YAML
+
+        document, lines = load_yaml(text, source=SUBMITTED_SOURCE)
+    elif text is not None:
+        document = text
+    assert document is not None  # one of the two was given
+    return parse_flow(document, source=SUBMITTED_SOURCE, check_script=check_script, limits=limits, lines=lines)
 
 
 def _submitted_too_deep(loc: Loc) -> FlowError:

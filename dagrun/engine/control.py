@@ -11,11 +11,13 @@ replays the whole log and reaches the same state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -86,26 +88,49 @@ class RunControl:
         return run_id
 
     async def status(self, run_id: str) -> RunView:
-        """RunNotFound when there is no such run."""
+        """RunNotFound when there is no such run. The last event's seq is read first, so that following the
+        events after it misses no change made while the rest was read."""
         run = await self.store.get_run(run_id)
+        last_event_seq = await self.store.last_event_seq(run_id)
         steps = await self.store.get_steps(run_id)
         context = await self.store.get_context(run_id)
         lease = await self.store.get_lease(run_id)
-        return RunView(run, tuple(steps), context, None if lease is None else lease.owner)
+        return RunView(run, tuple(steps), context, None if lease is None else lease.owner, last_event_seq)
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+        self,
+        *,
+        status: RunStatus | None = None,
+        flow_name: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        id_prefix: str | None = None,
+        among: int = 1000,
     ) -> list[RunRecord]:
-        """Newest first."""
-        return await self.store.list_runs(status=status, flow_name=flow_name, limit=limit)
+        """Newest first, past the `offset` newest that match. With `id_prefix`, among the `among` runs whose
+        ids start with it (an index seek, then a read of each)."""
+        if id_prefix is None:
+            return await self.store.list_runs(status=status, flow_name=flow_name, limit=limit, offset=offset)
+        run_ids = await self.store.find_run_ids(id_prefix, limit=among)
+        runs = await asyncio.gather(*(self.store.get_run(run_id) for run_id in run_ids))
+        matching = [
+            run
+            for run in sorted(runs, key=lambda run: (run.created_at, run.run_id), reverse=True)
+            if (status is None or run.status == status) and (flow_name is None or run.flow_name == flow_name)
+        ]
+        return matching[offset : offset + limit]
+
+    async def step_counts(self, run_id: str) -> dict[str, int]:
+        """How many of the run's steps are in each state (by its name)."""
+        return dict(Counter(step.status.value for step in await self.store.get_steps(run_id)))
 
     async def checkpoint(self, run_id: str) -> Checkpoint:
         """The state a run would resume from, after every write made before the call is durable."""
         await self.store.flush()
         view = await self.status(run_id)
-        events = await self.store.get_events(run_id)
+        last_event_seq = await self.store.last_event_seq(run_id)
         commands = await self.store.get_commands(run_id)
-        return Checkpoint(view, events[-1].seq if events else 0, tuple(commands))
+        return Checkpoint(view, last_event_seq, tuple(commands))
 
     async def errors(self, run_id: str) -> list[StepFailure]:
         """The error of each step whose last attempt failed, in flow order, with its script line and logs."""

@@ -23,9 +23,11 @@ class RunView:
     steps: tuple[StepRecord, ...]
     context: dict[str, Any]
     driver: str | None  # the owner of the run's live lease; None when nobody drives it
+    last_event_seq: int  # read before the rest: the events after it bring a reader up to date
 
     def to_json(self) -> dict[str, Any]:
         return run_json(self.run) | {
+            "last_event_seq": self.last_event_seq,
             "driver": self.driver,
             "context": self.context,
             "outputs": stored_outputs(self.run.flow.get("outputs", {}), self.steps),

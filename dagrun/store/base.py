@@ -191,9 +191,9 @@ class RunReader(Protocol):
         """RunNotFound when there is no such run."""
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[RunRecord]:
-        """Newest first."""
+        """Newest first, past the `offset` newest that match (a page of a long list)."""
 
     async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
         """The ids of the runs that start with `prefix`, in id order, at most `limit`: how the CLI makes a

@@ -128,19 +128,19 @@ class MemoryStore:
         return _copy_run(self._entry(run_id).record)
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[RunRecord]:
         self._check_open()
         # Newest first; runs created at the same instant come newest-inserted first, as in SQLite.
         ordered = sorted(enumerate(self._runs.values()), key=lambda pair: (pair[1].record.created_at, pair[0]))
         found: list[RunRecord] = []
         for _, entry in reversed(ordered):
-            if len(found) >= limit:
+            if len(found) >= offset + limit:
                 break
             record = entry.record
             if (status is None or record.status == status) and (flow_name is None or record.flow_name == flow_name):
-                found.append(_copy_run(record))
-        return found
+                found.append(record)
+        return [_copy_run(record) for record in found[offset:]]
 
     async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
         self._check_open()

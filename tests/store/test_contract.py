@@ -80,6 +80,21 @@ async def test_list_runs_is_newest_first_with_filters_and_limit(store: StoreFact
     assert await s.list_runs(limit=0) == []
 
 
+async def test_list_runs_pages_by_offset_with_and_without_filters(store: StoreFactory) -> None:
+    s = store()
+    for n in range(7):
+        await create(s, f"r{n}", flow_name="etl" if n % 2 else "report", created_at=float(n))
+        if n >= 3:
+            await s.set_run_status(f"r{n}", RunStatus.RUNNING, at=10.0)
+
+    assert [r.run_id for r in await s.list_runs(limit=3, offset=2)] == ["r4", "r3", "r2"]
+    assert [r.run_id for r in await s.list_runs(limit=3, offset=6)] == ["r0"]
+    assert await s.list_runs(offset=7) == []
+    assert [r.run_id for r in await s.list_runs(flow_name="etl", limit=2, offset=1)] == ["r3", "r1"]
+    both = await s.list_runs(status=RunStatus.RUNNING, flow_name="etl", limit=5, offset=1)
+    assert [r.run_id for r in both] == ["r3"]
+
+
 async def test_find_run_ids_lists_the_ids_that_start_with_a_prefix_in_id_order(store: StoreFactory) -> None:
     s = store()
     ids = ["20261123-153012-4f9a", "20261123-153012-0b1c", "20261123-160000-aaaa", "2026112", "x-1", "é1", "ê"]

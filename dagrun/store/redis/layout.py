@@ -296,18 +296,20 @@ redis.call('EXPIRE', KEYS[1], 86400)
 return results
 """)
 
-# KEYS: two runs sorted sets; ARGV[1]: limit. The members of both, newest first: walks the smaller one
-# a page at a time and keeps what the other holds.
+# KEYS: two runs sorted sets; ARGV[1]: limit, ARGV[2]: offset. The members of both, newest first, past the
+# `offset` newest: walks the smaller one a page at a time and keeps what the other holds.
 LIST_BOTH = LuaScript("""
 local a, b = KEYS[1], KEYS[2]
 if redis.call('ZCARD', a) > redis.call('ZCARD', b) then a, b = b, a end
-local limit, found, start = tonumber(ARGV[1]), {}, 0
+local limit, skip, found, start = tonumber(ARGV[1]), tonumber(ARGV[2]), {}, 0
 while #found < limit do
   local page = redis.call('ZREVRANGE', a, start, start + 255)
   if #page == 0 then break end
   local scores = redis.call('ZMSCORE', b, unpack(page))
   for i = 1, #page do
-    if scores[i] and #found < limit then found[#found + 1] = page[i] end
+    if scores[i] then
+      if skip > 0 then skip = skip - 1 elseif #found < limit then found[#found + 1] = page[i] end
+    end
   end
   start = start + 256
 end

@@ -44,7 +44,7 @@ async def read_run(redis: RedisConnection, run_id: str) -> RunRecord:
 
 
 async def list_runs(
-    redis: RedisConnection, *, status: RunStatus | None, flow_name: str | None, limit: int
+    redis: RedisConnection, *, status: RunStatus | None, flow_name: str | None, limit: int, offset: int = 0
 ) -> list[RunRecord]:
     """Newest first; with both filters, the smaller set is walked and the other probed (`LIST_BOTH`)."""
     if limit <= 0:
@@ -52,11 +52,12 @@ async def list_runs(
     keys, client = redis.keys, redis.client
     if status is not None and flow_name is not None:
         both = (keys.runs_with_status(status), keys.runs_of_flow(flow_name))
-        members = await redis.call(LIST_BOTH(client, both, (limit,)), doing="listing runs")
+        members = await redis.call(LIST_BOTH(client, both, (limit, max(offset, 0))), doing="listing runs")
     else:
         chosen = keys.runs_with_status(status) if status is not None else keys.runs
         chosen = keys.runs_of_flow(flow_name) if flow_name is not None else chosen
-        members = await redis.call(client.zrevrange(chosen, 0, limit - 1), doing="listing runs")
+        start = max(offset, 0)
+        members = await redis.call(client.zrevrange(chosen, start, start + limit - 1), doing="listing runs")
     if not members:
         return []
     pipe = client.pipeline(transaction=False)

@@ -231,10 +231,10 @@ class RedisStore:
         return await query.read_run(self._redis, run_id)
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[RunRecord]:
         await self.flush()
-        return await query.list_runs(self._redis, status=status, flow_name=flow_name, limit=limit)
+        return await query.list_runs(self._redis, status=status, flow_name=flow_name, limit=limit, offset=offset)
 
     async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
         await self.flush()

@@ -34,7 +34,9 @@ def read_run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
     return _run_from_row(row)
 
 
-def read_runs(conn: sqlite3.Connection, status: RunStatus | None, flow_name: str | None, limit: int) -> list[RunRecord]:
+def read_runs(
+    conn: sqlite3.Connection, status: RunStatus | None, flow_name: str | None, limit: int, offset: int
+) -> list[RunRecord]:
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
@@ -45,8 +47,8 @@ def read_runs(conn: sqlite3.Connection, status: RunStatus | None, flow_name: str
         params.append(flow_name)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     # rowid breaks ties between runs created at the same instant: the later insert is newer.
-    sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ?"
-    return [_run_from_row(row) for row in conn.execute(sql, (*params, max(limit, 0)))]
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?"
+    return [_run_from_row(row) for row in conn.execute(sql, (*params, max(limit, 0), max(offset, 0)))]
 
 
 def read_run_ids(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:

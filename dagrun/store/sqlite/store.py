@@ -210,9 +210,9 @@ class SqliteStore:
         return await self._query(query.read_run, run_id)
 
     async def list_runs(
-        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50
+        self, *, status: RunStatus | None = None, flow_name: str | None = None, limit: int = 50, offset: int = 0
     ) -> list[RunRecord]:
-        return await self._query(query.read_runs, status, flow_name, limit)
+        return await self._query(query.read_runs, status, flow_name, limit, offset)
 
     async def find_run_ids(self, prefix: str, *, limit: int) -> list[str]:
         return await self._query(query.read_run_ids, prefix, limit)

@@ -1,0 +1,147 @@
+"""The dashboard's routes under /ui: sign-in and sign-out, the page shells, and their static files.
+
+The pages are shells (`dagrun.ui.render`) whose scripts read and control runs through the REST API with
+the session's cookie (`dagrun.api.sessions`); the guard admits them. Every /ui response carries a
+Content-Security-Policy that allows nothing but this server's own scripts, styles and connections (no
+inline script, no other origin, no framing), and no page is cached but the static files, revalidated.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+from http import HTTPStatus
+from pathlib import PurePosixPath
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from dagrun import ui
+from dagrun.api.guard import SESSION, UI_PREFIX, Handler
+from dagrun.api.sessions import COOKIE, Sessions
+
+logger = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+HOME = f"{UI_PREFIX}/runs"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+
+
+class Dashboard:
+    """The /ui handlers of one server: `token` signs a browser in, `sessions` remembers it."""
+
+    def __init__(self, token: str, sessions: Sessions) -> None:
+        self._token = token
+        self._sessions = sessions
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(UI_PREFIX, self.home)
+        app.router.add_get(f"{UI_PREFIX}/", self.home)
+        app.router.add_get(f"{UI_PREFIX}/login", self.login_page)
+        app.router.add_post(f"{UI_PREFIX}/login", self.login)
+        app.router.add_post(f"{UI_PREFIX}/logout", self.logout)
+        app.router.add_get(HOME, self.page("runs", "Runs"))
+        app.router.add_get(f"{UI_PREFIX}/runs/{{run_id}}", self.page("run", "Run"))
+        app.router.add_get(f"{UI_PREFIX}/submit", self.page("submit", "Submit a flow"))
+        app.router.add_get(f"{UI_PREFIX}/workers", self.page("workers", "Workers"))
+        app.router.add_get(f"{UI_PREFIX}/static/{{name}}", self.static)
+        app.on_response_prepare.append(_secure)
+
+    async def home(self, request: web.Request) -> web.Response:
+        return _see_other(HOME)
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        next_page = _next_page(request.query.get("next"))
+        if SESSION in request:
+            return _see_other(next_page)
+        return _login(next_page, message="")
+
+    async def login(self, request: web.Request) -> web.Response:
+        """Check the token from the form in constant time; a session cookie and on to the page asked for."""
+        form = await request.post()
+        presented, next_page = form.get("token"), _next_page(form.get("next"))
+        if not isinstance(presented, str) or not hmac.compare_digest(
+            presented.strip().encode(errors="surrogateescape"), self._token.encode()
+        ):
+            logger.warning("refused a dashboard sign-in from %s: wrong token", request.remote)
+            return _login(next_page, message="Wrong token.", status=HTTPStatus.UNAUTHORIZED)
+        session = self._sessions.start()
+        response = _see_other(next_page)
+        response.set_cookie(
+            COOKIE, session.session_id, path="/", httponly=True, samesite="Strict", secure=request.secure,
+            max_age=int(self._sessions.lifetime_s),
+        )  # fmt: skip
+        logger.info("dashboard: a browser signed in from %s", request.remote)
+        return response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session = request.get(SESSION)
+        if session is not None:
+            self._sessions.end(session)
+        response = web.json_response({"signed_out": True})
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    def page(self, name: str, title: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            session = request.get(SESSION)
+            if session is None:  # the Bearer token opens the API, but a browser page needs a session's CSRF token
+                return _see_other(f"{UI_PREFIX}/login?{urlencode({'next': request.path})}")
+            text = ui.render(name, title=title, csrf=session.csrf, **request.match_info)
+            return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+        return handler
+
+    async def static(self, request: web.Request) -> web.Response:
+        """A file of `dagrun/ui/static`, revalidated by its ETag (the files change only with dagrun)."""
+        found = _static_file(request.match_info["name"])
+        if found is None:
+            raise web.HTTPNotFound()
+        body, content_type, etag = found
+        headers = {"Cache-Control": "no-cache", "ETag": etag}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=HTTPStatus.NOT_MODIFIED, headers=headers)
+        return web.Response(body=body, content_type=content_type, headers=headers)
+
+
+@functools.cache
+def _static_file(name: str) -> tuple[bytes, str, str] | None:
+    """The body, content type and ETag of static file `name`; None for anything else (no path in a name)."""
+    content_type = STATIC_TYPES.get(PurePosixPath(name).suffix)
+    resource = ui.STATIC / name
+    if "/" in name or name.startswith(".") or content_type is None or not resource.is_file():
+        return None
+    body = resource.read_bytes()
+    return body, content_type, f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+
+
+def _next_page(asked: object) -> str:
+    """Where to go after signing in: a dashboard page of this server, never another site."""
+    if not isinstance(asked, str) or not asked.startswith(f"{UI_PREFIX}/") or asked.startswith(f"{UI_PREFIX}/login"):
+        return HOME
+    return HOME if "//" in asked or "\\" in asked else asked
+
+
+def _login(next_page: str, *, message: str, status: int = HTTPStatus.OK) -> web.Response:
+    text = ui.render("login", title="Sign in", message=message, next=next_page)
+    return web.Response(text=text, status=status, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
+def _see_other(location: str) -> web.Response:
+    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+
+
+async def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path == UI_PREFIX or request.path.startswith(f"{UI_PREFIX}/"):
+        response.headers.update(SECURITY_HEADERS)
