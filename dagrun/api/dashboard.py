@@ -31,7 +31,7 @@ CONTENT_SECURITY_POLICY = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # "no-referrer" makes a form's Origin "null", which the guard refuses
     "X-Frame-Options": "DENY",
 }
 HOME = f"{UI_PREFIX}/runs"
@@ -56,6 +56,7 @@ class Dashboard:
         app.router.add_get(f"{UI_PREFIX}/submit", self.page("submit", "Submit a flow"))
         app.router.add_get(f"{UI_PREFIX}/workers", self.page("workers", "Workers"))
         app.router.add_get(f"{UI_PREFIX}/static/{{name}}", self.static)
+        app.router.add_get("/favicon.ico", self.favicon)  # what a browser asks for before it reads a page
         app.on_response_prepare.append(_secure)
 
     async def home(self, request: web.Request) -> web.Response:
@@ -102,6 +103,9 @@ class Dashboard:
             return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
         return handler
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return _see_other(f"{UI_PREFIX}/static/favicon.svg")
 
     async def static(self, request: web.Request) -> web.Response:
         """A file of `dagrun/ui/static`, revalidated by its ETag (the files change only with dagrun)."""

@@ -35,7 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
 TooDeep = Callable[[Loc], DagrunError]  # where a request body nests too deep -> the error to answer with
 
-PUBLIC_PATHS = frozenset({"/health", "/ui/login"})  # the only paths served without the token or a session
+# the only paths served without the token or a session
+PUBLIC_PATHS = frozenset({"/health", "/ui/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/ui/static/",)  # the dashboard's scripts and styles: no data, and the sign-in page needs them
 UI_PREFIX = "/ui"
 SESSION = web.RequestKey("session", Session)  # the session a request came with, for the pages that need its CSRF
