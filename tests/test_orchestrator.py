@@ -384,3 +384,30 @@ async def test_executors_passed_in_are_not_closed_by_the_orchestrator() -> None:
     async with Orchestrator(MemoryStore(), executors={"local": executor}):
         pass
     assert executor.closed is False
+
+
+async def test_closing_while_a_run_is_being_taken_up_hands_that_run_back_too() -> None:
+    """A serving orchestrator closing while it claims a submitted run: the driver registered after
+    `aclose` handed back the others must not drive on, or closing waits for that run's end (forever, for
+    a run waiting for a signal). Found when a test's teardown hung one time in five."""
+    store = MemoryStore()
+    flow = parse_flow({"name": "gated", "steps": [{"id": "approve", "wait_for": {"fields": ["ok"]}}]})
+    claiming, claimed = asyncio.Event(), asyncio.Event()
+    claim_lease = store.claim_lease
+
+    async def slow_claim(run_id: str, owner: str, *, ttl_s: float) -> bool:
+        claiming.set()
+        await claimed.wait()
+        return await claim_lease(run_id, owner, ttl_s=ttl_s)
+
+    async with Orchestrator(store, executors={"local": ScriptedExecutor(lambda r: StepResult(ok=True))}) as orch:
+        run_id = await RunControl(store).submit(flow)
+        store.claim_lease = slow_claim  # type: ignore[method-assign]
+        halt = asyncio.Event()
+        serving = asyncio.create_task(orch.serve(halt))
+        await claiming.wait()
+        halt.set()
+        await asyncio.sleep(0)  # `aclose` hands back the drivers there are: none yet
+        claimed.set()
+        await asyncio.wait_for(serving, 10)
+    assert (await store.get_run(run_id)).status in (RunStatus.PENDING, RunStatus.RUNNING)

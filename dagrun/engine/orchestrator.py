@@ -311,6 +311,8 @@ class Orchestrator:
         self._drivers[run_id] = driver
         self._local.driving(run_id, driver)
         self._watcher.driving(run_id)
+        if self._closed:  # `aclose` handed back the drivers there were while this one was being made
+            driver.stop(Stop.HAND_BACK)
         handed_back = False
         try:
             return await driver.drive(stored_status=stored_status)
