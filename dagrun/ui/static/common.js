@@ -103,3 +103,13 @@ function setUpHeader() {
 }
 
 setUpHeader();
+
+// `action` called once `delayMs` have passed without another call (typing pauses): the last call's
+// arguments win.
+export function debounce(action, delayMs) {
+  let timer = null;
+  return (...args) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => action(...args), delayMs);
+  };
+}
