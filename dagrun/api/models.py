@@ -294,7 +294,8 @@ class GraphNodeBody(ApiModel):
     when: str | None = Field(None, description="A conditional step's condition.")
     flow: str | None = Field(None, description="A sub-flow step's flow file, or its inline flow's name.")
     wait_for: list[str] | None = Field(None, description="The fields a wait_for step needs.")
-    trigger_rule: str | None = None
+    run_if: str | None = Field(None, description="When the step runs, if not after all its dependencies succeeded.")
+    inputs: dict[str, Any] | None = Field(None, description="Its declared inputs, references unresolved.")
 
 
 class GraphBody(ApiModel):

@@ -75,8 +75,9 @@ def _by_barycenter(members: list[str], neighbours: Mapping[str, list[str]], fixe
 
 
 def flow_graph(document: Mapping[str, Any]) -> dict[str, Any]:
-    """The dashboard's drawing of a stored flow document: its nodes (id, layer, order, kind, and what marks a
-    mapped, conditional or sub-flow step) and its edges (dependency, dependent)."""
+    """The dashboard's drawing of a stored flow document: its nodes (id, layer, order, kind, its declared
+    inputs, and what marks a mapped, conditional, waiting or sub-flow step) and its edges (dependency,
+    dependent)."""
     steps = [step for step in document.get("steps", []) if isinstance(step, dict) and isinstance(step.get("id"), str)]
     ids = [step["id"] for step in steps]
     depends_on = {step["id"]: [d for d in step.get("depends_on", []) if isinstance(d, str)] for step in steps}
@@ -100,8 +101,10 @@ def _marks(step: Mapping[str, Any]) -> dict[str, Any]:
         marks["flow"] = flow if isinstance(flow, str) else (flow.get("name") if isinstance(flow, dict) else None)
     if isinstance(step.get("wait_for"), dict):
         marks["wait_for"] = [field for field in step["wait_for"].get("fields", []) if isinstance(field, str)]
-    if isinstance(step.get("trigger_rule"), str):
-        marks["trigger_rule"] = step["trigger_rule"]
+    if isinstance(step.get("run_if"), str):
+        marks["run_if"] = step["run_if"]
+    if isinstance(step.get("inputs"), dict) and step["inputs"]:
+        marks["inputs"] = step["inputs"]
     return marks
 
 

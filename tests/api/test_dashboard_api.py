@@ -11,9 +11,9 @@ BRANCHY = {
     "steps": [
         {"id": "list", "script": "outputs['items'] = [1, 2]\noutputs['ok'] = True", "outputs": ["items", "ok"]},
         {"id": "each", "depends_on": ["list"], "map": {"over": "${steps.list.items}", "as": "n"},
-         "script": "outputs['sq'] = inputs['n'] ** 2", "outputs": ["sq"]},
+         "script": "outputs['sq'] = inputs['n'] ** inputs['power']", "outputs": ["sq"], "inputs": {"power": 2}},
         {"id": "check", "depends_on": ["list"], "when": "${steps.list.ok} == true", "script": "pass"},
-        {"id": "approve", "depends_on": ["each", "check"], "wait_for": {"fields": ["ok", "note"]}},
+        {"id": "approve", "depends_on": ["each", "check"], "wait_for": {"fields": ["ok", "note"]}, "run_if": "all_done"},
     ],
 }  # fmt: skip
 
@@ -58,7 +58,8 @@ async def test_a_runs_graph_is_laid_out_in_layers_with_its_marks(api: Api) -> No
     assert [(nodes[n].layer, nodes[n].kind) for n in nodes] == [(0, "script"), (1, "map"), (1, "script"), (2, "wait")]
     assert sorted(nodes[n].order for n in ("each", "check")) == [0, 1]
     assert nodes["each"].map_over == "${steps.list.items}" and nodes["check"].when == "${steps.list.ok} == true"
-    assert nodes["approve"].wait_for == ["ok", "note"]
+    assert nodes["approve"].wait_for == ["ok", "note"] and nodes["approve"].run_if == "all_done"
+    assert nodes["check"].inputs is None and nodes["each"].inputs == {"power": 2}
     edges = [("check", "approve"), ("each", "approve"), ("list", "check"), ("list", "each")]
     assert sorted(map(tuple, graph.edges)) == edges
     status, body = await api.call("GET", "/v1/runs/no-such-run/graph")

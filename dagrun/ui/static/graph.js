@@ -135,7 +135,7 @@ function describe(node) {
   if (node.kind === "wait") marks.push(`waits for a signal: ${(node.wait_for ?? []).join(", ")}`);
   if (node.kind === "flow") marks.push(`sub-flow ${node.flow ?? ""}`);
   if (node.when) marks.push(`when ${node.when}`);
-  if (node.trigger_rule) marks.push(`runs if ${node.trigger_rule}`);
+  if (node.run_if) marks.push(`runs if ${node.run_if}`);
   return marks.join(" · ");
 }
 

@@ -78,6 +78,8 @@ export class StepPanel {
       mapped && el("p", {}, "Instance of ", this.#stepButton(mapped)),
       el("dl", { class: "step-facts" }, facts(this.model.runId, stepId, node, record)),
       record?.error && errorSection(record.error, failure),
+      node?.inputs && el("h3", {}, "Inputs (declared)"),
+      node?.inputs && el("pre", { class: "json" }, JSON.stringify(node.inputs, null, 2)),
       el("h3", {}, "Outputs"),
       el("pre", { class: "json" }, JSON.stringify(record?.outputs ?? {}, null, 2)),
       ...(isMap ? this.#instancesSection(stepId) : logSections(logs, isTerminalStep(status))),
