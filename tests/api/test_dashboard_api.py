@@ -13,7 +13,8 @@ BRANCHY = {
         {"id": "each", "depends_on": ["list"], "map": {"over": "${steps.list.items}", "as": "n"},
          "script": "outputs['sq'] = inputs['n'] ** inputs['power']", "outputs": ["sq"], "inputs": {"power": 2}},
         {"id": "check", "depends_on": ["list"], "when": "${steps.list.ok} == true", "script": "pass"},
-        {"id": "approve", "depends_on": ["each", "check"], "wait_for": {"fields": ["ok", "note"]}, "run_if": "all_done"},
+        {"id": "approve", "depends_on": ["each", "check"], "wait_for": {"fields": ["ok", "note"]},
+         "run_if": "all_done"},
     ],
 }  # fmt: skip
 
