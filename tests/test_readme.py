@@ -52,6 +52,7 @@ NOT_RUN = {
     "python benchmarks/bench_local.py --scaling": "a benchmark: minutes of load on every core",
     "python benchmarks/bench_api.py --store sqlite --store redis": "a benchmark: minutes of load on every core",
     "python benchmarks/bench_api.py --store sqlite --store redis --split": "a benchmark: minutes of load",
+    "python benchmarks/bench_ui.py": "a benchmark: a browser and 25,000 steps",
     "dagrun worker redis|ws|http ...": "a synopsis of the three `dagrun worker` lines of Remote workers, run here",
 }
 # Expanded commands whose documented exit code is not 0, and where the README says so.

@@ -210,18 +210,15 @@ async def test_the_timeline_has_a_bar_per_attempt(dashboard: Dashboard) -> None:
     await expect(fact(page.get_by_role("dialog", name="flaky"), "Attempts")).to_have_text("3")
 
 
-async def test_a_5000_step_run_opens_in_under_2_s_and_follows_a_cancel(dashboard: Dashboard) -> None:
+async def test_a_5000_step_run_opens_and_follows_a_cancel_of_every_step(dashboard: Dashboard) -> None:
+    """How fast it opens is benchmarks/bench_ui.py's to measure; this checks that it opens whole and keeps up."""
     steps: list[dict[str, Any]] = [{"id": "gate", "wait_for": {"fields": ["go"]}}]
     for index in range(1, 5000):  # 50 layers of 100 under the gate, each step below one of the layer above
         above = "gate" if index <= 100 else f"s{index - 100}"
         steps.append({"id": f"s{index}", "depends_on": [above], "script": "outputs['x'] = 1"})
     run_id = await dashboard.submit({"name": "big", "steps": steps})
-    page = dashboard.page
-    await page.add_init_script(DRAWN_AT)
     page = await open_run(dashboard, run_id)
     await expect(page.locator("#graph .node")).to_have_count(5000)
-    drawn_ms = await page.evaluate("window.graphDrawnAt")
-    assert drawn_ms < 2000, f"the graph of 5,000 steps took {drawn_ms:.0f} ms to show"
     await expect(node(page, "gate")).to_have_attribute("data-status", "waiting", timeout=WAIT_MS)
 
     await node(page, "s150").click()
@@ -231,19 +228,6 @@ async def test_a_5000_step_run_opens_in_under_2_s_and_follows_a_cancel(dashboard
     await expect(page.locator("#step-counts")).to_have_text("5000 cancelled")
     await expect(node(page, "s4999")).to_have_attribute("data-status", "cancelled")
     await expect(page.get_by_role("dialog", name="s150").locator(".step-status")).to_contain_text("cancelled")
-
-
-# When the run page first shows its graph: the frame after the nodes are appended (ms from navigation start).
-DRAWN_AT = """
-document.addEventListener("DOMContentLoaded", () => {
-  const graph = document.getElementById("graph");
-  if (!graph) return;
-  new MutationObserver((_, observer) => {
-    observer.disconnect();
-    requestAnimationFrame(() => (window.graphDrawnAt = performance.now()));
-  }).observe(graph, { childList: true });
-});
-"""
 
 
 async def test_a_sub_flow_node_links_to_its_child_run_and_a_conditional_one_shows_its_condition(
