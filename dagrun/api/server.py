@@ -50,7 +50,7 @@ class ApiServer(Server):
                 "put a TLS-terminating proxy in front",
                 self.host,
             )
-        logger.info("api: listening on %s", self.url)
+        logger.info("api: listening on %s (the dashboard: %s/ui/)", self.url, self.url)
 
     async def _listen(self) -> int:
         shutdown_timeout_s = self.settings.shutdown_timeout_s

@@ -105,6 +105,7 @@ async def test_it_serves_drives_runs_and_stops_cleanly_on_sigterm(served: Served
     log = "".join(lines) + rest
     assert code == 0, log
     assert "SIGTERM received" in log and "api: stopped" in log
+    assert f"(the dashboard: {url}/ui/)" in log
     assert token not in log and "Traceback" not in log
 
 
