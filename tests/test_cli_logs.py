@@ -71,6 +71,19 @@ def test_logs_shows_every_attempt_of_every_step_in_the_order_they_ended(tmp_path
     assert all(d["worker_id"].startswith("local:") and d["at"] > 0 for d in documents)
 
 
+def test_logs_shows_a_succeeded_attempt_s_context_writes_after_its_lines(tmp_path: Path) -> None:
+    ran = dagrun("run", str(FLOWS / "etl.json"), cwd=tmp_path)
+    heading = re.match(r"run (\S+): flow etl", ran.stdout)
+    assert ran.returncode == 0 and heading is not None, ran.stdout + ran.stderr
+
+    result = dagrun("logs", heading[1], cwd=tmp_path)
+    lines = [re.sub(r" \(local:\d+\) ", " (W) ", line) for line in result.stdout.splitlines()]
+    assert lines[:2] == ["extract#1 (W) | extracted 30 rows", "extract#1 (W) | context: set extracted = 30"]
+    assert sorted(lines[2:]) == [f"transform_{part}#1 (W) | context: incr transformed by 10" for part in range(3)]
+    extract = dagrun("logs", heading[1], "extract", "--json", cwd=tmp_path)  # one attempt: one JSON document
+    assert json.loads(extract.stdout)["context_ops"] == [{"op": "set", "key": "extracted", "value": 30}]
+
+
 def test_logs_of_an_unknown_step_or_run_is_a_clear_error(tmp_path: Path) -> None:
     run_id, _ = run_retried(tmp_path)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from dagrun import MemoryStore, Orchestrator, RunStatus, StepStatus, load_flow, parse_flow
+from dagrun.contract.context import ContextOp, ContextOpKind
 from tests.control_support import wait_until_waiting
 
 FLOWS = Path(__file__).resolve().parent.parent / "flows"
@@ -38,6 +39,17 @@ async def test_etl_fans_out_and_in_and_shares_context() -> None:
     amounts = [(i * 7) % 11 for i in range(9)]
     assert result.steps["load"].outputs["grand_total"] == sum(amounts)
     assert result.context == {"extracted": 9, "transformed": 9}
+
+
+async def test_etl_records_which_step_wrote_the_context() -> None:
+    store = MemoryStore()
+    async with Orchestrator(store, processes=2) as orchestrator:
+        result = await orchestrator.run(load_flow(FLOWS / "etl.json"), inputs={"rows": 9})
+        writes = {log.step_id: (log.attempt, log.context_ops) for log in await store.get_logs(result.run_id)}
+    assert writes == {
+        "extract": (1, (ContextOp(ContextOpKind.SET, "extracted", 9),)),
+        **{f"transform_{part}": (1, (ContextOp(ContextOpKind.INCR, "transformed", 3),)) for part in range(3)},
+    }  # `load` printed and wrote nothing: it has no entry
 
 
 async def test_the_yaml_twin_of_etl_runs_to_the_same_results() -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from dagrun.contract.context import ContextOpKind
 from dagrun.contract.executor import ErrorKind
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.store.base import CommandKind
@@ -234,16 +235,28 @@ class StepFailureBody(ApiModel):
     worker_id: str
 
 
+class ContextOpBody(ApiModel):
+    op: ContextOpKind
+    key: str
+    value: Any = Field(description="The value set, added (`incr`) or appended.")
+
+
 class AttemptLogBody(ApiModel):
     step_id: str
     attempt: int
     worker_id: str
     at: float = Field(description="When the attempt ended (its logs arrive with its result).")
     text: str = Field(description="What the attempt printed with log() and print.")
+    context_ops: list[ContextOpBody] = Field(
+        description="What a succeeded attempt wrote to the run's context, in order: the operations applied (one"
+        " that did not fit the context is left out, and named in the step's `succeeded` event)."
+    )
 
 
 class LogList(ApiModel):
-    logs: list[AttemptLogBody] = Field(description="Each attempt that printed, in the order the attempts ended.")
+    logs: list[AttemptLogBody] = Field(
+        description="Each attempt that printed or wrote context, in the order the attempts ended."
+    )
 
 
 class ErrorList(ApiModel):

@@ -2,7 +2,8 @@
 
 An attempt's lines reach the store with its result, so they appear when the attempt ends, not as it prints;
 `--follow` prints each attempt's lines as it ends (driven by the run's events), until the run ends. Lines
-are ``STEP#ATTEMPT (WORKER) | line`` in the order the attempts ended: greppable, and never read as markup.
+are ``STEP#ATTEMPT (WORKER) | line`` in the order the attempts ended: greppable, and never read as markup;
+a succeeded attempt's context writes follow its lines, one a line (``... | context: set extracted = 30``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import orjson
 
 from dagrun.cli import render
 from dagrun.cli.commands import EXIT_OK, opened_store, require_step
+from dagrun.contract.context import ContextOp, ContextOpKind
 from dagrun.engine.control import RunControl
 from dagrun.engine.views import attempt_log_json
 from dagrun.store.base import AttemptLog
@@ -48,6 +50,17 @@ def _print_log(log: AttemptLog, *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(orjson.dumps(attempt_log_json(log)).decode() + "\n")
     else:
-        lines = render.log_lines(log.step_id, log.attempt, log.worker_id, log.text.splitlines())
+        printed = [*log.text.splitlines(), *map(_context_line, log.context_ops)]
+        lines = render.log_lines(log.step_id, log.attempt, log.worker_id, printed)
         sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()
+
+
+def _context_line(op: ContextOp) -> str:
+    """One context write, its value as JSON: ``context: incr transformed by 3``."""
+    value = orjson.dumps(op.value).decode()
+    if op.kind == ContextOpKind.INCR:
+        return f"context: incr {op.key} by {value}"
+    if op.kind == ContextOpKind.APPEND:
+        return f"context: append {value} to {op.key}"
+    return f"context: set {op.key} = {value}"

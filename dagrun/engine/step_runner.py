@@ -1,7 +1,8 @@
 """A script step's attempts, until it succeeds or fails for good: each attempt recorded `queued`, then
 `running` when its executor says it started, then its result; a failed attempt retried after its backoff;
 an attempt a pause took back before a worker did is `pending` again (`ready` for a retry) and waits out the
-pause. The run's shared context lives here: a succeeded attempt's context operations are applied to it.
+pause. The run's shared context lives here: a succeeded attempt's context operations are applied to it, and
+those applied are recorded as its context writes.
 
 The driver runs each script step through `until_done`, and a mapped step each of its instances (`mapping`).
 """
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from dagrun.contract.context import ContextOp
 from dagrun.contract.dispatch import Dispatch, Withdrawn
 from dagrun.contract.executor import Executor, StepResult
 from dagrun.contract.states import StepStatus
@@ -105,15 +107,16 @@ class StepRunner:
 
     async def _succeed(self, state: StepState, result: StepResult) -> None:
         message = ""
+        written: tuple[ContextOp, ...] = ()  # the attempt's context writes, as the store applied them
         if result.context_ops:
-            self.context, rejected = await self._store.apply_context(self._run_id, result.context_ops)
+            self.context, written, rejected = await self._store.apply_context(self._run_id, result.context_ops)
             message = "; ".join(rejected)
         state.outputs = result.outputs
         state.error = None
         now = time.time()
         record = StepRecord(
             self._run_id, state.step.id, StepStatus.SUCCEEDED, state.attempt, state.started(now, result), now,
-            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms, state.queued_at,
+            result.outputs, None, result.logs, result.worker_id, result.elapsed_ms, state.queued_at, written,
         )  # fmt: skip
         await self._record(record, message)
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from dagrun.contract.context import ContextOp
 from dagrun.contract.executor import StepError
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.flow.instances import map_of
@@ -241,7 +242,11 @@ def event_json(event: Event) -> dict[str, Any]:
 
 
 def attempt_log_json(log: AttemptLog) -> dict[str, Any]:
-    return log._asdict()
+    return log._asdict() | {"context_ops": [context_op_json(op) for op in log.context_ops]}
+
+
+def context_op_json(op: ContextOp) -> dict[str, Any]:
+    return {"op": op.kind.value, "key": op.key, "value": op.value}
 
 
 def command_json(command: Command) -> dict[str, Any]:

@@ -63,27 +63,33 @@ class StepRecord(NamedTuple):
     worker_id: str = ""
     elapsed_ms: float = 0.0  # how long the script ran, by the executor's clock
     queued_at: float | None = None  # when its attempt was handed to an executor; started_at is when it started
+    # The context writes of the attempt this record ends (succeeded), as applied: kept as its AttemptLog's,
+    # not with the step (`get_steps` reads none back).
+    context_ops: tuple[ContextOp, ...] = ()
 
 
 class AttemptLog(NamedTuple):
-    """What one attempt of a step printed (`log()` and `print`): kept for every attempt, a retried step's
-    earlier ones included, while its StepRecord holds only the latest attempt's."""
+    """What one attempt of a step printed (`log()` and `print`) and wrote to the run's context: kept for every
+    attempt, a retried step's earlier ones included, while its StepRecord holds only the latest attempt's logs.
+    The writes are those the store applied (`ContextChange.applied`), in order; a store written before they
+    were kept reads back none."""
 
     step_id: str
     attempt: int
     worker_id: str
     at: float  # time.time() when the attempt ended
     text: str
+    context_ops: tuple[ContextOp, ...] = ()
 
 
 def attempt_log(step: StepRecord) -> AttemptLog | None:
-    """The logs a step record carries as its attempt's: only the record that ends an attempt (succeeded,
-    failed, or ready to be tried again) carries any, so each store writes them with that record, in the
-    same write. None when the attempt printed nothing (nothing is stored)."""
-    if not step.logs:
+    """The logs and context writes a step record carries as its attempt's: only the record that ends an
+    attempt (succeeded, failed, or ready to be tried again) carries any, so each store writes them with that
+    record, in the same write. None when the attempt printed and wrote nothing (nothing is stored)."""
+    if not step.logs and not step.context_ops:
         return None
     at = step.finished_at if step.finished_at is not None else time.time()
-    return AttemptLog(step.step_id, step.attempt, step.worker_id, at, step.logs)
+    return AttemptLog(step.step_id, step.attempt, step.worker_id, at, step.logs, step.context_ops)
 
 
 def select_logs(logs: Iterable[AttemptLog], step_id: str | None, attempt: int | None) -> list[AttemptLog]:
@@ -101,6 +107,15 @@ def select_logs(logs: Iterable[AttemptLog], step_id: str | None, attempt: int | 
 
 def _log_order(log: AttemptLog) -> tuple[float, str, int]:
     return log.at, log.step_id, log.attempt
+
+
+class ContextChange(NamedTuple):
+    """What `RunWriter.apply_context` did: the context it left, and which operations it applied (in order) or
+    rejected (their messages: an operation that does not fit the current value, or whose value is not JSON)."""
+
+    context: dict[str, Any]
+    applied: tuple[ContextOp, ...]
+    rejected: list[str]
 
 
 class Event(NamedTuple):
@@ -171,11 +186,11 @@ class RunWriter(Protocol):
         status returns once durable, and raises LeaseLost when it was refused (see the module docstring)."""
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        """Upsert the step's state and append a step event carrying `message`; a record with logs also
-        keeps them as its attempt's (`attempt_log`), in the same write."""
+        """Upsert the step's state and append a step event carrying `message`; a record with logs or context
+        writes also keeps them as its attempt's (`attempt_log`), in the same write."""
 
-    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
-        """Apply context operations atomically; return the new context and the rejected ops' messages."""
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> ContextChange:
+        """Apply context operations atomically; the new context, the ops applied and the rejected ops' messages."""
 
     async def flush(self) -> None:
         """Return once every write made before the call is durable."""
@@ -208,8 +223,8 @@ class RunReader(Protocol):
     async def get_logs(
         self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
     ) -> list[AttemptLog]:
-        """The logs of each attempt that printed, of `step_id` and `attempt` when given, in the order the
-        attempts ended (ties by step and attempt); RunNotFound when there is no such run."""
+        """The logs of each attempt that printed or wrote context, of `step_id` and `attempt` when given, in the
+        order the attempts ended (ties by step and attempt); RunNotFound when there is no such run."""
 
 
 class EventLog(Protocol):

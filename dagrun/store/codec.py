@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from dagrun.contract.context import ContextOp, apply_ops
+from dagrun.contract.context import ContextOp, ContextOpKind, apply_ops
 from dagrun.contract.executor import ErrorKind, StepError
 from dagrun.errors import StoreError
+from dagrun.store.base import ContextChange
 
 EMPTY_OBJECT = "{}"
 
@@ -46,13 +47,15 @@ def decode_error(text: str | None) -> StepError | None:
     return StepError(ErrorKind(data["kind"]), data["type"], data["message"], data.get("line"))
 
 
-def merge_context(current: str, ops: tuple[ContextOp, ...], *, run_id: str) -> tuple[str, dict[str, Any], list[str]]:
+def merge_context(current: str, ops: tuple[ContextOp, ...], *, run_id: str) -> tuple[str, ContextChange]:
     """Apply `ops` in order to the context stored as JSON text `current`.
 
-    Returns the new text, a fresh copy of the new value and the messages of the rejected operations.
-    An operation whose value is not JSON is rejected like one that does not fit the current value.
+    Returns the new text and the change: a fresh copy of the new value, the operations applied and the
+    messages of those rejected. An operation whose value is not JSON is rejected like one that does not fit
+    the current value.
     """
     context: dict[str, Any] = orjson.loads(current)
+    applied: list[ContextOp] = []
     rejected: list[str] = []
     for op in ops:
         try:
@@ -60,6 +63,19 @@ def merge_context(current: str, ops: tuple[ContextOp, ...], *, run_id: str) -> t
         except TypeError as exc:
             rejected.append(f"context key {op.key!r}: not a JSON value: {exc}")
             continue
-        rejected.extend(apply_ops(context, (op,)))
+        misfits = apply_ops(context, (op,))
+        rejected.extend(misfits)
+        if not misfits:
+            applied.append(op)
     text = encode_json(context, where=f"run {run_id!r} context")
-    return text, orjson.loads(text), rejected
+    return text, ContextChange(orjson.loads(text), tuple(applied), rejected)
+
+
+def context_ops_json(ops: tuple[ContextOp, ...]) -> list[list[Any]]:
+    """An attempt's context writes as a store keeps them: ``[[op, key, value], ...]``."""
+    return [[op.kind, op.key, op.value] for op in ops]
+
+
+def context_ops_of(data: list[list[Any]]) -> tuple[ContextOp, ...]:
+    """The context writes `context_ops_json` laid out, read back."""
+    return tuple(ContextOp(ContextOpKind(kind), key, value) for kind, key, value in data)

@@ -27,6 +27,7 @@ from dagrun.store.base import (
     AttemptLog,
     Command,
     CommandKind,
+    ContextChange,
     Event,
     Lease,
     Notice,
@@ -37,7 +38,15 @@ from dagrun.store.base import (
     attempt_log,
     select_logs,
 )
-from dagrun.store.codec import EMPTY_OBJECT, copy_json, decode_json, encode_json, merge_context
+from dagrun.store.codec import (
+    EMPTY_OBJECT,
+    context_ops_json,
+    context_ops_of,
+    copy_json,
+    decode_json,
+    encode_json,
+    merge_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +116,22 @@ class MemoryStore:
         self._check_open()
         entry = self._entry(step.run_id)
         outputs = copy_json(step.outputs, where=f"run {step.run_id!r} step {step.step_id!r} outputs")
-        entry.steps[step.step_id] = step._replace(outputs=outputs)
         log = attempt_log(step)
         if log is not None:
-            entry.logs[step.step_id, step.attempt] = log
+            where = f"run {step.run_id!r} step {step.step_id!r} context writes"
+            entry.logs[step.step_id, step.attempt] = log._replace(context_ops=_copy_ops(log.context_ops, where=where))
+        entry.steps[step.step_id] = step._replace(outputs=outputs, context_ops=())
         seq = len(entry.events) + 1
         at = time.time()
         entry.events.append(Event(seq, step.run_id, at, "step", str(step.status), step.step_id, step.attempt, message))
         if self._changed:
             self._wake(step.run_id)
 
-    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> ContextChange:
         self._check_open()
         entry = self._entry(run_id)
-        entry.context, value, rejected = merge_context(entry.context, ops, run_id=run_id)
-        return value, rejected
+        entry.context, change = merge_context(entry.context, ops, run_id=run_id)
+        return change
 
     async def get_run(self, run_id: str) -> RunRecord:
         self._check_open()
@@ -160,7 +170,8 @@ class MemoryStore:
         self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
     ) -> list[AttemptLog]:
         self._check_open()
-        return select_logs(self._entry(run_id).logs.values(), step_id, attempt)
+        logs = select_logs(self._entry(run_id).logs.values(), step_id, attempt)
+        return [log._replace(context_ops=_copy_ops(log.context_ops, where="context writes")) for log in logs]
 
     async def get_events(self, run_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
         self._check_open()
@@ -292,3 +303,7 @@ def _copy_run(record: RunRecord) -> RunRecord:
     return dataclasses.replace(
         record, flow=copy_json(record.flow, where="flow"), inputs=copy_json(record.inputs, where="inputs")
     )
+
+
+def _copy_ops(ops: tuple[ContextOp, ...], *, where: str) -> tuple[ContextOp, ...]:
+    return context_ops_of(copy_json(context_ops_json(ops), where=where)) if ops else ops

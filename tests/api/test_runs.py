@@ -232,6 +232,23 @@ async def test_logs_holds_every_attempt_and_errors_the_failed_line(api: Api) -> 
     assert failure.logs == "about to fail\n"
 
 
+async def test_logs_hold_each_attempt_s_context_writes(api: Api) -> None:
+    quiet = {  # prints nothing, yet its attempt is listed for what it wrote
+        "name": "quiet",
+        "steps": [{"id": "count", "script": "context.set('region', 'eu')\ncontext.append('seen', {'rows': 3})"}],
+    }
+    run_id = await api.submit(quiet)
+    assert (await api.until_ended(run_id))["status"] == "succeeded"
+
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/logs", params={"step": "count"})
+    (log,) = models.LogList.model_validate(body).logs
+    assert status == 200 and (log.attempt, log.text) == (1, "")
+    assert body["logs"][0]["context_ops"] == [
+        {"op": "set", "key": "region", "value": "eu"},
+        {"op": "append", "key": "seen", "value": {"rows": 3}},
+    ]
+
+
 async def test_a_sub_flow_step_runs_a_child_run_that_links_to_its_parent(api: Api) -> None:
     parent = {
         "name": "parent",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import sqlite3
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +19,7 @@ from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store import StepRecord, Store
 from dagrun.store.base import AttemptLog, Reuse
+from dagrun.store.redis.layout import Keys
 from tests.store.conftest import StoreFactory, create, make_run
 
 SET, INCR, APPEND = ContextOpKind.SET, ContextOpKind.INCR, ContextOpKind.APPEND
@@ -47,7 +51,7 @@ async def test_a_rerun_is_created_with_its_reused_steps_context_and_origin_at_on
         assert await reader.get_run("r2") == run
         assert await reader.get_steps("r2") == [reused, StepRecord("r2", "load", StepStatus.PENDING)]
         assert await reader.get_context("r2") == {"seen": 2}
-    assert await s.apply_context("r2", (ContextOp(INCR, "seen", 1),)) == ({"seen": 3}, [])
+    assert (await s.apply_context("r2", (ContextOp(INCR, "seen", 1),))).context == {"seen": 3}
     assert await s.get_events("r2") == []  # states a run is created with are not changes
 
 
@@ -238,6 +242,65 @@ async def test_every_attempt_keeps_its_logs_in_the_order_the_attempts_ended(stor
         assert await store().get_logs("r1", step_id="load") == [first, second]
 
 
+async def test_each_attempt_keeps_its_context_writes_with_its_logs(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["extract", "count"])
+    rows: list[int] = [1, 2]
+    extracted = (ContextOp(SET, "extracted", 30), ContextOp(APPEND, "seen", {"rows": rows}))
+    await s.record_step(
+        StepRecord("r1", "extract", StepStatus.SUCCEEDED, 1, 1.0, 2.0, logs="30 rows\n", context_ops=extracted)
+    )
+    counted = (ContextOp(INCR, "transformed", 10),)  # an attempt that printed nothing but wrote context is kept
+    await s.record_step(
+        StepRecord("r1", "count", StepStatus.SUCCEEDED, 1, 1.5, 3.0, worker_id="w-1", context_ops=counted)
+    )
+    rows.append(3)  # written values are copied on the way in
+
+    kept = (ContextOp(SET, "extracted", 30), ContextOp(APPEND, "seen", {"rows": [1, 2]}))
+    extract = AttemptLog("extract", 1, "", 2.0, "30 rows\n", kept)
+    count = AttemptLog("count", 1, "w-1", 3.0, "", counted)
+    await s.flush()
+    for reader in (s,) if store.kind == "memory" else (s, store()):  # and a process that reads it afresh
+        assert await reader.get_logs("r1") == [extract, count]
+        assert await reader.get_logs("r1", step_id="count") == [count]
+        assert [step.context_ops for step in await reader.get_steps("r1")] == [(), ()]  # kept per attempt only
+    (read,) = await s.get_logs("r1", step_id="extract")
+    assert [type(op.kind) for op in read.context_ops] == [ContextOpKind, ContextOpKind]
+    read.context_ops[1].value["rows"].append(4)  # and on the way out
+    assert await s.get_logs("r1", step_id="extract") == [extract]
+
+
+async def _as_written_before_context_writes(clients: StoreFactory, run_id: str) -> None:
+    """Leave the run's kept attempts as a dagrun that kept no context writes wrote them."""
+    if clients.kind == "sqlite":  # the file as schema version 7 laid it out: migration 8 adds the column
+        with sqlite3.connect(clients.path) as conn:
+            conn.execute("ALTER TABLE attempt_logs DROP COLUMN context_ops")
+            conn.execute("PRAGMA user_version = 7")
+        return
+    url, _, prefix = clients.redis_url.partition("?prefix=")
+    logs = Keys(prefix).logs(run_id)
+    client = redis.asyncio.Redis.from_url(url, decode_responses=True)
+    try:
+        for field, value in (await client.hgetall(logs)).items():  # each value was [worker_id, at, text]
+            await client.hset(logs, field, json.dumps(json.loads(value)[:3]))
+    finally:
+        await client.aclose()
+
+
+async def test_attempts_kept_before_context_writes_were_read_back_with_none(clients: StoreFactory) -> None:
+    old = clients()
+    await create(old, "r1", ["a"])
+    await old.record_step(StepRecord("r1", "a", StepStatus.READY, 1, 1.0, 2.0, logs="try 1\n", worker_id="w-1"))
+    await old.aclose()
+    await _as_written_before_context_writes(clients, "r1")
+
+    s = clients()  # opening the SQLite file migrates it
+    assert await s.get_logs("r1") == [AttemptLog("a", 1, "w-1", 2.0, "try 1\n")]
+    written = (ContextOp(INCR, "n", 1),)
+    await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, 2, 3.0, 4.0, context_ops=written))
+    assert [log.context_ops for log in await s.get_logs("r1")] == [(), written]
+
+
 async def test_events_have_gap_free_seqs_in_write_order(store: StoreFactory) -> None:
     s = store()
     await create(s, "r1", ["a"])
@@ -315,14 +378,11 @@ async def test_a_run_cancelled_before_it_started_has_no_start(store: StoreFactor
 async def test_context_ops_merge_in_order(store: StoreFactory) -> None:
     s = store()
     await create(s, "r1")
-    value, rejected = await s.apply_context(
-        "r1", (ContextOp(SET, "name", "eu"), ContextOp(INCR, "n", 2), ContextOp(APPEND, "seen", "a"))
-    )
-    assert (value, rejected) == ({"name": "eu", "n": 2, "seen": ["a"]}, [])
-    value, rejected = await s.apply_context(
-        "r1", (ContextOp(INCR, "n", 0.5), ContextOp(APPEND, "seen", {"b": 1}), ContextOp(SET, "name", None))
-    )
-    assert (value, rejected) == ({"name": None, "n": 2.5, "seen": ["a", {"b": 1}]}, [])
+    first = (ContextOp(SET, "name", "eu"), ContextOp(INCR, "n", 2), ContextOp(APPEND, "seen", "a"))
+    assert await s.apply_context("r1", first) == ({"name": "eu", "n": 2, "seen": ["a"]}, first, [])
+    then = (ContextOp(INCR, "n", 0.5), ContextOp(APPEND, "seen", {"b": 1}), ContextOp(SET, "name", None))
+    value, applied, rejected = await s.apply_context("r1", then)
+    assert (value, applied, rejected) == ({"name": None, "n": 2.5, "seen": ["a", {"b": 1}]}, then, [])
     assert await s.get_context("r1") == value
 
 
@@ -346,7 +406,7 @@ async def test_concurrent_context_increments_are_not_lost(store: StoreFactory) -
 async def test_rejected_context_ops_are_reported_and_left_out(store: StoreFactory) -> None:
     s = store()
     await create(s, "r1")
-    value, rejected = await s.apply_context(
+    value, applied, rejected = await s.apply_context(
         "r1",
         (
             ContextOp(SET, "name", "eu"),
@@ -357,6 +417,7 @@ async def test_rejected_context_ops_are_reported_and_left_out(store: StoreFactor
         ),
     )
     assert value == {"name": "eu", "n": 1}
+    assert applied == (ContextOp(SET, "name", "eu"), ContextOp(INCR, "n", 1))
     assert len(rejected) == 3
     assert "cannot incr 'eu'" in rejected[0]
     assert "cannot append to str" in rejected[1]
@@ -370,7 +431,7 @@ async def test_values_are_copied_on_the_way_in_and_out(store: StoreFactory) -> N
     outputs: dict[str, Any] = {"rows": [1, 2]}
     item: list[int] = [1]
     await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, outputs=outputs))
-    value, _ = await s.apply_context("r1", (ContextOp(APPEND, "items", item),))
+    value = (await s.apply_context("r1", (ContextOp(APPEND, "items", item),))).context
     outputs["rows"].append(3)
     item.append(2)
     value["items"].append("mutated")
@@ -394,7 +455,11 @@ async def test_values_that_are_not_json_raise_store_error(store: StoreFactory) -
         await s.create_run(bad_run, ["a"])
     with pytest.raises(RunNotFound):
         await s.get_run("r2")
-    await s.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # the refused write took no seq
+    bad_write = (ContextOp(SET, "when", object()),)
+    with pytest.raises(StoreError, match="run 'r1' step 'a' context writes: not a JSON value"):
+        await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, attempt=1, context_ops=bad_write))
+    assert await s.get_logs("r1") == []
+    await s.record_step(StepRecord("r1", "a", StepStatus.RUNNING))  # the refused writes took no seq
     assert [e.seq for e in await s.get_events("r1")] == [1]
 
 
@@ -447,9 +512,10 @@ async def test_context_matches_applying_the_ops_to_a_dict(store: StoreFactory, b
         await create(s, run_id)
         expected: dict[str, Any] = {}
         for ops in batches:
-            expected_rejected = apply_ops(expected, ops)
-            value, rejected = await s.apply_context(run_id, tuple(ops))
-            assert (value, rejected) == (expected, expected_rejected)
+            misfits = [apply_ops(expected, (op,)) for op in ops]  # one op at a time: which ones applied
+            expected_applied = tuple(op for op, misfit in zip(ops, misfits, strict=True) if not misfit)
+            expected_rejected = [message for misfit in misfits for message in misfit]
+            assert await s.apply_context(run_id, tuple(ops)) == (expected, expected_applied, expected_rejected)
         assert await s.get_context(run_id) == expected
     finally:
         await s.aclose()

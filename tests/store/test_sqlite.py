@@ -58,8 +58,7 @@ async def test_data_survives_close_and_reopen(sqlite_store: StoreFactory) -> Non
     # A resumed run carries on where the file left it: seqs, step order and context.
     await second.record_step(StepRecord("r1", "a", StepStatus.RUNNING, attempt=1))
     await second.record_step(StepRecord("r1", "new", StepStatus.RUNNING, attempt=1))
-    value, _ = await second.apply_context("r1", (ContextOp(INCR, "n", 1),))
-    assert value == {"n": 6}
+    assert (await second.apply_context("r1", (ContextOp(INCR, "n", 1),))).context == {"n": 6}
     assert [e.seq for e in await second.get_events("r1")] == [1, 2, 3, 4]
     assert [s.step_id for s in await second.get_steps("r1")] == ["a", "b", "new"]
     with pytest.raises(StoreError, match="already exists"):
@@ -198,8 +197,7 @@ async def test_writes_of_a_later_lease_holder_build_on_what_the_file_holds(sqlit
     await driver.release_lease("r1", "orch-a")
     assert await control.claim_lease("r1", "control", ttl_s=30)  # as a cancel of an undriven run does
 
-    value, _ = await control.apply_context("r1", (ContextOp(INCR, "n", 10),))
-    assert value == {"n": 11}
+    assert (await control.apply_context("r1", (ContextOp(INCR, "n", 10),))).context == {"n": 11}
     await control.record_step(StepRecord("r1", "later", StepStatus.SKIPPED))
     await control.flush()
     with sqlite3.connect(control.path) as conn:

@@ -254,3 +254,18 @@ async def test_a_sub_flow_node_links_to_its_child_run_and_a_conditional_one_show
     await expect(run_page(page)).to_have_attribute("data-run-id", f"{run_id}.child")
     await expect(node(page, "only")).to_have_attribute("data-status", "succeeded")
     await expect(fact(page.locator("#run-facts"), "Parent").get_by_role("link")).to_have_text(run_id)
+
+
+async def test_a_steps_panel_shows_what_each_attempt_wrote_to_the_context(dashboard: Dashboard) -> None:
+    run_id = await dashboard.submit(example("etl.json"))
+    await dashboard.until_ended(run_id)
+    page = await open_run(dashboard, run_id)
+
+    await node(page, "extract").click()
+    writes = page.get_by_role("dialog", name="extract").get_by_role("region", name="context writes")
+    await expect(writes.get_by_role("row")).to_have_text(["OpKeyValue", "setextracted30"])
+    await page.keyboard.press("Escape")
+    await node(page, "load").click()  # it printed and wrote nothing: no section
+    panel = page.get_by_role("dialog", name="load")
+    await expect(panel).to_contain_text("It printed nothing.")
+    await expect(panel.get_by_role("region", name="context writes")).to_have_count(0)

@@ -12,7 +12,15 @@ import orjson
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import StoreError
 from dagrun.store.base import AttemptLog, Command, CommandKind, Event, Notice, NoticeKind, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json, encode_error, encode_json
+from dagrun.store.codec import (
+    EMPTY_OBJECT,
+    context_ops_json,
+    context_ops_of,
+    decode_error,
+    decode_json,
+    encode_error,
+    encode_json,
+)
 from dagrun.store.redis.layout import ORDER_WIDTH
 
 
@@ -82,15 +90,19 @@ def attempt_log_field(step_id: str, attempt: int) -> str:
     return orjson.dumps((step_id, attempt)).decode()
 
 
-def encode_attempt_log(log: AttemptLog) -> tuple[str, bytes]:
-    """An attempt's logs as a field of the run's logs hash and its value."""
-    return attempt_log_field(log.step_id, log.attempt), orjson.dumps((log.worker_id, log.at, log.text))
+def encode_attempt_log(run_id: str, log: AttemptLog) -> tuple[str, str]:
+    """An attempt's logs and context writes as a field of the run's logs hash and its value; StoreError when a
+    context write's value is not JSON."""
+    value = (log.worker_id, log.at, log.text, context_ops_json(log.context_ops))
+    where = f"run {run_id!r} step {log.step_id!r} context writes"
+    return attempt_log_field(log.step_id, log.attempt), encode_json(value, where=where)
 
 
 def decode_attempt_log(field: str, value: str) -> AttemptLog:
+    """An attempt's logs as `encode_attempt_log` lays them out; those kept before context writes were have none."""
     step_id, attempt = orjson.loads(field)
-    worker_id, at, text = orjson.loads(value)
-    return AttemptLog(step_id, attempt, worker_id, at, text)
+    worker_id, at, text, *rest = orjson.loads(value)
+    return AttemptLog(step_id, attempt, worker_id, at, text, context_ops_of(rest[0]) if rest else ())
 
 
 def seq_of(entry_id: str) -> int:

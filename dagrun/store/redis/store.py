@@ -7,8 +7,8 @@ Key layout under the prefix (URL query ``?prefix=``, default ``dagrun:``), built
                                 `command_seq` (last command seq) with `command_token` (the send that wrote it)
     steps:{run_id}        hash  step id -> its state, a JSON array (one field per step: an upsert is one HSET)
     order:{run_id}        list  step ids in the flow's order; a step first recorded later is pushed last
-    logs:{run_id}         hash  JSON [step_id, attempt] -> JSON [worker_id, at, text]: each attempt's logs, written
-                                by the write that ends the attempt (`steps` keeps only the latest attempt's)
+    logs:{run_id}         hash  JSON [step_id, attempt] -> JSON [worker_id, at, text, [[op, key, value], ...]]: each
+                                attempt's logs and context writes, by the write ending it (`steps`: the latest's logs)
     events:{run_id}       stream entry id ``{seq}-0``, field `e`: a JSON array. XRANGE from ``{after_seq+1}-0``
                                 COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
     commands:{run_id}     stream entry id ``{seq}-0``, field `c`: a JSON array (at, kind, step_id, values)
@@ -61,6 +61,7 @@ from dagrun.store.base import (
     AttemptLog,
     Command,
     CommandKind,
+    ContextChange,
     Event,
     Lease,
     Notice,
@@ -199,17 +200,17 @@ class RedisStore:
         packed, args = pack_step(step.step_id, state, event), STEP_OP_ARGS
         log = attempt_log(step)
         if log is not None:  # one add with the step's op: never split from it into another batch
-            packed += pack("L", *encode_attempt_log(log))
+            packed += pack("L", *encode_attempt_log(run_id, log))
             args += 3
         self._writer.add(run_id, packed, args, self._fences.epochs.get(run_id, 0))
 
-    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> ContextChange:
         """Merged here, written by compare-and-set; merged again on the server's value when another client
         wrote first, so concurrent callers on any machine never lose updates."""
         self._check_usable(run_id)
         for _ in range(MAX_CONTEXT_ATTEMPTS):
             state = self._states.get(run_id) or await self._load_state(run_id)
-            text, value, rejected = merge_context(state.context, ops, run_id=run_id)
+            text, change = merge_context(state.context, ops, run_id=run_id)
             token = self._new_token()
             expected, state.context, state.token = state.token, text, token
             try:
@@ -220,7 +221,7 @@ class RedisStore:
                 self._failure_reported = True
                 raise
             if applied:
-                return value, rejected
+                return change
             self._check_usable()
         raise StoreError(f"run {run_id!r} context: still written by other clients after {MAX_CONTEXT_ATTEMPTS} tries")
 

@@ -17,7 +17,7 @@ import orjson
 from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound
 from dagrun.store.base import AttemptLog, Event, RunRecord, StepRecord
-from dagrun.store.codec import EMPTY_OBJECT, decode_error, decode_json
+from dagrun.store.codec import EMPTY_OBJECT, context_ops_of, decode_error, decode_json
 from dagrun.store.sqlite.control import read_notice_cursor
 from dagrun.store.sqlite.schema import LAST_EVENT_SEQ, require_run
 
@@ -91,10 +91,14 @@ def read_logs(conn: sqlite3.Connection, run_id: str, step_id: str | None, attemp
         where += " AND attempt = ?"
         params.append(attempt)
     rows = conn.execute(
-        f"SELECT step_id, attempt, worker_id, at, text FROM attempt_logs WHERE {where} ORDER BY at, step_id, attempt",
+        f"SELECT step_id, attempt, worker_id, at, text, context_ops FROM attempt_logs WHERE {where}"
+        " ORDER BY at, step_id, attempt",
         params,
     )
-    logs = [AttemptLog(*row) for row in rows]
+    logs = [
+        AttemptLog(step_id, attempt, worker_id, at, text, context_ops_of(orjson.loads(ops)))
+        for step_id, attempt, worker_id, at, text, ops in rows
+    ]
     if not logs:
         require_run(conn, run_id)
     return logs

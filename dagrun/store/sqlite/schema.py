@@ -7,8 +7,9 @@
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
-    attempt_logs(run_id, step_id, attempt, worker_id, at, text; PK(run_id, step_id, attempt))
+    attempt_logs(run_id, step_id, attempt, worker_id, at, text, context_ops JSON; PK(run_id, step_id, attempt))
                                                               each attempt's logs (`steps.logs`: the latest's)
+                                                              and context writes ([[op, key, value], ...])
     notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
     leases(run_id PK, owner, expires_at, epoch)               expires_at is time.time(); a released lease
                                                               keeps its row (owner '', expires_at 0) and epoch
@@ -34,8 +35,8 @@ import orjson
 
 from dagrun.contract.context import ContextOp
 from dagrun.errors import RunNotFound, StoreError
-from dagrun.store.base import RunRecord, StepRecord, attempt_log
-from dagrun.store.codec import EMPTY_OBJECT, encode_error, encode_json, merge_context
+from dagrun.store.base import ContextChange, RunRecord, StepRecord, attempt_log
+from dagrun.store.codec import EMPTY_OBJECT, context_ops_json, encode_error, encode_json, merge_context
 
 # Migration n takes a file from user_version n - 1 to n. A new file runs them all, so new and upgraded
 # files have one layout; a migration that has shipped is never edited, a change is a new one.
@@ -76,6 +77,8 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))""",
     ),
     ("ALTER TABLE runs ADD COLUMN parent TEXT",),  # sub-flows: the step a child run runs for, 'RUN/STEP'
+    # each attempt's context writes; the rows kept before have none
+    ("ALTER TABLE attempt_logs ADD COLUMN context_ops TEXT NOT NULL DEFAULT '[]'",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -144,13 +147,20 @@ def step_row(step: StepRecord, position: int) -> tuple[Any, ...]:
 
 
 # An attempt recorded again (the same record written twice) keeps one row.
-UPSERT_LOGS = RowsStatement("INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text)", 6)
+UPSERT_LOGS = RowsStatement(
+    "INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text, context_ops)", 7
+)
 
 
 def attempt_log_row(step: StepRecord) -> tuple[Any, ...] | None:
-    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed nothing (`base.attempt_log`)."""
+    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed and wrote nothing
+    (`base.attempt_log`); StoreError when a context write's value is not JSON."""
     log = attempt_log(step)
-    return None if log is None else (step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text)
+    if log is None:
+        return None
+    where = f"run {step.run_id!r} step {step.step_id!r} context writes"
+    ops = encode_json(context_ops_json(log.context_ops), where=where)
+    return step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text, ops
 
 
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).
@@ -226,17 +236,17 @@ def refused_runs(conn: sqlite3.Connection, fences: dict[str, int]) -> dict[str, 
 
 def apply_context(
     conn: sqlite3.Connection, run_id: str, ops: tuple[ContextOp, ...], fence: int
-) -> tuple[dict[str, Any], list[str]] | int | None:
+) -> ContextChange | int | None:
     """Merge `ops` into the run's context as the file holds it; no other process writes in between, as
-    the transaction holds the write lock. The new value and the rejected operations' messages; the run's
-    lease epoch when it has passed `fence` (the write is refused: see `fencing`); None when there is no
-    such run. (Not exceptions: those would undo the whole transaction.)"""
+    the transaction holds the write lock. What changed; the run's lease epoch when it has passed `fence`
+    (the write is refused: see `fencing`); None when there is no such run. (Not exceptions: those would
+    undo the whole transaction.)"""
     refused = refused_runs(conn, {run_id: fence})
     if refused:
         return refused[run_id]
     row = conn.execute("SELECT value FROM context WHERE run_id = ?", (run_id,)).fetchone()
     if row is None and not run_exists(conn, run_id):
         return None
-    text, value, rejected = merge_context(EMPTY_OBJECT if row is None else row[0], ops, run_id=run_id)
+    text, change = merge_context(EMPTY_OBJECT if row is None else row[0], ops, run_id=run_id)
     conn.execute(UPSERT_CONTEXT, (run_id, text))
-    return value, rejected
+    return change

@@ -32,6 +32,7 @@ from dagrun.store.base import (
     AttemptLog,
     Command,
     CommandKind,
+    ContextChange,
     Event,
     Lease,
     Notice,
@@ -185,7 +186,7 @@ class SqliteStore:
             schema.attempt_log_row(step),
         )  # fmt: skip
 
-    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> tuple[dict[str, Any], list[str]]:
+    async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> ContextChange:
         """Merged into the cached context with no await in between when this process drives the run, else
         into the file's in the writer's transaction: either way concurrent callers never lose updates."""
         writer = self._writable(run_id)
@@ -200,9 +201,9 @@ class SqliteStore:
                 raise LeaseLost(run_id, epoch=merged, held=fence)
             return merged
         state = self._cache.get(run_id) or await self._load_state(run_id)
-        state.context, value, rejected = merge_context(state.context, ops, run_id=run_id)
+        state.context, change = merge_context(state.context, ops, run_id=run_id)
         writer.add_context((run_id, state.context), fence)
-        return value, rejected
+        return change
 
     # --- reads: flush, then query committed data ----------------------------------------------------
 

@@ -1,6 +1,6 @@
 // The step panel: everything about one step (or one instance of a mapped step), opened from the graph or
 // the timeline. Its state follows the run's events; its details (error with the script line, outputs,
-// every attempt's logs, worker, timings) are read when it opens and again when the step ends.
+// every attempt's logs and context writes, worker, timings) are read when it opens and again when the step ends.
 
 import { api, describeError, el, formatDuration, formatTime, statusBadge } from "./common.js";
 import { runLink } from "./run_header.js";
@@ -149,8 +149,21 @@ function logSections(logs, ended) {
       { class: "attempt-log" },
       el("p", { class: "muted" }, `attempt ${log.attempt} · ${log.worker_id} · ${formatTime(log.at)}`),
       el("pre", { class: "log" }, log.text || "(printed nothing)"),
+      log.context_ops.length > 0 && contextWrites(log.context_ops),
     ),
   );
   const none = el("p", { class: "muted" }, ended ? "It printed nothing." : "None yet: they come when an attempt ends.");
   return [el("h3", {}, "Logs"), ...(attempts.length > 0 ? attempts : [none])];
+}
+
+// What a succeeded attempt wrote to the run's context, as applied (the run's context shows the sum of them all).
+function contextWrites(ops) {
+  const row = (cells, tag) => el("tr", {}, cells.map((cell) => el(tag, {}, cell)));
+  const rows = ops.map(({ op, key, value }) => row([op, key, JSON.stringify(value)], "td"));
+  return el(
+    "section",
+    { class: "context-writes", "aria-label": "context writes" },
+    el("h4", {}, "Context writes"),
+    el("table", { class: "list" }, el("thead", {}, row(["Op", "Key", "Value"], "th")), el("tbody", {}, rows)),
+  );
 }
