@@ -51,16 +51,23 @@ def test_logs_shows_every_attempt_of_every_step_in_the_order_they_ended(tmp_path
     assert lines == [
         "load#1 (W) | loading, attempt 1",
         "load#1 (W) | rows: 3",
+        "load#1 (W) | error: ZeroDivisionError: division by zero (script line 4: rows = 1 / 0)",
         "load#2 (W) | loading, attempt 2",
         "load#2 (W) | rows: 3",
         *(f"check#1 (W) | checked row {i}" for i in range(8)),
+        "check#1 (W) | error: ValueError: row 7 is [bold]bad"
+        " (script line 3: raise ValueError('row %d is [bold]bad' % 7))",
     ]
 
     followed = dagrun("logs", run_id, "--follow", cwd=tmp_path, timeout=4)  # the run has ended: at once
     assert (followed.returncode, followed.stdout) == (0, result.stdout)
 
     first = dagrun("logs", run_id, "load", "--attempt", "1", cwd=tmp_path)
-    assert [line.split(" | ")[1] for line in first.stdout.splitlines()] == ["loading, attempt 1", "rows: 3"]
+    assert [line.split(" | ")[1] for line in first.stdout.splitlines()] == [
+        "loading, attempt 1",
+        "rows: 3",
+        "error: ZeroDivisionError: division by zero (script line 4: rows = 1 / 0)",
+    ]
     documents = [
         json.loads(line) for line in dagrun("logs", run_id, "load", "--json", cwd=tmp_path).stdout.splitlines()
     ]
@@ -69,6 +76,8 @@ def test_logs_shows_every_attempt_of_every_step_in_the_order_they_ended(tmp_path
         ("load", 2, "loading, attempt 2\nrows: 3\n"),
     ]
     assert all(d["worker_id"].startswith("local:") and d["at"] > 0 for d in documents)
+    assert documents[0]["error"]["type"] == "ZeroDivisionError" and documents[0]["source_line"] == "rows = 1 / 0"
+    assert documents[1]["error"] is None and documents[1]["source_line"] is None
 
 
 def test_logs_shows_a_succeeded_attempt_s_context_writes_after_its_lines(tmp_path: Path) -> None:

@@ -251,11 +251,13 @@ class AttemptLogBody(ApiModel):
         description="What a succeeded attempt wrote to the run's context, in order: the operations applied (one"
         " that did not fit the context is left out, and named in the step's `succeeded` event)."
     )
+    error: StepErrorBody | None = Field(description="Why the attempt failed; null for one that succeeded.")
+    source_line: str | None = Field(description="The script's line `error.line` as the run ran it, if any.")
 
 
 class LogList(ApiModel):
     logs: list[AttemptLogBody] = Field(
-        description="Each attempt that printed or wrote context, in the order the attempts ended."
+        description="Each attempt that printed, wrote context or failed, in the order the attempts ended."
     )
 
 

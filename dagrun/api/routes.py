@@ -220,8 +220,9 @@ class RunHandlers:
 
     async def get_logs(self, request: web.Request) -> web.Response:
         query = read_query(request, models.LogsQuery)
-        logs = await self._control.store.get_logs(_run_id(request), step_id=query.step, attempt=query.attempt)
-        return json_response({"logs": [attempt_log_json(log) for log in logs]})
+        run = await self._control.store.get_run(_run_id(request))
+        logs = await self._control.store.get_logs(run.run_id, step_id=query.step, attempt=query.attempt)
+        return json_response({"logs": [attempt_log_json(log, run.flow) for log in logs]})
 
     async def get_errors(self, request: web.Request) -> web.Response:
         failures = await self._control.errors(_run_id(request))

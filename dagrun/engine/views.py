@@ -241,8 +241,14 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
-def attempt_log_json(log: AttemptLog) -> dict[str, Any]:
-    return log._asdict() | {"context_ops": [context_op_json(op) for op in log.context_ops]}
+def attempt_log_json(log: AttemptLog, flow: dict[str, Any]) -> dict[str, Any]:
+    """An attempt's logs, context writes and error, with the script line it failed on from the run's `flow`."""
+    error = log.error
+    return log._asdict() | {
+        "context_ops": [context_op_json(op) for op in log.context_ops],
+        "error": None if error is None else error.to_json(),
+        "source_line": None if error is None else script_line(flow, log.step_id, error.line),
+    }
 
 
 def context_op_json(op: ContextOp) -> dict[str, Any]:

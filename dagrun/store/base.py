@@ -69,10 +69,10 @@ class StepRecord(NamedTuple):
 
 
 class AttemptLog(NamedTuple):
-    """What one attempt of a step printed (`log()` and `print`) and wrote to the run's context: kept for every
-    attempt, a retried step's earlier ones included, while its StepRecord holds only the latest attempt's logs.
-    The writes are those the store applied (`ContextChange.applied`), in order; a store written before they
-    were kept reads back none."""
+    """What one attempt of a step printed (`log()` and `print`), wrote to the run's context, and failed with:
+    kept for every attempt, a retried step's earlier ones included, while its StepRecord holds only the latest
+    attempt's. The writes are those the store applied (`ContextChange.applied`), in order; a store written
+    before writes and errors were kept reads back none."""
 
     step_id: str
     attempt: int
@@ -80,16 +80,18 @@ class AttemptLog(NamedTuple):
     at: float  # time.time() when the attempt ended
     text: str
     context_ops: tuple[ContextOp, ...] = ()
+    error: StepError | None = None  # why the attempt failed
 
 
 def attempt_log(step: StepRecord) -> AttemptLog | None:
-    """The logs and context writes a step record carries as its attempt's: only the record that ends an
+    """The logs, context writes and error a step record carries as its attempt's: only the record that ends an
     attempt (succeeded, failed, or ready to be tried again) carries any, so each store writes them with that
-    record, in the same write. None when the attempt printed and wrote nothing (nothing is stored)."""
-    if not step.logs and not step.context_ops:
+    record, in the same write. None when the attempt printed, wrote and failed with nothing (nothing is
+    stored)."""
+    if not step.logs and not step.context_ops and step.error is None:
         return None
     at = step.finished_at if step.finished_at is not None else time.time()
-    return AttemptLog(step.step_id, step.attempt, step.worker_id, at, step.logs, step.context_ops)
+    return AttemptLog(step.step_id, step.attempt, step.worker_id, at, step.logs, step.context_ops, step.error)
 
 
 def select_logs(logs: Iterable[AttemptLog], step_id: str | None, attempt: int | None) -> list[AttemptLog]:

@@ -115,3 +115,23 @@ async def test_workers_are_listed_only_by_a_server_that_drives_runs(make_api: Ma
     reading: Api = await make_api(orchestrate=False)
     status, body = await reading.call("GET", "/v1/workers")
     assert status == 200 and body == {"orchestrating": False, "executors": {}}
+
+
+async def test_each_attempts_logs_carry_its_error_with_the_script_line(api: Api) -> None:
+    flaky = {
+        "name": "flaky",
+        "steps": [
+            {"id": "try", "retries": {"max_attempts": 2, "backoff_s": 0.01},
+             "script": "log('attempt', attempt)\nx = 1\nif attempt < 3:\n    raise ValueError('not yet %d' % attempt)"},
+        ],
+    }  # fmt: skip
+    run_id = await api.submit(flaky)
+    await api.until_ended(run_id)
+    status, body = await api.call("GET", f"/v1/runs/{run_id}/logs")
+    logs = models.LogList.model_validate(body).logs
+
+    assert status == 200 and [log.attempt for log in logs] == [1, 2]
+    for log in logs:
+        assert log.error is not None and log.error.type == "ValueError" and log.error.line == 4
+        assert log.error.message == f"not yet {log.attempt}"
+        assert log.source_line == "raise ValueError('not yet %d' % attempt)"

@@ -224,18 +224,21 @@ async def test_every_attempt_keeps_its_logs_in_the_order_the_attempts_ended(stor
     )
     await s.record_step(StepRecord("r1", "report", StepStatus.SUCCEEDED, 1, 1.5, 3.0, logs="report ✓\n"))
     await s.record_step(StepRecord("r1", "quiet", StepStatus.SUCCEEDED, 1, 1.5, 3.5))  # printed nothing
+    silent_error = StepError(ErrorKind.TIMEOUT, "TimeoutError", "ran over 5 s")  # failed without a line printed
+    await s.record_step(StepRecord("r1", "quiet", StepStatus.FAILED, 2, 3.6, 3.8, error=silent_error))
     await s.record_step(StepRecord("r1", "load", StepStatus.SUCCEEDED, 2, 3.0, 4.0, logs="try 2\n", worker_id="w-2"))
     # the same record written again (a retried write) keeps one entry
     await s.record_step(StepRecord("r1", "load", StepStatus.SUCCEEDED, 2, 3.0, 4.0, logs="try 2\n", worker_id="w-2"))
 
-    first = AttemptLog("load", 1, "w-1", 2.0, "try 1\n")
+    first = AttemptLog("load", 1, "w-1", 2.0, "try 1\n", error=error)  # each attempt keeps its error
     second = AttemptLog("load", 2, "w-2", 4.0, "try 2\n")
     report = AttemptLog("report", 1, "", 3.0, "report ✓\n")
-    assert await s.get_logs("r1") == [first, report, second]
+    quiet = AttemptLog("quiet", 2, "", 3.8, "", error=silent_error)
+    assert await s.get_logs("r1") == [first, report, quiet, second]
     assert await s.get_logs("r1", step_id="load") == [first, second]
     assert await s.get_logs("r1", step_id="load", attempt=2) == [second]
     assert await s.get_logs("r1", attempt=1) == [first, report]
-    assert await s.get_logs("r1", step_id="quiet") == []
+    assert await s.get_logs("r1", step_id="quiet") == [quiet]
     assert await s.get_logs("r1", step_id="nope") == []
     assert (await s.get_steps("r1"))[0].logs == "try 2\n"  # the step itself holds its latest attempt's
     if store.kind != "memory":  # and another client of the store reads them too
@@ -271,10 +274,11 @@ async def test_each_attempt_keeps_its_context_writes_with_its_logs(store: StoreF
 
 
 async def _as_written_before_context_writes(clients: StoreFactory, run_id: str) -> None:
-    """Leave the run's kept attempts as a dagrun that kept no context writes wrote them."""
-    if clients.kind == "sqlite":  # the file as schema version 7 laid it out: migration 8 adds the column
+    """Leave the run's kept attempts as a dagrun that kept no context writes or errors wrote them."""
+    if clients.kind == "sqlite":  # the file as schema version 7 laid it out: migration 8 adds the columns
         with sqlite3.connect(clients.path) as conn:
             conn.execute("ALTER TABLE attempt_logs DROP COLUMN context_ops")
+            conn.execute("ALTER TABLE attempt_logs DROP COLUMN error")
             conn.execute("PRAGMA user_version = 7")
         return
     url, _, prefix = clients.redis_url.partition("?prefix=")
@@ -287,10 +291,13 @@ async def _as_written_before_context_writes(clients: StoreFactory, run_id: str) 
         await client.aclose()
 
 
-async def test_attempts_kept_before_context_writes_were_read_back_with_none(clients: StoreFactory) -> None:
+async def test_attempts_kept_before_context_writes_and_errors_were_read_back_with_none(clients: StoreFactory) -> None:
     old = clients()
     await create(old, "r1", ["a"])
-    await old.record_step(StepRecord("r1", "a", StepStatus.READY, 1, 1.0, 2.0, logs="try 1\n", worker_id="w-1"))
+    error = StepError(ErrorKind.SCRIPT, "ValueError", "bad", line=1)
+    await old.record_step(
+        StepRecord("r1", "a", StepStatus.READY, 1, 1.0, 2.0, error=error, logs="try 1\n", worker_id="w-1")
+    )
     await old.aclose()
     await _as_written_before_context_writes(clients, "r1")
 

@@ -93,16 +93,18 @@ def attempt_log_field(step_id: str, attempt: int) -> str:
 def encode_attempt_log(run_id: str, log: AttemptLog) -> tuple[str, str]:
     """An attempt's logs and context writes as a field of the run's logs hash and its value; StoreError when a
     context write's value is not JSON."""
-    value = (log.worker_id, log.at, log.text, context_ops_json(log.context_ops))
+    value = (log.worker_id, log.at, log.text, context_ops_json(log.context_ops), encode_error(log.error))
     where = f"run {run_id!r} step {log.step_id!r} context writes"
     return attempt_log_field(log.step_id, log.attempt), encode_json(value, where=where)
 
 
 def decode_attempt_log(field: str, value: str) -> AttemptLog:
-    """An attempt's logs as `encode_attempt_log` lays them out; those kept before context writes were have none."""
+    """An attempt's logs as `encode_attempt_log` lays them out; those kept before context writes and errors were
+    have none."""
     step_id, attempt = orjson.loads(field)
     worker_id, at, text, *rest = orjson.loads(value)
-    return AttemptLog(step_id, attempt, worker_id, at, text, context_ops_of(rest[0]) if rest else ())
+    ops = context_ops_of(rest[0]) if rest else ()
+    return AttemptLog(step_id, attempt, worker_id, at, text, ops, decode_error(rest[1]) if len(rest) > 1 else None)
 
 
 def seq_of(entry_id: str) -> int:

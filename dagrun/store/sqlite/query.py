@@ -91,13 +91,13 @@ def read_logs(conn: sqlite3.Connection, run_id: str, step_id: str | None, attemp
         where += " AND attempt = ?"
         params.append(attempt)
     rows = conn.execute(
-        f"SELECT step_id, attempt, worker_id, at, text, context_ops FROM attempt_logs WHERE {where}"
+        f"SELECT step_id, attempt, worker_id, at, text, context_ops, error FROM attempt_logs WHERE {where}"
         " ORDER BY at, step_id, attempt",
         params,
     )
     logs = [
-        AttemptLog(step_id, attempt, worker_id, at, text, context_ops_of(orjson.loads(ops)))
-        for step_id, attempt, worker_id, at, text, ops in rows
+        AttemptLog(step_id, attempt, worker_id, at, text, context_ops_of(orjson.loads(ops)), decode_error(error))
+        for step_id, attempt, worker_id, at, text, ops, error in rows
     ]
     if not logs:
         require_run(conn, run_id)

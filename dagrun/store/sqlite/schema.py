@@ -7,7 +7,8 @@
     context(run_id PK, value JSON)
     events(run_id, seq, at, kind, status, step_id, attempt, message; PK(run_id, seq))
     commands(run_id, seq, at, kind, step_id, signal_values JSON; PK(run_id, seq))
-    attempt_logs(run_id, step_id, attempt, worker_id, at, text, context_ops JSON; PK(run_id, step_id, attempt))
+    attempt_logs(run_id, step_id, attempt, worker_id, at, text, context_ops JSON, error JSON;
+                 PK(run_id, step_id, attempt))
                                                               each attempt's logs (`steps.logs`: the latest's)
                                                               and context writes ([[op, key, value], ...])
     notices(cursor INTEGER PK, run_id, kind)                  only the newest MAX_NOTICES are kept
@@ -77,8 +78,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             at REAL NOT NULL, text TEXT NOT NULL, PRIMARY KEY (run_id, step_id, attempt))""",
     ),
     ("ALTER TABLE runs ADD COLUMN parent TEXT",),  # sub-flows: the step a child run runs for, 'RUN/STEP'
-    # each attempt's context writes; the rows kept before have none
-    ("ALTER TABLE attempt_logs ADD COLUMN context_ops TEXT NOT NULL DEFAULT '[]'",),
+    (  # each attempt's context writes and error; the rows kept before have none
+        "ALTER TABLE attempt_logs ADD COLUMN context_ops TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE attempt_logs ADD COLUMN error TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -148,19 +151,19 @@ def step_row(step: StepRecord, position: int) -> tuple[Any, ...]:
 
 # An attempt recorded again (the same record written twice) keeps one row.
 UPSERT_LOGS = RowsStatement(
-    "INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text, context_ops)", 7
+    "INSERT OR REPLACE INTO attempt_logs (run_id, step_id, attempt, worker_id, at, text, context_ops, error)", 8
 )
 
 
 def attempt_log_row(step: StepRecord) -> tuple[Any, ...] | None:
-    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed and wrote nothing
+    """The UPSERT_LOGS row of the attempt `step` ends, None when it printed, wrote and failed with nothing
     (`base.attempt_log`); StoreError when a context write's value is not JSON."""
     log = attempt_log(step)
     if log is None:
         return None
     where = f"run {step.run_id!r} step {step.step_id!r} context writes"
     ops = encode_json(context_ops_json(log.context_ops), where=where)
-    return step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text, ops
+    return step.run_id, log.step_id, log.attempt, log.worker_id, log.at, log.text, ops, encode_error(log.error)
 
 
 # Event rows come from the loop without their seq; the writer appends it (see `LAST_EVENT_SEQ`).

@@ -63,12 +63,10 @@ export class StepPanel {
       this.model.record(stepId),
       api(`${run}/logs?step=${encodeURIComponent(stepId)}`),
     ]);
-    // The source line of a failure is in the run's list of failures only.
-    const failures = record?.error ? (await api(`${run}/errors`)).errors : [];
-    return { record, logs: logs.logs, failure: failures.find((failure) => failure.step_id === stepId) };
+    return { record, logs: logs.logs };
   }
 
-  #sections(stepId, { record, logs, failure }) {
+  #sections(stepId, { record, logs }) {
     const mapped = mappedStepOf(stepId);
     const node = this.model.nodes.get(stepId) ?? this.model.nodes.get(mapped);
     const isMap = this.model.maps.has(stepId); // the mapped step itself runs nothing: its instances do
@@ -77,7 +75,7 @@ export class StepPanel {
       el("p", { class: "step-status" }, statusBadge(status), " ", node ? `${node.kind} step` : ""),
       mapped && el("p", {}, "Instance of ", this.#stepButton(mapped)),
       el("dl", { class: "step-facts" }, facts(this.model.runId, stepId, node, record)),
-      record?.error && errorSection(record.error, failure),
+      record?.error && errorSection(record.error, lastSourceLine(logs, record)),
       node?.inputs && el("h3", {}, "Inputs (declared)"),
       node?.inputs && el("pre", { class: "json" }, JSON.stringify(node.inputs, null, 2)),
       el("h3", {}, "Outputs"),
@@ -131,8 +129,13 @@ function facts(runId, stepId, node, record) {
     .flatMap(([name, value]) => [el("dt", {}, name), el("dd", {}, value)]);
 }
 
-function errorSection(error, failure) {
-  const sourceLine = failure?.source_line ? el("code", { class: "source-line" }, failure.source_line) : "";
+// The script line the step's last attempt failed on, from that attempt's log (the API adds it).
+function lastSourceLine(logs, record) {
+  return logs.find((log) => log.attempt === record.attempt)?.source_line ?? null;
+}
+
+function errorSection(error, source) {
+  const sourceLine = source ? el("code", { class: "source-line" }, source) : "";
   return el(
     "section",
     { class: "step-error", "aria-label": "error" },
@@ -148,12 +151,13 @@ function logSections(logs, ended) {
       "div",
       { class: "attempt-log" },
       el("p", { class: "muted" }, `attempt ${log.attempt} · ${log.worker_id} · ${formatTime(log.at)}`),
+      log.error && errorSection(log.error, log.source_line),
       el("pre", { class: "log" }, log.text || "(printed nothing)"),
       log.context_ops.length > 0 && contextWrites(log.context_ops),
     ),
   );
   const none = el("p", { class: "muted" }, ended ? "It printed nothing." : "None yet: they come when an attempt ends.");
-  return [el("h3", {}, "Logs"), ...(attempts.length > 0 ? attempts : [none])];
+  return [el("h3", {}, "Attempts and logs"), ...(attempts.length > 0 ? attempts : [none])];
 }
 
 // What a succeeded attempt wrote to the run's context, as applied (the run's context shows the sum of them all).
