@@ -269,3 +269,20 @@ async def test_a_steps_panel_shows_what_each_attempt_wrote_to_the_context(dashbo
     panel = page.get_by_role("dialog", name="load")
     await expect(panel).to_contain_text("It printed nothing.")
     await expect(panel.get_by_role("region", name="context writes")).to_have_count(0)
+
+
+async def test_a_retried_steps_panel_lists_each_attempt_with_its_error(dashboard: Dashboard) -> None:
+    script = "log('attempt', attempt)\nif attempt < 3:\n    raise ValueError('not yet %d' % attempt)"
+    retried = {"id": "try", "retries": {"max_attempts": 3, "backoff_s": 0.01}, "script": script}
+    run_id = await dashboard.submit({"name": "flaky", "steps": [retried]})
+    await dashboard.until_ended(run_id)
+    page = await open_run(dashboard, run_id)
+    await node(page, "try").click()
+    panel = page.get_by_role("dialog", name="try")
+    await expect(panel.locator(".attempt-log")).to_have_count(3)
+    errors = panel.locator(".attempt-log .step-error")
+    await expect(errors).to_have_count(2)
+    await expect(errors.nth(0)).to_contain_text("ValueError: not yet 1")
+    await expect(errors.nth(1)).to_contain_text("ValueError: not yet 2")
+    await expect(errors.nth(1).locator("code.source-line")).to_have_text("raise ValueError('not yet %d' % attempt)")
+    await expect(panel.locator(".attempt-log pre.log").nth(2)).to_have_text("attempt 3\n")

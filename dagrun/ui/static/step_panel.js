@@ -80,7 +80,7 @@ export class StepPanel {
       node?.inputs && el("pre", { class: "json" }, JSON.stringify(node.inputs, null, 2)),
       el("h3", {}, "Outputs"),
       el("pre", { class: "json" }, JSON.stringify(record?.outputs ?? {}, null, 2)),
-      ...(isMap ? this.#instancesSection(stepId) : logSections(logs, isTerminalStep(status))),
+      ...(isMap ? this.#instancesSection(stepId) : logSections(logs, record, isTerminalStep(status))),
     ];
   }
 
@@ -131,7 +131,7 @@ function facts(runId, stepId, node, record) {
 
 // The script line the step's last attempt failed on, from that attempt's log (the API adds it).
 function lastSourceLine(logs, record) {
-  return logs.find((log) => log.attempt === record.attempt)?.source_line ?? null;
+  return logs.find((log) => log.attempt === record.attempts)?.source_line ?? null;
 }
 
 function errorSection(error, source) {
@@ -145,13 +145,15 @@ function errorSection(error, source) {
   );
 }
 
-function logSections(logs, ended) {
+// Each attempt's lines, context writes and error (but the step's own error, shown above).
+function logSections(logs, record, ended) {
+  const shownAbove = (log) => record?.error && log.attempt === record.attempts;
   const attempts = logs.map((log) =>
     el(
       "div",
       { class: "attempt-log" },
       el("p", { class: "muted" }, `attempt ${log.attempt} · ${log.worker_id} · ${formatTime(log.at)}`),
-      log.error && errorSection(log.error, log.source_line),
+      log.error && !shownAbove(log) && errorSection(log.error, log.source_line),
       el("pre", { class: "log" }, log.text || "(printed nothing)"),
       log.context_ops.length > 0 && contextWrites(log.context_ops),
     ),
