@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from dagrun import ui
-from dagrun.api.guard import SESSION, UI_PREFIX, Handler
-from dagrun.api.sessions import COOKIE, Sessions
+from dagrun.api.guard import UI_PREFIX, Handler
+from dagrun.api.sessions import COOKIE, Session, Sessions
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Dashboard:
 
     async def login_page(self, request: web.Request) -> web.Response:
         next_page = _next_page(request.query.get("next"))
-        if SESSION in request:
+        if self._session(request) is not None:
             return _see_other(next_page)
         return _login(next_page, message="")
 
@@ -87,7 +87,7 @@ class Dashboard:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        session = request.get(SESSION)
+        session = self._session(request)
         if session is not None:
             self._sessions.end(session)
         response = web.json_response({"signed_out": True})
@@ -96,13 +96,17 @@ class Dashboard:
 
     def page(self, name: str, title: str) -> Handler:
         async def handler(request: web.Request) -> web.Response:
-            session = request.get(SESSION)
+            session = self._session(request)
             if session is None:  # the Bearer token opens the API, but a browser page needs a session's CSRF token
                 return _see_other(f"{UI_PREFIX}/login?{urlencode({'next': request.path})}")
             text = ui.render(name, title=title, csrf=session.csrf, **request.match_info)
             return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
         return handler
+
+    def _session(self, request: web.Request) -> Session | None:
+        """The session the request came with (the guard let it in by it, or by the Bearer token)."""
+        return self._sessions.find(request.headers.get("Cookie"))
 
     async def favicon(self, request: web.Request) -> web.Response:
         return _see_other(f"{UI_PREFIX}/static/favicon.svg")

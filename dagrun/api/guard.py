@@ -39,7 +39,6 @@ TooDeep = Callable[[Loc], DagrunError]  # where a request body nests too deep ->
 PUBLIC_PATHS = frozenset({"/health", "/ui/login", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/ui/static/",)  # the dashboard's scripts and styles: no data, and the sign-in page needs them
 UI_PREFIX = "/ui"
-SESSION = web.RequestKey("session", Session)  # the session a request came with, for the pages that need its CSRF
 
 
 class ApiError(Exception):
@@ -81,7 +80,6 @@ def guard(token: str, *, max_body_bytes: int, lobby: Lobby, sessions: Sessions) 
                 refused = _cross_site(request, session)
                 if refused is not None:
                     return refused
-                request[SESSION] = session
             elif not _is_public(request.path):
                 return _unauthorized(request)
             elif request.method not in SAFE_METHODS and not same_origin(request.headers.get("Origin"), request.host):
