@@ -146,14 +146,14 @@ async def test_the_bearer_token_still_opens_the_api_but_not_a_page(api: Api) -> 
         assert response.status == 303  # a page needs a session's CSRF token: sign in
 
 
-async def test_static_files_are_public_revalidated_and_never_outside_their_folder(api: Api, browser: Browser) -> None:
+async def test_static_files_are_public_revalidated_and_never_outside_their_folder(browser: Browser) -> None:
     async with browser.client.get("/ui/static/common.js") as response:
         assert response.status == 200 and response.content_type == "text/javascript"
         etag = response.headers["ETag"]
     async with browser.client.get("/ui/static/common.js", headers={"If-None-Match": etag}) as response:
         assert response.status == 304
     for name in ["..%2F__init__.py", "..%2Fpages%2Fshell.html", ".hidden.js", "nothing.js", "shell.html"]:
-        async with browser.client.get(URL(f"{api.url}/ui/static/{name}", encoded=True)) as response:
+        async with browser.client.get(URL(f"/ui/static/{name}", encoded=True)) as response:
             assert response.status == 404, name
 
 
