@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import logging
 from http import HTTPStatus
 from pathlib import PurePosixPath
@@ -21,6 +20,7 @@ from aiohttp import web
 from dagrun import ui
 from dagrun.api.guard import UI_PREFIX, Handler
 from dagrun.api.sessions import COOKIE, Session, Sessions
+from dagrun.serving.lobby import token_matches
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +72,7 @@ class Dashboard:
         """Check the token from the form in constant time; a session cookie and on to the page asked for."""
         form = await request.post()
         presented, next_page = form.get("token"), _next_page(form.get("next"))
-        if not isinstance(presented, str) or not hmac.compare_digest(
-            presented.strip().encode(errors="surrogateescape"), self._token.encode()
-        ):
+        if not isinstance(presented, str) or not token_matches(presented, self._token):
             logger.warning("refused a dashboard sign-in from %s: wrong token", request.remote)
             return _login(next_page, message="Wrong token.", status=HTTPStatus.UNAUTHORIZED)
         session = self._sessions.start()

@@ -11,12 +11,13 @@ the server's memory: a restart signs browsers out, and signing out ends the sess
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import secrets
 import time
 from collections import OrderedDict
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
+
+from dagrun.serving.lobby import token_matches
 
 COOKIE = "dagrun_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -85,9 +86,7 @@ def session_cookie(cookie_header: str | None) -> str | None:
 
 
 def csrf_matches(session: Session, presented: str | None) -> bool:
-    if presented is None:
-        return False
-    return hmac.compare_digest(presented.encode(errors="surrogateescape"), session.csrf.encode())
+    return presented is not None and token_matches(presented, session.csrf)
 
 
 def same_origin(origin: str | None, host: str | None) -> bool:

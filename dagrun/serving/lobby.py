@@ -37,10 +37,14 @@ def is_authorized(values: list[str], token: str) -> bool:
     if len(values) != 1:
         return False
     scheme, _, presented = values[0].partition(" ")
-    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no. A header
+    return scheme.lower() == "bearer" and token_matches(presented, token)
+
+
+def token_matches(presented: str, token: str) -> bool:
+    """Whether `presented` (surrounding blanks aside) is `token`, in the same time wherever they first differ."""
+    # compare_digest on bytes: on str it raises TypeError for non-ASCII input instead of saying no. A value
     # that is not UTF-8 comes decoded with surrogate escapes: encoded back to its bytes, it is refused too.
-    matches = hmac.compare_digest(presented.strip().encode(errors="surrogateescape"), token.encode())
-    return scheme.lower() == "bearer" and matches
+    return hmac.compare_digest(presented.strip().encode(errors="surrogateescape"), token.encode())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
