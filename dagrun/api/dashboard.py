@@ -13,12 +13,11 @@ import hashlib
 import logging
 from http import HTTPStatus
 from pathlib import PurePosixPath
-from urllib.parse import urlencode
 
 from aiohttp import web
 
 from dagrun import ui
-from dagrun.api.guard import UI_PREFIX, Handler
+from dagrun.api.guard import UI_PREFIX, Handler, to_sign_in
 from dagrun.api.sessions import COOKIE, Session, Sessions
 from dagrun.serving.lobby import token_matches
 
@@ -96,7 +95,7 @@ class Dashboard:
         async def handler(request: web.Request) -> web.Response:
             session = self._session(request)
             if session is None:  # the Bearer token opens the API, but a browser page needs a session's CSRF token
-                return _see_other(f"{UI_PREFIX}/login?{urlencode({'next': request.path})}")
+                return to_sign_in(request.path)
             text = ui.render(name, title=title, csrf=session.csrf, **request.match_info)
             return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
@@ -111,7 +110,7 @@ class Dashboard:
 
     async def static(self, request: web.Request) -> web.Response:
         """A file of `dagrun/ui/static`, revalidated by its ETag (the files change only with dagrun)."""
-        found = _static_file(request.match_info["name"])
+        found = _static_files().get(request.match_info["name"])
         if found is None:
             raise web.HTTPNotFound()
         body, content_type, etag = found
@@ -122,14 +121,16 @@ class Dashboard:
 
 
 @functools.cache
-def _static_file(name: str) -> tuple[bytes, str, str] | None:
-    """The body, content type and ETag of static file `name`; None for anything else (no path in a name)."""
-    content_type = STATIC_TYPES.get(PurePosixPath(name).suffix)
-    resource = ui.STATIC / name
-    if "/" in name or name.startswith(".") or content_type is None or not resource.is_file():
-        return None
-    body = resource.read_bytes()
-    return body, content_type, f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+def _static_files() -> dict[str, tuple[bytes, str, str]]:
+    """Each file of `dagrun/ui/static` a page may load, by name: its body, content type and ETag. Read once,
+    and the only names served: a request names a file of this table or gets 404, whatever its path says."""
+    files = {}
+    for resource in ui.STATIC.iterdir():
+        content_type = STATIC_TYPES.get(PurePosixPath(resource.name).suffix)
+        if content_type is not None and resource.is_file() and not resource.name.startswith("."):
+            body = resource.read_bytes()
+            files[resource.name] = (body, content_type, f'"{hashlib.sha256(body).hexdigest()[:16]}"')
+    return files
 
 
 def _next_page(asked: object) -> str:
@@ -145,7 +146,7 @@ def _login(next_page: str, *, message: str, status: int = HTTPStatus.OK) -> web.
 
 
 def _see_other(location: str) -> web.Response:
-    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})  # the browser GETs it
 
 
 async def _secure(request: web.Request, response: web.StreamResponse) -> None:

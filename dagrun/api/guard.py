@@ -98,12 +98,17 @@ def _is_public(path: str) -> bool:
 
 def _unauthorized(request: web.Request) -> web.Response:
     if request.method in SAFE_METHODS and (request.path == UI_PREFIX or request.path.startswith(UI_PREFIX + "/")):
-        location = f"{UI_PREFIX}/login?{urlencode({'next': request.path})}"
-        return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
+        return to_sign_in(request.path)
     logger.warning("refused %s %s from %s: no valid token", request.method, request.path, request.remote)
     response = error_response(HTTPStatus.UNAUTHORIZED, "missing or wrong token", close=True)
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def to_sign_in(path: str) -> web.Response:
+    """A redirect to the dashboard's sign-in page, which comes back to `path` once signed in."""
+    location = f"{UI_PREFIX}/login?{urlencode({'next': path})}"
+    return web.Response(status=HTTPStatus.SEE_OTHER, headers={"Location": location})
 
 
 def _cross_site(request: web.Request, session: Session) -> web.Response | None:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from dagrun.api.dashboard import CONTENT_SECURITY_POLICY
+from dagrun.api.dashboard import CONTENT_SECURITY_POLICY, _static_files
 from dagrun.api.sessions import COOKIE, CSRF_HEADER, Sessions
 from tests.api.conftest import GATED, Api
 
@@ -152,9 +152,11 @@ async def test_static_files_are_public_revalidated_and_never_outside_their_folde
         etag = response.headers["ETag"]
     async with browser.client.get("/ui/static/common.js", headers={"If-None-Match": etag}) as response:
         assert response.status == 304
+    served = dict(_static_files())
     for name in ["..%2F__init__.py", "..%2Fpages%2Fshell.html", ".hidden.js", "nothing.js", "shell.html"]:
         async with browser.client.get(URL(f"/ui/static/{name}", encoded=True)) as response:
             assert response.status == 404, name
+    assert _static_files() == served  # names asked for are not remembered: a public route holds no more memory
 
 
 def test_sessions_expire_and_are_bounded() -> None:
