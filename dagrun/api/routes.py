@@ -113,10 +113,11 @@ class RunHandlers:
                   description="Frames `id: <seq>`, `event: run|step`, `data: <Event JSON>`; comment lines keep "
                   "a quiet stream alive. Resumes after the Last-Event-ID header (or `after`). Ends after the "
                   "event that ends the run; 204 when the run has ended with no event after that id."),
-            Route("GET", f"{run}/logs", self.get_logs, "What each attempt of the run's steps printed",
+            Route("GET", f"{run}/logs", self.get_logs, "What each attempt printed, wrote and failed with",
                   {200: models.LogList}, query=models.LogsQuery,
-                  description="Every attempt's logs, a retried step's earlier attempts included. An attempt's "
-                  "logs arrive with its result: they appear when it ends, not while it runs."),
+                  description="Every attempt's logs, context writes and error (with its source line), a retried "
+                  "step's earlier attempts included. An attempt's logs arrive with its result: they appear when "
+                  "it ends, not while it runs."),
             Route("GET", f"{run}/errors", self.get_errors, "Steps whose last attempt failed", {200: models.ErrorList}),
             Route("GET", f"{run}/metrics", self.get_metrics, "Timings, attempts and retries",
                   {200: models.MetricsBody}),

@@ -188,8 +188,8 @@ class RunWriter(Protocol):
         status returns once durable, and raises LeaseLost when it was refused (see the module docstring)."""
 
     async def record_step(self, step: StepRecord, *, message: str = "") -> None:
-        """Upsert the step's state and append a step event carrying `message`; a record with logs or context
-        writes also keeps them as its attempt's (`attempt_log`), in the same write."""
+        """Upsert the step's state and append a step event carrying `message`; a record with logs, context
+        writes or an error also keeps them as its attempt's (`attempt_log`), in the same write."""
 
     async def apply_context(self, run_id: str, ops: tuple[ContextOp, ...]) -> ContextChange:
         """Apply context operations atomically; the new context, the ops applied and the rejected ops' messages."""
@@ -225,8 +225,8 @@ class RunReader(Protocol):
     async def get_logs(
         self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
     ) -> list[AttemptLog]:
-        """The logs of each attempt that printed or wrote context, of `step_id` and `attempt` when given, in the
-        order the attempts ended (ties by step and attempt); RunNotFound when there is no such run."""
+        """The logs of each attempt that printed, wrote context or failed, of `step_id` and `attempt` when given,
+        in the order the attempts ended (ties by step and attempt); RunNotFound when there is no such run."""
 
 
 class EventLog(Protocol):
