@@ -17,7 +17,6 @@ import os
 import secrets
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +121,7 @@ class RunControl:
 
     async def step_counts(self, run_id: str) -> dict[str, int]:
         """How many of the run's steps are in each state (by its name)."""
-        return dict(Counter(step.status.value for step in await self.store.get_steps(run_id)))
+        return {status.value: count for status, count in (await self.store.count_steps(run_id)).items()}
 
     async def checkpoint(self, run_id: str) -> Checkpoint:
         """The state a run would resume from, after every write made before the call is durable."""

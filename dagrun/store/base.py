@@ -219,6 +219,10 @@ class RunReader(Protocol):
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         """Every step of the run, in the flow's order; RunNotFound when there is no such run."""
 
+    async def count_steps(self, run_id: str) -> dict[StepStatus, int]:
+        """How many of the run's steps are in each state (the states none is in left out), without reading
+        their records: what a list of runs shows beside each; RunNotFound when there is no such run."""
+
     async def get_context(self, run_id: str) -> dict[str, Any]:
         """The run's shared context now; RunNotFound when there is no such run."""
 

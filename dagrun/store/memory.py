@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
@@ -160,6 +160,10 @@ class MemoryStore:
         self._check_open()
         steps = self._entry(run_id).steps.values()
         return [step._replace(outputs=copy_json(step.outputs, where="outputs")) for step in steps]
+
+    async def count_steps(self, run_id: str) -> dict[StepStatus, int]:
+        self._check_open()
+        return dict(Counter(step.status for step in self._entry(run_id).steps.values()))
 
     async def get_context(self, run_id: str) -> dict[str, Any]:
         self._check_open()

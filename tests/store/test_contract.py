@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -97,6 +98,23 @@ async def test_list_runs_pages_by_offset_with_and_without_filters(store: StoreFa
     assert [r.run_id for r in await s.list_runs(flow_name="etl", limit=2, offset=1)] == ["r3", "r1"]
     both = await s.list_runs(status=RunStatus.RUNNING, flow_name="etl", limit=5, offset=1)
     assert [r.run_id for r in both] == ["r3"]
+
+
+async def test_count_steps_counts_each_state_without_reading_the_records(store: StoreFactory) -> None:
+    s = store()
+    await create(s, "r1", ["a", "b", "c", "d"])
+    await create(s, "empty", [])
+    error = StepError(ErrorKind.SCRIPT, "ValueError", 'a "quoted" message', line=1)
+    await s.record_step(StepRecord("r1", "a", StepStatus.SUCCEEDED, 1, 1.0, 2.0, {"out": '"x", "y"'}, logs="ok"))
+    await s.record_step(StepRecord("r1", "b", StepStatus.FAILED, 1, 1.0, 2.0, error=error))
+    await s.record_step(StepRecord("r1", "c", StepStatus.RUNNING, 1, 1.0))
+
+    expected = {StepStatus.SUCCEEDED: 1, StepStatus.FAILED: 1, StepStatus.RUNNING: 1, StepStatus.PENDING: 1}
+    assert await s.count_steps("r1") == expected
+    assert await s.count_steps("r1") == dict(Counter(step.status for step in await s.get_steps("r1")))
+    assert await s.count_steps("empty") == {}
+    with pytest.raises(RunNotFound):
+        await s.count_steps("nope")
 
 
 async def test_find_run_ids_lists_the_ids_that_start_with_a_prefix_in_id_order(store: StoreFactory) -> None:

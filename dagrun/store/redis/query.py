@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from typing import Any
 
 import orjson
 
-from dagrun.contract.states import RunStatus
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound
 from dagrun.store.base import AttemptLog, Event, RunRecord, StepRecord, select_logs
 from dagrun.store.redis.connection import RedisConnection
@@ -26,6 +27,7 @@ from dagrun.store.redis.records import (
     decode_run,
     decode_step,
     run_id_of,
+    status_of_step,
 )
 from dagrun.store.redis.wait import Entry, entries_of
 
@@ -111,6 +113,18 @@ async def read_steps(redis: RedisConnection, run_id: str) -> list[StepRecord]:
     steps = [decode_step(run_id, step_id, states.pop(step_id)) for step_id in order if step_id in states]
     steps += (decode_step(run_id, step_id, text) for step_id, text in states.items())  # none in practice
     return steps
+
+
+async def count_steps(redis: RedisConnection, run_id: str) -> dict[StepStatus, int]:
+    """The run's step states counted from their encoded values (each begins with its status), decoding no
+    record; RunNotFound when there is no such run."""
+    pipe = redis.client.pipeline(transaction=True)
+    pipe.hvals(redis.keys.steps(run_id))
+    pipe.exists(redis.keys.run(run_id))
+    states, exists = await redis.call(pipe.execute(), doing=f"counting the steps of run {run_id!r}")
+    if not exists:
+        raise RunNotFound(run_id)
+    return {StepStatus(status): count for status, count in Counter(map(status_of_step, states)).items()}
 
 
 async def read_logs(

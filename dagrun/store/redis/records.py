@@ -73,6 +73,12 @@ def decode_run(values: Sequence[str | None]) -> RunRecord | None:
     )
 
 
+def status_of_step(text: str) -> str:
+    """The status a step's state begins with (`encode_step_state` writes a JSON list whose first item is the
+    status word), read without decoding the rest: a run's outputs and logs can be large."""
+    return text[2 : text.index('"', 2)]
+
+
 def decode_step(run_id: str, step_id: str, text: str) -> StepRecord:
     """A step's state as PENDING_STEP lays it out; states written before `elapsed_ms` or `queued_at` were
     kept lack them."""

@@ -55,7 +55,7 @@ from typing import Any, Self
 import orjson
 
 from dagrun.contract.context import ContextOp
-from dagrun.contract.states import RunStatus
+from dagrun.contract.states import RunStatus, StepStatus
 from dagrun.errors import RunNotFound, StoreError
 from dagrun.store.base import (
     AttemptLog,
@@ -244,6 +244,10 @@ class RedisStore:
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         await self.flush()
         return await query.read_steps(self._redis, run_id)
+
+    async def count_steps(self, run_id: str) -> dict[StepStatus, int]:
+        await self.flush()
+        return await query.count_steps(self._redis, run_id)
 
     async def get_logs(
         self, run_id: str, *, step_id: str | None = None, attempt: int | None = None

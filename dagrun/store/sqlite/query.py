@@ -81,6 +81,15 @@ def read_steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
     return steps
 
 
+def count_steps(conn: sqlite3.Connection, run_id: str) -> dict[StepStatus, int]:
+    """One pass over the run's rows of the steps index, decoding nothing but their status."""
+    rows = conn.execute("SELECT status, COUNT(*) FROM steps WHERE run_id = ? GROUP BY status", (run_id,))
+    counts = {StepStatus(status): count for status, count in rows}
+    if not counts:
+        require_run(conn, run_id)
+    return counts
+
+
 def read_logs(conn: sqlite3.Connection, run_id: str, step_id: str | None, attempt: int | None) -> list[AttemptLog]:
     where = "run_id = ?"  # the primary key's prefix; the run's rows are then sorted
     params: list[Any] = [run_id]

@@ -221,6 +221,9 @@ class SqliteStore:
     async def get_steps(self, run_id: str) -> list[StepRecord]:
         return await self._query(query.read_steps, run_id)
 
+    async def count_steps(self, run_id: str) -> dict[StepStatus, int]:
+        return await self._query(query.count_steps, run_id)
+
     async def get_logs(
         self, run_id: str, *, step_id: str | None = None, attempt: int | None = None
     ) -> list[AttemptLog]:
