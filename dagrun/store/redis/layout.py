@@ -1,9 +1,36 @@
 """How the Redis store lays runs out in Redis: key names (built only by `Keys`) and the Lua scripts that
-write them; the encoding of the values they hold is in `records`. See `dagrun.store.redis.store` for the key
-layout.
+write them; the encoding of the values they hold is in `records`.
 
 Every write goes through a Lua script, so each call of a script is applied whole or not at all; the
 scripts touch only the keys they are given.
+
+The keys under the prefix (URL query ``?prefix=``, default ``dagrun:``):
+
+    run:{run_id}          hash  RunRecord fields (flow, inputs as JSON; times as exact text), `member`, `seq` (last
+                                event seq), `context` (JSON) with `context_token` (who wrote it last), `created_by`,
+                                `command_seq` (last command seq) with `command_token` (the send that wrote it)
+    steps:{run_id}        hash  step id -> its state, a JSON array (one field per step: an upsert is one HSET)
+    order:{run_id}        list  step ids in the flow's order; a step first recorded later is pushed last
+    logs:{run_id}         hash  JSON [step_id, attempt] -> JSON [worker_id, at, text, [[op, key, value], ...], error]:
+                                each attempt's logs, context writes and error, by the write ending it (`steps`: the
+                                latest's logs)
+    events:{run_id}       stream entry id ``{seq}-0``, field `e`: a JSON array. XRANGE from ``{after_seq+1}-0``
+                                COUNT limit is O(log n + limit), and a watcher can XREAD BLOCK on it
+    commands:{run_id}     stream entry id ``{seq}-0``, field `c`: a JSON array (at, kind, step_id, values)
+    lease:{run_id}        string the owner, with a PX ttl: a lease that is not renewed lapses by expiring
+    epoch:{run_id}        counter, the run's lease epoch: raised by each claim that is not a renewal; every
+                                write script refuses a run's ops fenced below it (`fencing`)
+    notices               stream entry id ``{cursor}-0``, fields `run_id`, `kind`; trimmed to about MAX_NOTICES
+    notices:last          counter, the cursor of the newest notice (so that cursors are plain integers)
+    runs                  zset  every run: score created_at, member ``{creation number, 16 hex}:{run_id}`` so that
+                                runs created at the same instant list the later creation first
+    runs:status:{status}  zset  the same, per status (moved by the script that changes the status)
+    runs:flow:{name}      zset  the same, per flow; both filters walk the smaller set and probe the other
+    runs:ids              zset  every run id, all scored 0 so that ZRANGEBYLEX finds the ids with a prefix in
+                                O(log n + found); runs created before it existed are added by the first such read
+    runs:created          counter of creations;   writer:{id}  hash, a writer's last batch (expires after a day)
+    wake:{id}             stream  one entry: a store ends its own blocking read to read more streams (expires
+                                after an hour)
 """
 
 from __future__ import annotations
