@@ -78,6 +78,16 @@ export function runDuration(run, now = Date.now() / 1000) {
   return (run.finished_at ?? now) - run.started_at;
 }
 
+// What a person typed in a value field: JSON when it parses (`3`, `true`, `["a"]`), else the text itself,
+// as `dagrun run -i K=V` reads a value.
+export function valueOf(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
+}
+
 export function statusBadge(status) {
   return el("span", { class: "badge", "data-status": status }, status);
 }

@@ -2,7 +2,7 @@
 // A value is read as JSON when it parses (3, true, ["a"]) and as text otherwise (eu-west), as
 // `dagrun run -i NAME=VALUE` reads it.
 
-import { el } from "./common.js";
+import { el, valueOf } from "./common.js";
 
 export class FlowInputs {
   constructor() {
@@ -37,14 +37,6 @@ export class FlowInputs {
   }
 
   values() {
-    return Object.fromEntries([...this.fields].map(([name, field]) => [name, readValue(field.value)]));
-  }
-}
-
-function readValue(text) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
+    return Object.fromEntries([...this.fields].map(([name, field]) => [name, valueOf(field.value)]));
   }
 }

@@ -2,7 +2,7 @@
 // button. A value that parses as JSON is sent as that JSON (true, 3, {"a": 1}), anything else as the
 // string typed. A form stays while its step waits, so what is typed in it survives other steps' events.
 
-import { api, describeError, el } from "./common.js";
+import { api, describeError, el, valueOf } from "./common.js";
 
 export class SignalForms {
   constructor(section, model) {
@@ -50,7 +50,7 @@ export class SignalForms {
 
   async #send(stepId, form, inputs, problem) {
     const button = form.querySelector("button");
-    const values = Object.fromEntries(inputs.map(({ field, input }) => [field, parseValue(input.value)]));
+    const values = Object.fromEntries(inputs.map(({ field, input }) => [field, valueOf(input.value)]));
     button.disabled = true;
     problem.textContent = "";
     try {
@@ -60,13 +60,5 @@ export class SignalForms {
       problem.textContent = describeError(error);
       button.disabled = false;
     }
-  }
-}
-
-function parseValue(text) {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return text;
   }
 }
